@@ -1,0 +1,1 @@
+"""servesim's GPU profiler: times real attention, linear/norm/activation, LM-head and NCCL kernels."""
