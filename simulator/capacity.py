@@ -1,0 +1,327 @@
+"""SLO capacity search: the highest request rate (QPS) at which one configuration meets its SLOs.
+
+The search is a bracketing search over the arrival rate. Starting from `initial_rate_qps` it grows the
+rate geometrically until a trial fails (or shrinks it until one passes), then bisects between the
+highest passing and the lowest failing rate until they are within `tolerance` (relative) of each
+other. Every trial replays the same requests (same seed) at a different rate, so the only thing that
+changes between trials is the load; that keeps the feasible region monotone in practice.
+
+A trial passes when every SLO holds on the measured requests (warm-up and cool-down trimmed) and no
+more than `max_rejected_fraction` of them were rejected. A bound on the scheduling (queueing) delay
+belongs in every SLO set: an overloaded queue grows without limit, and without that bound a short
+trial could still look fine on per-token metrics. This module is pure (no simulator import); the
+wiring to the simulator lives in `simulator.capacity_app`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+# Per-request latency columns of the simulator's requests table that an SLO can bound, plus "tbt_s",
+# which is taken over every inter-token gap of the measured requests (not a per-request statistic).
+REQUEST_METRICS = ("ttft_s", "e2e_s", "normalized_e2e_s_per_token", "queueing_delay_s", "tpot_s")
+SLO_METRICS = ("tbt_s",) + REQUEST_METRICS
+REPORTED_PERCENTILES = (50, 90, 99)
+
+
+class SearchError(ValueError):
+    """A search setting is wrong; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SLO:
+    """One service-level objective: the `percentile` of `metric` must be at most `max_s` seconds
+    (seconds per output token for normalized_e2e_s_per_token)."""
+
+    metric: str = "tbt_s"
+    percentile: float = 99.0
+    max_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.metric not in SLO_METRICS:
+            raise SearchError(f"slo.metric='{self.metric}' is not one of {', '.join(SLO_METRICS)}")
+        if not 0 < self.percentile <= 100:
+            raise SearchError(f"slo.percentile={self.percentile} for {self.metric} must be in (0, 100]")
+        if not self.max_s > 0:
+            raise SearchError(f"slo.max_s={self.max_s} for {self.metric} must be positive")
+
+    @property
+    def name(self) -> str:
+        """Short label such as 'p99_tbt_s<=0.1'."""
+        return f"p{self.percentile:g}_{self.metric}<={self.max_s:g}"
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one capacity search (the `search` config group)."""
+
+    slos: list[SLO] = field(
+        default_factory=lambda: [
+            SLO("tbt_s", 99, 0.1),
+            SLO("ttft_s", 90, 2.0),
+            SLO("queueing_delay_s", 99, 5.0),
+        ]
+    )
+    num_requests: int = 2048  # requests simulated per trial (before trimming)
+    warmup_fraction: float = 0.1  # share of requests (by arrival order) left out at the start
+    cooldown_fraction: float = 0.1  # share left out at the end, when the queue drains
+    max_rejected_fraction: float = 0.0  # rejected measured requests tolerated in a passing trial
+    initial_rate_qps: float = 1.0
+    min_rate_qps: float = 0.01  # below this the configuration is called infeasible at any rate
+    max_rate_qps: float = 1000.0  # above this the search stops and reports the limit
+    growth_factor: float = 2.0  # rate multiplier while bracketing
+    tolerance: float = 0.02  # stop when (fail - pass) / pass <= tolerance
+    max_trials: int = 30
+
+    def __post_init__(self) -> None:
+        self.slos = [s if isinstance(s, SLO) else SLO(**dict(s)) for s in self.slos]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SearchError naming the first wrong field."""
+        checks = [
+            (self.num_requests >= 10, f"search.num_requests={self.num_requests} must be at least 10"),
+            (0 <= self.warmup_fraction < 1, f"search.warmup_fraction={self.warmup_fraction} not in [0, 1)"),
+            (0 <= self.cooldown_fraction < 1, f"search.cooldown_fraction={self.cooldown_fraction} not in [0, 1)"),
+            (
+                self.warmup_fraction + self.cooldown_fraction < 0.9,
+                "search.warmup_fraction + search.cooldown_fraction must leave at least 10% of requests",
+            ),
+            (0 <= self.max_rejected_fraction <= 1, "search.max_rejected_fraction must be in [0, 1]"),
+            (0 < self.min_rate_qps, f"search.min_rate_qps={self.min_rate_qps} must be positive"),
+            (
+                self.min_rate_qps <= self.initial_rate_qps <= self.max_rate_qps,
+                "search.initial_rate_qps must lie in [search.min_rate_qps, search.max_rate_qps]",
+            ),
+            (self.growth_factor > 1, f"search.growth_factor={self.growth_factor} must exceed 1"),
+            (0 < self.tolerance < 1, f"search.tolerance={self.tolerance} must be in (0, 1)"),
+            (self.max_trials >= 2, f"search.max_trials={self.max_trials} must be at least 2"),
+            (len(self.slos) > 0, "search.slos is empty: a capacity needs at least one SLO"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SearchError(message)
+
+
+@dataclass
+class Trial:
+    """One simulated rate: whether the SLOs held, and the measured metrics (seconds)."""
+
+    rate_qps: float
+    feasible: bool
+    metrics: dict = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class CapacityResult:
+    """Outcome of a search. `status` is one of:
+    converged            pass and fail rates within tolerance; capacity_qps is the highest passing rate
+    feasible_at_max_rate the SLOs held at max_rate_qps; capacity_qps is that bound (a lower bound)
+    infeasible           the SLOs failed even at min_rate_qps; capacity_qps is 0
+    max_trials           stopped by max_trials before reaching the tolerance; capacity_qps is a lower bound
+    """
+
+    capacity_qps: float
+    status: str
+    trials: list[Trial]
+    lowest_failing_qps: float | None
+
+    @property
+    def capacity_trial(self) -> Trial | None:
+        """The trial run at the reported capacity, if any passed."""
+        passing = [t for t in self.trials if t.feasible and t.rate_qps == self.capacity_qps]
+        return passing[-1] if passing else None
+
+
+# --- SLO evaluation on one trial's tables (pure) -------------------------------------------------
+
+
+def measured_requests(requests: pd.DataFrame, warmup_fraction: float, cooldown_fraction: float) -> pd.DataFrame:
+    """Requests left after dropping the first `warmup_fraction` and last `cooldown_fraction` by arrival
+    order. Warm-up requests see an empty system; cool-down requests see it draining."""
+    ordered = requests.sort_values(["arrived_s", "request_id"], kind="stable")
+    n = len(ordered)
+    first = int(math.floor(n * warmup_fraction))
+    last = n - int(math.floor(n * cooldown_fraction))
+    return ordered.iloc[first:last]
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """Linear-interpolated percentile that treats +inf (an unfinished request) as larger than any
+    latency: the result is inf when the percentile falls among infinite values. NaN for no values."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return float("nan")
+    finite_cap = 1e300  # stands in for inf so np.percentile never computes inf - inf
+    result = float(np.percentile(np.minimum(values, finite_cap), q))
+    return float("inf") if result >= finite_cap / 2 else result
+
+
+def _metric_values(measured: pd.DataFrame, tbt_gaps_s: np.ndarray) -> tuple[dict, dict]:
+    """Counts of one trial and, per SLO metric, the array of values (inf for unfinished requests)."""
+    if "rejected" in measured:
+        rejected = measured["rejected"].to_numpy(dtype=bool)
+    else:
+        rejected = np.zeros(len(measured), dtype=bool)
+    served = measured[~rejected]
+    unfinished = int(served["completed_s"].isna().sum())
+    counts = {
+        "num_measured": int(len(measured)),
+        "rejected_fraction": float(rejected.mean()) if len(measured) else 0.0,
+        "unfinished": unfinished,
+    }
+    # An unfinished request's missing tokens are gaps of unbounded length.
+    gaps = np.append(np.asarray(tbt_gaps_s, dtype=float), np.full(unfinished, np.inf))
+    values = {"tbt_s": gaps}
+    for name in REQUEST_METRICS:
+        if name in served:
+            column = served[name].to_numpy(dtype=float, na_value=np.nan)
+            values[name] = np.where(np.isnan(column), np.inf, column)
+    return counts, values
+
+
+def trial_metrics(measured: pd.DataFrame, tbt_gaps_s: np.ndarray, slos: Sequence[SLO] = ()) -> dict:
+    """Percentiles of every SLO metric over the measured requests, as flat keys like 'ttft_s_p99'
+    (P50, P90, P99, plus any percentile an SLO in `slos` asks for).
+
+    `measured` is the requests table after trimming; `tbt_gaps_s` holds every inter-token gap
+    (seconds) of those same requests. Rejected requests are left out of latencies and counted in
+    'rejected_fraction'; a request that never completed counts as infinitely late.
+    """
+    metrics, values = _metric_values(measured, tbt_gaps_s)
+    wanted = {(name, float(q)) for name in values for q in REPORTED_PERCENTILES}
+    wanted |= {(s.metric, float(s.percentile)) for s in slos if s.metric in values}
+    for name, q in sorted(wanted):
+        metrics[f"{name}_p{q:g}"] = percentile(values[name], q)
+    return metrics
+
+
+def check_slos(measured: pd.DataFrame, tbt_gaps_s: np.ndarray, search: SearchConfig) -> tuple[dict, list[str]]:
+    """Metrics of one trial and the list of violated objectives (empty when the trial passes)."""
+    metrics = trial_metrics(measured, tbt_gaps_s, search.slos)
+    violations = []
+    if metrics["num_measured"] == 0:
+        violations.append("no measured requests")
+    if metrics["rejected_fraction"] > search.max_rejected_fraction:
+        violations.append(
+            f"rejected {metrics['rejected_fraction']:.1%} > {search.max_rejected_fraction:.1%} of requests"
+        )
+    for slo in search.slos:
+        value = metrics.get(f"{slo.metric}_p{slo.percentile:g}", float("nan"))
+        if not value <= slo.max_s:  # NaN (no values at all, or a missing column) fails too
+            violations.append(f"{slo.name} (measured {value:.4g} s)")
+    return metrics, violations
+
+
+# --- the search itself (pure: any `evaluate(rate) -> Trial` will do) -------------------------------
+
+
+def search_capacity(
+    evaluate: Callable[[float], Trial],
+    search: SearchConfig,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> CapacityResult:
+    """Find the highest rate whose trial passes, to `search.tolerance`.
+
+    `evaluate(rate_qps)` runs one trial. Trials are assumed monotone in rate (pass below the capacity,
+    fail above); the search never re-runs a rate. `on_trial` is called after each trial (progress).
+    """
+    trials: list[Trial] = []
+
+    def run(rate_qps: float) -> bool:
+        start = time.perf_counter()
+        trial = evaluate(rate_qps)
+        trial.wall_s = trial.wall_s or time.perf_counter() - start
+        trials.append(trial)
+        if on_trial:
+            on_trial(trial)
+        return trial.feasible
+
+    rate = search.initial_rate_qps
+    highest_pass: float | None = None
+    lowest_fail: float | None = None
+    if run(rate):
+        highest_pass = rate
+        while lowest_fail is None:
+            if highest_pass >= search.max_rate_qps:
+                return CapacityResult(highest_pass, "feasible_at_max_rate", trials, None)
+            if len(trials) >= search.max_trials:
+                return CapacityResult(highest_pass, "max_trials", trials, None)
+            rate = min(highest_pass * search.growth_factor, search.max_rate_qps)
+            if run(rate):
+                highest_pass = rate
+            else:
+                lowest_fail = rate
+    else:
+        lowest_fail = rate
+        while highest_pass is None:
+            if lowest_fail <= search.min_rate_qps:
+                return CapacityResult(0.0, "infeasible", trials, lowest_fail)
+            if len(trials) >= search.max_trials:
+                return CapacityResult(0.0, "max_trials", trials, lowest_fail)
+            rate = max(lowest_fail / search.growth_factor, search.min_rate_qps)
+            if run(rate):
+                highest_pass = rate
+            else:
+                lowest_fail = rate
+
+    while (lowest_fail - highest_pass) > search.tolerance * highest_pass:
+        if len(trials) >= search.max_trials:
+            return CapacityResult(highest_pass, "max_trials", trials, lowest_fail)
+        rate = 0.5 * (highest_pass + lowest_fail)
+        if run(rate):
+            highest_pass = rate
+        else:
+            lowest_fail = rate
+    return CapacityResult(highest_pass, "converged", trials, lowest_fail)
+
+
+# --- derived economics ---------------------------------------------------------------------------
+
+
+def cost_per_million_tokens_usd(
+    capacity_qps: float, mean_tokens_per_request: float, num_gpus: int, price_per_gpu_hour_usd: float
+) -> float | None:
+    """Dollars per million tokens served at capacity: GPU-hours bought per hour over tokens per hour.
+    None when no price is known or nothing is served."""
+    if price_per_gpu_hour_usd <= 0 or capacity_qps <= 0 or mean_tokens_per_request <= 0:
+        return None
+    tokens_per_hour = capacity_qps * mean_tokens_per_request * 3600.0
+    return num_gpus * price_per_gpu_hour_usd / tokens_per_hour * 1e6
+
+
+def slos_from_config(entries: Iterable) -> list[SLO]:
+    """SLO objects from a list of mappings ({metric, percentile, max_s}), naming the entry in errors."""
+    slos = []
+    for i, entry in enumerate(entries):
+        try:
+            slos.append(entry if isinstance(entry, SLO) else SLO(**dict(entry)))
+        except TypeError as e:
+            raise SearchError(f"search.slos[{i}]: {e}") from None
+    return slos
+
+
+def trial_to_dict(trial: Trial) -> dict:
+    """A JSON-ready record of one trial (inf and NaN become strings JSON can hold)."""
+    record = asdict(trial)
+    record["metrics"] = {k: _json_number(v) for k, v in trial.metrics.items()}
+    return record
+
+
+def _json_number(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return value
+
+
+def slo_table(slos: Sequence[SLO]) -> list[dict]:
+    """SLOs as plain records (for capacity.json)."""
+    return [asdict(s) | {"name": s.name} for s in slos]
