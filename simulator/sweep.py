@@ -1,0 +1,372 @@
+"""Configuration sweeps: enumerate a space of configurations, drop the ones that cannot run, run the
+rest (a capacity search each, by default) in parallel, and keep every outcome in one table.
+
+A space is a YAML file (see conf/sweep/ and docs/capacity_and_sweeps.md):
+
+    name: policies
+    base: [model=mistral-7b, hardware=h100]      # Hydra overrides every point gets
+    grid:                                          # cross product of these axes ...
+      search: [strict, relaxed]
+    variants:                                      # ... times the union of these sub-grids
+      - {policy: [orca], policy.max_batch_size: [16]}
+      - {policy: [sarathi], policy.chunk_size: [512, 2048]}
+
+Each point is a list of Hydra overrides. Results go to `<out>/results.jsonl`, one JSON line per
+finished point, appended as points finish, so an interrupted sweep resumes by skipping every point
+already there; `results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per
+capacity-search trial) are rebuilt from it. A point that raises is recorded with its error and the
+sweep goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from simulator.config import ConfigError, HardwareConfig, ModelConfig
+
+RESULTS_JSONL = "results.jsonl"
+DONE_STATUSES = ("ok", "infeasible_config")
+TEXT_COLUMNS = {"point_id", "overrides", "status", "error", "traceback", "violations", "capacity_status"}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One configuration: the Hydra overrides that build it and the axis values that vary."""
+
+    overrides: tuple[str, ...]
+    axes: tuple[tuple[str, str], ...]  # (axis name, value) for the table's columns
+
+    @property
+    def point_id(self) -> str:
+        """Stable 12-hex-digit id from the sorted overrides (order of axes does not matter)."""
+        text = "\n".join(sorted(self.overrides))
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class SweepSpace:
+    """A parsed space file."""
+
+    name: str
+    base: list[str] = field(default_factory=list)
+    grid: dict[str, list] = field(default_factory=dict)
+    variants: list[dict[str, list]] = field(default_factory=list)
+
+
+# --- the space -----------------------------------------------------------------------------------
+
+
+def load_space(path: str | Path) -> SweepSpace:
+    """Read a space YAML file; errors name the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"sweep space {path} does not exist")
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    return parse_space(raw, source=str(path))
+
+
+def parse_space(raw: dict, source: str = "<space>") -> SweepSpace:
+    """Validate a space mapping (see the module docstring for its shape)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with keys name, base, grid, variants")
+    unknown = set(raw) - {"name", "base", "grid", "variants"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; expected name, base, grid, variants")
+    base = raw.get("base") or []
+    if not isinstance(base, list) or not all(isinstance(o, str) and "=" in o for o in base):
+        raise ConfigError(f"{source}: 'base' must be a list of Hydra overrides like 'model=mistral-7b'")
+
+    def axes(mapping, where: str) -> dict[str, list]:
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{source}: '{where}' must map an override key to a list of values")
+        checked = {}
+        for key, values in mapping.items():
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ConfigError(f"{source}: {where}.{key} has no values")
+            checked[str(key)] = values
+        return checked
+
+    grid = axes(raw.get("grid") or {}, "grid")
+    variants_raw = raw.get("variants") or []
+    if not isinstance(variants_raw, list):
+        raise ConfigError(f"{source}: 'variants' must be a list of sub-grids")
+    variants = [axes(v, f"variants[{i}]") for i, v in enumerate(variants_raw)]
+    return SweepSpace(name=str(raw.get("name") or Path(source).stem), base=list(base), grid=grid, variants=variants)
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def enumerate_points(space: SweepSpace) -> list[SweepPoint]:
+    """Every point of the space, in a stable order, duplicates removed."""
+    variants = space.variants or [{}]
+    points, seen = [], set()
+    for variant in variants:
+        axes = {**space.grid, **variant}
+        keys = list(axes)
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            chosen = tuple((k, _format_value(v)) for k, v in zip(keys, combo))
+            overrides = tuple(space.base) + tuple(f"{k}={v}" for k, v in chosen)
+            point = SweepPoint(overrides=overrides, axes=chosen)
+            if point.point_id not in seen:
+                seen.add(point.point_id)
+                points.append(point)
+    return points
+
+
+# --- what can run at all -------------------------------------------------------------------------
+
+
+def infeasibility_reason(
+    model: ModelConfig,
+    hardware: HardwareConfig,
+    tp: int,
+    pp: int,
+    kv_tokens_available: Callable[[ModelConfig, HardwareConfig, int, int], int],
+    min_kv_tokens: int,
+) -> str | None:
+    """Why this parallel layout cannot serve `model` on `hardware`, or None when it can.
+
+    `kv_tokens_available(model, hardware, tp, pp)` is the simulator's own KV sizing (tokens of KV cache
+    one replica holds after weights and reserves); a layout must hold at least `min_kv_tokens` (one
+    longest request) to serve anything.
+    """
+    try:
+        model.validate_tp(tp)
+    except ConfigError as e:
+        return str(e)
+    if pp < 1 or model.num_layers % pp:
+        return f"cluster.pp={pp} does not divide model {model.name}'s {model.num_layers} layers"
+    weights_gib = model.weight_bytes_per_gpu(tp, pp) / 2**30
+    if weights_gib >= hardware.memory_gib:
+        return f"weights need {weights_gib:.1f} GiB per GPU, more than {hardware.name}'s {hardware.memory_gib} GiB"
+    kv_tokens = kv_tokens_available(model, hardware, tp, pp)
+    if kv_tokens < min_kv_tokens:
+        return (
+            f"KV cache holds {max(kv_tokens, 0)} tokens per replica after {weights_gib:.1f} GiB of weights, "
+            f"fewer than one {min_kv_tokens}-token request"
+        )
+    return None
+
+
+# --- the results store ---------------------------------------------------------------------------
+
+
+def read_records(out_dir: Path) -> dict[str, dict]:
+    """Finished records by point id (the last line for a point wins; a torn last line is ignored)."""
+    path = Path(out_dir) / RESULTS_JSONL
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the sweep was killed mid-write; that point simply runs again
+            records[record["point_id"]] = record
+    return records
+
+
+def append_record(out_dir: Path, record: dict) -> None:
+    """Append one point's record as a single JSON line, flushed to disk before returning."""
+    path = Path(out_dir) / RESULTS_JSONL
+    line = json.dumps(record, default=str) + "\n"
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a torn line from a killed run: start ours on a fresh line
+                line = "\n" + line
+    with path.open("a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_tables(out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rebuild results.parquet / results.csv (one row per point) and trials.parquet (one row per
+    trial) from results.jsonl; return both tables."""
+    out_dir = Path(out_dir)
+    records = list(read_records(out_dir).values())
+    rows, trial_rows = [], []
+    for record in records:
+        row = {k: v for k, v in record.items() if k not in ("trials", "axes", "overrides", "metrics")}
+        row["overrides"] = " ".join(record.get("overrides", []))
+        row.update(record.get("axes", {}))
+        row.update(record.get("metrics", {}))
+        rows.append(row)
+        for trial in record.get("trials", []):
+            trial_rows.append(
+                {"point_id": record["point_id"], **record.get("axes", {}),
+                 "rate_qps": trial["rate_qps"], "feasible": trial["feasible"], "wall_s": trial.get("wall_s"),
+                 "violations": "; ".join(trial.get("violations", [])),
+                 **{k: _as_float(v) for k, v in trial.get("metrics", {}).items()}}
+            )
+    table = pd.DataFrame(rows)
+    trials = pd.DataFrame(trial_rows)
+    if len(table):
+        table = _numeric_columns(table)
+        table.to_parquet(out_dir / "results.parquet", index=False)
+        table.to_csv(out_dir / "results.csv", index=False)
+    if len(trials):
+        _numeric_columns(trials).to_parquet(out_dir / "trials.parquet", index=False)
+    return table, trials
+
+
+def _as_float(value):
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+def _numeric_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Turn columns whose every value parses as a number into numbers (axis values arrive as strings)."""
+    for column in table.columns:
+        if column in TEXT_COLUMNS:
+            continue
+        if table[column].dtype == object or pd.api.types.is_string_dtype(table[column]):
+            converted = pd.to_numeric(table[column].map(_as_float), errors="coerce")
+            if converted.notna().sum() == table[column].notna().sum():
+                table[column] = converted
+    return table
+
+
+# --- running -------------------------------------------------------------------------------------
+
+PointRunner = Callable[[SweepPoint, Path], dict]
+
+
+def _run_one(runner: PointRunner, point: SweepPoint, point_dir: str) -> dict:
+    """Run one point and turn any exception into a failure record (runs inside a worker)."""
+    start = time.perf_counter()
+    base = {"point_id": point.point_id, "overrides": list(point.overrides), "axes": dict(point.axes)}
+    try:
+        Path(point_dir).mkdir(parents=True, exist_ok=True)
+        result = runner(point, Path(point_dir))
+        record = {**base, "status": "ok", "error": "", **result}
+    except Exception as e:  # a failing point must not stop the sweep
+        record = {**base, "status": "error", "error": f"{type(e).__name__}: {e}",
+                  "traceback": traceback.format_exc(limit=8)}
+    record["point_wall_s"] = time.perf_counter() - start
+    return record
+
+
+@dataclass
+class SweepOutcome:
+    """What one call of `run_sweep` did."""
+
+    ran: int
+    skipped: int
+    failed: int
+    table: pd.DataFrame
+    trials: pd.DataFrame
+    wall_s: float
+
+
+def run_sweep(
+    points: Sequence[SweepPoint],
+    out_dir: str | Path,
+    runner: PointRunner,
+    infeasible: dict[str, str] | None = None,
+    executor: str = "local",
+    workers: int = 0,
+    ray_address: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> SweepOutcome:
+    """Run `runner` on every point not already finished in `out_dir`.
+
+    `infeasible` maps point ids to a reason; those points are recorded without running.
+    `executor` is "serial", "local" (a process pool of `workers`, 0 = all cores) or "ray"
+    (tasks on the Ray cluster at `ray_address`; None starts a local Ray instance).
+    Failed points from an earlier call are skipped unless `retry_failed`.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = read_records(out_dir)
+    finished = set(DONE_STATUSES) | (set() if retry_failed else {"error"})
+    infeasible = infeasible or {}
+    todo, skipped = [], 0
+    for point in points:
+        if point.point_id in done and done[point.point_id]["status"] in finished:
+            skipped += 1
+        elif point.point_id in infeasible:
+            append_record(out_dir, {"point_id": point.point_id, "overrides": list(point.overrides),
+                                    "axes": dict(point.axes), "status": "infeasible_config",
+                                    "error": infeasible[point.point_id]})
+        else:
+            todo.append(point)
+
+    failed = 0
+    bar = tqdm(total=len(todo), desc="sweep points", unit="point", disable=not progress)
+    for record in _execute(todo, out_dir, runner, executor, workers, ray_address):
+        append_record(out_dir, record)
+        failed += record["status"] == "error"
+        bar.update(1)
+        bar.set_postfix(failed=failed)
+    bar.close()
+    table, trials = write_tables(out_dir)
+    return SweepOutcome(len(todo), skipped, failed, table, trials, time.perf_counter() - start)
+
+
+def _execute(todo, out_dir, runner, executor, workers, ray_address) -> Iterable[dict]:
+    """Yield each point's record as soon as it finishes."""
+    point_dir = lambda p: str(out_dir / "points" / p.point_id)  # noqa: E731
+    if executor == "serial" or (executor == "local" and (workers == 1 or len(todo) <= 1)):
+        for point in todo:
+            yield _run_one(runner, point, point_dir(point))
+    elif executor == "local":
+        workers = workers or os.cpu_count() or 1
+        # spawn, not fork: workers start clean (no inherited threads from pyarrow or tqdm).
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, runner, p, point_dir(p)) for p in todo]
+            for future in as_completed(futures):
+                yield future.result()
+    elif executor == "ray":
+        yield from _execute_on_ray(todo, runner, point_dir, workers, ray_address)
+    else:
+        raise ConfigError(f"sweep executor='{executor}' is not one of serial, local, ray")
+
+
+def _execute_on_ray(todo, runner, point_dir, workers, ray_address) -> Iterable[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor=ray needs Ray: pip install 'servesim[ray]' (or pip install ray)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = {"address": ray_address} if ray_address else {"num_cpus": workers or os.cpu_count()}
+        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+    try:
+        remote_run = ray.remote(num_cpus=1)(_run_one)
+        pending = [remote_run.remote(runner, p, point_dir(p)) for p in todo]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(ready[0])
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,129 @@
+"""Sweep enumeration, feasibility filter, resume, failure recording and the process-pool executor."""
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulator.config import ConfigError, load_hardware_config, load_model_config
+from simulator.sweep import (
+    RESULTS_JSONL,
+    enumerate_points,
+    infeasibility_reason,
+    parse_space,
+    read_records,
+    run_sweep,
+)
+
+SPACE = {
+    "name": "t",
+    "base": ["model=mistral-7b"],
+    "grid": {"search": ["strict", "relaxed"]},
+    "variants": [
+        {"policy": ["orca"], "policy.max_batch_size": [16]},
+        {"policy": ["sarathi"], "policy.chunk_size": [512, 2048]},
+    ],
+}
+
+
+def fake_runner(point, point_dir):
+    """Capacity = chunk size / 100 (or 3 without one); a point with chunk 2048 and relaxed SLOs fails."""
+    axes = dict(point.axes)
+    (point_dir / "ran.txt").write_text("yes")
+    if axes.get("policy.chunk_size") == "2048" and axes["search"] == "relaxed":
+        raise RuntimeError("simulated crash")
+    capacity = int(axes.get("policy.chunk_size", 300)) / 100
+    return {"capacity_qps": capacity, "metrics": {"ttft_s_p99": 1 / capacity},
+            "trials": [{"rate_qps": 1.0, "feasible": True, "metrics": {"ttft_s_p99": 0.5}, "violations": []}]}
+
+
+def test_space_enumerates_grid_times_union_of_variants():
+    points = enumerate_points(parse_space(SPACE))
+    assert len(points) == 2 * (1 + 2)
+    assert points[0].overrides == ("model=mistral-7b", "search=strict", "policy=orca", "policy.max_batch_size=16")
+    assert len({p.point_id for p in points}) == 6
+
+
+def test_point_id_does_not_depend_on_axis_order():
+    a = enumerate_points(parse_space({"grid": {"x": [1], "y": [2]}}))[0]
+    b = enumerate_points(parse_space({"grid": {"y": [2], "x": [1]}}))[0]
+    assert a.point_id == b.point_id
+
+
+def test_bad_space_names_the_key():
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_space({"grids": {}}, source="s.yaml")
+    with pytest.raises(ConfigError, match=r"variants\[0\].policy has no values"):
+        parse_space({"variants": [{"policy": []}]}, source="s.yaml")
+    with pytest.raises(ConfigError, match="base"):
+        parse_space({"base": ["model"]}, source="s.yaml")
+
+
+def test_feasibility_filter():
+    mistral, yi, h100 = load_model_config("mistral-7b"), load_model_config("yi-34b"), load_hardware_config("h100")
+    a100 = load_hardware_config("a100")
+
+    def kv_tokens(model, hardware, tp, pp):  # 90% of memory minus weights, as a plain KV sizing
+        free = 0.9 * hardware.memory_gib * 2**30 - model.weight_bytes_per_gpu(tp, pp)
+        return int(free // model.kv_bytes_per_token(tp, pp))
+
+    assert infeasibility_reason(mistral, h100, 1, 1, kv_tokens, 4096) is None
+    assert "does not divide" in infeasibility_reason(mistral, h100, 3, 1, kv_tokens, 4096)  # 32 heads
+    assert "pp=7" in infeasibility_reason(mistral, h100, 1, 7, kv_tokens, 4096)  # 32 layers
+    small = dataclasses.replace(h100, memory_gib=14.0)  # Mistral's 13.5 GiB of weights fit, no KV does
+    assert "KV cache holds 0 tokens" in infeasibility_reason(mistral, small, 1, 1, kv_tokens, 4096)
+    assert infeasibility_reason(yi, a100, 1, 1, kv_tokens, 4096) is None  # 64 GiB weights, ~35k KV tokens
+    assert "fewer than one 40000-token" in infeasibility_reason(yi, a100, 1, 1, kv_tokens, 40000)
+    assert infeasibility_reason(yi, h100, 2, 1, kv_tokens, 4096) is None
+    llama70 = load_model_config("llama-2-70b")
+    assert "weights need" in infeasibility_reason(llama70, h100, 1, 1, kv_tokens, 4096)
+
+
+def test_sweep_records_failures_then_resumes_without_rerunning(tmp_path):
+    points = enumerate_points(parse_space(SPACE))
+    first = run_sweep(points[:4], tmp_path, fake_runner, executor="serial", progress=False)
+    assert (first.ran, first.skipped, first.failed) == (4, 0, 0)
+
+    # Interrupted mid-write: a torn last line must be ignored, not crash the resume.
+    with (tmp_path / RESULTS_JSONL).open("a") as f:
+        f.write('{"point_id": "abc", "sta')
+    second = run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False)
+    assert (second.ran, second.skipped, second.failed) == (2, 4, 1)
+
+    table = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(table) == 6
+    failed = table[table["status"] == "error"]
+    assert len(failed) == 1 and "simulated crash" in failed["error"].iloc[0]
+    assert failed["search"].iloc[0] == "relaxed" and failed["policy.chunk_size"].iloc[0] == 2048
+    ok = table[table["status"] == "ok"].set_index("point_id")
+    assert sorted(ok["capacity_qps"]) == [3.0, 3.0, 5.12, 5.12, 20.48]
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    assert len(trials) == 5 and trials["rate_qps"].eq(1.0).all()
+
+    # A third call runs nothing; retry_failed re-runs only the failed point.
+    third = run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False)
+    assert (third.ran, third.skipped) == (0, 6)
+    fourth = run_sweep(points, tmp_path, fake_runner, executor="serial", retry_failed=True, progress=False)
+    assert (fourth.ran, fourth.failed) == (1, 1)
+
+
+def test_infeasible_points_are_recorded_not_run(tmp_path):
+    points = enumerate_points(parse_space(SPACE))[:2]
+    outcome = run_sweep(points, tmp_path, fake_runner, infeasible={points[1].point_id: "too big"},
+                        executor="serial", progress=False)
+    assert outcome.ran == 1
+    records = read_records(tmp_path)
+    assert records[points[1].point_id]["status"] == "infeasible_config"
+    assert not (tmp_path / "points" / points[1].point_id / "ran.txt").exists()
+
+
+def test_process_pool_gives_the_same_table_as_serial(tmp_path):
+    points = enumerate_points(parse_space(SPACE))
+    run_sweep(points, tmp_path / "serial", fake_runner, executor="serial", progress=False)
+    run_sweep(points, tmp_path / "pool", fake_runner, executor="local", workers=2, progress=False)
+    columns = ["point_id", "status", "capacity_qps"]
+    serial = pd.read_parquet(tmp_path / "serial" / "results.parquet")[columns].sort_values("point_id")
+    pool = pd.read_parquet(tmp_path / "pool" / "results.parquet")[columns].sort_values("point_id")
+    pd.testing.assert_frame_equal(serial.reset_index(drop=True), pool.reset_index(drop=True))
+    assert json.loads((tmp_path / "pool" / RESULTS_JSONL).read_text().splitlines()[0])["point_wall_s"] >= 0
