@@ -1,14 +1,31 @@
-"""Latency and throughput metrics from a finished simulation: per-request tables, summary, trace files.
+"""Latency and throughput metrics from a finished simulation: per-request tables, summary, output files.
 
 The simulator records what happened in two flat, array-based records (`RequestRecords`,
-`IterationRecords`); this module only reads them. Everything is vectorised with numpy so a run with
-millions of output tokens summarises in well under a second.
+`IterationRecords`); this module only reads them. Everything is vectorised with numpy (no Python
+loop over requests or tokens), so millions of output tokens summarise in a fraction of a second.
+
+Definitions (all times in seconds of simulated time):
+  TTFT      first_token - arrived
+  TBT       each gap between consecutive output tokens of one request (preemption stalls included)
+  TPOT      per request, mean gap after the first token: (last_token - first_token) / (tokens - 1)
+  E2E       completed - arrived;  normalized E2E = E2E / output_tokens (vLLM paper's metric)
+  queueing  first_scheduled - arrived
+Rejected requests are counted but excluded from every latency statistic. A statistic covers the
+requests where it is defined: TTFT/queueing those that got that far, E2E/TPOT completed ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from simulator.perfetto import iteration_kinds, write_chrome_trace
+
+PERCENTILES = (50, 90, 99)
+SIGNIFICANT_DIGITS = 7  # summary floats are rounded to this many, so JSON is short and stable
 
 
 @dataclass
@@ -35,6 +52,9 @@ class RequestRecords:
     token_times_s: np.ndarray  # float64, all output tokens' emission times
     token_offsets: np.ndarray  # int64, n + 1
 
+    def __len__(self) -> int:
+        return len(self.request_id)
+
 
 @dataclass
 class IterationRecords:
@@ -48,3 +68,329 @@ class IterationRecords:
     num_prefill_tokens: np.ndarray  # int64, prompt tokens processed in this iteration
     num_decode_tokens: np.ndarray  # int64, decode tokens (one per decoding request)
     kv_blocks_used: np.ndarray  # int64, KV blocks allocated on the replica when the iteration started
+
+    def __len__(self) -> int:
+        return len(self.start_s)
+
+
+# ----------------------------------------------------------------------------- per-request metrics
+
+
+def check_records(records: RequestRecords) -> None:
+    """Raise ValueError naming the field if the arrays do not line up."""
+    n = len(records.request_id)
+    for f in fields(RequestRecords):
+        if f.name in ("token_times_s", "token_offsets", "request_id"):
+            continue
+        if len(getattr(records, f.name)) != n:
+            raise ValueError(f"RequestRecords.{f.name} has {len(getattr(records, f.name))} entries, expected {n}")
+    offsets = np.asarray(records.token_offsets)
+    if len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(records.token_times_s):
+        raise ValueError(
+            f"RequestRecords.token_offsets must have {n + 1} entries from 0 to "
+            f"len(token_times_s)={len(records.token_times_s)}"
+        )
+    if (np.diff(offsets) < 0).any():
+        raise ValueError("RequestRecords.token_offsets must be non-decreasing")
+
+
+def _tokens_per_request(records: RequestRecords) -> np.ndarray:
+    return np.diff(np.asarray(records.token_offsets, dtype=np.int64))
+
+
+def _gaps_with_owner(records: RequestRecords) -> tuple[np.ndarray, np.ndarray]:
+    """(gaps_s, owner): every within-request inter-token gap and the row index of its request.
+
+    np.diff over the flat token array gives one gap per adjacent pair; the pair straddling two
+    requests (the gap just before each request's first token) is masked out.
+    """
+    times = np.asarray(records.token_times_s, dtype=np.float64)
+    if len(times) < 2:
+        return np.empty(0), np.empty(0, dtype=np.int64)
+    same_request = np.ones(len(times) - 1, dtype=bool)
+    starts = np.asarray(records.token_offsets, dtype=np.int64)[1:-1]
+    starts = starts[(starts > 0) & (starts < len(times))]
+    same_request[starts - 1] = False
+    gaps = np.diff(times)[same_request]
+    gaps_per_request = np.maximum(_tokens_per_request(records) - 1, 0)
+    owner = np.repeat(np.arange(len(gaps_per_request)), gaps_per_request)
+    return gaps, owner
+
+
+def tbt_gaps_s(records: RequestRecords) -> np.ndarray:
+    """All time-between-tokens gaps (s) of non-rejected requests, request after request."""
+    check_records(records)
+    gaps, owner = _gaps_with_owner(records)
+    rejected = np.asarray(records.rejected, dtype=bool)
+    return gaps[~rejected[owner]] if rejected.any() else gaps
+
+
+def _per_request_tbt(records: RequestRecords, q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
+    """(max, q-th percentile) of each request's gaps (s); NaN for requests with fewer than 2 tokens.
+
+    One sort of all gaps keyed by (request, gap) instead of a loop; the percentile interpolates
+    linearly like np.percentile.
+    """
+    n = len(records.request_id)
+    gaps, owner = _gaps_with_owner(records)
+    tbt_max, tbt_q = np.full(n, np.nan), np.full(n, np.nan)
+    if len(gaps) == 0:
+        return tbt_max, tbt_q
+    # Owners are already grouped, so sorting owner * span + gap orders gaps within each request.
+    # The key only chooses the order; values are read back from `gaps` exactly.
+    span = 2.0 * float(gaps.max()) + 1.0
+    ordered = gaps[np.argsort(owner * span + gaps)]
+    counts = np.maximum(_tokens_per_request(records) - 1, 0)
+    has = counts > 0
+    first = (np.cumsum(counts) - counts)[has]
+    m = counts[has]
+    position = q / 100.0 * (m - 1)
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, m - 1)
+    fraction = position - lower
+    low_value, high_value = ordered[first + lower], ordered[first + upper]
+    tbt_q[has] = low_value + (high_value - low_value) * fraction
+    tbt_max[has] = ordered[first + m - 1]
+    return tbt_max, tbt_q
+
+
+def request_table(records: RequestRecords) -> pd.DataFrame:
+    """One row per request with its milestones and latencies (s). Columns:
+
+    request_id, replica_id, arrived_s, prompt_tokens, output_tokens, first_scheduled_s,
+    first_token_s, completed_s, ttft_s, tpot_s, e2e_s, normalized_e2e_s_per_token,
+    queueing_delay_s, tbt_max_s, tbt_p99_s, preemptions, rejected, reject_reason.
+    Latencies are NaN where undefined (rejected, unfinished, or a single output token for TPOT/TBT).
+    """
+    return _request_columns(records, per_request_tbt=True)
+
+
+def _request_columns(records: RequestRecords, per_request_tbt: bool) -> pd.DataFrame:
+    """request_table; without per_request_tbt the (sort-heavy) tbt_max_s/tbt_p99_s columns are NaN."""
+    check_records(records)
+    arrived = np.asarray(records.arrived_s, dtype=np.float64)
+    completed = np.asarray(records.completed_s, dtype=np.float64)
+    first_token = np.asarray(records.first_token_s, dtype=np.float64)
+    output_tokens = np.asarray(records.output_tokens, dtype=np.int64)
+    rejected = np.asarray(records.rejected, dtype=bool)
+    e2e = completed - arrived
+    if per_request_tbt:
+        tbt_max, tbt_p99 = _per_request_tbt(records)
+    else:
+        tbt_max = tbt_p99 = np.full(len(arrived), np.nan)
+    table = pd.DataFrame({
+        "request_id": np.asarray(records.request_id, dtype=np.int64),
+        "replica_id": np.asarray(records.replica_id, dtype=np.int64),
+        "arrived_s": arrived,
+        "prompt_tokens": np.asarray(records.prompt_tokens, dtype=np.int64),
+        "output_tokens": output_tokens,
+        "first_scheduled_s": np.asarray(records.first_scheduled_s, dtype=np.float64),
+        "first_token_s": first_token,
+        "completed_s": completed,
+        "ttft_s": first_token - arrived,
+        "tpot_s": _tpot_s(records, completed),
+        "e2e_s": e2e,
+        "normalized_e2e_s_per_token": e2e / np.maximum(output_tokens, 1),
+        "queueing_delay_s": np.asarray(records.first_scheduled_s, dtype=np.float64) - arrived,
+        "tbt_max_s": tbt_max,
+        "tbt_p99_s": tbt_p99,
+        "preemptions": np.asarray(records.preemptions, dtype=np.int64),
+        "rejected": rejected,
+        "reject_reason": np.asarray(records.reject_reason, dtype=object),
+    })
+    # A rejected request has no latency, whatever partial times it may carry.
+    latency_columns = ["ttft_s", "tpot_s", "e2e_s", "normalized_e2e_s_per_token", "queueing_delay_s",
+                       "tbt_max_s", "tbt_p99_s"]
+    if rejected.any():
+        table.loc[rejected, latency_columns] = np.nan
+    return table
+
+
+def _tpot_s(records: RequestRecords, completed: np.ndarray) -> np.ndarray:
+    """(last token - first token) / (tokens - 1) for completed requests with >= 2 tokens, else NaN."""
+    times = np.asarray(records.token_times_s, dtype=np.float64)
+    offsets = np.asarray(records.token_offsets, dtype=np.int64)
+    counts = np.diff(offsets)
+    tpot = np.full(len(counts), np.nan)
+    ok = (counts >= 2) & ~np.isnan(completed)
+    tpot[ok] = (times[offsets[1:][ok] - 1] - times[offsets[:-1][ok]]) / (counts[ok] - 1)
+    return tpot
+
+
+def iteration_table(iters: IterationRecords) -> pd.DataFrame:
+    """One row per stage iteration: replica_id, stage, start_s, duration_s, end_s, kind
+    (prefill/decode/mixed/empty), batch_size, num_prefill_tokens, num_decode_tokens, kv_blocks_used."""
+    start = np.asarray(iters.start_s, dtype=np.float64)
+    duration = np.asarray(iters.duration_s, dtype=np.float64)
+    return pd.DataFrame({
+        "replica_id": np.asarray(iters.replica_id, dtype=np.int64),
+        "stage": np.asarray(iters.stage, dtype=np.int64),
+        "start_s": start,
+        "duration_s": duration,
+        "end_s": start + duration,
+        "kind": iteration_kinds(iters.num_prefill_tokens, iters.num_decode_tokens),
+        "batch_size": np.asarray(iters.batch_size, dtype=np.int64),
+        "num_prefill_tokens": np.asarray(iters.num_prefill_tokens, dtype=np.int64),
+        "num_decode_tokens": np.asarray(iters.num_decode_tokens, dtype=np.int64),
+        "kv_blocks_used": np.asarray(iters.kv_blocks_used, dtype=np.int64),
+    })
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _round(x) -> float | None:
+    """A JSON-safe float with SIGNIFICANT_DIGITS digits; None for NaN/inf (JSON null)."""
+    x = float(x)
+    return float(f"{x:.{SIGNIFICANT_DIGITS}g}") if np.isfinite(x) else None
+
+
+def latency_stats(values: np.ndarray) -> dict:
+    """{mean, p50, p90, p99, max} of the finite values (linear-interpolated percentiles); None if none."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    keys = ["mean", *(f"p{p}" for p in PERCENTILES), "max"]
+    if len(values) == 0:
+        return dict.fromkeys(keys)
+    numbers = [values.mean(), *np.percentile(values, PERCENTILES), values.max()]
+    return {k: _round(v) for k, v in zip(keys, numbers)}
+
+
+def summarize(records: RequestRecords, iters: IterationRecords | None, simulated_s: float,
+              wall_s: float) -> dict:
+    """The run's headline numbers as a JSON-ready dict (floats rounded, NaN -> None).
+
+    Latency blocks (ttft_s, tbt_s, tpot_s, e2e_s, normalized_e2e_s_per_token, queueing_delay_s)
+    each hold {mean, p50, p90, p99, max} in seconds. Throughput is measured over the makespan, from
+    the first arrival to the last completion: throughput_rps = completed / makespan_s and
+    output_tokens_per_s = output tokens of completed requests / makespan_s. offered_rps is the
+    arrival rate, (requests - 1) / (last arrival - first arrival). Iteration numbers count stage-0
+    rows (each batch once, whatever the pipeline depth).
+    """
+    table = _request_columns(records, per_request_tbt=False)
+    rejected = table["rejected"].to_numpy()
+    completed = ~rejected & table["completed_s"].notna().to_numpy()
+    n = len(table)
+    arrived = table["arrived_s"].to_numpy()
+
+    reasons, reason_counts = np.unique(table["reject_reason"].to_numpy()[rejected].astype(str), return_counts=True)
+    last_completion = table["completed_s"].to_numpy()[completed].max() if completed.any() else np.nan
+    makespan_s = last_completion - arrived.min() if completed.any() else np.nan
+    output_tokens_done = int(table["output_tokens"].to_numpy()[completed].sum())
+    arrival_span_s = arrived.max() - arrived.min() if n else 0.0
+    preemptions = table["preemptions"].to_numpy()
+
+    summary = {
+        "num_requests": n,
+        "completed": int(completed.sum()),
+        "unfinished": int((~rejected & ~completed).sum()),
+        "rejected": int(rejected.sum()),
+        "rejected_by_reason": {str(r): int(c) for r, c in zip(reasons, reason_counts)},
+        "ttft_s": latency_stats(table["ttft_s"]),
+        "tbt_s": latency_stats(tbt_gaps_s(records)),
+        "tpot_s": latency_stats(table["tpot_s"]),
+        "e2e_s": latency_stats(table["e2e_s"]),
+        "normalized_e2e_s_per_token": latency_stats(table["normalized_e2e_s_per_token"]),
+        "queueing_delay_s": latency_stats(table["queueing_delay_s"]),
+        "makespan_s": _round(makespan_s),
+        "throughput_rps": _round(completed.sum() / makespan_s) if makespan_s > 0 else None,
+        "output_tokens_per_s": _round(output_tokens_done / makespan_s) if makespan_s > 0 else None,
+        "offered_rps": _round((n - 1) / arrival_span_s) if arrival_span_s > 0 else None,
+        "output_tokens_completed": output_tokens_done,
+        "preemptions": int(preemptions.sum()),
+        "requests_preempted": int((preemptions > 0).sum()),
+        "simulated_s": _round(simulated_s),
+        "wall_s": _round(wall_s),
+    }
+    summary.update(_iteration_summary(iters))
+    return summary
+
+
+def _iteration_summary(iters: IterationRecords | None) -> dict:
+    if iters is None or len(iters.start_s) == 0:
+        return {"num_iterations": 0, "batch_size_mean": None, "batch_size_max": None,
+                "iteration_s": latency_stats(np.empty(0))}
+    first_stage = np.asarray(iters.stage) == 0
+    batch = np.asarray(iters.batch_size)[first_stage]
+    return {
+        "num_iterations": int(first_stage.sum()),
+        "batch_size_mean": _round(batch.mean()) if len(batch) else None,
+        "batch_size_max": int(batch.max()) if len(batch) else None,
+        "iteration_s": latency_stats(np.asarray(iters.duration_s)[first_stage]),
+    }
+
+
+def summary_json(summary: dict) -> str:
+    """Deterministic JSON text: sorted keys, two-space indent, no NaN (they are null already)."""
+    return json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def token_times_table(records: RequestRecords) -> pd.DataFrame:
+    """Every output token: request_id, token_index (0 = first token), time_s. TBT gaps are the
+    differences of time_s within a request_id."""
+    counts = _tokens_per_request(records)
+    offsets = np.asarray(records.token_offsets, dtype=np.int64)
+    return pd.DataFrame({
+        "request_id": np.repeat(np.asarray(records.request_id, dtype=np.int64), counts),
+        "token_index": (np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)).astype(np.int32),
+        "time_s": np.asarray(records.token_times_s, dtype=np.float64),
+    })
+
+
+def write_outputs(out_dir: str | Path, records: RequestRecords, iters: IterationRecords | None,
+                  summary: dict) -> dict[str, Path]:
+    """Write a run's result files into `out_dir` (created if missing) and return their paths:
+
+    requests.parquet (request_table), iterations.parquet (iteration_table), token_times.parquet
+    (token_times_table), summary.json (summary_json), trace.json (Perfetto/Chrome trace; open it in
+    ui.perfetto.dev).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in
+             ("requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json", "trace.json")}
+    request_table(records).to_parquet(paths["requests.parquet"], index=False)
+    token_times_table(records).to_parquet(paths["token_times.parquet"], index=False)
+    if iters is None:
+        iters = IterationRecords(*(np.empty(0, dtype=np.int64) for _ in fields(IterationRecords)))
+    iteration_table(iters).to_parquet(paths["iterations.parquet"], index=False)
+    paths["summary.json"].write_text(summary_json(summary))
+    write_chrome_trace(paths["trace.json"], iters)
+    return paths
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def format_summary(summary: dict) -> str:
+    """A multi-line, human-readable table of `summary` for the terminal (times in ms, E2E in s)."""
+    def number(x, scale=1.0, digits=1):
+        return "-" if x is None else f"{x * scale:,.{digits}f}"
+
+    rejected = summary["rejected"]
+    reasons = ", ".join(f"{r} {c}" for r, c in sorted(summary["rejected_by_reason"].items()))
+    lines = [
+        f"requests    {summary['num_requests']:,} arrived, {summary['completed']:,} completed, "
+        f"{summary['unfinished']:,} unfinished, {rejected:,} rejected" + (f" ({reasons})" if reasons else ""),
+        f"throughput  {number(summary['throughput_rps'], digits=3)} req/s, "
+        f"{number(summary['output_tokens_per_s'])} output tokens/s "
+        f"(offered {number(summary['offered_rps'], digits=3)} req/s)",
+        f"preemptions {summary['preemptions']:,} ({summary['requests_preempted']:,} requests)",
+        f"iterations  {summary['num_iterations']:,}, mean batch {number(summary['batch_size_mean'])}, "
+        f"max batch {summary['batch_size_max'] if summary['batch_size_max'] is not None else '-'}",
+        f"time        {number(summary['simulated_s'])} s simulated in {number(summary['wall_s'], digits=2)} s",
+        "",
+        f"{'latency':<22}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
+    ]
+    rows = [("TTFT (ms)", "ttft_s", 1e3), ("TBT (ms)", "tbt_s", 1e3), ("TPOT (ms)", "tpot_s", 1e3),
+            ("queueing delay (ms)", "queueing_delay_s", 1e3), ("E2E (s)", "e2e_s", 1.0),
+            ("E2E per token (ms)", "normalized_e2e_s_per_token", 1e3), ("iteration (ms)", "iteration_s", 1e3)]
+    for label, key, scale in rows:
+        stats = summary[key]
+        cells = "".join(f"{number(stats[k], scale, 2 if scale == 1.0 else 1):>10}"
+                        for k in ("mean", "p50", "p90", "p99", "max"))
+        lines.append(f"{label:<22}{cells}")
+    return "\n".join(lines)
