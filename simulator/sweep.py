@@ -36,6 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
+from simulator.paths import REPO_ROOT
 
 RESULTS_JSONL = "results.jsonl"
 DONE_STATUSES = ("ok", "infeasible_config")
@@ -359,7 +360,11 @@ def _execute_on_ray(todo, runner, point_dir, workers, ray_address) -> Iterable[d
         raise ConfigError("executor=ray needs Ray: pip install 'servesim[ray]' (or pip install ray)") from None
     started_here = not ray.is_initialized()
     if started_here:
-        kwargs = {"address": ray_address} if ray_address else {"num_cpus": workers or os.cpu_count()}
+        if ray_address:  # an existing cluster: its nodes must have servesim installed
+            kwargs = {"address": ray_address}
+        else:  # a local instance: workers import servesim from this checkout
+            kwargs = {"num_cpus": workers or os.cpu_count(),
+                      "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}}
         ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
     try:
         remote_run = ray.remote(num_cpus=1)(_run_one)

@@ -127,3 +127,20 @@ def test_process_pool_gives_the_same_table_as_serial(tmp_path):
     pool = pd.read_parquet(tmp_path / "pool" / "results.parquet")[columns].sort_values("point_id")
     pd.testing.assert_frame_equal(serial.reset_index(drop=True), pool.reset_index(drop=True))
     assert json.loads((tmp_path / "pool" / RESULTS_JSONL).read_text().splitlines()[0])["point_wall_s"] >= 0
+
+
+def test_ray_executor_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    # Started here (not by run_sweep) so workers can import this test module, as they would import
+    # an installed runner on a real cluster; run_sweep then uses the running instance.
+    tests_dir = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    try:
+        points = enumerate_points(parse_space(SPACE))
+        outcome = run_sweep(points, tmp_path, fake_runner, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert (outcome.ran, outcome.failed) == (6, 1)
+    table = pd.read_parquet(tmp_path / "results.parquet")
+    assert sorted(table.loc[table["status"] == "ok", "capacity_qps"]) == [3.0, 3.0, 5.12, 5.12, 20.48]
