@@ -117,12 +117,18 @@ def _gaps_with_owner(records: RequestRecords) -> tuple[np.ndarray, np.ndarray]:
     return gaps, owner
 
 
-def tbt_gaps_s(records: RequestRecords) -> np.ndarray:
-    """All time-between-tokens gaps (s) of non-rejected requests, request after request."""
+def tbt_gaps_s(records: RequestRecords, request_ids: np.ndarray | None = None) -> np.ndarray:
+    """All time-between-tokens gaps (s) of non-rejected requests, request after request.
+
+    `request_ids` (optional) keeps only those requests' gaps, e.g. the measured window of a
+    capacity-search trial after warm-up and cool-down are trimmed.
+    """
     check_records(records)
     gaps, owner = _gaps_with_owner(records)
-    rejected = np.asarray(records.rejected, dtype=bool)
-    return gaps[~rejected[owner]] if rejected.any() else gaps
+    keep = ~np.asarray(records.rejected, dtype=bool)
+    if request_ids is not None:
+        keep &= np.isin(np.asarray(records.request_id), np.asarray(request_ids))
+    return gaps if keep.all() else gaps[keep[owner]]
 
 
 def _per_request_tbt(records: RequestRecords, q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:

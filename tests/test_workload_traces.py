@@ -1,0 +1,113 @@
+"""Trace readers: the two CSV formats, and errors that name the file, line and column."""
+import re
+
+import numpy as np
+import pytest
+
+from simulator.config import ConfigError
+from simulator.workload import TraceError, WorkloadConfig, load_workload, read_trace
+
+
+def write(tmp_path, text, name="trace.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(path, **kwargs):
+    with pytest.raises(TraceError) as info:
+        read_trace(str(path), **kwargs)
+    return str(info.value)
+
+
+def test_vidur_format_with_and_without_arrivals(tmp_path):
+    path = write(tmp_path, "arrived_at,num_prefill_tokens,num_decode_tokens\n0.5,10,3\n1.25,20,4\n")
+    trace = read_trace(str(path))
+    assert trace.arrived_s.tolist() == [0.5, 1.25]
+    assert trace.prompt_tokens.tolist() == [10, 20] and trace.output_tokens.tolist() == [3, 4]
+    # Replay shifts the first arrival to 0.
+    w = load_workload(WorkloadConfig(trace=str(path)), seed=0)
+    assert w.arrived_s.tolist() == [0.0, 0.75]
+
+    lengths_only = write(tmp_path, "num_prefill_tokens,num_decode_tokens,extra\n10,3,x\n20,4,y\n", "l.csv")
+    trace = read_trace(str(lengths_only))
+    assert trace.arrived_s is None and trace.prompt_tokens.tolist() == [10, 20]
+
+
+def test_azure_format_seconds_since_first_row(tmp_path):
+    path = write(tmp_path, (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n"
+        "2023-11-16 18:15:47.0000000,396,109\n"
+        "2023-11-16 18:16:47,100,1\n"
+    ))
+    trace = read_trace(str(path))
+    np.testing.assert_allclose(trace.arrived_s, [0.0, 0.31941, 60.31941], atol=1e-6)
+    assert trace.prompt_tokens.tolist() == [374, 396, 100] and trace.output_tokens.tolist() == [44, 109, 1]
+    # The 2024 traces carry a time zone.
+    zoned = write(tmp_path, (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-10 00:00:00.009930+00:00,2579,10\n2024-05-10 00:00:01.5+00:00,30,2\n"
+    ), "zoned.csv")
+    np.testing.assert_allclose(read_trace(str(zoned)).arrived_s, [0.0, 1.49007], atol=1e-9)
+
+
+HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+
+
+@pytest.mark.parametrize("rows,line,column,problem", [
+    ("0,10,3\n1,,4\n", 3, "num_prefill_tokens", "missing value"),
+    ("0,10,3\n1,20,4\n2,12.5,4\n", 4, "num_prefill_tokens", "'12.5' is not a whole number"),
+    ("0,10,3\n1,20,abc\n", 3, "num_decode_tokens", "'abc' is not a whole number"),
+    ("0,-5,3\n", 2, "num_prefill_tokens", "-5 tokens"),
+    ("0,10,3\n1,20,0\n", 3, "num_decode_tokens", "at least one output token"),
+    ("0,10,3\n2,20,4\n1.5,30,5\n", 4, "arrived_at", "'1.5' is earlier than the previous row's '2.0'"),
+    ("0,10,3\nsoon,20,4\n", 3, "arrived_at", "'soon' is not a number"),
+    ("0,10,3\n\n2,20,4\n", 3, "num_prefill_tokens", "missing value"),  # a blank line inside the file
+])
+def test_bad_rows_name_file_line_and_column(tmp_path, rows, line, column, problem):
+    path = write(tmp_path, HEADER + rows)
+    message = error_of(path)
+    assert message.startswith(f"{path}, line {line}, column {column}: ")
+    assert problem in message
+
+
+def test_azure_bad_timestamp_names_line(tmp_path):
+    path = write(tmp_path, (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.68,374,44\n2023-11-16 18:15:47.1,10,1\n16/11/2023 noon,396,109\n"
+    ))
+    message = error_of(path)
+    assert message.startswith(f"{path}, line 4, column TIMESTAMP: cannot parse '16/11/2023 noon'")
+
+
+def test_trailing_blank_lines_are_fine(tmp_path):
+    path = write(tmp_path, HEADER + "0,10,3\n1,20,4\n\n\n")
+    assert read_trace(str(path)).prompt_tokens.tolist() == [10, 20]
+
+
+def test_missing_file_and_missing_columns(tmp_path):
+    message = error_of(tmp_path / "nope.csv")
+    assert "no trace file" in message and "nope.csv" in message
+
+    path = write(tmp_path, "arrived_at,num_prefill_tokens\n0,10\n")
+    message = error_of(path)
+    assert re.search(r"missing column\(s\) \['num_decode_tokens'\] for the vidur trace format", message)
+    assert str(path) in message
+
+    azure = write(tmp_path, "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46,10\n", "azure.csv")
+    assert "missing column(s) ['GeneratedTokens'] for the azure trace format" in error_of(azure)
+    # Forcing the wrong format says which columns it wanted.
+    assert "missing column(s) ['num_prefill_tokens', 'num_decode_tokens'] for the vidur" in error_of(
+        azure, trace_format="vidur")
+    unknown = write(tmp_path, "a,b\n1,2\n", "unknown.csv")
+    assert "cannot tell the trace format" in error_of(unknown)
+    empty = write(tmp_path, HEADER, "empty.csv")
+    assert "no requests" in error_of(empty)
+
+
+def test_trace_errors_are_config_errors(tmp_path):
+    # The CLI reports ConfigError cleanly; TraceError is one.
+    path = write(tmp_path, HEADER + "0,10,0\n")
+    with pytest.raises(ConfigError, match="line 2, column num_decode_tokens"):
+        load_workload(WorkloadConfig(trace=str(path)), seed=0)
