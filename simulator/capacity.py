@@ -325,3 +325,45 @@ def _json_number(value):
 def slo_table(slos: Sequence[SLO]) -> list[dict]:
     """SLOs as plain records (for capacity.json)."""
     return [asdict(s) | {"name": s.name} for s in slos]
+
+
+# --- capacity.json records and table rows ---------------------------------------------------------
+
+SUMMARY_FIELDS = ("model", "hardware", "policy", "chunk_size", "max_batch_size", "tp", "pp", "num_replicas",
+                  "num_gpus", "workload", "slo_name")
+
+
+def record_row(record: dict) -> dict:
+    """One flat table row of a capacity.json record: the configuration's summary fields, the capacity
+    and its derived numbers, and the metrics of the trial at capacity."""
+    row = {k: record["summary"].get(k) for k in SUMMARY_FIELDS}
+    row.update({
+        "capacity_qps": record["capacity_qps"],
+        "capacity_status": record["status"],
+        "lowest_failing_qps": record.get("lowest_failing_qps"),
+        "qps_per_gpu": record["qps_per_gpu"],
+        "cost_per_million_tokens_usd": record.get("cost_per_million_tokens_usd"),
+        "cost_per_million_output_tokens_usd": record.get("cost_per_million_output_tokens_usd"),
+        "num_trials": len(record["trials"]),
+        "search_wall_s": record.get("search_wall_s"),
+    })
+    for key, value in (record.get("metrics_at_capacity") or {}).items():
+        row[key] = _number_from_json(value)
+    return row
+
+
+def trial_rows(record: dict) -> list[dict]:
+    """One flat row per trial of a capacity.json record, with the configuration's summary fields."""
+    config = {k: record["summary"].get(k) for k in SUMMARY_FIELDS}
+    rows = []
+    for trial in record["trials"]:
+        rows.append({**config, "rate_qps": trial["rate_qps"], "feasible": trial["feasible"],
+                     "wall_s": trial.get("wall_s"), "violations": "; ".join(trial.get("violations", [])),
+                     **{k: _number_from_json(v) for k, v in trial["metrics"].items()}})
+    return rows
+
+
+def _number_from_json(value):
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value

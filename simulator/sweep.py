@@ -40,6 +40,9 @@ from simulator.paths import REPO_ROOT
 
 RESULTS_JSONL = "results.jsonl"
 DONE_STATUSES = ("ok", "infeasible_config")
+# Columns naming a configuration, copied onto each trial row so trials can be grouped by configuration.
+CONFIG_FIELDS = ("model", "hardware", "policy", "chunk_size", "max_batch_size", "tp", "pp", "num_replicas",
+                 "workload", "slo_name")
 TEXT_COLUMNS = {"point_id", "overrides", "status", "error", "traceback", "violations", "capacity_status"}
 
 
@@ -219,13 +222,12 @@ def write_tables(out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         row.update(record.get("axes", {}))
         row.update(record.get("metrics", {}))
         rows.append(row)
+        config = {k: v for k, v in row.items() if k in CONFIG_FIELDS}
         for trial in record.get("trials", []):
-            trial_rows.append(
-                {"point_id": record["point_id"], **record.get("axes", {}),
-                 "rate_qps": trial["rate_qps"], "feasible": trial["feasible"], "wall_s": trial.get("wall_s"),
-                 "violations": "; ".join(trial.get("violations", [])),
-                 **{k: _as_float(v) for k, v in trial.get("metrics", {}).items()}}
-            )
+            flat = {k: v for k, v in trial.items() if k not in ("metrics", "violations")}
+            flat["violations"] = "; ".join(trial.get("violations", []))
+            flat.update({k: _as_float(v) for k, v in trial.get("metrics", {}).items()})
+            trial_rows.append({"point_id": record["point_id"], **config, **record.get("axes", {}), **flat})
     table = pd.DataFrame(rows)
     trials = pd.DataFrame(trial_rows)
     if len(table):

@@ -1,0 +1,241 @@
+"""Rebuild every figure from result files: `servesim-plots <results dir(s)> [--out DIR]`.
+
+It walks the given directories and recognises three kinds of results:
+  run dirs       (requests.parquet, token_times.parquet, iterations.parquet from `servesim`):
+                 latency CDFs of all runs together, a batch/KV timeline per run, pipeline bubbles for
+                 runs with more than one stage
+  capacity dirs  (capacity.json from `servesim-capacity`, e.g. a Hydra multirun tree) and
+  sweep dirs     (results.parquet + trials.parquet from `servesim-sweep`):
+                 capacity vs chunk size, best capacity per policy, TTFT-TBT trade-off, Pareto frontier
+Figures are written as PNG into --out (default: the first directory's figures/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from plots.capacity import capacity_bar_figure, capacity_vs_chunk_figure
+from plots.common import policy_label, save_figure
+from plots.latency_cdf import LatencySample, latency_cdf_figure
+from plots.pareto import pareto_figure
+from plots.pipeline import bubble_fractions, pipeline_bubble_figure
+from plots.timeline import batch_kv_timeline_figure
+from plots.tradeoff import common_rate, tradeoff_figure, tradeoff_points
+
+CONFIG_KEYS = ["model", "hardware", "policy", "chunk_size", "max_batch_size", "tp", "pp", "num_replicas",
+               "workload"]
+
+
+# --- finding and reading results -----------------------------------------------------------------
+
+
+def find_results(roots: list[Path]) -> dict[str, list[Path]]:
+    """Directories of each kind under `roots`: {'runs': [...], 'capacity': [...], 'sweeps': [...]}.
+    Capacity files inside a sweep's points/ folder belong to the sweep and are not listed again."""
+    found = {"runs": set(), "capacity": set(), "sweeps": set()}
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"results directory {root} does not exist")
+        for path in root.rglob("results.parquet"):
+            found["sweeps"].add(path.parent)
+        for path in root.rglob("capacity.json"):
+            found["capacity"].add(path.parent)
+        for path in root.rglob("requests.parquet"):
+            found["runs"].add(path.parent)
+    in_sweep = lambda d: any(s in d.parents for s in found["sweeps"])  # noqa: E731
+    found["capacity"] = {d for d in found["capacity"] if not in_sweep(d)}
+    return {kind: sorted(dirs) for kind, dirs in found.items()}
+
+
+def run_config(run_dir: Path) -> dict:
+    """The flat configuration of a run dir (policy, chunk size, ...), from the config file the
+    simulator wrote there (config.yaml, config.json or Hydra's .hydra/config.yaml)."""
+    for name in ("config.json", "config.yaml", ".hydra/config.yaml"):
+        path = run_dir / name
+        if path.exists():
+            cfg = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+            return flatten_config(cfg or {})
+    return {}
+
+
+def flatten_config(cfg: dict) -> dict:
+    """The few fields that name a configuration, from a nested simulator config."""
+    def name_of(group):
+        value = cfg.get(group)
+        return value.get("name") if isinstance(value, dict) else value
+
+    policy = cfg.get("policy") if isinstance(cfg.get("policy"), dict) else {}
+    cluster = cfg.get("cluster") or {}
+    return {"model": name_of("model"), "hardware": name_of("hardware"), "policy": name_of("policy"),
+            "chunk_size": policy.get("chunk_size"), "max_batch_size": policy.get("max_batch_size"),
+            "tp": cluster.get("tp"), "pp": cluster.get("pp"), "num_replicas": cluster.get("num_replicas"),
+            "workload": name_of("workload")}
+
+
+def run_label(config: dict, run_dir: Path) -> str:
+    """'Sarathi-Serve c512' style label, or the directory name when the config is unknown."""
+    if not config.get("policy"):
+        return run_dir.name
+    label = policy_label(config["policy"])
+    if config.get("chunk_size"):
+        label += f" c{config['chunk_size']}"
+    if (config.get("pp") or 1) > 1 or (config.get("tp") or 1) > 1:
+        label += f" tp{config.get('tp') or 1}pp{config.get('pp') or 1}"
+    return label
+
+
+def tbt_gaps_from_token_times(token_times: pd.DataFrame, rejected_ids: np.ndarray | None = None) -> np.ndarray:
+    """Every inter-token gap (s) of every request, from a token_times table
+    (request_id, token_index, time_s)."""
+    ordered = token_times.sort_values(["request_id", "token_index"], kind="stable")
+    if rejected_ids is not None and len(rejected_ids):
+        ordered = ordered[~ordered["request_id"].isin(rejected_ids)]
+    ids = ordered["request_id"].to_numpy()
+    times = ordered["time_s"].to_numpy(dtype=float)
+    same_request = ids[1:] == ids[:-1]
+    return np.diff(times)[same_request]
+
+
+def capacity_rows(capacity_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per capacity.json, one row per trial), in the same shape as a sweep's tables."""
+    from simulator.capacity import record_row, trial_rows
+
+    rows, trials = [], []
+    for directory in capacity_dirs:
+        record = json.loads((directory / "capacity.json").read_text())
+        rows.append(record_row(record) | {"point_id": str(directory)})
+        trials += [t | {"point_id": str(directory)} for t in trial_rows(record)]
+    return pd.DataFrame(rows), pd.DataFrame(trials)
+
+
+def sweep_tables(sweep_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenated results and trials tables of sweep directories."""
+    tables = [pd.read_parquet(d / "results.parquet") for d in sweep_dirs]
+    trials = [pd.read_parquet(d / "trials.parquet") for d in sweep_dirs if (d / "trials.parquet").exists()]
+    return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
+            pd.concat(trials, ignore_index=True) if trials else pd.DataFrame())
+
+
+# --- drawing -------------------------------------------------------------------------------------
+
+
+def run_figures(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Latency CDFs over all runs; a timeline per run; pipeline bubbles for pipelined runs."""
+    written, samples, bubbles = [], [], {}
+    for run_dir in run_dirs:
+        config = run_config(run_dir)
+        label = run_label(config, run_dir)
+        requests = pd.read_parquet(run_dir / "requests.parquet")
+        served = requests[~requests["rejected"]] if "rejected" in requests else requests
+        gaps = np.empty(0)
+        if (run_dir / "token_times.parquet").exists():
+            rejected_ids = requests.loc[requests["rejected"], "request_id"].to_numpy() if "rejected" in requests else None
+            gaps = tbt_gaps_from_token_times(pd.read_parquet(run_dir / "token_times.parquet"), rejected_ids)
+        samples.append(LatencySample(label, config.get("policy") or label, served["ttft_s"].to_numpy(),
+                                     gaps, served["e2e_s"].to_numpy()))
+        iterations_path = run_dir / "iterations.parquet"
+        if iterations_path.exists():
+            iterations = pd.read_parquet(iterations_path)
+            if len(iterations):
+                total_blocks = _kv_blocks_total(run_dir)
+                fig = batch_kv_timeline_figure(iterations, total_blocks, title=label)
+                written.append(save_figure(fig, out_dir / f"timeline_{_slug(run_dir, run_dirs)}.png"))
+                if iterations["stage"].max() > 0:
+                    bubbles[label] = bubble_fractions(iterations)
+    if samples:
+        written.append(save_figure(latency_cdf_figure(samples), out_dir / "latency_cdf.png"))
+    if bubbles:
+        written.append(save_figure(pipeline_bubble_figure(bubbles), out_dir / "pipeline_bubbles.png"))
+    return written
+
+
+def _kv_blocks_total(run_dir: Path) -> int | None:
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        for key in ("kv_blocks_total", "kv_blocks_per_replica", "kv_cache_blocks"):
+            if summary.get(key):
+                return int(summary[key])
+    return None
+
+
+def _slug(run_dir: Path, all_dirs: list[Path]) -> str:
+    """A file-name-safe name for a run dir, unique among `all_dirs`."""
+    names = [d.name for d in all_dirs]
+    name = run_dir.name if names.count(run_dir.name) == 1 else "_".join(run_dir.parts[-2:])
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def capacity_figures(table: pd.DataFrame, trials: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Figures of a capacity table (sweep or collected capacity.json files)."""
+    written = []
+    ok = table[table["status"] == "ok"] if "status" in table else table
+    if ok.empty or "capacity_qps" not in ok:
+        return written
+    ok = ok.assign(slo=ok["slo_name"] if "slo_name" in ok else "SLOs")
+    if "chunk_size" in ok and ok["chunk_size"].notna().any():
+        written.append(save_figure(capacity_vs_chunk_figure(ok), out_dir / "capacity_vs_chunk.png"))
+    written.append(save_figure(capacity_bar_figure(ok), out_dir / "capacity_by_policy.png"))
+    if "qps_per_gpu" in ok and "ttft_s_p99" in ok and ok["capacity_qps"].gt(0).any():
+        with_capacity = ok[ok["capacity_qps"] > 0]
+        from simulator.report import with_labels
+
+        written.append(save_figure(pareto_figure(with_labels(with_capacity)), out_dir / "pareto.png"))
+    if not trials.empty and {"ttft_s_p99", "tbt_s_p99"} <= set(trials.columns):
+        config_columns = [c for c in CONFIG_KEYS if c in trials]
+        rate = common_rate(trials, config_columns)
+        points = tradeoff_points(trials, rate, config_columns)
+        if len(points) > 1:
+            written.append(save_figure(tradeoff_figure(points, rate), out_dir / "ttft_tbt_tradeoff.png"))
+    return written
+
+
+def plot_all(roots: list[Path], out_dir: Path) -> list[Path]:
+    """Every figure the results under `roots` support; returns the written paths."""
+    found = find_results(roots)
+    written = run_figures(found["runs"], out_dir)
+    tables, trials = [], []
+    if found["sweeps"]:
+        t, tr = sweep_tables(found["sweeps"])
+        tables.append(t)
+        trials.append(tr)
+    if found["capacity"]:
+        t, tr = capacity_rows(found["capacity"])
+        tables.append(t)
+        trials.append(tr)
+    if tables:
+        table = pd.concat(tables, ignore_index=True)
+        trial_table = pd.concat(trials, ignore_index=True)
+        written += capacity_figures(table, trial_table, out_dir)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="servesim-plots", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="run, capacity or sweep result directories")
+    parser.add_argument("--out", type=Path, default=None, help="where to write PNGs (default: <first>/figures)")
+    args = parser.parse_args(argv)
+    out_dir = args.out or args.results[0] / "figures"
+    try:
+        written = plot_all(args.results, out_dir)
+    except FileNotFoundError as e:
+        print(f"servesim-plots: {e}", file=sys.stderr)
+        return 2
+    if not written:
+        print("servesim-plots: no results found (expected requests.parquet, capacity.json or results.parquet)",
+              file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
