@@ -379,14 +379,14 @@ def format_summary(summary: dict) -> str:
     rejected = summary["rejected"]
     reasons = ", ".join(f"{r} {c}" for r, c in sorted(summary["rejected_by_reason"].items()))
     lines = [
-        f"requests    {summary['num_requests']:,} arrived, {summary['completed']:,} completed, "
-        f"{summary['unfinished']:,} unfinished, {rejected:,} rejected" + (f" ({reasons})" if reasons else ""),
-        f"throughput  {number(summary['throughput_rps'], digits=3)} req/s, "
-        f"{number(summary['output_tokens_per_s'])} output tokens/s "
-        f"(offered {number(summary['offered_rps'], digits=3)} req/s)",
+        (f"requests    {summary['num_requests']:,} arrived, {summary['completed']:,} completed, "
+         f"{summary['unfinished']:,} unfinished, {rejected:,} rejected" + (f" ({reasons})" if reasons else "")),
+        (f"throughput  {number(summary['throughput_rps'], digits=3)} req/s, "
+         f"{number(summary['output_tokens_per_s'])} output tokens/s "
+         f"(offered {number(summary['offered_rps'], digits=3)} req/s)"),
         f"preemptions {summary['preemptions']:,} ({summary['requests_preempted']:,} requests)",
-        f"iterations  {summary['num_iterations']:,}, mean batch {number(summary['batch_size_mean'])}, "
-        f"max batch {summary['batch_size_max'] if summary['batch_size_max'] is not None else '-'}",
+        (f"iterations  {summary['num_iterations']:,}, mean batch {number(summary['batch_size_mean'])}, "
+         f"max batch {summary['batch_size_max'] if summary['batch_size_max'] is not None else '-'}"),
         f"time        {number(summary['simulated_s'])} s simulated in {number(summary['wall_s'], digits=2)} s",
         "",
         f"{'latency':<22}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",

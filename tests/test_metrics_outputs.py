@@ -47,7 +47,7 @@ def written(tmp_path):
 
 
 def test_files_and_tables_round_trip(written):
-    records, iters, summary, paths = written
+    records, _, summary, paths = written
     assert sorted(p.name for p in paths.values()) == [
         "iterations.parquet", "requests.parquet", "summary.json", "token_times.parquet", "trace.json"]
     pd.testing.assert_frame_equal(pd.read_parquet(paths["requests.parquet"]), request_table(records))
