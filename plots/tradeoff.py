@@ -13,13 +13,24 @@ from matplotlib.figure import Figure
 from plots.common import new_figure, policy_color, policy_label, style_axes
 
 
-def common_rate(trials: pd.DataFrame, config_columns: list[str]) -> float | None:
-    """The highest rate simulated by the most configurations (ties go to the higher rate)."""
-    if trials.empty:
+def common_rate(trials: pd.DataFrame, config_columns: list[str],
+                latency_columns: tuple[str, ...] = ("ttft_s_p99", "tbt_s_p99")) -> float | None:
+    """The rate to compare configurations at: among the rates the most configurations simulated with
+    finite latencies, the highest at which all of them met their SLOs (else the lowest such rate).
+    At that load every configuration shown is stable, so the plot compares schedules, not overload."""
+    finite = trials[np.isfinite(trials[list(latency_columns)].astype(float)).all(axis=1)]
+    if finite.empty:
         return None
-    per_rate = trials.drop_duplicates(config_columns + ["rate_qps"]).groupby("rate_qps").size()
-    best = per_rate[per_rate == per_rate.max()]
-    return float(best.index.max())
+    per_config = finite.drop_duplicates(config_columns + ["rate_qps"])
+    counts = per_config.groupby("rate_qps").size()
+    candidates = counts[counts == counts.max()].index
+    if "feasible" in per_config:
+        all_pass = per_config.groupby("rate_qps")["feasible"].all()
+        passing = [rate for rate in candidates if all_pass[rate]]
+        if passing:
+            return float(max(passing))
+        return float(min(candidates))
+    return float(max(candidates))
 
 
 def tradeoff_points(trials: pd.DataFrame, rate_qps: float, config_columns: list[str]) -> pd.DataFrame:

@@ -71,6 +71,10 @@ def test_tradeoff_uses_the_rate_most_configurations_share():
         + [{"policy": "vllm", "chunk_size": np.nan, "rate_qps": r, "ttft_s_p99": 0.5, "tbt_s_p99": 0.9}
            for r in (1, 2)]
     )
+    assert common_rate(trials, ["policy", "chunk_size"]) == 2  # the highest rate all three simulated
+    trials["feasible"] = trials["rate_qps"] < 2
+    assert common_rate(trials, ["policy", "chunk_size"]) == 1  # ... and at which all met their SLOs
+    trials.loc[trials["rate_qps"] == 1, "ttft_s_p99"] = np.inf  # unfinished requests: cannot be drawn
     rate = common_rate(trials, ["policy", "chunk_size"])
     assert rate == 2
     points = tradeoff_points(trials, rate, ["policy", "chunk_size"])

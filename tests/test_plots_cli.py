@@ -1,0 +1,76 @@
+"""servesim-plots on result directories written by the simulator's own writers."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from plots.cli import find_results, main, run_config, tbt_gaps_from_token_times
+from simulator.metrics import IterationRecords, RequestRecords, summarize, tbt_gaps_s, write_outputs
+
+from test_capacity_report import make_record
+
+
+def run_records(shift_s: float):
+    """Two requests, r0 tokens at 1.0 1.1 1.3 1.6 and r1 at 2.0 2.5 (shifted), on a 2-stage pipeline."""
+    records = RequestRecords(
+        request_id=np.arange(2), replica_id=np.array([0, 0]), arrived_s=np.array([0.0, 0.5]),
+        prompt_tokens=np.array([100, 100]), output_tokens=np.array([4, 2]),
+        first_scheduled_s=np.array([0.5, 0.5]), first_token_s=np.array([1.0, 2.0]) + shift_s,
+        completed_s=np.array([1.6, 2.5]) + shift_s, preemptions=np.array([0, 0]),
+        rejected=np.array([False, False]), reject_reason=np.array(["", ""], dtype=object),
+        token_times_s=np.array([1.0, 1.1, 1.3, 1.6, 2.0, 2.5]) + shift_s, token_offsets=np.array([0, 4, 6]),
+    )
+    iterations = IterationRecords(
+        replica_id=np.zeros(4, int), stage=np.array([0, 1, 0, 1]), start_s=np.array([0.5, 0.6, 0.9, 1.0]),
+        duration_s=np.full(4, 0.1), batch_size=np.array([1, 1, 2, 2]), num_prefill_tokens=np.array([100, 100, 50, 50]),
+        num_decode_tokens=np.array([0, 0, 1, 1]), kv_blocks_used=np.array([7, 7, 11, 11]),
+    )
+    return records, iterations
+
+
+@pytest.fixture
+def results(tmp_path):
+    for policy, shift in (("vllm", 0.3), ("sarathi", 0.0)):
+        records, iterations = run_records(shift)
+        run_dir = tmp_path / "runs" / policy
+        write_outputs(run_dir, records, iterations, summarize(records, iterations, 3.0, 0.1))
+        config = {"model": {"name": "mistral-7b"}, "policy": {"name": policy, "chunk_size": 512 if policy == "sarathi" else None},
+                  "cluster": {"tp": 1, "pp": 2, "num_replicas": 1}}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    for i, (policy, chunk, capacity) in enumerate([("sarathi", 512, 4.0), ("sarathi", 2048, 6.0), ("vllm", None, 2.0)]):
+        directory = tmp_path / "multirun" / str(i)
+        directory.mkdir(parents=True)
+        (directory / "capacity.json").write_text(json.dumps(make_record(policy, chunk, capacity)))
+    return tmp_path
+
+
+def test_gaps_from_token_times_match_the_simulators_own(results):
+    records, _ = run_records(0.0)
+    tokens = pd.read_parquet(results / "runs" / "sarathi" / "token_times.parquet").sample(frac=1, random_state=1)
+    np.testing.assert_allclose(np.sort(tbt_gaps_from_token_times(tokens)), np.sort(tbt_gaps_s(records)))
+
+
+def test_finds_each_kind_and_reads_run_configs(results):
+    found = find_results([results])
+    assert [d.name for d in found["runs"]] == ["sarathi", "vllm"]
+    assert [d.name for d in found["capacity"]] == ["0", "1", "2"]
+    assert run_config(found["runs"][0])["chunk_size"] == 512
+
+
+def test_cli_writes_every_figure_the_results_support(results, capsys):
+    out = results / "figs"
+    assert main([str(results), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["capacity_by_policy.png", "capacity_vs_chunk.png", "latency_cdf.png", "pareto.png",
+                     "pipeline_bubbles.png", "timeline_sarathi.png", "timeline_vllm.png", "ttft_tbt_tradeoff.png"]
+    assert all(p.stat().st_size > 5000 for p in out.iterdir())
+    assert len(capsys.readouterr().out.splitlines()) == 8
+
+
+def test_cli_errors_clearly_on_missing_or_empty_dirs(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1
+    assert "no results found" in capsys.readouterr().err
