@@ -9,14 +9,19 @@ changes between trials is the load; that keeps the feasible region monotone in p
 A trial passes when every SLO holds on the measured requests (warm-up and cool-down trimmed) and no
 more than `max_rejected_fraction` of them were rejected. A bound on the scheduling (queueing) delay
 belongs in every SLO set: an overloaded queue grows without limit, and without that bound a short
-trial could still look fine on per-token metrics. This module is pure (no simulator import); the
-wiring to the simulator lives in `simulator.capacity_app`.
+trial could still look fine on per-token metrics.
+
+The search and SLO evaluation are pure functions of an `evaluate(rate) -> Trial` callable and of
+result tables; `run_capacity_search` wires them to the simulator, and `main` is the Hydra app
+`servesim-capacity`.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -70,7 +75,10 @@ class SearchConfig:
     num_requests: int = 2048  # requests simulated per trial (before trimming)
     warmup_fraction: float = 0.1  # share of requests (by arrival order) left out at the start
     cooldown_fraction: float = 0.1  # share left out at the end, when the queue drains
-    max_rejected_fraction: float = 0.0  # rejected measured requests tolerated in a passing trial
+    # Rejected measured requests tolerated in a passing trial. The simulator rejects only requests that
+    # can never fit (prompt + output > max_model_len), whatever the load, so this guards against a
+    # workload that does not suit the model rather than against overload; reports always show the share.
+    max_rejected_fraction: float = 0.1
     initial_rate_qps: float = 1.0
     min_rate_qps: float = 0.01  # below this the configuration is called infeasible at any rate
     max_rate_qps: float = 1000.0  # above this the search stops and reports the limit
@@ -367,3 +375,178 @@ def _number_from_json(value):
     if isinstance(value, str) and value in ("inf", "-inf", "nan"):
         return float(value)
     return value
+
+
+# --- wiring to the simulator ----------------------------------------------------------------------
+
+
+def search_config_from(values: dict | None, slos: Sequence) -> SearchConfig:
+    """SearchConfig from the `search` config group's values and the `slo` group's objectives;
+    errors name the field."""
+    values = dict(values or {})
+    known = {f for f in SearchConfig.__dataclass_fields__ if f != "slos"}
+    unknown = set(values) - known
+    if unknown:
+        raise SearchError(f"unknown search field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    return SearchConfig(**values, slos=slos_from_config(slos))
+
+
+def native_rate_qps(cfg) -> float | None:
+    """Requests per second of a trace replayed as recorded (rate_scale 1), over the requests a trial
+    uses; None for synthetic arrivals."""
+    import dataclasses
+
+    from simulator.workload import load_workload
+
+    if cfg.workload.arrival != "trace":
+        return None
+    workload = load_workload(dataclasses.replace(cfg.workload, rate_scale=1.0), cfg.seed)
+    span_s = float(workload.arrived_s[-1] - workload.arrived_s[0])
+    if len(workload) < 2 or span_s <= 0:
+        raise SearchError(f"workload {workload.name}: its first {len(workload)} arrivals span no time; "
+                          "a capacity search needs arrivals spread in time")
+    return (len(workload) - 1) / span_s
+
+
+def with_rate(cfg, rate_qps: float, num_requests: int, trace_rate_qps: float | None):
+    """A copy of `cfg` (SimulationConfig) whose workload offers `rate_qps` with `num_requests` requests.
+
+    Synthetic arrivals take the rate directly; a trace keeps its recorded arrival pattern, compressed
+    or stretched (rate_scale) so its mean rate is `rate_qps`. This is the only place the search
+    touches the workload config.
+    """
+    import dataclasses
+
+    if cfg.workload.arrival == "trace":
+        workload = dataclasses.replace(cfg.workload, rate_scale=rate_qps / trace_rate_qps, num_requests=num_requests)
+    else:
+        workload = dataclasses.replace(cfg.workload, rate_qps=rate_qps, num_requests=num_requests)
+    return dataclasses.replace(cfg, workload=workload, output_dir="", progress=False)
+
+
+def effective_policy_params(policy_cfg) -> dict:
+    """The policy's parameters as it will run them: its class defaults overridden by the config."""
+    import inspect
+
+    from policies import POLICIES
+
+    defaults = {}
+    cls = POLICIES.get(policy_cfg.name)
+    if cls is not None:
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                defaults[name] = parameter.default
+    return defaults | policy_cfg.policy_kwargs()
+
+
+def config_summary(cfg) -> dict:
+    """The fields that name a configuration in tables and plots (see SUMMARY_FIELDS)."""
+    params = effective_policy_params(cfg.policy)
+    cluster = cfg.cluster
+    return {
+        "model": cfg.model.name, "hardware": cfg.hardware.name, "policy": cfg.policy.name,
+        "chunk_size": params.get("chunk_size"),
+        # The batch cap under whichever name the policy uses (vLLM calls it max_num_seqs).
+        "max_batch_size": params.get("max_batch_size", params.get("max_num_seqs")),
+        "tp": cluster.tp, "pp": cluster.pp, "num_replicas": cluster.num_replicas,
+        "num_gpus": cluster.num_replicas * cluster.tp * cluster.pp,
+        "workload": cfg.workload.name or Path(str(cfg.workload.trace or "synthetic")).stem,
+        "slo_name": cfg.slo.name,
+    }
+
+
+def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capacity_run_dir=None) -> dict:
+    """Search the capacity of `cfg` (SimulationConfig or anything run_simulation accepts) and return
+    the capacity.json record. With `capacity_run_dir`, the result files of the trial at capacity
+    (requests, token times, iterations, summary, trace) are written there for plotting.
+    """
+    from tqdm import tqdm
+
+    from simulator import metrics
+    from simulator.run import as_simulation_config, run_simulation
+
+    started = time.perf_counter()
+    cfg = as_simulation_config(cfg)
+    cfg.cluster.validate(cfg.model)
+    trace_rate = native_rate_qps(cfg)
+    best = {}  # the highest passing trial's raw result, kept to write its files
+
+    def evaluate(rate_qps: float) -> Trial:
+        result = run_simulation(with_rate(cfg, rate_qps, search.num_requests, trace_rate))
+        measured = measured_requests(result.requests, search.warmup_fraction, search.cooldown_fraction)
+        gaps = metrics.tbt_gaps_s(result.records, measured["request_id"].to_numpy())
+        trial_values, violations = check_slos(measured, gaps, search)
+        summary = result.summary
+        trial_values.update({
+            "throughput_rps": summary.get("throughput_rps"), "output_tokens_per_s": summary.get("output_tokens_per_s"),
+            "preemptions": summary.get("preemptions"), "simulated_s": summary.get("simulated_s"),
+            "mean_prompt_tokens": float(result.requests["prompt_tokens"].mean()),
+            "mean_output_tokens": float(result.requests["output_tokens"].mean()),
+        })
+        feasible = not violations
+        if feasible and rate_qps >= best.get("rate_qps", -1.0):
+            best.update(rate_qps=rate_qps, result=result)
+        return Trial(rate_qps=rate_qps, feasible=feasible, metrics=trial_values, violations=violations)
+
+    bar = tqdm(desc=f"capacity {cfg.policy.name}", unit="trial", disable=not progress, leave=False)
+
+    def on_trial(trial: Trial) -> None:
+        bar.update(1)
+        bar.set_postfix(rate=f"{trial.rate_qps:.3g}", met="yes" if trial.feasible else "no")
+
+    outcome = search_capacity(evaluate, search, on_trial)
+    bar.close()
+    if capacity_run_dir is not None and "result" in best:
+        result = best["result"]
+        metrics.write_outputs(capacity_run_dir, result.records, result.iteration_records, result.summary)
+    return capacity_record(cfg, search, outcome, time.perf_counter() - started)
+
+
+def capacity_record(cfg, search: SearchConfig, outcome: CapacityResult, wall_s: float) -> dict:
+    """The capacity.json content for one finished search."""
+    summary = config_summary(cfg)
+    at_capacity = outcome.capacity_trial
+    metrics_at_capacity = at_capacity.metrics if at_capacity else {}
+    num_gpus = summary["num_gpus"]
+    price = cfg.hardware.price_per_hour_usd
+    # Tokens served per request at capacity: the workload's mean (arrival rate x tokens = steady-state
+    # token throughput), not the trial's measured throughput, which includes the drain at the end.
+    prompt = metrics_at_capacity.get("mean_prompt_tokens", 0.0)
+    output = metrics_at_capacity.get("mean_output_tokens", 0.0)
+    search_values = {k: v for k, v in asdict(search).items() if k != "slos"}
+    return {
+        "summary": summary,
+        "configuration": _plain(cfg),
+        "search": search_values,
+        "slos": slo_table(search.slos),
+        "capacity_qps": outcome.capacity_qps,
+        "status": outcome.status,
+        "lowest_failing_qps": outcome.lowest_failing_qps,
+        "num_gpus": num_gpus,
+        "qps_per_gpu": outcome.capacity_qps / num_gpus,
+        "price_per_gpu_hour_usd": price,
+        "cost_per_million_tokens_usd": cost_per_million_tokens_usd(outcome.capacity_qps, prompt + output, num_gpus, price),
+        "cost_per_million_output_tokens_usd": cost_per_million_tokens_usd(outcome.capacity_qps, output, num_gpus, price),
+        "metrics_at_capacity": {k: _json_number(v) for k, v in metrics_at_capacity.items()},
+        "trials": [trial_to_dict(t) for t in outcome.trials],
+        "search_wall_s": wall_s,
+    }
+
+
+def _plain(cfg) -> dict:
+    """The configuration as plain JSON-ready data."""
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def write_capacity_outputs(record: dict, out_dir) -> tuple[Path, Path]:
+    """Write capacity.json and capacity.md (the readable report) into `out_dir`."""
+    from simulator.report import capacity_markdown
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "capacity.json", out_dir / "capacity.md"
+    json_path.write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
+    md_path.write_text(capacity_markdown(record))
+    return json_path, md_path

@@ -100,6 +100,11 @@ def capacity_markdown(record: dict) -> str:
                      f"at ${fmt(record['price_per_gpu_hour_usd'])}/GPU-hour")
     lines.append(f"- {len(record['trials'])} trials of {record['search']['num_requests']} requests, "
                  f"{fmt(record['search_wall_s'])} s in all")
+    rejected = max((_number(t["metrics"].get("rejected_fraction", 0.0)) for t in record["trials"]), default=0.0)
+    if rejected > 0:
+        lines.append(f"- **{rejected:.1%} of measured requests were rejected** (they can never fit, e.g. prompt + "
+                     "output > max_model_len) and are left out of the latencies; clip the workload "
+                     "(workload.max_prompt_tokens / max_output_tokens) or choose a longer-context model")
     lines += ["", "## Trials", ""]
     rows = []
     for trial in record["trials"]:
