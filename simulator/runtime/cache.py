@@ -1,0 +1,98 @@
+"""On-disk cache of fitted runtime models: arrays in .npz, metadata in JSON, no pickle.
+
+A cache entry is two files named by its key (a hash of the profile files' bytes, the model and
+hardware configs, the TP degree and the fitting code's own hash):
+    <key>.npz   the FittedRuntime arrays (loaded with allow_pickle=False)
+    <key>.json  scalars, chosen families, CV scores and the sha256 of the .npz bytes
+An entry is used only if the JSON parses, names the same key and code version, and the .npz bytes
+hash to the recorded digest; anything else (another version, a truncated or edited file) is ignored
+and the model is refitted, then the entry rewritten atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from simulator.paths import REPO_ROOT
+from simulator.runtime.fit import FamilyScore, FittedRuntime
+
+CACHE_ENV = "SERVESIM_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """$SERVESIM_CACHE_DIR, else <repo>/.cache/runtime (gitignored)."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache" / "runtime")
+
+
+def cache_key(parts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def save(fitted: FittedRuntime, key: str, version: str, directory: Path | None = None) -> Path:
+    """Write `fitted` under `key`; returns the .npz path."""
+    directory = Path(directory or cache_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {"grid_tokens": fitted.grid_tokens, "attention_coef": fitted.attention_coef}
+    arrays.update({f"op__{name}": values for name, values in fitted.op_ms.items()})
+    if fitted.attention_trees is not None:
+        arrays.update({f"trees__{name}": values for name, values in fitted.attention_trees.items()})
+    npz_path = directory / f"{key}.npz"
+    _atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
+    meta = {
+        "key": key, "version": version, "npz_sha256": hashlib.sha256(npz_path.read_bytes()).hexdigest(),
+        "model_name": fitted.model_name, "hardware_profile": fitted.hardware_profile, "tp": fitted.tp,
+        "attention_family": fitted.attention_family, "attention_q_heads": fitted.attention_q_heads,
+        "attention_block_m": fitted.attention_block_m, "num_sms": fitted.num_sms,
+        "chosen": fitted.chosen, "fit_seconds": fitted.fit_seconds,
+        "scores": {op: {fam: asdict(s) for fam, s in fams.items()} for op, fams in fitted.scores.items()},
+    }
+    _atomic_write(directory / f"{key}.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    return npz_path
+
+
+def load(key: str, version: str, directory: Path | None = None) -> FittedRuntime | None:
+    """The cached FittedRuntime under `key`, or None if absent, stale or corrupt (never trusted blindly)."""
+    directory = Path(directory or cache_dir())
+    npz_path, json_path = directory / f"{key}.npz", directory / f"{key}.json"
+    try:
+        meta = json.loads(json_path.read_text())
+        if meta.get("key") != key or meta.get("version") != version:
+            return None
+        if hashlib.sha256(npz_path.read_bytes()).hexdigest() != meta.get("npz_sha256"):
+            return None
+        with np.load(npz_path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        ops = {name[4:]: arrays[name] for name in arrays if name.startswith("op__")}
+        trees = {name[7:]: arrays[name] for name in arrays if name.startswith("trees__")} or None
+        return FittedRuntime(
+            model_name=meta["model_name"], hardware_profile=meta["hardware_profile"], tp=int(meta["tp"]),
+            grid_tokens=arrays["grid_tokens"], op_ms=ops, attention_family=meta["attention_family"],
+            attention_coef=arrays["attention_coef"], attention_trees=trees,
+            attention_q_heads=int(meta["attention_q_heads"]), attention_block_m=int(meta["attention_block_m"]),
+            num_sms=int(meta["num_sms"]), chosen=dict(meta["chosen"]), fit_seconds=float(meta["fit_seconds"]),
+            scores={op: {fam: FamilyScore(**s) for fam, s in fams.items()} for op, fams in meta["scores"].items()},
+        )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

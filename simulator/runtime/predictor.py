@@ -1,0 +1,310 @@
+"""The iteration-time predictor the simulator calls: fitted op tables + attention model + comm + CPU.
+
+One iteration of a batch (q_tokens[i] new tokens, kv_tokens[i] cached, per sequence) on a replica of
+`tp` x `pp` GPUs costs, per pipeline stage:
+  its layers x (token-wise ops at N = sum(q) tokens + one attention launch + 2 TP all-reduces of
+  N x hidden x dtype bytes), plus
+  stage 0: the embedding (+ its all-reduce when tp > 1) and the CPU overhead of the iteration,
+  last stage: the final norm over N tokens, LM head and sampling over one row per sequence (+ the
+  gather of the logits when tp > 1),
+  every stage but the last: the send of N x hidden activations to the next stage.
+Layers are split evenly over stages, earlier stages taking one more when they do not divide.
+
+Hot path: token-wise op times are tabulated per token count at fit time, so an iteration costs one
+attention feature vector (a few numpy reductions), a dot product and table look-ups.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simulator.config import ConfigError, HardwareConfig, ModelConfig, load_hardware_config, load_model_config
+from simulator.paths import PROFILES_DIR
+from simulator.runtime import cache
+from simulator.runtime.comm import comm_curve
+from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
+from simulator.runtime.features import (
+    ATTENTION_FEATURES,
+    DECODE_TERMS,
+    PREFILL_TERMS,
+    batch_attention_features,
+    decode_run_attention_features,
+    linear_combination,
+)
+from simulator.runtime.fit import GRID_DENSE_TOKENS, FittedRuntime, code_version, fit_runtime
+from simulator.runtime.tables import ProfileFiles, file_digest, profile_files, read_comm
+
+LINEAR_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down")
+# Per layer: two norms and two residual adds (before attention and before the MLP).
+LAYER_OTHER_OPS = {"rope": 1, "act": 1, "rmsnorm": 2, "residual_add": 2}
+BREAKDOWN_KEYS = ("attention_prefill", "attention_decode", "linear", "other_ops", "communication",
+                  "lm_head_sampling", "cpu_overhead")
+_PREFILL_IDX = [ATTENTION_FEATURES.index(t) for t in PREFILL_TERMS]
+_DECODE_IDX = [ATTENTION_FEATURES.index(t) for t in DECODE_TERMS]
+
+
+def layers_per_stage(num_layers: int, pp: int) -> np.ndarray:
+    """Layers of each pipeline stage: an even split, earlier stages taking the remainder."""
+    if pp < 1 or pp > num_layers:
+        raise ConfigError(f"cluster.pp={pp} must be between 1 and the model's {num_layers} layers")
+    base, extra = divmod(num_layers, pp)
+    return np.array([base + (1 if s < extra else 0) for s in range(pp)], dtype=np.float64)
+
+
+class TokenTable:
+    """Time of something that depends only on a token (or sequence) count, tabulated on the fit grid."""
+
+    def __init__(self, grid_tokens: np.ndarray, values_ms: np.ndarray):
+        self.grid = np.asarray(grid_tokens, dtype=np.float64)
+        self.values = np.asarray(values_ms, dtype=np.float64)
+        self.dense = self.values[:GRID_DENSE_TOKENS].tolist()  # list indexing is the fastest lookup
+
+    def ms(self, n: int) -> float:
+        """Milliseconds at count `n` (exact grid value, interpolated, or linear beyond the grid)."""
+        if n <= GRID_DENSE_TOKENS:
+            return self.dense[n - 1] if n >= 1 else 0.0
+        if n <= self.grid[-1]:
+            return float(np.interp(n, self.grid, self.values))
+        return float(self.values[-1] * n / self.grid[-1])
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """One batch's predicted time: total, per category and per stage, in milliseconds."""
+
+    total_ms: float
+    breakdown_ms: dict
+    stage_ms: list
+
+    def as_json(self) -> dict:
+        return {"total_ms": self.total_ms, "breakdown_ms": self.breakdown_ms, "stage_ms": self.stage_ms}
+
+
+class RuntimePredictor:
+    """IterationTimePredictor (simulator/predictor.py) backed by a FittedRuntime."""
+
+    def __init__(self, fitted: FittedRuntime, model: ModelConfig, pp: int, cpu: CpuOverhead,
+                 comm_frame=None, comm_path: Path | None = None):
+        self.fitted = fitted
+        self.model = model
+        self.tp = fitted.tp
+        self.num_stages = pp
+        self.cpu = cpu
+        self.stage_layers = layers_per_stage(model.num_layers, pp)
+        self._shape = fitted.attention_shape()
+        self._coef = np.asarray(fitted.attention_coef, dtype=np.float64)
+        self._coef_list = [float(c) for c in self._coef]
+        self._stage_layers = [float(x) for x in self.stage_layers]
+        trees = fitted.attention_trees
+        self._has_trees = trees is not None
+        if trees is not None:
+            num_trees, depth = trees["features"].shape
+            self._tree_shape = (num_trees, depth)
+            self._tree_feats = trees["features"].ravel()
+            self._tree_thr = trees["thresholds"].ravel()
+            self._tree_leaves = trees["leaf_values"].ravel()
+            self._tree_offsets = np.arange(num_trees) * 2**depth
+            self._tree_base = float(trees["base"][0])
+            self._tree_powers = (2 ** np.arange(depth - 1, -1, -1)).astype(np.uint8)
+
+        grid, ops = fitted.grid_tokens, fitted.op_ms
+        activation_bytes = grid * model.hidden_size * model.dtype_bytes  # N tokens x hidden
+        zeros = np.zeros_like(grid)
+        all_reduce = send = None
+        if fitted.tp > 1 or pp > 1:
+            if comm_frame is None:
+                raise ConfigError("tp > 1 or pp > 1 needs the communication tables (comm.csv)")
+        if fitted.tp > 1:
+            all_reduce = comm_curve(comm_frame, comm_path, "all_reduce", fitted.tp)
+        if pp > 1:
+            send = comm_curve(comm_frame, comm_path, "send_recv", 2)
+        layer_comm = 2 * all_reduce.ms(activation_bytes) if all_reduce else zeros
+        # All-gather of per-rank logits shards (n x vocab/tp) moves as many bytes per rank as an
+        # all-reduce of tp/2 shards; the tables hold all-reduce, so use that equivalent size.
+        logits_bytes = grid * -(-model.vocab_size // fitted.tp) * model.dtype_bytes * fitted.tp / 2
+        self._tables = {
+            "linear": TokenTable(grid, sum(ops[o] for o in LINEAR_OPS)),
+            "layer_other": TokenTable(grid, sum(k * ops[o] for o, k in LAYER_OTHER_OPS.items())),
+            "layer_comm": TokenTable(grid, layer_comm),
+            "embedding": TokenTable(grid, ops["embedding"]),
+            "embedding_comm": TokenTable(grid, all_reduce.ms(activation_bytes) if all_reduce else zeros),
+            "final_norm": TokenTable(grid, ops["rmsnorm"]),
+            "lm_head_sampling": TokenTable(grid, ops["lm_head"] + ops["sampling"]),
+            "logits_comm": TokenTable(grid, all_reduce.ms(logits_bytes) if all_reduce else zeros),
+            "send": TokenTable(grid, send.ms(activation_bytes) if send else zeros),
+        }
+        # Fused tables for the hot path: everything per layer that depends on N alone, and the
+        # extras of the first and last stage.
+        layer = self._tables["linear"].values + self._tables["layer_other"].values + layer_comm
+        self._layer = TokenTable(grid, layer)
+        self._first_tokens = TokenTable(grid, self._tables["embedding"].values + self._tables["embedding_comm"].values)
+        self._last_tokens = TokenTable(grid, self._tables["final_norm"].values)
+        self._last_seqs = TokenTable(grid, self._tables["lm_head_sampling"].values + self._tables["logits_comm"].values)
+
+    # ------------------------------------------------------------------ attention
+
+    def _tree_factor(self, X: np.ndarray) -> np.ndarray:
+        """exp(boosted-tree correction) of attention feature rows X (rows, features)."""
+        goes_right = (X[:, self._tree_feats] > self._tree_thr).view(np.uint8).reshape(len(X), *self._tree_shape)
+        leaf = goes_right @ self._tree_powers + self._tree_offsets
+        return np.exp(self._tree_base + self._tree_leaves[leaf].sum(axis=1))
+
+    def _tree_factor_one(self, features: list) -> float:
+        """_tree_factor of a single row, without the 2-D bookkeeping (same arithmetic, same result)."""
+        x = np.array(features, dtype=np.float64)
+        goes_right = (x[self._tree_feats] > self._tree_thr).view(np.uint8).reshape(self._tree_shape)
+        leaf = goes_right @ self._tree_powers + self._tree_offsets
+        return float(np.exp(self._tree_base + self._tree_leaves[leaf].sum()))
+
+    def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> float:
+        """Attention milliseconds of one layer for one batch."""
+        features = batch_attention_features(q, kv, self._shape)
+        t = linear_combination(self._coef_list, features)
+        if self._has_trees:
+            t = t * self._tree_factor_one(features)
+        return t if t > 0.0 else 0.0
+
+    def _decode_run_attention_ms(self, kv: np.ndarray, num_steps: int) -> np.ndarray:
+        """Attention milliseconds of one layer for each step of a decode run, shape (num_steps,)."""
+        features = decode_run_attention_features(kv, num_steps, self._shape)
+        t = linear_combination(self._coef_list, features)
+        if self._has_trees:
+            X = np.column_stack([np.broadcast_to(np.asarray(f, dtype=np.float64), (num_steps,)) for f in features])
+            t = t * self._tree_factor(X)
+        return np.maximum(t, 0.0)
+
+    # ------------------------------------------------------------------ protocol
+
+    def stage_times_s(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
+        """Seconds each pipeline stage spends on this batch, shape (num_stages,)."""
+        q = q_tokens if isinstance(q_tokens, np.ndarray) else np.asarray(q_tokens)
+        kv = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.asarray(kv_tokens)
+        if q.shape != kv.shape or q.ndim != 1 or len(q) == 0:
+            raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty 1-D arrays, "
+                             f"got shapes {q.shape} and {kv.shape}")
+        attention = self._batch_attention_ms(q, kv)
+        return np.array(self._stage_ms(int(q.sum()), len(q), attention)) * 1e-3
+
+    def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+        """Stage seconds of `num_steps` decode-only iterations, step k at contexts kv_tokens + k,
+        shape (num_steps, num_stages); equal to calling stage_times_s step by step."""
+        kv = np.asarray(kv_tokens)
+        if kv.ndim != 1 or len(kv) == 0 or num_steps < 0:
+            raise ValueError(f"kv_tokens must be a non-empty 1-D array and num_steps >= 0, "
+                             f"got shape {kv.shape}, num_steps={num_steps}")
+        n = len(kv)
+        if num_steps == 0:
+            return np.zeros((0, self.num_stages))
+        attention = self._decode_run_attention_ms(kv, num_steps)
+        return np.column_stack(self._stage_ms(n, n, attention)) * 1e-3
+
+    def _stage_ms(self, num_tokens: int, num_seqs: int, attention_ms) -> list:
+        """Milliseconds of each stage given one layer's attention time (a float, or an array of them:
+        the same operations in the same order either way, so both paths agree bit for bit)."""
+        per_layer = self._layer.ms(num_tokens) + attention_ms
+        first = self._first_tokens.ms(num_tokens) + self.cpu.seconds(num_seqs) * 1e3
+        last = self._last_tokens.ms(num_tokens) + self._last_seqs.ms(num_seqs)
+        if self.num_stages == 1:
+            return [per_layer * self._stage_layers[0] + (first + last)]
+        send = self._tables["send"].ms(num_tokens)
+        out = [per_layer * layers + send for layers in self._stage_layers[:-1]]
+        out[0] = out[0] + first
+        out.append(per_layer * self._stage_layers[-1] + last)
+        return out
+
+    # ------------------------------------------------------------------ breakdown
+
+    def breakdown(self, q_tokens, kv_tokens) -> Breakdown:
+        """The iteration's time split by op category and by stage (milliseconds).
+
+        total_ms is the sum over stages (one batch's latency through the pipeline).
+        """
+        q = np.asarray(q_tokens, dtype=np.int64)
+        kv = np.asarray(kv_tokens, dtype=np.int64)
+        stage_ms = self.stage_times_s(q, kv) * 1e3
+        n, seqs = int(q.sum()), len(q)
+        layers = float(self.stage_layers.sum())
+        attention = self._batch_attention_ms(q, kv)
+        X = np.asarray(batch_attention_features(q, kv, self._shape), dtype=np.float64)
+        prefill_part = float(X[_PREFILL_IDX] @ self._coef[_PREFILL_IDX])
+        decode_part = float(X[_DECODE_IDX] @ self._coef[_DECODE_IDX])
+        # Shared terms (launch, critical path, SM load) go to each kind in proportion to its own terms;
+        # with no own terms, by the kind's share of sequences.
+        if prefill_part + decode_part > 0:
+            prefill_share = prefill_part / (prefill_part + decode_part)
+        else:
+            prefill_share = float((q > 1).mean())
+        t = self._tables
+        tables_ms = {name: table.ms(seqs if name in ("lm_head_sampling", "logits_comm") else n)
+                     for name, table in t.items()}
+        out = {
+            "attention_prefill": attention * prefill_share * layers,
+            "attention_decode": attention * (1 - prefill_share) * layers,
+            "linear": tables_ms["linear"] * layers,
+            "other_ops": tables_ms["layer_other"] * layers + tables_ms["embedding"] + tables_ms["final_norm"],
+            "communication": tables_ms["layer_comm"] * layers + tables_ms["embedding_comm"]
+            + tables_ms["logits_comm"] + tables_ms["send"] * (self.num_stages - 1),
+            "lm_head_sampling": tables_ms["lm_head_sampling"],
+            "cpu_overhead": self.cpu.seconds(seqs) * 1e3,
+        }
+        return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist())
+
+
+# ---------------------------------------------------------------------- building
+
+
+def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: ProfileFiles,
+                   cache_directory: Path | None = None, progress: bool = False) -> FittedRuntime:
+    """The FittedRuntime of (model, hardware, tp): from the on-disk cache when it is valid, else fitted
+    (then cached). The cache key covers the profile files' bytes, the configs, tp and the code."""
+    version = code_version()
+    key = cache.cache_key([
+        version, file_digest([files.ops_csv, files.attention_csv, files.meta_json]),
+        json.dumps(model.__dict__, sort_keys=True), json.dumps(hardware.__dict__, sort_keys=True), str(tp),
+    ])
+    fitted = cache.load(key, version, cache_directory)
+    if fitted is None:
+        fitted = fit_runtime(model, hardware, tp, files, progress=progress)
+        try:
+            cache.save(fitted, key, version, cache_directory)
+        except OSError:
+            pass  # a read-only cache directory only costs a refit next time
+    return fitted
+
+
+def build_predictor(model: ModelConfig, hardware: HardwareConfig, tp: int, pp: int,
+                    cpu_overhead_s: float | None = None, *, profiles_dir: Path = PROFILES_DIR,
+                    cache_directory: Path | None = None, progress: bool = False) -> RuntimePredictor:
+    """The iteration-time predictor of `model` on `hardware` with `tp` x `pp` GPUs per replica.
+
+    cpu_overhead_s: None = the documented default (simulator/runtime/cpu_overhead.py), 0 = none,
+    else seconds added to every iteration. Raises ProfileError (a ConfigError) naming the missing
+    directory or file when the GPU, model, TP degree or communication tables were not profiled.
+    """
+    model.validate_tp(tp)
+    if pp < 1:
+        raise ConfigError(f"cluster.pp={pp} must be >= 1")
+    files = profile_files(model, hardware, profiles_dir)
+    comm_frame = read_comm(files.comm_csv) if tp > 1 or pp > 1 else None
+    fitted = fitted_runtime(model, hardware, tp, files, cache_directory, progress)
+    return RuntimePredictor(fitted, model, pp, cpu_overhead(cpu_overhead_s), comm_frame, files.comm_csv)
+
+
+def predict_batch(model: str, hardware: str, batch, tp: int = 1, pp: int = 1,
+                  cpu_overhead_ms: float | None = None, **kwargs) -> Breakdown:
+    """Predict one batch by config names, e.g. predict_batch("llama-2-7b", "h100", [[4096, 0], [1, 1024]]).
+
+    batch: [[q_tokens, kv_tokens], ...] per sequence. cpu_overhead_ms: None = default, 0 = none.
+    Returns a Breakdown (milliseconds).
+    """
+    pairs = np.asarray(batch, dtype=np.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0 or (pairs[:, 0] < 1).any() or (pairs[:, 1] < 0).any():
+        raise ValueError(f"batch must be a non-empty list of [q_tokens >= 1, kv_tokens >= 0], got {batch!r}")
+    predictor = build_predictor(
+        load_model_config(model), load_hardware_config(hardware), tp, pp,
+        None if cpu_overhead_ms is None else cpu_overhead_ms / 1e3, **kwargs,
+    )
+    return predictor.breakdown(pairs[:, 0], pairs[:, 1])
