@@ -85,6 +85,7 @@ class SearchConfig:
     growth_factor: float = 2.0  # rate multiplier while bracketing
     tolerance: float = 0.02  # stop when (fail - pass) / pass <= tolerance
     max_trials: int = 30
+    write_capacity_run: bool = True  # also write the result files of the trial at capacity (for plots)
 
     def __post_init__(self) -> None:
         self.slos = [s if isinstance(s, SLO) else SLO(**dict(s)) for s in self.slos]
@@ -550,3 +551,86 @@ def write_capacity_outputs(record: dict, out_dir) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
     md_path.write_text(capacity_markdown(record))
     return json_path, md_path
+
+
+# --- the Hydra app: servesim-capacity ---------------------------------------------------------------
+
+# The app's primary config: the simulator's conf/config.yaml plus the `search` group.
+CAPACITY_CONFIG_NAME = "servesim_capacity"
+
+
+def register_capacity_config() -> None:
+    """Register the primary config (`config` + `search: default`) with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=CAPACITY_CONFIG_NAME,
+                                 node={"defaults": ["config", {"search": "default"}, "_self_"]})
+
+
+def split_hydra_config(cfg) -> tuple:
+    """(SimulationConfig, SearchConfig) from a composed capacity config (DictConfig or mapping)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from simulator.run import as_simulation_config
+
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    search_values = container.pop("search", None) or {}
+    container.pop("hydra", None)
+    simulation = as_simulation_config(container)
+    return simulation, search_config_from(search_values, simulation.slo.slos)
+
+
+def compose_capacity_config(overrides: Sequence[str]) -> tuple:
+    """Compose the capacity app's config with Hydra overrides, outside a Hydra app (sweeps, tests)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from simulator.paths import CONF_DIR
+
+    register_capacity_config()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None, job_name="servesim-capacity"):
+        cfg = compose(config_name=CAPACITY_CONFIG_NAME, overrides=list(overrides))
+    return split_hydra_config(cfg)
+
+
+def summary_line(record: dict) -> str:
+    """One line for the terminal."""
+    text = (f"capacity {record['capacity_qps']:.4g} req/s ({record['qps_per_gpu']:.4g} per GPU, "
+            f"{record['status']}, {len(record['trials'])} trials, {record['search_wall_s']:.1f} s)")
+    if record.get("cost_per_million_tokens_usd") is not None:
+        text += f", ${record['cost_per_million_tokens_usd']:.4g} per million tokens"
+    return text
+
+
+def main() -> None:
+    """servesim-capacity: the simulator's config groups plus `search`; writes capacity.json and
+    capacity.md (and capacity_run/ with the files of the trial at capacity) to Hydra's output dir."""
+    import sys
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from simulator.config import ConfigError
+    from simulator.paths import CONF_DIR
+
+    register_capacity_config()
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=CAPACITY_CONFIG_NAME, version_base=None)
+    def app(cfg) -> None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            simulation, search = split_hydra_config(cfg)
+            run_dir = out_dir / "capacity_run" if search.write_capacity_run else None
+            record = run_capacity_search(simulation, search, progress=True, capacity_run_dir=run_dir)
+        except (ConfigError, SearchError) as e:
+            print(f"servesim-capacity: {e}", file=sys.stderr)
+            sys.exit(2)
+        json_path, md_path = write_capacity_outputs(record, out_dir)
+        print(f"{config_summary(simulation)['policy']}: {summary_line(record)}\n  {json_path}\n  {md_path}")
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

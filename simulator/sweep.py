@@ -377,3 +377,154 @@ def _execute_on_ray(todo, runner, point_dir, workers, ray_address) -> Iterable[d
     finally:
         if started_here:
             ray.shutdown()
+
+
+# --- capacity sweeps over Hydra configurations ----------------------------------------------------
+
+
+def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
+    """Run one point's capacity search; writes capacity.json / capacity.md into `point_dir` and returns
+    the table row plus its trials. Module-level so process pools and Ray can pickle it."""
+    from simulator.capacity import (compose_capacity_config, record_row, run_capacity_search,
+                                    write_capacity_outputs)
+
+    simulation, search = compose_capacity_config(point.overrides)
+    run_dir = point_dir / "capacity_run" if search.write_capacity_run else None
+    record = run_capacity_search(simulation, search, progress=False, capacity_run_dir=run_dir)
+    write_capacity_outputs(record, point_dir)
+    row = record_row(record)
+    return {**row, "trials": record["trials"]}
+
+
+def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[str, str]:
+    """Compose every point and say why it cannot run: {point_id: reason} for the infeasible ones.
+
+    Checks: the config composes and validates (known policy and parameters, TP divides the heads, PP
+    the layers), the weights fit, and the KV cache holds at least one max_model_len request.
+    """
+    import dataclasses
+
+    from simulator.capacity import compose_capacity_config
+    from simulator.kv_cache import kv_cache_blocks_per_gpu
+    from simulator.run import policy_factory
+
+    reasons = {}
+    for point in tqdm(points, desc="checking points", unit="point", disable=not progress, leave=False):
+        try:
+            simulation, _ = compose_capacity_config(point.overrides)
+            policy_factory(simulation.policy)
+            cluster = simulation.cluster
+
+            def kv_tokens(model, hardware, tp, pp, cluster=cluster):
+                try:
+                    sized = dataclasses.replace(cluster, tp=tp, pp=pp)
+                    return kv_cache_blocks_per_gpu(model, hardware, sized) * cluster.block_size
+                except ConfigError:
+                    return 0
+
+            reason = infeasibility_reason(simulation.model, simulation.hardware, cluster.tp, cluster.pp, kv_tokens,
+                                          simulation.model.max_model_len)
+            if reason is None:
+                cluster.validate(simulation.model)
+        except Exception as e:  # noqa: BLE001 - any composition error makes the point unrunnable
+            reason = f"{type(e).__name__}: {e}"
+        if reason:
+            reasons[point.point_id] = reason
+    return reasons
+
+
+def write_report(out_dir: Path, table: pd.DataFrame, trials: pd.DataFrame, title: str,
+                 pareto_latency: str = "ttft_s_p99") -> tuple[Path, Path]:
+    """report.md and report.html (with figures/ PNGs) for a results table."""
+    from plots.cli import capacity_figures
+    from simulator.report import sweep_html, sweep_markdown
+
+    out_dir = Path(out_dir)
+    figures = capacity_figures(table, trials, out_dir / "figures") if len(table) else []
+    relative = [p.relative_to(out_dir) for p in figures]
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path.write_text(sweep_markdown(table, title, relative, pareto_latency))
+    html_path.write_text(sweep_html(table, title, relative, pareto_latency))
+    return md_path, html_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """servesim-sweep: run a space file's capacity searches (or rebuild a report)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="servesim-sweep",
+        description="Capacity search over every feasible configuration of a space file; resumable. "
+                    "See docs/capacity_and_sweeps.md.")
+    parser.add_argument("space", nargs="?", type=Path, help="space YAML (e.g. conf/sweep/policies.yaml)")
+    parser.add_argument("--out", type=Path, help="results directory (default: sweeps/<space name>)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Hydra override for every point (repeatable), e.g. search=quick")
+    parser.add_argument("--executor", choices=["local", "serial", "ray"], default="local",
+                        help="local: process pool (default); serial: in this process; ray: a Ray cluster")
+    parser.add_argument("--workers", type=int, default=0, help="parallel points (0: all cores)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster address (e.g. ray://head:10001 or auto); default starts a local Ray")
+    parser.add_argument("--retry-failed", action="store_true", help="run points that failed before again")
+    parser.add_argument("--dry-run", action="store_true", help="list the points and feasibility, run nothing")
+    parser.add_argument("--report", nargs="+", type=Path, metavar="DIR",
+                        help="only rebuild report.md/report.html from results under these directories "
+                             "(sweep dirs or servesim-capacity -m trees)")
+    parser.add_argument("--pareto-latency", default="ttft_s_p99",
+                        help="latency column of the Pareto frontier (default ttft_s_p99)")
+    args = parser.parse_args(argv)
+
+    if args.report:
+        return _report_only(args.report, args.out, args.pareto_latency)
+    if args.space is None:
+        parser.error("give a space file, or --report DIR")
+    try:
+        space = load_space(args.space)
+        space.base = space.base + list(args.extra)
+        points = enumerate_points(space)
+        infeasible = check_points(points)
+    except ConfigError as e:
+        print(f"servesim-sweep: {e}", file=sys.stderr)
+        return 2
+    out_dir = args.out or Path("sweeps") / space.name
+    print(f"{space.name}: {len(points)} points, {len(points) - len(infeasible)} feasible -> {out_dir}")
+    if args.dry_run:
+        for point in points:
+            reason = infeasible.get(point.point_id)
+            print(f"  {point.point_id}  {' '.join(point.overrides)}" + (f"\n      infeasible: {reason}" if reason else ""))
+        return 0
+    outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
+                        workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed)
+    md_path, html_path = write_report(out_dir, outcome.table, outcome.trials, space.name, args.pareto_latency)
+    print(f"ran {outcome.ran}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
+          f"{len(infeasible)} infeasible; {outcome.wall_s:.1f} s\n  {out_dir / 'results.parquet'}\n  {md_path}\n  {html_path}")
+    return 0
+
+
+def _report_only(dirs: list[Path], out_dir: Path | None, pareto_latency: str) -> int:
+    from plots.cli import capacity_rows, find_results, sweep_tables
+
+    found = find_results(dirs)
+    tables, trials = [], []
+    if found["sweeps"]:
+        table, trial_table = sweep_tables(found["sweeps"])
+        tables.append(table)
+        trials.append(trial_table)
+    if found["capacity"]:
+        table, trial_table = capacity_rows(found["capacity"])
+        tables.append(table.assign(status="ok", error=""))
+        trials.append(trial_table)
+    if not tables:
+        print("servesim-sweep: no results.parquet or capacity.json under " + ", ".join(map(str, dirs)))
+        return 1
+    out_dir = out_dir or dirs[0]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, html_path = write_report(out_dir, pd.concat(tables, ignore_index=True),
+                                      pd.concat(trials, ignore_index=True), out_dir.name, pareto_latency)
+    print(f"{md_path}\n{html_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
