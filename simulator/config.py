@@ -6,7 +6,7 @@ register them as structured configs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -114,3 +114,104 @@ def load_hardware_config(name: str) -> HardwareConfig:
     """Read conf/hardware/<name>.yaml."""
     path, values = _load_yaml("hardware", name)
     return from_dict(HardwareConfig, values, str(path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Simulator config groups (cluster, policy, slo, linear predictor). Mutable, so Hydra can compose them.
+# ---------------------------------------------------------------------------------------------------
+
+ROUTERS = ("round_robin", "least_outstanding_requests", "least_outstanding_tokens", "random")
+
+
+@dataclass
+class ClusterConfig:
+    """Replicas behind one router, and how each replica's KV cache is sized.
+
+    KV blocks per GPU = (gpu_memory_utilization x GPU memory - weights of one TP/PP shard
+    - activation_reserve_gib) / (block_size x KV bytes per token of that shard). The reserve stands for
+    what vLLM's profiling run finds besides weights: peak activations of a max-size batch, the sampler,
+    CUDA graphs and non-torch allocations (NCCL, cuBLAS workspaces). Sizing without it overestimates the
+    cache (REFERENCES.md). 2 GiB is our estimate for 7-8B models at 8k batched tokens from the
+    "PyTorch activation peak memory" + "non_torch_memory" lines vLLM logs; set it from your own logs.
+    """
+
+    num_replicas: int = 1
+    tp: int = 1
+    pp: int = 1
+    router: str = "round_robin"
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    activation_reserve_gib: float = 2.0
+    kv_watermark: float = 0.01  # share of blocks kept free when admitting a new request (vLLM's watermark)
+
+    def validate(self, model: ModelConfig) -> None:
+        """Raise ConfigError naming the field if this cluster cannot run `model`."""
+        if self.num_replicas < 1:
+            raise ConfigError(f"cluster.num_replicas={self.num_replicas}: need at least 1")
+        model.validate_tp(self.tp)
+        if self.pp < 1 or model.num_layers % self.pp:
+            raise ConfigError(
+                f"cluster.pp={self.pp} does not divide model {model.name}'s num_layers={model.num_layers}"
+            )
+        if self.router not in ROUTERS:
+            raise ConfigError(f"cluster.router='{self.router}' is not one of {', '.join(ROUTERS)}")
+        if self.block_size < 1:
+            raise ConfigError(f"cluster.block_size={self.block_size}: need at least 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"cluster.gpu_memory_utilization={self.gpu_memory_utilization}: need 0 < x <= 1")
+        if self.activation_reserve_gib < 0:
+            raise ConfigError(f"cluster.activation_reserve_gib={self.activation_reserve_gib}: need >= 0")
+        if not 0 <= self.kv_watermark < 1:
+            raise ConfigError(f"cluster.kv_watermark={self.kv_watermark}: need 0 <= x < 1")
+
+
+@dataclass
+class PolicyConfig:
+    """Which scheduling policy each replica runs, and its parameters.
+
+    Fields left None take the policy's own default (see its class); setting a field the policy does not
+    take is an error. `params` carries the parameters of policies that need others.
+    """
+
+    name: str = "sarathi"
+    max_batch_size: int | None = None
+    chunk_size: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    params: dict = field(default_factory=dict)
+
+    def policy_kwargs(self) -> dict:
+        """The parameters set in this config, as keyword arguments for the policy class."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "params")}
+        return {k: v for k, v in kwargs.items() if v is not None} | dict(self.params)
+
+
+def _default_slos() -> list:
+    return [
+        {"metric": "tbt_s", "percentile": 99.0, "max_s": 0.5},
+        {"metric": "ttft_s", "percentile": 90.0, "max_s": 2.0},
+        {"metric": "queueing_delay_s", "percentile": 99.0, "max_s": 5.0},
+    ]
+
+
+@dataclass
+class SLOConfig:
+    """Latency objectives a run is judged against: each entry says the `percentile` of `metric` must be
+    at most `max_s` (same shape as simulator.capacity.SLO; metrics: tbt_s, ttft_s, e2e_s, tpot_s,
+    normalized_e2e_s_per_token, queueing_delay_s)."""
+
+    name: str = "relaxed"
+    slos: list = field(default_factory=_default_slos)
+
+
+@dataclass
+class LinearPredictorConfig:
+    """Coefficients of `simulator.linear_predictor.LinearPredictor`, per pipeline stage, in seconds.
+
+    None takes the roofline value for the model and GPU (see LinearPredictor.from_roofline).
+    """
+
+    fixed_s: float | None = None
+    per_prefill_token_s: float | None = None
+    per_decode_token_s: float | None = None
+    per_kv_token_s: float | None = None

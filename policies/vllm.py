@@ -1,0 +1,46 @@
+"""vLLM's default scheduler without chunked prefill (Kwon et al., SOSP 2023; vLLM v0 `_schedule_default`).
+
+Reproduces: prefills first. Waiting requests are admitted in FCFS order, each prefilled whole, while the
+batch stays within `max_num_batched_tokens` tokens, `max_num_seqs` running sequences and the free KV
+blocks (minus the watermark); if any was admitted the iteration is prefill-only and running decodes
+pause. Otherwise every running request decodes one token; when the paged KV cache runs out of blocks
+the newest running request is preempted by recompute (its KV dropped, recomputed later from prompt +
+generated tokens). Defaults: max_num_seqs 256 and max_num_batched_tokens max(max_model_len, 2048),
+vLLM v0's values with chunked prefill off.
+"""
+from __future__ import annotations
+
+from policies.base import POLICIES, Batch, Policy
+from simulator.config import ConfigError
+
+
+class VLLMv0(Policy):
+    def __init__(self, kv, requests, max_num_seqs: int = 256, max_num_batched_tokens: int | None = None):
+        super().__init__(kv, requests)
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens or max(requests.max_model_len, 2048)
+        if self.max_num_batched_tokens < requests.max_model_len:
+            raise ConfigError(
+                f"policy.max_num_batched_tokens={self.max_num_batched_tokens} is below the model's "
+                f"max_model_len={requests.max_model_len}: without chunked prefill long prompts could never run"
+            )
+
+    def schedule(self, now_s: float) -> Batch | None:
+        # 1. Prefills first: admit waiting requests in order while tokens, sequences and blocks allow.
+        ids, tokens, budget = [], [], self.max_num_batched_tokens
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            r = self.waiting[0]
+            need = self.requests.pending_tokens(r)
+            if need > budget or not self.admit(r, need):
+                break
+            ids.append(r), tokens.append(need)
+            budget -= need
+        if ids:
+            return Batch.of(ids, tokens)
+
+        # 2. No prefill: every running request decodes, preempting the newest when blocks run out.
+        decodes = self.schedule_decodes(list(self.running))
+        return Batch.of(decodes, [1] * len(decodes))
+
+
+POLICIES["vllm"] = VLLMv0

@@ -1,0 +1,137 @@
+"""The paged KV cache every policy shares: fixed-size blocks, allocation, freeing, capacity sizing.
+
+Only block counts matter for timing (no prefix caching), so the cache keeps how many blocks each request
+holds and how many are free; it never hands out more blocks than it has. Policies ask it for room and
+preempt (by recompute) when it says no; that decision stays in the policy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.config import ClusterConfig, ConfigError, HardwareConfig, ModelConfig
+
+GIB = 1024**3
+
+
+def kv_cache_blocks_per_gpu(model: ModelConfig, hardware: HardwareConfig, cluster: ClusterConfig) -> int:
+    """Blocks of `cluster.block_size` tokens that fit on each GPU of one tp x pp replica.
+
+    Memory left for KV = gpu_memory_utilization x GPU memory - weights of the GPU's shard
+    - activation reserve. Every GPU of a replica holds the same token positions (its own heads/layers),
+    so this is also the replica's capacity. Raises ConfigError when the model does not fit.
+    """
+    tp, pp = cluster.tp, cluster.pp
+    budget_bytes = cluster.gpu_memory_utilization * hardware.memory_gib * GIB
+    weight_bytes = model.weight_bytes_per_gpu(tp, pp)
+    reserve_bytes = cluster.activation_reserve_gib * GIB
+    kv_bytes = budget_bytes - weight_bytes - reserve_bytes
+    block_bytes = cluster.block_size * model.kv_bytes_per_token(tp, pp)
+    if kv_bytes < block_bytes:
+        raise ConfigError(
+            f"model {model.name} does not fit on {hardware.name} with cluster.tp={tp}, cluster.pp={pp}: "
+            f"{cluster.gpu_memory_utilization} x {hardware.memory_gib} GiB = {budget_bytes / GIB:.1f} GiB usable, "
+            f"weights take {weight_bytes / GIB:.1f} GiB and the activation reserve "
+            f"{cluster.activation_reserve_gib} GiB, leaving no room for one KV block; raise cluster.tp or cluster.pp"
+        )
+    return int(kv_bytes // block_bytes)
+
+
+class KVCache:
+    """Block accounting for one scheduler (a replica, or one of its pipeline virtual engines).
+
+    `blocks_held` is indexed by request id and may be shared by several caches: a request lives in one.
+    A request needing capacity for n tokens holds ceil(n / block_size) blocks.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, blocks_held: np.ndarray, watermark_blocks: int = 0):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.blocks_held = blocks_held
+        self.watermark_blocks = watermark_blocks
+        self.free_blocks = num_blocks
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - self.free_blocks
+
+    def blocks_for(self, num_tokens):
+        """Blocks needed to hold `num_tokens` tokens (int or array)."""
+        return -(-num_tokens // self.block_size)
+
+    def can_ever_hold(self, num_tokens: np.ndarray) -> np.ndarray:
+        """True where a request of `num_tokens` tokens could be admitted into an empty cache."""
+        return self.blocks_for(num_tokens) <= self.num_blocks - self.watermark_blocks
+
+    def allocate(self, request_id: int, num_tokens: int, admission: bool = False) -> bool:
+        """Grow the request's blocks to hold `num_tokens` tokens; False (and no change) if they don't fit.
+
+        An admission (a request entering the running set) must also leave the watermark free, as in vLLM,
+        so that running requests have room to grow.
+        """
+        needed = -(-num_tokens // self.block_size) - int(self.blocks_held[request_id])
+        if needed <= 0:
+            return True
+        if self.free_blocks - needed < (self.watermark_blocks if admission else 0):
+            return False
+        self.blocks_held[request_id] += needed
+        self.free_blocks -= needed
+        return True
+
+    def allocate_all(self, request_ids: np.ndarray, num_tokens: np.ndarray) -> bool:
+        """Grow every request to hold its `num_tokens`, all or none; False (and no change) if they don't fit."""
+        held = self.blocks_held[request_ids]
+        grown = np.maximum((num_tokens + (self.block_size - 1)) // self.block_size, held)
+        total = sum((grown - held).tolist())  # builtin sum: faster than numpy's for the usual small batch
+        if total > self.free_blocks:
+            return False
+        if total:
+            self.blocks_held[request_ids] = grown
+            self.free_blocks -= total
+        return True
+
+    def free(self, request_ids: np.ndarray) -> None:
+        """Return all blocks of these requests (finished or preempted)."""
+        self.free_blocks += int(self.blocks_held[request_ids].sum())
+        self.blocks_held[request_ids] = 0
+
+    def decode_run_steps(self, request_ids: np.ndarray, kv_tokens: np.ndarray, max_steps: int) -> tuple[int, np.ndarray]:
+        """How many decode iterations of these requests fit in the free blocks (at most max_steps), and each
+        request's spare slots (held capacity - kv_tokens) at the start.
+
+        Step k (1-based) computes token kv_tokens + k - 1 and needs room for kv_tokens + k tokens; step 1
+        is already allocated by the policy. Nothing is allocated here; `allocate_all` the steps taken, and
+        `decode_run_blocks_used` gives the used-block count of each step.
+        """
+        spare = self.blocks_held[request_ids] * self.block_size - kv_tokens
+        new_blocks = np.maximum((max_steps - spare + (self.block_size - 1)) // self.block_size, 0)
+        if sum(new_blocks.tolist()) <= self.free_blocks:
+            return max_steps, spare  # the common case: the whole run fits
+        added = decode_run_blocks_used(np.zeros(1, np.int64), [spare], np.array([max_steps]), self.block_size)
+        return int(np.searchsorted(added, self.free_blocks, side="right")), spare
+
+
+def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: list[np.ndarray], steps: np.ndarray,
+                           block_size: int) -> np.ndarray:
+    """Blocks in use during every step of many decode runs, concatenated run after run.
+
+    Run r starts with used_at_start[r] blocks in use; its requests have spare_slots[r] free token slots in
+    their blocks; it lasts steps[r] iterations. A request takes a new block at each step k where
+    k > spare + m * block_size for the next m, i.e. at steps spare + 1, spare + 1 + block_size, ...
+    Vectorised over all runs at once (the recorder calls it when the simulation is over).
+    """
+    steps = np.asarray(steps, np.int64)
+    sizes = np.fromiter((len(s) for s in spare_slots), np.int64, len(spare_slots))
+    spare = np.concatenate(spare_slots) if spare_slots else np.empty(0, np.int64)
+    run_of_request = np.repeat(np.arange(len(steps)), sizes)
+    run_steps = steps[run_of_request]
+    # Each request's new blocks within its run: steps spare+1, spare+1+bs, ... up to the run's length.
+    counts = np.maximum((run_steps - spare + (block_size - 1)) // block_size, 0)
+    owner = np.repeat(np.arange(len(spare)), counts)
+    nth = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    step_of_block = spare[owner] + 1 + nth * block_size  # 1-based step within its run
+    run_start = np.cumsum(steps) - steps  # index of each run's first step in the output
+    new_per_step = np.bincount(run_start[run_of_request[owner]] + step_of_block - 1, minlength=int(steps.sum()))
+    cumulative = np.cumsum(new_per_step)
+    # Restart the running total at each run: subtract what earlier runs added.
+    before_run = np.repeat(cumulative[run_start] - new_per_step[run_start], steps) if len(steps) else cumulative
+    return np.repeat(np.asarray(used_at_start, np.int64), steps) + cumulative - before_run

@@ -1,0 +1,243 @@
+"""One model replica as SimPy processes: ask the policy for a batch, hold for its predicted time, apply it.
+
+pp = 1: one process loops over iterations. A run of decode-only iterations that nothing can change
+(no arrival, no request finishing, no KV block shortage) is advanced in one step: its iteration times
+come from `predictor.decode_run_stage_times_s`, every token keeps its exact time, and an arrival
+interrupts the run at the end of the iteration in progress. `fast_decode_runs=False` steps one iteration
+at a time instead; both give identical results (tests/simulator/test_fast_path.py).
+
+pp > 1: one process per pipeline stage and one policy instance per stage ("virtual engines", as in
+vLLM's pipeline-parallel scheduler, each with 1/pp of the KV blocks). Stage 0 takes a micro-batch from
+the next engine whose previous micro-batch has left the pipeline; each stage holds it for its own time
+and passes it on; the last stage applies its effects. Uneven micro-batches leave stages idle: pipeline
+bubbles appear in the iteration records by themselves.
+
+All times are integer nanoseconds of simulated time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from policies.base import Batch, Policy
+from simulator.predictor import IterationTimePredictor
+from simulator.recorder import Recorder
+from simulator.request import NOT_YET, RequestState
+
+
+def seconds_to_duration_ns(seconds: np.ndarray) -> np.ndarray:
+    """Predicted seconds to whole nanoseconds, at least 1 so simulated time always moves forward."""
+    return np.maximum(np.rint(np.asarray(seconds) * 1e9).astype(np.int64), 1)
+
+
+@dataclass
+class MicroBatch:
+    """A batch travelling through the pipeline stages of a pp > 1 replica."""
+
+    engine: int
+    batch: Batch
+    kv_tokens: np.ndarray  # each request's KV tokens before the batch (the predictor's kv_tokens)
+    stage_ns: np.ndarray  # time on each stage
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    kv_blocks_used: int
+
+
+class Replica:
+    """A model replica: `engines` are its policy instances (one, or one per pipeline stage)."""
+
+    def __init__(self, env: simpy.Environment, replica_id: int, engines: list[Policy],
+                 predictor: IterationTimePredictor, requests: RequestState, recorder: Recorder,
+                 fast_decode_runs: bool = True):
+        self.env = env
+        self.replica_id = replica_id
+        self.engines = engines
+        self.predictor = predictor
+        self.requests = requests
+        self.recorder = recorder
+        self.fast_decode_runs = fast_decode_runs
+        self.num_stages = predictor.num_stages
+        self.outstanding_requests = 0  # routed here and not finished (the router reads these two)
+        self.outstanding_tokens = 0  # prompt + output tokens of those requests
+        self.completed = 0
+        self._wake: simpy.Event | None = None  # set while stage 0 waits for work
+        self._in_decode_run = False
+        if self.num_stages == 1:
+            self._process = env.process(self._serve())
+        else:
+            self._in_flight = [False] * len(engines)
+            self._next_engine = 0
+            self._queues = [simpy.Store(env) for _ in range(self.num_stages)]
+            env.process(self._first_stage())
+            for stage in range(1, self.num_stages):
+                env.process(self._later_stage(stage))
+
+    # --- requests coming in ------------------------------------------------------------------------
+
+    def add_request(self, request_id: int) -> None:
+        """Take a routed request: it joins the engine with the fewest unfinished requests (vLLM's rule)."""
+        engine = min(self.engines, key=lambda e: e.num_unfinished)
+        engine.add_request(request_id)
+        req = self.requests
+        req.replica_id[request_id] = self.replica_id
+        self.outstanding_requests += 1
+        self.outstanding_tokens += int(req.prompt_tokens[request_id] + req.output_tokens[request_id])
+        self._notify()
+
+    def _notify(self) -> None:
+        """Something changed for the schedulers: wake stage 0 if it is idle, or end a decode run early."""
+        if self._wake is not None:
+            if not self._wake.triggered:
+                self._wake.succeed()
+        elif self._in_decode_run:
+            self._in_decode_run = False
+            self._process.interrupt()
+
+    def _idle(self):
+        self._wake = self.env.event()
+        yield self._wake
+        self._wake = None
+
+    # --- pp = 1 -------------------------------------------------------------------------------------
+
+    def _serve(self):
+        env, engine = self.env, self.engines[0]
+        fast = self.fast_decode_runs and engine.fast_forward_decodes
+        while True:
+            batch = engine.schedule(env.now / 1e9)
+            if batch is None:
+                yield from self._idle()
+                continue
+            kv_tokens = self.requests.computed_tokens[batch.request_ids]
+            num_decode = self._num_decodes(batch, kv_tokens)
+            if fast and num_decode == len(batch):
+                yield from self._decode_run(engine, batch.request_ids, kv_tokens)
+                continue
+            start = env.now
+            self._mark_first_scheduled(batch.request_ids, start)
+            duration = int(seconds_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens))[0])
+            self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
+                                        int(batch.num_tokens.sum()) - num_decode, num_decode, engine.kv.used_blocks)
+            yield env.timeout(duration)
+            self._apply(engine, batch, env.now)
+
+    def _decode_run(self, engine: Policy, ids: np.ndarray, kv_tokens: np.ndarray):
+        """Decode iterations of the same requests until one finishes, blocks run short, or a request arrives."""
+        env, req = self.env, self.requests
+        start = env.now
+        generated = req.generated_tokens[ids]
+        remaining = req.output_tokens[ids] - generated
+        max_steps = min(remaining.tolist())
+        steps, spare_slots = engine.kv.decode_run_steps(ids, kv_tokens, max_steps)
+        step_ns = seconds_to_duration_ns(self.predictor.decode_run_stage_times_s(kv_tokens, steps)[:, 0])
+        ends = np.cumsum(step_ns) + start  # integer sums: exactly the instants stepping would reach
+        self._in_decode_run = True
+        try:
+            yield env.timeout(int(ends[-1]) - start)
+            self._in_decode_run = False
+        except simpy.Interrupt:
+            # A request arrived: finish the iteration in progress, then let the policy choose again.
+            steps = int(np.searchsorted(ends, env.now)) + 1
+            ends, step_ns = ends[:steps], step_ns[:steps]
+            yield env.timeout(int(ends[-1]) - env.now)
+        self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), engine.kv.used_blocks, spare_slots)
+        kv_tokens = kv_tokens + steps
+        req.computed_tokens[ids] = kv_tokens
+        req.generated_tokens[ids] = generated + steps
+        if not engine.kv.allocate_all(ids, kv_tokens):
+            raise AssertionError("KV blocks of a planned decode run did not fit")  # plan_decode_run is wrong
+        self.recorder.emit_run(ids, ends)
+        if steps == max_steps:
+            self._finish(engine, ids[remaining == steps], int(ends[-1]))
+
+    # --- pp > 1 -------------------------------------------------------------------------------------
+
+    def _first_stage(self):
+        env, req = self.env, self.requests
+        while True:
+            picked = self._next_micro_batch()
+            if picked is None:
+                yield from self._idle()
+                continue
+            engine, batch = picked
+            kv_tokens = req.computed_tokens[batch.request_ids]
+            num_decode = self._num_decodes(batch, kv_tokens)
+            self._mark_first_scheduled(batch.request_ids, env.now)
+            micro_batch = MicroBatch(
+                engine, batch, kv_tokens,
+                seconds_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens)),
+                int(batch.num_tokens.sum()) - num_decode, num_decode, sum(e.kv.used_blocks for e in self.engines),
+            )
+            yield from self._hold_stage(0, micro_batch)
+            self._queues[1].put(micro_batch)
+
+    def _next_micro_batch(self) -> tuple[int, Batch] | None:
+        """Round robin over engines whose previous micro-batch has left the pipeline."""
+        n = len(self.engines)
+        for i in range(n):
+            e = (self._next_engine + i) % n
+            if self._in_flight[e]:
+                continue
+            batch = self.engines[e].schedule(self.env.now / 1e9)
+            if batch is not None:
+                self._in_flight[e] = True
+                self._next_engine = (e + 1) % n
+                return e, batch
+        return None
+
+    def _later_stage(self, stage: int):
+        while True:
+            micro_batch = yield self._queues[stage].get()
+            yield from self._hold_stage(stage, micro_batch)
+            if stage + 1 < self.num_stages:
+                self._queues[stage + 1].put(micro_batch)
+            else:
+                self._apply(self.engines[micro_batch.engine], micro_batch.batch, self.env.now)
+                self._in_flight[micro_batch.engine] = False
+                self._notify()
+
+    def _hold_stage(self, stage: int, mb: MicroBatch):
+        duration = int(mb.stage_ns[stage])
+        self.recorder.add_iteration(self.replica_id, stage, self.env.now, duration, len(mb.batch),
+                                    mb.num_prefill_tokens, mb.num_decode_tokens, mb.kv_blocks_used)
+        yield self.env.timeout(duration)
+
+    # --- effects of a batch (both layouts) ----------------------------------------------------------
+
+    def _num_decodes(self, batch: Batch, kv_tokens: np.ndarray) -> int:
+        """How many requests of the batch decode (compute the one token they emitted last)."""
+        req, ids = self.requests, batch.request_ids
+        generated = req.generated_tokens[ids]
+        decoding = (batch.num_tokens == 1) & (kv_tokens + 1 == req.prompt_tokens[ids] + generated) & (generated > 0)
+        return int(np.count_nonzero(decoding))
+
+    def _mark_first_scheduled(self, ids: np.ndarray, now_ns: int) -> None:
+        req = self.requests
+        req.first_scheduled_ns[ids[req.first_scheduled_ns[ids] == NOT_YET]] = now_ns
+
+    def _apply(self, engine: Policy, batch: Batch, end_ns: int) -> None:
+        """The batch's tokens are computed: requests that reached their last known token emit the next."""
+        req, ids = self.requests, batch.request_ids
+        computed = req.computed_tokens[ids] + batch.num_tokens
+        req.computed_tokens[ids] = computed
+        emitted = ids[computed == req.prompt_tokens[ids] + req.generated_tokens[ids]]
+        if len(emitted) == 0:
+            return
+        req.generated_tokens[emitted] += 1
+        first = emitted[req.first_token_ns[emitted] == NOT_YET]
+        req.first_token_ns[first] = end_ns
+        self.recorder.emit(emitted, end_ns)
+        self._finish(engine, emitted[req.generated_tokens[emitted] == req.output_tokens[emitted]], end_ns)
+
+    def _finish(self, engine: Policy, done: np.ndarray, end_ns: int) -> None:
+        if len(done) == 0:
+            return
+        req = self.requests
+        req.completed_ns[done] = end_ns
+        engine.kv.free(done)
+        engine.finish(done)
+        self.outstanding_requests -= len(done)
+        self.outstanding_tokens -= int((req.prompt_tokens[done] + req.output_tokens[done]).sum())
+        self.completed += len(done)

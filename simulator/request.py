@@ -1,0 +1,95 @@
+"""Per-request state of one simulation: one numpy array per field, indexed by request id.
+
+No Python object per request or per token: policies, the KV cache and replicas read and write these
+arrays. Simulated time is kept in integer nanoseconds (`_ns`) so that a run of decode iterations
+advanced in one step lands on exactly the same instants as stepping one iteration at a time.
+
+A request's progress is two counters, as in vLLM's v1 scheduler:
+  computed_tokens   tokens whose KV is in the cache
+  generated_tokens  output tokens emitted so far
+It knows prompt_tokens + generated_tokens tokens; an iteration that computes the last known token
+emits the next one. Prefill, chunked prefill, decode and recompute after preemption (computed_tokens
+reset to 0, generated tokens kept) are all this one rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NOT_YET = -1  # value of a _ns field whose event has not happened
+
+
+def seconds_to_ns(seconds) -> np.ndarray:
+    """Seconds (float array) to integer nanoseconds."""
+    return np.rint(np.asarray(seconds, dtype=np.float64) * 1e9).astype(np.int64)
+
+
+@dataclass
+class RequestState:
+    """All requests of one simulation. Build with `RequestState.create`."""
+
+    arrived_ns: np.ndarray  # int64
+    prompt_tokens: np.ndarray  # int64
+    output_tokens: np.ndarray  # int64
+    computed_tokens: np.ndarray  # int64, tokens in the KV cache
+    generated_tokens: np.ndarray  # int64, output tokens emitted
+    replica_id: np.ndarray  # int64, -1 until routed
+    first_scheduled_ns: np.ndarray  # int64, NOT_YET until first in a batch
+    first_token_ns: np.ndarray
+    completed_ns: np.ndarray
+    preemptions: np.ndarray  # int64
+    reject_reason: np.ndarray  # object, "" unless rejected
+    max_model_len: int  # the model's context limit (prompt + output tokens)
+
+    @classmethod
+    def create(cls, arrived_s, prompt_tokens, output_tokens, max_model_len: int) -> RequestState:
+        """Fresh state for requests sorted by arrival (seconds), rejecting those the model cannot hold."""
+        arrived_ns = seconds_to_ns(arrived_s)
+        prompt = np.asarray(prompt_tokens, dtype=np.int64)
+        output = np.asarray(output_tokens, dtype=np.int64)
+        n = len(arrived_ns)
+        if not (len(prompt) == len(output) == n):
+            raise ValueError(f"arrival, prompt and output arrays differ in length: {n}, {len(prompt)}, {len(output)}")
+        if n and np.any(np.diff(arrived_ns) < 0):
+            raise ValueError("requests must be sorted by arrival time")
+
+        def not_yet():
+            return np.full(n, NOT_YET, dtype=np.int64)
+
+        state = cls(
+            arrived_ns=arrived_ns, prompt_tokens=prompt, output_tokens=output,
+            computed_tokens=np.zeros(n, np.int64), generated_tokens=np.zeros(n, np.int64),
+            replica_id=not_yet(), first_scheduled_ns=not_yet(), first_token_ns=not_yet(),
+            completed_ns=not_yet(), preemptions=np.zeros(n, np.int64),
+            reject_reason=np.full(n, "", dtype=object), max_model_len=max_model_len,
+        )
+        state.reject(prompt < 1, "empty prompt")
+        state.reject(output < 1, "no output tokens")
+        state.reject(prompt + output > max_model_len, f"prompt + output tokens exceed max_model_len={max_model_len}")
+        return state
+
+    def __len__(self) -> int:
+        return len(self.arrived_ns)
+
+    def reject(self, mask: np.ndarray, reason: str) -> None:
+        """Mark requests rejected with `reason` (the first reason given to a request is kept)."""
+        self.reject_reason[mask & (self.reject_reason == "")] = reason
+
+    @property
+    def rejected(self) -> np.ndarray:
+        return self.reject_reason != ""
+
+    def pending_tokens(self, request_id: int) -> int:
+        """Tokens the request must compute before it emits its next token (1 while decoding)."""
+        return int(self.prompt_tokens[request_id] + self.generated_tokens[request_id]
+                   - self.computed_tokens[request_id])
+
+    def pending_tokens_of(self, request_ids: np.ndarray) -> np.ndarray:
+        """`pending_tokens` of each request in an int array."""
+        return (self.prompt_tokens[request_ids] + self.generated_tokens[request_ids]
+                - self.computed_tokens[request_ids])
+
+    def is_decoding(self, request_ids: np.ndarray) -> np.ndarray:
+        """True where a request has emitted a token and its next iteration computes just that token."""
+        return (self.pending_tokens_of(request_ids) == 1) & (self.generated_tokens[request_ids] >= 1)

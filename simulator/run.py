@@ -1,0 +1,199 @@
+"""Run one simulation from a config: the plain Python entry point (the Hydra CLI and capacity search use it).
+
+    from simulator.run import SimulationConfig, run_simulation
+    result = run_simulation(SimulationConfig.from_dict({"model": "llama-2-7b", "hardware": "h100"}))
+    result.summary["ttft_s"]["p99"], result.requests, result.iterations
+
+`SimulationConfig` is the top-level config: one field per Hydra config group plus a few run settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from simulator.config import (ClusterConfig, ConfigError, HardwareConfig, LinearPredictorConfig, ModelConfig,
+                              PolicyConfig, SLOConfig, from_dict, load_hardware_config, load_model_config)
+from simulator.workload import WorkloadConfig, load_workload
+
+PREDICTORS = ("fitted", "linear")
+
+
+@dataclass
+class SimulationConfig:
+    """Everything one simulation needs. Groups mirror conf/ (model, hardware, cluster, policy, workload, slo).
+
+    predictor         "fitted" (simulator.runtime's model fitted to GPU profiles) or "linear"
+                      (simulator.linear_predictor, coefficients in `linear_predictor`)
+    cpu_overhead_s    per-iteration CPU overhead for the fitted predictor (None: its documented default)
+    fast_decode_runs  advance runs of decode-only iterations in one step (identical results, faster)
+    output_dir        where result files go ("" = none from Python; the CLI uses Hydra's run directory)
+    """
+
+    model: ModelConfig
+    hardware: HardwareConfig
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    slo: SLOConfig = field(default_factory=SLOConfig)
+    linear_predictor: LinearPredictorConfig = field(default_factory=LinearPredictorConfig)
+    seed: int = 0
+    predictor: str = "fitted"
+    cpu_overhead_s: float | None = None
+    fast_decode_runs: bool = True
+    progress: bool = False
+    output_dir: str = ""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
+        """Build from plain mappings (e.g. a Hydra DictConfig as a container). `model` and `hardware` may
+        be names of conf/ files instead of mappings. Errors name the field."""
+        values = dict(values)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown top-level config field(s) {sorted(unknown)}")
+        for name, loader, kind in (("model", load_model_config, ModelConfig),
+                                   ("hardware", load_hardware_config, HardwareConfig)):
+            if name not in values:
+                raise ConfigError(f"config field '{name}' is missing")
+            if isinstance(values[name], str):
+                values[name] = loader(values[name])
+            elif isinstance(values[name], Mapping):
+                values[name] = from_dict(kind, dict(values[name]), name)
+        groups = {"cluster": ClusterConfig, "policy": PolicyConfig, "workload": WorkloadConfig,
+                  "slo": SLOConfig, "linear_predictor": LinearPredictorConfig}
+        for name, kind in groups.items():
+            if isinstance(values.get(name), Mapping):
+                values[name] = from_dict(kind, dict(values[name]), name)
+        return cls(**values)
+
+
+@dataclass
+class SimulationResult:
+    """One run's outcome: per-request and per-iteration tables, the summary dict, and the raw records."""
+
+    requests: pd.DataFrame
+    iterations: pd.DataFrame
+    summary: dict
+    records: Any = None  # simulator.metrics.RequestRecords
+    iteration_records: Any = None  # simulator.metrics.IterationRecords
+
+
+def as_simulation_config(cfg) -> SimulationConfig:
+    """A SimulationConfig from itself, a mapping, or an OmegaConf DictConfig."""
+    if isinstance(cfg, SimulationConfig):
+        return cfg
+    if not isinstance(cfg, Mapping):
+        from omegaconf import OmegaConf  # only DictConfig gets here; keep hydra out of plain runs
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return SimulationConfig.from_dict(cfg)
+
+
+def policy_factory(policy: PolicyConfig):
+    """A callable (kv, requests) -> policy instance; raises ConfigError for an unknown name or parameter."""
+    from policies import POLICIES
+
+    if policy.name not in POLICIES:
+        raise ConfigError(f"policy.name='{policy.name}' is not a known policy; known: {', '.join(sorted(POLICIES))}")
+    cls = POLICIES[policy.name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kv", "requests")]
+    kwargs = policy.policy_kwargs()
+    for name in kwargs:
+        if name not in accepted:
+            raise ConfigError(f"policy.{name} is not a parameter of policy '{policy.name}' "
+                              f"(it takes: {', '.join(accepted) or 'nothing'})")
+    return functools.partial(cls, **kwargs)
+
+
+def build_predictor(cfg: SimulationConfig):
+    """The iteration-time predictor every replica uses."""
+    tp, pp = cfg.cluster.tp, cfg.cluster.pp
+    if cfg.predictor not in PREDICTORS:
+        raise ConfigError(f"predictor='{cfg.predictor}' is not one of {', '.join(PREDICTORS)}")
+    from simulator.linear_predictor import LinearPredictor
+
+    if cfg.predictor == "fitted":
+        try:
+            from simulator.runtime import build_predictor as build_fitted
+        except ImportError as e:
+            # TODO(lead): remove this fallback once simulator.runtime.build_predictor has landed.
+            warnings.warn(f"\n\n*** simulator.runtime.build_predictor is not available ({e}); FALLING BACK TO THE "
+                          f"LINEAR ROOFLINE PREDICTOR. Results are not calibrated to measured GPU profiles. ***\n",
+                          stacklevel=2)
+        else:
+            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)
+    return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, tp, pp)
+
+
+def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = False) -> SimulationResult:
+    """Simulate `cfg` (SimulationConfig, mapping or DictConfig) and return its tables and summary.
+
+    Writes result files (simulator.metrics.write_outputs) into `out_dir`, or cfg.output_dir when
+    out_dir is None and that is set. The summary's `wall_s` is the only field that differs between two
+    runs of the same config and seed.
+    """
+    from simulator import metrics
+    from simulator.cluster import simulate
+    from simulator.kv_cache import kv_cache_blocks_per_gpu
+    from simulator.request import RequestState
+
+    started = time.perf_counter()
+    cfg = as_simulation_config(cfg)
+    cfg.cluster.validate(cfg.model)
+    make_policy = policy_factory(cfg.policy)
+    predictor = build_predictor(cfg)
+    kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
+    workload = load_workload(cfg.workload, cfg.seed)
+    requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
+                                   cfg.model.max_model_len)
+    out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
+                   num_replicas=cfg.cluster.num_replicas, router=cfg.cluster.router,
+                   kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed, fast_decode_runs=cfg.fast_decode_runs,
+                   progress=progress or cfg.progress)
+    wall_s = time.perf_counter() - started
+    summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s)
+    request_table = metrics.request_table(out.records)
+    summary["setup"] = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor)
+    summary["slo"] = evaluate_slos(cfg.slo, request_table, metrics.tbt_gaps_s(out.records))
+    destination = out_dir if out_dir is not None else (cfg.output_dir or None)
+    if destination is not None:
+        metrics.write_outputs(destination, out.records, out.iterations, summary)
+    return SimulationResult(request_table, metrics.iteration_table(out.iterations), summary, out.records,
+                            out.iterations)
+
+
+def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int, predictor) -> dict:
+    """What was simulated, for the summary."""
+    return {
+        "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": cfg.cluster.num_replicas,
+        "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
+        "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
+        "predictor": type(predictor).__name__, "seed": cfg.seed,
+        "kv_blocks_per_engine": kv_blocks_per_engine, "kv_block_size": cfg.cluster.block_size,
+    }
+
+
+def evaluate_slos(slo: SLOConfig, request_table: pd.DataFrame, tbt_gaps_s: np.ndarray) -> dict:
+    """Each objective's measured percentile and whether it holds, over all non-rejected requests."""
+    from simulator.capacity import slos_from_config, trial_metrics
+
+    objectives = slos_from_config(slo.slos)
+    measured = trial_metrics(request_table, tbt_gaps_s, objectives)
+    results = []
+    for objective in objectives:
+        value = measured.get(f"{objective.metric}_p{objective.percentile:g}", float("nan"))
+        results.append({"name": objective.name, "measured_s": _json_float(value), "met": bool(value <= objective.max_s)})
+    return {"name": slo.name, "all_met": all(r["met"] for r in results), "objectives": results}
+
+
+def _json_float(x: float) -> float | None:
+    return float(f"{x:.7g}") if np.isfinite(x) else None
