@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from plots.common import new_figure, policy_color, policy_label, style_axes
 
@@ -57,8 +58,13 @@ def tradeoff_figure(points: pd.DataFrame, rate_qps: float, ttft_column: str = "t
                     ax.annotate(f"{int(chunk)}", (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8,
                                 color=color)
     finite = np.isfinite(points[[tbt_column, ttft_column]].to_numpy(dtype=float))
-    if finite.all() and (points[ttft_column] > 0).all():
+    ttft = points[ttft_column].to_numpy(dtype=float)
+    # Log scale only when TTFTs span more than a decade; otherwise linear ticks read better.
+    if finite.all() and (ttft > 0).all() and ttft.max() > 10 * ttft.min():
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.2, not 2 x 10^-1
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ttft_name = ttft_column.replace("ttft_s_p", "P")
     tbt_name = tbt_column.replace("tbt_s_p", "P")
     style_axes(ax, f"{tbt_name} time between tokens (ms)", f"{ttft_name} time to first token (s)",

@@ -48,8 +48,9 @@ def markdown_table(rows: list[dict] | pd.DataFrame, columns: list[str] | None = 
     return "\n".join(lines) + "\n"
 
 
-def config_label(row: dict) -> str:
-    """Short name of a configuration, e.g. 'sarathi c512 b128 tp2 h100' (only the parts that are set)."""
+def config_label(row: dict, skip: tuple[str, ...] = ()) -> str:
+    """Short name of a configuration, e.g. 'sarathi c512 b128 tp2 h100' (only the parts that are set;
+    fields named in `skip`, e.g. a model every row shares, are left out)."""
     parts = [str(row.get("policy", "?"))]
     for key, prefix in (("chunk_size", "c"), ("max_batch_size", "b")):
         value = row.get(key)
@@ -63,7 +64,7 @@ def config_label(row: dict) -> str:
     if replicas is not None and not (isinstance(replicas, float) and math.isnan(replicas)) and int(replicas) > 1:
         parts.append(f"x{int(replicas)}")
     for key in ("hardware", "model"):
-        if isinstance(row.get(key), str):
+        if isinstance(row.get(key), str) and key not in skip:
             parts.append(row[key])
     return " ".join(parts)
 
@@ -133,9 +134,10 @@ SUMMARY_HEADERS = {"label": "configuration", "slo_name": "SLO set", "capacity_qp
 
 
 def with_labels(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with a 'label' column naming each configuration."""
+    """The table with a 'label' column naming each configuration (model and GPU only where they vary)."""
     table = table.copy()
-    table["label"] = [config_label(row) for row in table.to_dict("records")]
+    skip = tuple(c for c in ("hardware", "model") if c in table and table[c].nunique(dropna=True) <= 1)
+    table["label"] = [config_label(row, skip) for row in table.to_dict("records")]
     return table
 
 
@@ -154,27 +156,29 @@ def sweep_sections(table: pd.DataFrame, pareto_latency: str = "ttft_s_p99") -> l
     from plots.pareto import pareto_front  # plots reads results; importing it here keeps report -> plots one-way
 
     table = with_labels(table)
-    ok = table[table["status"] == "ok"] if "status" in table else table
-    ok = ok[ok.get("capacity_qps", pd.Series(dtype=float)) > 0] if "capacity_qps" in ok else ok
-    if "slo_name" not in ok:
-        ok = ok.assign(slo_name="-")
+    for column in ("capacity_qps", "qps_per_gpu", "cost_per_million_tokens_usd", pareto_latency):
+        if column not in table:
+            table[column] = np.nan
+    for column, default in (("status", "ok"), ("error", ""), ("slo_name", "-")):
+        if column not in table:
+            table[column] = default
+    ok = table[(table["status"] == "ok") & (table["capacity_qps"] > 0)]
     sections = [
         ("Best configuration per SLO set (highest capacity per GPU)",
          best_rows(ok, "slo_name", "qps_per_gpu", ascending=False), ""),
         ("Cheapest configuration per SLO set (lowest cost per million tokens)",
-         best_rows(ok, "slo_name", "cost_per_million_tokens_usd", ascending=True)
-         if "cost_per_million_tokens_usd" in ok else ok.iloc[:0],
+         best_rows(ok, "slo_name", "cost_per_million_tokens_usd", ascending=True),
          "Needs hardware.price_per_hour_usd; cost = GPUs x price / tokens served per hour at capacity."),
     ]
     for slo_name, group in ok.groupby("slo_name", sort=True):
-        if pareto_latency in group:
-            front = pareto_front(group, "qps_per_gpu", pareto_latency)
+        front = pareto_front(group, "qps_per_gpu", pareto_latency)
+        if len(front):
             sections.append((f"Pareto frontier, SLO set {slo_name}: capacity per GPU vs {pareto_latency}", front,
                              "No other configuration has both more capacity per GPU and lower latency."))
     ranked = ok.sort_values(["slo_name", "qps_per_gpu"], ascending=[True, False])
     sections.append(("All configurations that met their SLOs at some rate", ranked, ""))
-    bad = table[table["status"] != "ok"] if "status" in table else table.iloc[:0]
-    zero = table[(table.get("status") == "ok") & (table.get("capacity_qps", 0) <= 0)] if "status" in table else bad
+    bad = table[table["status"] != "ok"]
+    zero = table[(table["status"] == "ok") & ~(table["capacity_qps"] > 0)]
     failed = pd.concat([bad, zero.assign(error="SLOs not met at the lowest rate searched")])
     sections.append(("Configurations without a capacity (infeasible, failed or never meeting the SLOs)", failed, ""))
     return sections
