@@ -124,3 +124,28 @@ def test_pareto_front_by_hand():
     assert ax.get_ylabel() == "P99 TTFT at capacity (s)"
     frontier = next(line for line in ax.get_lines() if line.get_label() == "Pareto frontier")
     assert list(frontier.get_xdata()) == [0.5, 2.0, 3.0]
+
+
+def test_sarathi_reproduction_table_picks_the_papers_chunk_per_slo():
+    from plots.sarathi import capacity_bars_figure, reproduction_table, table_markdown
+
+    rows = []
+    for slo, bound in (("strict", 0.1), ("relaxed", 0.5)):
+        overrides = f"model=mistral-7b slo.slos=[{{metric:tbt_s,percentile:99,max_s:{bound}}}]"
+        common = {"model": "mistral-7b", "workload": "arxiv_poisson", "slo_name": slo, "num_gpus": 1,
+                  "overrides": overrides}
+        rows += [{**common, "policy": "orca", "chunk_size": np.nan, "capacity_qps": 0.5},
+                 {**common, "policy": "vllm", "chunk_size": np.nan, "capacity_qps": 1.0}]
+        rows += [{**common, "policy": "sarathi", "chunk_size": c, "capacity_qps": {256: 1.5, 512: 2.6, 2048: 3.0}[c]}
+                 for c in (256, 512, 2048)]
+    table = reproduction_table(pd.DataFrame(rows))
+    strict = table[table["slo"].str.startswith("strict")].iloc[0]
+    relaxed = table[table["slo"].str.startswith("relaxed")].iloc[0]
+    assert strict["slo"] == "strict (0.1 s)" and strict["sarathi"] == 2.6 and strict["sarathi_over_vllm"] == 2.6
+    assert relaxed["sarathi"] == 3.0 and relaxed["sarathi_over_orca"] == 6.0
+    assert strict["sarathi_best"] == 3.0 and strict["best_chunk"] == 2048
+    text = table_markdown(table)
+    assert "| mistral-7b (1) | arxiv_poisson | strict (0.1 s) | 0.50 | 1.00 | 2.60 | 2.6x | 5.2x | 3.00 (chunk 2048) |" in text
+    fig = capacity_bars_figure(table)
+    assert fig.axes[0].get_ylabel() == "capacity (requests/s)"
+    assert [round(b.get_height(), 2) for b in fig.axes[0].patches][:2] == [0.5, 0.5]  # Orca in both SLO groups
