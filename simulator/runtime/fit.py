@@ -25,6 +25,7 @@ from simulator.runtime.model import (
     ResidualBoostedRegressor,
     ResidualInterpolatedRegressor,
     RooflineLinearRegressor,
+    RooflineMaxRegressor,
     TreeRegressor,
 )
 from simulator.runtime.tables import ProfileError, ProfileFiles, read_attention, read_meta, read_ops
@@ -40,7 +41,8 @@ TARGET_P95_PCT = 10.0
 
 GEMM_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down", "lm_head")
 # Families the hot path can evaluate in a few microseconds (attention is evaluated per iteration).
-FAST_ATTENTION_FAMILIES = ("roofline_linear", "roofline_x_boosted_trees")
+FAST_ATTENTION_FAMILIES = ("roofline_linear", "roofline_max", "roofline_sum_max", "roofline_max_x_boosted_trees",
+                           "roofline_sum_max_x_boosted_trees")
 
 # Files whose code determines a fit; their bytes are part of the cache key.
 _CODE_FILES = ("features.py", "model.py", "fit.py")
@@ -68,13 +70,33 @@ def token_op_families() -> dict:
     }
 
 
+ATTENTION_ADDITIVE = ("launch", "num_decodes", "num_prefills", "prefill_q_tokens")
+ATTENTION_COMPUTE = ("prefill_pairs",)
+ATTENTION_MEMORY = ("decode_kv_tokens", "prefill_kv_reads")
+ATTENTION_CRITICAL = ("max_context_tokens",)
+
+
 def attention_families() -> dict:
     """Candidate families for attention (X = features.ATTENTION_FEATURES columns)."""
+    cols = lambda names: [F.ATTENTION_FEATURES.index(c) for c in names]  # noqa: E731
+    # Compute and memory as separate limits (a launch is as slow as the slower), or as one sum (prefill
+    # and decode thread blocks take turns on the SMs); both against the critical path.
+    roofline_max = RooflineMaxRegressor(
+        additive_columns=cols(ATTENTION_ADDITIVE),
+        branches=(cols(ATTENTION_COMPUTE), cols(ATTENTION_MEMORY), cols(ATTENTION_CRITICAL)))
+    roofline_sum_max = RooflineMaxRegressor(
+        additive_columns=cols(ATTENTION_ADDITIVE),
+        branches=(cols(ATTENTION_COMPUTE + ATTENTION_MEMORY), cols(ATTENTION_CRITICAL)))
     non_constant = list(range(1, len(F.ATTENTION_FEATURES)))
     return {
         "roofline_linear": RooflineLinearRegressor(fit_intercept=False),
-        "roofline_x_boosted_trees": ResidualBoostedRegressor(linear_columns=non_constant, tree_columns=non_constant,
-                                                             n_estimators=100, depth=4),
+        "roofline_max": roofline_max,
+        "roofline_sum_max": roofline_sum_max,
+        "roofline_max_x_boosted_trees": ResidualBoostedRegressor(base=roofline_max, tree_columns=non_constant,
+                                                                 n_estimators=100, depth=4),
+        "roofline_sum_max_x_boosted_trees": ResidualBoostedRegressor(base=roofline_sum_max,
+                                                                     tree_columns=non_constant,
+                                                                     n_estimators=100, depth=4),
         "random_forest": TreeRegressor(kind="random_forest", n_estimators=40),
         "gradient_boosting": TreeRegressor(kind="gradient_boosting", n_estimators=200),
     }
@@ -167,7 +189,7 @@ class FittedRuntime:
     grid_tokens: np.ndarray  # (G,) token counts
     op_ms: dict[str, np.ndarray]  # op name -> (G,) predicted ms of one launch at each grid count
     attention_family: str
-    attention_coef: np.ndarray  # (len(ATTENTION_FEATURES),) ms per unit of each feature
+    attention_coef: np.ndarray  # (1 + branches, features): time_ms = a.x + max_g(b_g.x)
     attention_trees: dict[str, np.ndarray] | None  # oblivious-tree arrays, or None (linear only)
     attention_q_heads: int
     attention_block_m: int
@@ -212,6 +234,17 @@ def fit_token_op(X: np.ndarray, y: np.ndarray, families: dict) -> tuple[str, obj
     return name, clone(families[name]).fit(X, y), scores
 
 
+def attention_coefficients(estimator) -> np.ndarray:
+    """(1 + branches, features) rows a, b_1, ... of time = a.x + max_g(b_g.x) of a fitted estimator."""
+    base = estimator.linear_ if isinstance(estimator, ResidualBoostedRegressor) else estimator
+    if isinstance(base, RooflineMaxRegressor):
+        return base.coef_.copy()
+    coef = np.zeros((2, base.n_features_in_))  # a linear model: one all-zero branch
+    coef[0] = base.full_coef()
+    coef[0, 0] += base.intercept_  # column 0 is the constant "launch"
+    return coef
+
+
 def attention_data(frame: pd.DataFrame, shape: F.AttentionShape) -> tuple[np.ndarray, np.ndarray]:
     """(X, y) of attention rows."""
     return F.attention_feature_table(frame["composition"], shape), frame["time_ms"].to_numpy(dtype=np.float64)
@@ -248,11 +281,8 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
         name = "roofline_linear"
     estimator = clone(families[name]).fit(X, y)
     chosen["attention"] = name
-    if name == "roofline_linear":
-        coef, trees = estimator.full_coef(), None
-    else:
-        coef = estimator.linear_.full_coef()
-        coef[0] += estimator.linear_.intercept_
+    coef, trees = attention_coefficients(estimator), None
+    if isinstance(estimator, ResidualBoostedRegressor):
         booster = estimator.booster_
         # The trees split log1p(x) > t; store the equivalent x > expm1(t) on the raw feature columns so
         # the hot path skips the logarithm.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import nnls
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
@@ -76,6 +76,63 @@ class RooflineLinearRegressor(RegressorMixin, BaseEstimator):
         return full
 
 
+class RooflineMaxRegressor(RegressorMixin, BaseEstimator):
+    """time = a . x + max_g(b_g . x), every coefficient >= 0, fitted on relative error.
+
+    A roofline: fixed costs (a, on `additive_columns`) plus the slowest of several limits, one per
+    entry of `branches` (each a list of columns): e.g. compute (FLOPs through the tensor cores),
+    memory (bytes through HBM) and the critical path (the longest single thread block of a launch
+    that does not fill the GPU). Columns not named in a group have a zero coefficient there.
+    """
+
+    def __init__(self, additive_columns=(), branches=((),)):
+        self.additive_columns = additive_columns
+        self.branches = branches
+
+    def _masks(self, f: int) -> np.ndarray:
+        groups = [self.additive_columns, *self.branches]
+        masks = np.zeros((len(groups), f), dtype=bool)
+        for g, cols in enumerate(groups):
+            masks[g, list(cols)] = True
+        return masks
+
+    def fit(self, X, y):
+        from scipy.optimize import least_squares
+
+        X, y = _check_fit_inputs(X, y)
+        f = X.shape[1]
+        self.n_features_in_ = f
+        masks = self._masks(f)
+        if len(masks) < 2 or not masks[1:].any():
+            raise ValueError("branches must name at least one column")
+        scale = np.maximum(X.max(axis=0), 1e-300)
+        Xs = X / scale
+        # Start: each branch's coefficients from an additive fit of fixed + all branch terms, shared out.
+        start = RooflineLinearRegressor(columns=list(np.flatnonzero(masks.any(axis=0))), fit_intercept=False)
+        start_coef = start.fit(X, y).full_coef() * scale
+        start_coef = np.where(start_coef > 0, start_coef, 0.05 * np.median(y))
+        theta0 = (masks * start_coef)[masks]
+
+        def coefficients(theta_free):
+            coef = np.zeros(masks.shape)
+            coef[masks] = theta_free
+            return coef
+
+        def residual(theta_free):
+            coef = coefficients(theta_free)
+            return (Xs @ coef[0] + (Xs @ coef[1:].T).max(axis=1)) / y - 1.0
+
+        solution = least_squares(residual, theta0, bounds=(0.0, np.inf), method="trf", x_scale="jac",
+                                 max_nfev=300)
+        self.coef_ = coefficients(solution.x) / scale  # rows: additive, then one per branch
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "coef_")
+        X = check_array(X, dtype=np.float64)
+        return np.maximum(X @ self.coef_[0] + (X @ self.coef_[1:].T).max(axis=1), 1e-9)
+
+
 class ObliviousBoostingRegressor(RegressorMixin, BaseEstimator):
     """Gradient-boosted oblivious trees (every node of a level splits on the same feature/threshold).
 
@@ -129,7 +186,7 @@ class ObliviousBoostingRegressor(RegressorMixin, BaseEstimator):
                     left_c = np.cumsum(counts, axis=1)[:, :-1]
                     right_s = sums.sum(axis=1, keepdims=True) - left_s
                     right_c = counts.sum(axis=1, keepdims=True) - left_c
-                    gain = (left_s**2 / (left_c + self.l2) + right_s**2 / (right_c + self.l2)).sum(axis=0)
+                    gain = (_ratio(left_s**2, left_c + self.l2) + _ratio(right_s**2, right_c + self.l2)).sum(axis=0)
                     gain[~np.isfinite(thr_matrix[j])] = -np.inf
                     k = int(np.argmax(gain))
                     if gain[k] > best[0]:
@@ -139,7 +196,7 @@ class ObliviousBoostingRegressor(RegressorMixin, BaseEstimator):
                 leaf = leaf * 2 + (X[:, j] > thr_matrix[j, k])
             sums = np.bincount(leaf, weights=residual, minlength=2**self.depth)
             counts = np.bincount(leaf, minlength=2**self.depth)
-            leaves[t] = self.learning_rate * sums / (counts + self.l2)
+            leaves[t] = self.learning_rate * _ratio(sums, counts + self.l2)
             pred += leaves[t][leaf]
         self.features_, self.thresholds_, self.leaf_values_ = feats, thrs, leaves
         self._powers = 2 ** np.arange(self.depth - 1, -1, -1)
@@ -158,13 +215,19 @@ class ObliviousBoostingRegressor(RegressorMixin, BaseEstimator):
         return self.base_ + self.leaf_values_[self._tree_index, leaf].sum(axis=1)
 
 
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (an empty leaf)."""
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0)
+
+
 def _log_inputs(X: np.ndarray, columns) -> np.ndarray:
     cols = X if columns is None else X[:, list(columns)]
     return np.log1p(cols)
 
 
 class ResidualBoostedRegressor(RegressorMixin, BaseEstimator):
-    """RooflineLinearRegressor times exp(ObliviousBoostingRegressor on log1p features).
+    """A roofline base (RooflineLinearRegressor on `linear_columns`, or the estimator `base`) times
+    exp(ObliviousBoostingRegressor on log1p features).
 
     The boosted trees learn log(measured / roofline-linear): tile quantisation, occupancy and kernel
     choices the linear terms cannot express. Outside the data the correction stays at its edge value,
@@ -172,7 +235,8 @@ class ResidualBoostedRegressor(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, linear_columns=None, tree_columns=None, n_estimators: int = 120, depth: int = 4,
-                 learning_rate: float = 0.1, l2: float = 3.0):
+                 learning_rate: float = 0.1, l2: float = 3.0, base=None):
+        self.base = base
         self.linear_columns = linear_columns
         self.tree_columns = tree_columns
         self.n_estimators = n_estimators
@@ -183,7 +247,8 @@ class ResidualBoostedRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         X, y = _check_fit_inputs(X, y)
         self.n_features_in_ = X.shape[1]
-        self.linear_ = RooflineLinearRegressor(columns=self.linear_columns).fit(X, y)
+        base = RooflineLinearRegressor(columns=self.linear_columns) if self.base is None else clone(self.base)
+        self.linear_ = base.fit(X, y)
         residual = np.log(y) - np.log(self.linear_.predict(X))
         self.booster_ = ObliviousBoostingRegressor(
             n_estimators=self.n_estimators, depth=self.depth, learning_rate=self.learning_rate, l2=self.l2

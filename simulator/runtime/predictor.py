@@ -96,7 +96,8 @@ class RuntimePredictor:
         self.stage_layers = layers_per_stage(model.num_layers, pp)
         self._shape = fitted.attention_shape()
         self._coef = np.asarray(fitted.attention_coef, dtype=np.float64)
-        self._coef_list = [float(c) for c in self._coef]
+        self._additive = [float(c) for c in self._coef[0]]
+        self._branches = [[float(c) for c in row] for row in self._coef[1:]]
         self._stage_layers = [float(x) for x in self.stage_layers]
         trees = fitted.attention_trees
         self._has_trees = trees is not None
@@ -162,7 +163,8 @@ class RuntimePredictor:
     def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> float:
         """Attention milliseconds of one layer for one batch."""
         features = batch_attention_features(q, kv, self._shape)
-        t = linear_combination(self._coef_list, features)
+        t = linear_combination(self._additive, features) + max(
+            [linear_combination(branch, features) for branch in self._branches])
         if self._has_trees:
             t = t * self._tree_factor_one(features)
         return t if t > 0.0 else 0.0
@@ -170,7 +172,11 @@ class RuntimePredictor:
     def _decode_run_attention_ms(self, kv: np.ndarray, num_steps: int) -> np.ndarray:
         """Attention milliseconds of one layer for each step of a decode run, shape (num_steps,)."""
         features = decode_run_attention_features(kv, num_steps, self._shape)
-        t = linear_combination(self._coef_list, features)
+        limits = [linear_combination(branch, features) for branch in self._branches]
+        slowest = limits[0]
+        for limit in limits[1:]:
+            slowest = np.maximum(slowest, limit)
+        t = linear_combination(self._additive, features) + slowest
         if self._has_trees:
             X = np.column_stack([np.broadcast_to(np.asarray(f, dtype=np.float64), (num_steps,)) for f in features])
             t = t * self._tree_factor(X)
@@ -229,10 +235,11 @@ class RuntimePredictor:
         layers = float(self.stage_layers.sum())
         attention = self._batch_attention_ms(q, kv)
         X = np.asarray(batch_attention_features(q, kv, self._shape), dtype=np.float64)
-        prefill_part = float(X[_PREFILL_IDX] @ self._coef[_PREFILL_IDX])
-        decode_part = float(X[_DECODE_IDX] @ self._coef[_DECODE_IDX])
-        # Shared terms (launch, critical path, SM load) go to each kind in proportion to its own terms;
-        # with no own terms, by the kind's share of sequences.
+        # Attribute the launch to prefill and decode by their own work terms (fixed and throughput);
+        # shared terms (launch, critical path) follow the same split; with no own terms, by sequences.
+        own = self._coef.sum(axis=0)
+        prefill_part = float(X[_PREFILL_IDX] @ own[_PREFILL_IDX])
+        decode_part = float(X[_DECODE_IDX] @ own[_DECODE_IDX])
         if prefill_part + decode_part > 0:
             prefill_share = prefill_part / (prefill_part + decode_part)
         else:

@@ -1,0 +1,127 @@
+"""The predictor against the known cost formula of the synthetic tables, and its invariants."""
+import numpy as np
+import pytest
+from synthetic import TINY_MODEL, true_attention_ms, true_comm_ms, true_op_ms
+
+from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD
+from simulator.runtime.predictor import BREAKDOWN_KEYS, layers_per_stage
+
+LAYER_OPS = {"qkv_proj": 1, "rope": 1, "attn_out_proj": 1, "mlp_up_gate": 1, "act": 1, "mlp_down": 1,
+             "rmsnorm": 2, "residual_add": 2}
+
+
+def true_iteration_ms(composition, tp=1):
+    """The synthetic GPU's iteration time (tp=1, pp=1, no CPU overhead), built the documented way."""
+    n = sum(q for q, _ in composition)
+    layer = sum(k * true_op_ms(TINY_MODEL, tp, op, n) for op, k in LAYER_OPS.items())
+    layer += true_attention_ms(TINY_MODEL, tp, composition)
+    extra = true_op_ms(TINY_MODEL, tp, "embedding", n) + true_op_ms(TINY_MODEL, tp, "rmsnorm", n)
+    extra += true_op_ms(TINY_MODEL, tp, "lm_head", len(composition)) + true_op_ms(TINY_MODEL, tp, "sampling", len(composition))
+    return layer * TINY_MODEL.num_layers + extra
+
+
+def split(composition):
+    pairs = np.asarray(composition)
+    return pairs[:, 0], pairs[:, 1]
+
+
+BATCHES = [
+    [[512, 0]],
+    [[1, 1000]] * 32,
+    [[256, 1024], [1, 100], [1, 2500]],
+    [[3000, 500]],                        # between profiled chunk lengths
+    [[1, 3900]] * 100,                    # beyond profiled decode batch and context
+    [[2560, 2500]],                       # slightly beyond the attention grid (chunks to 2048, prefixes to 2048)
+]
+
+
+@pytest.mark.parametrize("composition", BATCHES, ids=lambda c: f"{len(c)}seq-q{c[0][0]}-kv{c[0][1]}")
+def test_prediction_matches_the_known_formula(make_predictor, composition):
+    predicted_ms = make_predictor().stage_times_s(*split(composition)).sum() * 1e3
+    assert predicted_ms == pytest.approx(true_iteration_ms(composition), rel=0.05)
+
+
+def test_more_tokens_never_faster_beyond_noise(make_predictor):
+    predictor = make_predictor()
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        q = np.where(rng.random(n) < 0.2, rng.integers(2, 3000, n), 1)
+        kv = rng.integers(0, 3000, n)
+        base = predictor.stage_times_s(q, kv).sum()
+        i = int(rng.integers(n))
+        more_q, more_kv = q.copy(), kv.copy()
+        if q[i] > 1:
+            more_q[i] += int(rng.integers(1, 500))
+        else:
+            more_kv[i] += int(rng.integers(1, 500))
+        assert predictor.stage_times_s(more_q, more_kv).sum() >= base * 0.99
+        # One more sequence never makes the batch faster either.
+        assert predictor.stage_times_s(np.append(q, 1), np.append(kv, 10)).sum() >= base * 0.99
+
+
+@pytest.mark.parametrize("pp", [1, 2])
+def test_decode_run_equals_step_by_step(make_predictor, pp):
+    predictor = make_predictor(pp=pp, cpu_overhead_s=None)
+    kv = np.random.default_rng(4).integers(1, 3000, size=37)
+    run = predictor.decode_run_stage_times_s(kv, 250)
+    steps = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(250)])
+    assert run.shape == (250, pp)
+    np.testing.assert_array_equal(run, steps)
+    assert predictor.decode_run_stage_times_s(kv, 0).shape == (0, pp)
+
+
+def test_breakdown_adds_up_and_splits_attention_by_kind(make_predictor):
+    predictor = make_predictor(cpu_overhead_s=0.002)
+    result = predictor.breakdown(*split([[512, 100], [1, 1000], [1, 2000]]))
+    assert set(result.breakdown_ms) == set(BREAKDOWN_KEYS)
+    assert sum(result.breakdown_ms.values()) == pytest.approx(result.total_ms, rel=1e-9)
+    assert result.breakdown_ms["cpu_overhead"] == pytest.approx(2.0)
+    assert result.breakdown_ms["communication"] == 0.0  # tp = pp = 1
+    assert result.breakdown_ms["attention_prefill"] > 0 and result.breakdown_ms["attention_decode"] > 0
+    decode_only = predictor.breakdown(*split([[1, 1000]] * 8))
+    assert decode_only.breakdown_ms["attention_prefill"] == 0.0
+
+
+def test_cpu_overhead_default_zero_and_constant(make_predictor):
+    q, kv = split([[1, 500]] * 10)
+    none = make_predictor(cpu_overhead_s=0.0).stage_times_s(q, kv)
+    const = make_predictor(cpu_overhead_s=0.001).stage_times_s(q, kv)
+    default = make_predictor(cpu_overhead_s=None).stage_times_s(q, kv)
+    assert const[0] - none[0] == pytest.approx(0.001)
+    assert default[0] - none[0] == pytest.approx(DEFAULT_CPU_OVERHEAD.fixed_s + 10 * DEFAULT_CPU_OVERHEAD.per_sequence_s)
+
+
+def test_pipeline_stages_split_layers_and_add_sends(make_predictor):
+    assert layers_per_stage(4, 3).tolist() == [2, 1, 1]
+    composition = [[512, 0], [1, 700]]
+    q, kv = split(composition)
+    one = make_predictor(pp=1, cpu_overhead_s=0.001).stage_times_s(q, kv)
+    two = make_predictor(pp=2, cpu_overhead_s=0.001).stage_times_s(q, kv)
+    send_s = true_comm_ms("send_recv", 513 * TINY_MODEL.hidden_size * 2) * 1e-3
+    assert two.shape == (2,)
+    assert two.sum() == pytest.approx(one.sum() + send_s, rel=0.01)
+    # Stage 0 carries the CPU overhead and the embedding, the last stage the LM head: with equal layers
+    # the difference between them is exactly those extras (and the send of stage 0).
+    assert two[0] > two[1] - 1e-4
+
+
+def test_tensor_parallel_adds_two_all_reduces_per_layer(make_predictor):
+    composition = [[1024, 0]]
+    q, kv = split(composition)
+    predictor = make_predictor(tp=2)
+    result = predictor.breakdown(q, kv)
+    message = 1024 * TINY_MODEL.hidden_size * 2
+    expected = (2 * TINY_MODEL.num_layers + 1) * true_comm_ms("all_reduce", message)
+    logits = true_comm_ms("all_reduce", 1 * 1000 * 2 * 2 / 2)
+    assert result.breakdown_ms["communication"] == pytest.approx(expected + logits, rel=0.02)
+    compute = result.total_ms - result.breakdown_ms["communication"]
+    assert compute == pytest.approx(true_iteration_ms(composition, tp=2), rel=0.05)
+
+
+def test_bad_batches_are_rejected(make_predictor):
+    predictor = make_predictor()
+    with pytest.raises(ValueError, match="equal-length"):
+        predictor.stage_times_s(np.array([1, 1]), np.array([5]))
+    with pytest.raises(ValueError, match="non-empty"):
+        predictor.decode_run_stage_times_s(np.array([], dtype=int), 3)
