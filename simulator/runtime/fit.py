@@ -65,8 +65,8 @@ def token_op_families() -> dict:
         "roofline_x_interpolation": ResidualInterpolatedRegressor(column=0, linear_columns=linear),
         "roofline_x_boosted_trees": ResidualBoostedRegressor(linear_columns=linear, tree_columns=[0],
                                                              n_estimators=60, depth=3),
-        "random_forest": TreeRegressor(kind="random_forest", n_estimators=20),
-        "gradient_boosting": TreeRegressor(kind="gradient_boosting", n_estimators=60, learning_rate=0.2),
+        "random_forest": TreeRegressor(kind="random_forest", n_estimators=15),
+        "gradient_boosting": TreeRegressor(kind="gradient_boosting", n_estimators=40, learning_rate=0.25),
     }
 
 

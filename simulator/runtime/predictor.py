@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.config import ConfigError, HardwareConfig, ModelConfig, load_hardware_config, load_model_config
+from simulator.config import (
+    ConfigError,
+    HardwareConfig,
+    ModelConfig,
+    from_dict,
+    load_hardware_config,
+    load_model_config,
+)
 from simulator.paths import PROFILES_DIR
 from simulator.runtime import cache
 from simulator.runtime.comm import comm_curve
@@ -300,18 +307,31 @@ def build_predictor(model: ModelConfig, hardware: HardwareConfig, tp: int, pp: i
     return RuntimePredictor(fitted, model, pp, cpu_overhead(cpu_overhead_s), comm_frame, files.comm_csv)
 
 
+def _config(cls, loader, name_or_path: str):
+    """A conf/ name (llama-3-8b, h100) or the path of a YAML file with the dataclass's fields."""
+    if str(name_or_path).endswith((".yaml", ".yml")):
+        import yaml
+
+        path = Path(name_or_path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        return from_dict(cls, yaml.safe_load(path.read_text()) or {}, str(path))
+    return loader(name_or_path)
+
+
 def predict_batch(model: str, hardware: str, batch, tp: int = 1, pp: int = 1,
                   cpu_overhead_ms: float | None = None, **kwargs) -> Breakdown:
     """Predict one batch by config names, e.g. predict_batch("llama-2-7b", "h100", [[4096, 0], [1, 1024]]).
 
+    model, hardware: conf/ names, or paths of YAML files with the config's fields.
     batch: [[q_tokens, kv_tokens], ...] per sequence. cpu_overhead_ms: None = default, 0 = none.
     Returns a Breakdown (milliseconds).
     """
-    pairs = np.asarray(batch, dtype=np.int64)
+    pairs = np.asarray(batch, dtype=np.int64) if np.ndim(batch) == 2 else np.zeros((0, 2), dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0 or (pairs[:, 0] < 1).any() or (pairs[:, 1] < 0).any():
         raise ValueError(f"batch must be a non-empty list of [q_tokens >= 1, kv_tokens >= 0], got {batch!r}")
     predictor = build_predictor(
-        load_model_config(model), load_hardware_config(hardware), tp, pp,
+        _config(ModelConfig, load_model_config, model), _config(HardwareConfig, load_hardware_config, hardware), tp, pp,
         None if cpu_overhead_ms is None else cpu_overhead_ms / 1e3, **kwargs,
     )
     return predictor.breakdown(pairs[:, 0], pairs[:, 1])

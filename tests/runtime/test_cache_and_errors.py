@@ -1,0 +1,142 @@
+"""Fits are cached on disk and never trusted blindly; missing profiles fail with clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic import NO_PROFILE_GPU, TEST_GPU, TINY_MODEL, write_profiles
+
+from simulator.config import ConfigError, load_hardware_config, load_model_config
+from simulator.runtime import ProfileError, build_predictor
+from simulator.runtime import cache
+from simulator.runtime import predictor as predictor_module
+
+
+@pytest.fixture()
+def own_profiles(tmp_path, profiles_dir, cache_dir, make_predictor):
+    """A private copy of the synthetic tables and of the session's fitted cache."""
+    make_predictor()  # make sure the session's fit is cached
+    shutil.copytree(profiles_dir.parent / "profiles", tmp_path / "profiles")
+    shutil.copytree(cache_dir, tmp_path / "cache")
+    return tmp_path / "profiles", tmp_path / "cache"
+
+
+def count_fits(monkeypatch):
+    calls = []
+    real = predictor_module.fit_runtime
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "fit_runtime", counting)
+    return calls
+
+
+def build(profiles, cache):
+    return build_predictor(TINY_MODEL, TEST_GPU, 1, 1, 0.0, profiles_dir=profiles, cache_directory=cache)
+
+
+def test_cache_is_reused_and_gives_the_same_predictions(own_profiles, monkeypatch, make_predictor):
+    fits = count_fits(monkeypatch)
+    cached = build(*own_profiles)
+    assert fits == []  # the session fixture already fitted these tables
+    q, kv = np.array([300, 1, 1]), np.array([0, 50, 2000])
+    np.testing.assert_array_equal(cached.stage_times_s(q, kv), make_predictor().stage_times_s(q, kv))
+    assert not list(own_profiles[1].glob("*.pkl"))  # arrays and JSON only
+
+
+def test_editing_a_profile_file_refits(own_profiles, monkeypatch):
+    profiles, cache = own_profiles
+    ops = profiles / "testgpu" / TINY_MODEL.name / "ops.csv"
+    lines = ops.read_text().splitlines()
+    header, first = lines[0].split(","), lines[1].split(",")
+    column = header.index("time_ms")
+    first[column] = str(float(first[column]) * 1.5)
+    ops.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    fits = count_fits(monkeypatch)
+    build(profiles, cache)
+    assert len(fits) == 1
+    build(profiles, cache)
+    assert len(fits) == 1  # and the new fit is cached in turn
+
+
+def damage_entry(cache, how):
+    """Damage the tp=1 cache entry in `cache` the way `how` says."""
+    entry = [p for p in sorted(cache.glob("*.npz")) if json.loads(p.with_suffix(".json").read_text())["tp"] == 1][0]
+    meta_path = entry.with_suffix(".json")
+    if how == "truncate_npz":
+        entry.write_bytes(entry.read_bytes()[:100])
+    elif how == "edit_json_version":
+        meta = json.loads(meta_path.read_text())
+        meta["version"] = "written-by-other-code"
+        meta_path.write_text(json.dumps(meta))
+    elif how == "garbage_json":
+        meta_path.write_text("{not json")
+    else:  # same size, other content: the recorded digest catches it
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        entry.write_bytes(bytes(data))
+    return entry.stem
+
+
+@pytest.mark.parametrize("how", ["truncate_npz", "edit_json_version", "garbage_json", "flip_a_byte"])
+def test_corrupt_or_foreign_cache_entries_are_rejected(own_profiles, how):
+    _, cache_directory = own_profiles
+    entry = [p for p in sorted(cache_directory.glob("*.npz"))
+             if json.loads(p.with_suffix(".json").read_text())["tp"] == 1][0]
+    version = json.loads(entry.with_suffix(".json").read_text())["version"]
+    assert cache.load(entry.stem, version, cache_directory) is not None
+    key = damage_entry(cache_directory, how)
+    assert cache.load(key, version, cache_directory) is None
+
+
+def test_a_rejected_cache_entry_is_refitted_and_rewritten(own_profiles, monkeypatch):
+    profiles, cache_directory = own_profiles
+    damage_entry(cache_directory, "flip_a_byte")
+    fits = count_fits(monkeypatch)
+    predictor = build(profiles, cache_directory)
+    assert len(fits) == 1
+    assert predictor.stage_times_s(np.array([1]), np.array([100]))[0] > 0
+    build(profiles, cache_directory)
+    assert len(fits) == 1
+
+
+def test_hardware_without_profiles_names_the_directory(profiles_dir):
+    with pytest.raises(ProfileError) as err:
+        build_predictor(TINY_MODEL, NO_PROFILE_GPU, 1, 1, profiles_dir=profiles_dir)
+    message = str(err.value)
+    assert str(profiles_dir / "nogpu") in message and "servesim-profile" in message
+
+
+def test_shipped_a100_config_is_refused_with_the_directory():
+    with pytest.raises(ProfileError, match=r"profiles[/\\]a100"):
+        build_predictor(load_model_config("llama-2-7b"), load_hardware_config("a100"), 1, 1)
+
+
+def test_unprofiled_model_and_tp_are_errors(profiles_dir, tmp_path):
+    other = TINY_MODEL.__class__(**{**TINY_MODEL.__dict__, "name": "other-model"})
+    with pytest.raises(ProfileError, match="other-model"):
+        build_predictor(other, TEST_GPU, 1, 1, profiles_dir=profiles_dir)
+    with pytest.raises(ProfileError, match="tp=4"):
+        build_predictor(TINY_MODEL, TEST_GPU, 4, 1, profiles_dir=profiles_dir, cache_directory=tmp_path)
+    with pytest.raises(ConfigError, match="tp=3"):
+        build_predictor(TINY_MODEL, TEST_GPU, 3, 1, profiles_dir=profiles_dir)
+
+
+def test_parallelism_without_comm_tables_names_the_missing_file(tmp_path):
+    profiles = write_profiles(tmp_path, comm=False, tps=(1,))
+    for tp, pp in [(2, 1), (1, 2)]:
+        with pytest.raises(ProfileError, match=r"testgpu[/\\]comm[/\\]comm\.csv"):
+            build_predictor(TINY_MODEL, TEST_GPU, tp, pp, profiles_dir=profiles, cache_directory=tmp_path / "c")
+
+
+def test_malformed_table_names_file_and_line(tmp_path):
+    profiles = write_profiles(tmp_path, comm=False, tps=(1,))
+    attention = profiles / "testgpu" / TINY_MODEL.name / "attention.csv"
+    frame = pd.read_csv(attention)
+    frame.loc[2, "time_ms"] = -1.0  # line 4 of the file: header, then rows 0, 1, 2
+    frame.to_csv(attention, index=False)
+    with pytest.raises(ProfileError, match=r"attention\.csv, line 4: time_ms"):
+        build_predictor(TINY_MODEL, TEST_GPU, 1, 1, profiles_dir=profiles, cache_directory=tmp_path / "c")

@@ -1,0 +1,49 @@
+"""servesim-predict prints the documented JSON and rejects bad arguments."""
+import json
+
+import pytest
+import yaml
+from synthetic import TEST_GPU, TINY_MODEL
+
+from simulator.runtime.cli import main, parse_args
+from simulator.runtime.predictor import BREAKDOWN_KEYS
+
+
+@pytest.fixture()
+def config_files(tmp_path, profiles_dir, cache_dir, make_predictor):
+    make_predictor()  # fitted once per session
+    model, gpu = tmp_path / "tiny.yaml", tmp_path / "testgpu.yaml"
+    model.write_text(yaml.safe_dump(TINY_MODEL.__dict__))
+    gpu.write_text(yaml.safe_dump(TEST_GPU.__dict__))
+    return [f"model={model}", f"hardware={gpu}", f"profiles_dir={profiles_dir}", f"cache_dir={cache_dir}"]
+
+
+def test_json_output_shape(config_files, capsys):
+    assert main([*config_files, "batch=[[2048,0],[1,1024]]", "cpu_overhead_ms=0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"total_ms", "breakdown_ms", "stage_ms"}
+    assert set(out["breakdown_ms"]) == set(BREAKDOWN_KEYS)
+    assert out["breakdown_ms"]["cpu_overhead"] == pytest.approx(0.5)
+    assert len(out["stage_ms"]) == 1 and out["stage_ms"][0] == pytest.approx(out["total_ms"])
+    assert sum(out["breakdown_ms"].values()) == pytest.approx(out["total_ms"], rel=1e-9)
+    assert out["breakdown_ms"]["attention_prefill"] > out["breakdown_ms"]["attention_decode"] > 0
+
+    assert main([*config_files, "batch=[[1,100]]", "pp=2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["stage_ms"]) == 2
+
+    assert main([*config_files, "batch=[[2048,0],[1,1024]]"]) == 0
+    table = capsys.readouterr().out
+    assert "total" in table and "attention_prefill" in table and " ms" in table
+
+
+def test_bad_arguments_exit_2_with_a_message(capsys):
+    assert main(["model=llama-2-7b", "hardware=h100"]) == 2
+    assert "missing argument(s): batch" in capsys.readouterr().err
+    assert main(["model=llama-2-7b", "hardware=h100", "batch=[[1,2]", "--json"]) == 2
+    assert "batch" in capsys.readouterr().err
+    assert main(["model=llama-2-7b", "hardware=h100", "batch=[[0,2]]"]) == 2
+    assert "q_tokens >= 1" in capsys.readouterr().err
+    assert main(["model=llama-2-7b", "hardware=a100", "batch=[[1,2]]"]) == 2
+    assert "a100" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown argument"):
+        parse_args(["modle=x"])
