@@ -6,13 +6,12 @@ config. Data flows one way: arrivals -> router -> replica (policy, predictor) ->
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import simpy
-from simpy.core import URGENT
+from simpy.core import URGENT, EmptySchedule
 from simpy.events import Event
 from tqdm import tqdm
 
@@ -92,7 +91,7 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
     accepted = np.flatnonzero(~requests.rejected)
     env.process(_arrivals(env, requests.arrived_ns[accepted].tolist(), accepted.tolist(),
                           Router(router, replicas, seed)))
-    _run(env, replicas, len(accepted), int(requests.arrived_ns[accepted].max()) if len(accepted) else 0, progress)
+    _run(env, replicas, len(accepted), progress)
 
     unfinished = accepted[requests.completed_ns[accepted] == NOT_YET]
     if len(unfinished):
@@ -105,15 +104,19 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
                             blocks_per_engine)
 
 
-def _run(env: simpy.Environment, replicas: list[Replica], num_requests: int, last_arrival_ns: int,
-         progress: bool) -> None:
-    """Run to the end, with a progress bar over finished requests when asked."""
+def _run(env: simpy.Environment, replicas: list[Replica], num_requests: int, progress: bool) -> None:
+    """Run until no event is left, with a progress bar over finished requests when asked."""
     if not progress:
         env.run()
         return
-    step_ns = max(1, last_arrival_ns // 200)
     with tqdm(total=num_requests, unit="req", desc="simulating", dynamic_ncols=True) as bar:
-        while (next_event := env.peek()) != math.inf:
-            env.run(until=max(next_event, env.now) + step_ns)
+        events = 0
+        try:
+            while True:
+                env.step()
+                events += 1
+                if events % 4096 == 0:
+                    bar.update(sum(r.completed for r in replicas) - bar.n)
+                    bar.set_postfix_str(f"simulated {env.now / 1e9:,.0f} s", refresh=False)
+        except EmptySchedule:
             bar.update(sum(r.completed for r in replicas) - bar.n)
-            bar.set_postfix_str(f"t={env.now / 1e9:,.0f}s", refresh=False)

@@ -122,16 +122,22 @@ def build_predictor(cfg: SimulationConfig):
     from simulator.linear_predictor import LinearPredictor
 
     if cfg.predictor == "fitted":
+        # TODO(lead): remove this fallback once simulator.runtime and data/profiles have landed.
         try:
-            from simulator.runtime import build_predictor as build_fitted
+            from simulator.runtime import ProfileError, build_predictor as build_fitted
         except ImportError as e:
-            # TODO(lead): remove this fallback once simulator.runtime.build_predictor has landed.
-            warnings.warn(f"\n\n*** simulator.runtime.build_predictor is not available ({e}); FALLING BACK TO THE "
-                          f"LINEAR ROOFLINE PREDICTOR. Results are not calibrated to measured GPU profiles. ***\n",
-                          stacklevel=2)
+            _warn_fallback(f"simulator.runtime.build_predictor is not available ({e})")
         else:
-            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)
+            try:
+                return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)
+            except ProfileError as e:
+                _warn_fallback(f"no GPU profiles for the fitted predictor ({e})")
     return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, tp, pp)
+
+
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"\n\n*** {reason}: FALLING BACK TO THE LINEAR ROOFLINE PREDICTOR (predictor=linear). "
+                  f"Iteration times are not calibrated to measured GPU profiles. ***\n", stacklevel=3)
 
 
 def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = False) -> SimulationResult:

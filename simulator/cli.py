@@ -1,0 +1,113 @@
+"""`servesim`: the simulator's Hydra app. Composes conf/config.yaml, runs one simulation, prints a summary
+and writes requests/iterations/token times/summary/Perfetto trace into Hydra's run directory.
+
+    servesim                                        # defaults: llama-2-7b, one H100, Sarathi-Serve, conversation trace
+    servesim policy=vllm model=mistral-7b workload.num_requests=2000
+    servesim -m policy=sarathi,vllm policy.chunk_size=512   # sweep (multirun/)
+
+The config is typed by `SimulationConfig`'s dataclasses (registered as a Hydra structured schema), so a
+misspelled field or a wrong type stops before anything runs, naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+from simulator.config import ConfigError, HardwareConfig, ModelConfig
+from simulator.paths import CONF_DIR
+
+APP_CONFIG_NAME = "servesim"
+SCHEMA_NAME = "servesim_schema"
+
+
+def _mutable_schema(cls):
+    """A non-frozen copy of a frozen config dataclass: Hydra must be able to merge into its nodes."""
+    from omegaconf import MISSING
+
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else MISSING
+        specs.append((f.name, hints[f.name], dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(cls.__name__, specs)
+
+
+def register_configs() -> None:
+    """Register the structured schema and the app's primary config (schema + conf/config.yaml)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import MISSING
+
+    from simulator.run import SimulationConfig
+
+    hints = typing.get_type_hints(SimulationConfig)
+    mutable = {"model": _mutable_schema(ModelConfig), "hardware": _mutable_schema(HardwareConfig)}
+    specs = []
+    for f in dataclasses.fields(SimulationConfig):
+        if f.name in mutable:
+            specs.append((f.name, mutable[f.name], dataclasses.field(default=MISSING)))
+        elif f.default_factory is not dataclasses.MISSING:
+            specs.append((f.name, hints[f.name], dataclasses.field(default_factory=f.default_factory)))
+        else:
+            specs.append((f.name, hints[f.name], dataclasses.field(default=f.default)))
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=dataclasses.make_dataclass("SimulationSchema", specs))
+    store.store(name=APP_CONFIG_NAME, node={"defaults": [SCHEMA_NAME, "config", "_self_"]})
+
+
+def config_from_hydra(cfg):
+    """SimulationConfig from a composed DictConfig (the `hydra` node dropped)."""
+    from omegaconf import OmegaConf
+
+    from simulator.run import SimulationConfig
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return SimulationConfig.from_dict(container)
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from simulator.metrics import format_summary
+    from simulator.run import run_simulation
+
+    register_configs()
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=APP_CONFIG_NAME, version_base=None)
+    def app(cfg) -> None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            simulation = config_from_hydra(cfg)
+            out_dir = Path(simulation.output_dir) if simulation.output_dir else out_dir
+            result = run_simulation(simulation, out_dir=out_dir, progress=simulation.progress)
+        except ConfigError as e:
+            print(f"servesim: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(describe(result.summary))
+        print(f"results: {out_dir}")
+
+    app()
+
+
+def describe(summary: dict) -> str:
+    """The terminal report: what ran, the metrics table, and the SLO verdicts."""
+    setup = summary["setup"]
+    params = ", ".join(f"{k}={v}" for k, v in setup["policy_params"].items())
+    header = (f"{setup['model']} on {setup['num_replicas']} x {setup['hardware']} (tp={setup['tp']}, pp={setup['pp']}), "
+              f"policy {setup['policy']}" + (f" ({params})" if params else "")
+              + f", workload {setup['workload']}, predictor {setup['predictor']}, "
+              f"{setup['kv_blocks_per_engine']:,} KV blocks of {setup['kv_block_size']} tokens")
+    from simulator.metrics import format_summary
+
+    slo = summary["slo"]
+    verdicts = [f"  {'met ' if o['met'] else 'MISS'} {o['name']} (measured "
+                + ("-" if o["measured_s"] is None else f"{o['measured_s']:.4g} s") + ")" for o in slo["objectives"]]
+    return "\n".join([header, "", format_summary(summary), "",
+                      f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts])
+
+
+if __name__ == "__main__":
+    main()
