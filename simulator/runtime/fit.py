@@ -245,6 +245,19 @@ def attention_coefficients(estimator) -> np.ndarray:
     return coef
 
 
+def export_attention(estimator) -> tuple[np.ndarray, dict | None]:
+    """(coefficients, trees or None) of a fitted attention estimator, as plain arrays."""
+    coef, trees = attention_coefficients(estimator), None
+    if isinstance(estimator, ResidualBoostedRegressor):
+        booster = estimator.booster_
+        # The trees split log1p(x) > t; store the equivalent x > expm1(t) on the raw feature columns so
+        # the hot path skips the logarithm.
+        columns = np.asarray(estimator.tree_columns, dtype=np.int64)
+        trees = {"features": columns[booster.features_], "thresholds": np.expm1(booster.thresholds_),
+                 "leaf_values": booster.leaf_values_, "base": np.array([booster.base_])}
+    return coef, trees
+
+
 def attention_data(frame: pd.DataFrame, shape: F.AttentionShape) -> tuple[np.ndarray, np.ndarray]:
     """(X, y) of attention rows."""
     return F.attention_feature_table(frame["composition"], shape), frame["time_ms"].to_numpy(dtype=np.float64)
@@ -281,14 +294,7 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
         name = "roofline_linear"
     estimator = clone(families[name]).fit(X, y)
     chosen["attention"] = name
-    coef, trees = attention_coefficients(estimator), None
-    if isinstance(estimator, ResidualBoostedRegressor):
-        booster = estimator.booster_
-        # The trees split log1p(x) > t; store the equivalent x > expm1(t) on the raw feature columns so
-        # the hot path skips the logarithm.
-        columns = np.asarray(estimator.tree_columns, dtype=np.int64)
-        trees = {"features": columns[booster.features_], "thresholds": np.expm1(booster.thresholds_),
-                 "leaf_values": booster.leaf_values_, "base": np.array([booster.base_])}
+    coef, trees = export_attention(estimator)
     return FittedRuntime(
         model_name=model.name, hardware_profile=hardware.profile, tp=tp, grid_tokens=grid, op_ms=op_ms,
         attention_family=name, attention_coef=coef, attention_trees=trees,

@@ -125,3 +125,32 @@ def test_bad_batches_are_rejected(make_predictor):
         predictor.stage_times_s(np.array([1, 1]), np.array([5]))
     with pytest.raises(ValueError, match="non-empty"):
         predictor.decode_run_stage_times_s(np.array([], dtype=int), 3)
+
+
+@pytest.mark.parametrize("family", ["roofline_linear", "roofline_max", "roofline_max_x_boosted_trees"])
+def test_hot_path_equals_the_estimator_and_decode_runs_for_every_family(make_predictor, profiles_dir, family):
+    """The exported arrays the simulator evaluates give the fitted estimator's own predictions."""
+    import dataclasses
+
+    from simulator.runtime.fit import attention_data, attention_families, export_attention
+    from simulator.runtime.features import attention_feature_table
+    from simulator.runtime.predictor import RuntimePredictor
+    from simulator.runtime.tables import read_attention
+
+    base = make_predictor()
+    frame = read_attention(profiles_dir / "testgpu" / TINY_MODEL.name / "attention.csv", 1)
+    X, y = attention_data(frame, base.fitted.attention_shape())
+    estimator = attention_families()[family].fit(X, y)
+    coef, trees = export_attention(estimator)
+    fitted = dataclasses.replace(base.fitted, attention_coef=coef, attention_trees=trees)
+    predictor = RuntimePredictor(fitted, TINY_MODEL, 1, base.cpu)
+    batches = BATCHES + [[[1, int(k)] for k in range(5, 800, 37)]]
+    shape = fitted.attention_shape()
+    for composition in batches:
+        q, kv = split(composition)
+        expected = estimator.predict(attention_feature_table([composition], shape))[0]
+        assert predictor._batch_attention_ms(q, kv) == pytest.approx(expected, rel=1e-9)
+    kv = np.random.default_rng(5).integers(1, 3000, size=20)
+    run = predictor.decode_run_stage_times_s(kv, 120)
+    steps = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(120)])
+    np.testing.assert_array_equal(run, steps)
