@@ -559,12 +559,34 @@ def write_capacity_outputs(record: dict, out_dir) -> tuple[Path, Path]:
 CAPACITY_CONFIG_NAME = "servesim_capacity"
 
 
-def register_capacity_config() -> None:
-    """Register the primary config (`config` + `search: default`) with Hydra's ConfigStore."""
-    from hydra.core.config_store import ConfigStore
+CAPACITY_SCHEMA_NAME = "servesim_capacity_schema"
 
-    ConfigStore.instance().store(name=CAPACITY_CONFIG_NAME,
-                                 node={"defaults": ["config", {"search": "default"}, "_self_"]})
+
+def register_capacity_config() -> None:
+    """Register the primary config with Hydra's ConfigStore: the simulator's typed schema extended by a
+    typed `search` node, then conf/config.yaml and conf/search/default.yaml. A misspelled or mistyped
+    field stops composition, naming the field."""
+    import dataclasses
+    import typing
+
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from simulator.cli import SCHEMA_NAME, register_configs
+
+    register_configs()
+    store = ConfigStore.instance()
+    simulation_schema = OmegaConf.get_type(store.load(f"{SCHEMA_NAME}.yaml").node)
+    hints = typing.get_type_hints(SearchConfig)
+    search_schema = dataclasses.make_dataclass("SearchSchema", [
+        (f.name, hints[f.name], dataclasses.field(default=f.default))
+        for f in dataclasses.fields(SearchConfig) if f.name != "slos"])  # objectives come from the slo group
+    capacity_schema = dataclasses.make_dataclass(
+        "CapacitySchema", [("search", search_schema, dataclasses.field(default_factory=search_schema))],
+        bases=(simulation_schema,))
+    store.store(name=CAPACITY_SCHEMA_NAME, node=capacity_schema)
+    store.store(name=CAPACITY_CONFIG_NAME,
+                node={"defaults": [CAPACITY_SCHEMA_NAME, "config", {"search": "default"}, "_self_"]})
 
 
 def split_hydra_config(cfg) -> tuple:
