@@ -22,13 +22,15 @@ def own_profiles(tmp_path, profiles_dir, cache_dir, make_predictor):
     return tmp_path / "profiles", tmp_path / "cache"
 
 
-def count_fits(monkeypatch):
+def count_fits(monkeypatch, make_predictor=None):
+    """Record calls to fit_runtime. With `make_predictor`, answer them with the session's fit instead of
+    fitting again (these tests are about when a fit happens, not what it learns)."""
     calls = []
     real = predictor_module.fit_runtime
 
     def counting(*args, **kwargs):
         calls.append(args)
-        return real(*args, **kwargs)
+        return make_predictor().fitted if make_predictor else real(*args, **kwargs)
 
     monkeypatch.setattr(predictor_module, "fit_runtime", counting)
     return calls
@@ -47,7 +49,7 @@ def test_cache_is_reused_and_gives_the_same_predictions(own_profiles, monkeypatc
     assert not list(own_profiles[1].glob("*.pkl"))  # arrays and JSON only
 
 
-def test_editing_a_profile_file_refits(own_profiles, monkeypatch):
+def test_editing_a_profile_file_refits(own_profiles, monkeypatch, make_predictor):
     profiles, cache = own_profiles
     ops = profiles / "testgpu" / TINY_MODEL.name / "ops.csv"
     lines = ops.read_text().splitlines()
@@ -55,7 +57,7 @@ def test_editing_a_profile_file_refits(own_profiles, monkeypatch):
     column = header.index("time_ms")
     first[column] = str(float(first[column]) * 1.5)
     ops.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
-    fits = count_fits(monkeypatch)
+    fits = count_fits(monkeypatch, make_predictor)
     build(profiles, cache)
     assert len(fits) == 1
     build(profiles, cache)
@@ -92,10 +94,10 @@ def test_corrupt_or_foreign_cache_entries_are_rejected(own_profiles, how):
     assert cache.load(key, version, cache_directory) is None
 
 
-def test_a_rejected_cache_entry_is_refitted_and_rewritten(own_profiles, monkeypatch):
+def test_a_rejected_cache_entry_is_refitted_and_rewritten(own_profiles, monkeypatch, make_predictor):
     profiles, cache_directory = own_profiles
     damage_entry(cache_directory, "flip_a_byte")
-    fits = count_fits(monkeypatch)
+    fits = count_fits(monkeypatch, make_predictor)
     predictor = build(profiles, cache_directory)
     assert len(fits) == 1
     assert predictor.stage_times_s(np.array([1]), np.array([100]))[0] > 0
