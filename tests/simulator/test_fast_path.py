@@ -1,0 +1,48 @@
+"""Advancing runs of decode iterations in one step gives exactly what stepping one iteration at a time gives."""
+import numpy as np
+import pytest
+
+from simkit import linear, random_workload, run
+
+POLICIES = ["vllm", ("sarathi", {"chunk_size": 256}), ("orca", {"max_batch_size": 8}),
+            ("faster_transformer", {"max_batch_size": 8}), "shortest_prompt_first"]
+
+
+def both_paths(policy, kv_blocks, **kwargs):
+    arrivals, prompts, outputs = random_workload(300, seed=7, rate_qps=30)
+    fast = run(policy, arrivals, prompts, outputs, predictor=linear(kv_ms=0.01), kv_blocks=kv_blocks,
+               fast_decode_runs=True, **kwargs)
+    slow = run(policy, arrivals, prompts, outputs, predictor=linear(kv_ms=0.01), kv_blocks=kv_blocks,
+               fast_decode_runs=False, **kwargs)
+    return fast, slow
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=str)
+@pytest.mark.parametrize("kv_blocks", [10_000, 120], ids=["ample_kv", "tight_kv"])
+def test_fast_path_equals_slow_path(policy, kv_blocks):
+    fast, slow = both_paths(policy, kv_blocks, block_size=8)
+    for name in ("first_scheduled_s", "first_token_s", "completed_s", "preemptions", "token_offsets",
+                 "token_times_s", "replica_id"):
+        assert np.array_equal(getattr(fast.records, name), getattr(slow.records, name)), name
+    for name in ("start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens", "kv_blocks_used"):
+        assert np.array_equal(getattr(fast.iterations, name), getattr(slow.iterations, name)), name
+
+
+def test_tight_kv_case_preempts_and_fast_path_actually_skips_events():
+    """The tight case exercises preemption for vLLM, and the fast path takes fewer scheduling decisions."""
+    fast, slow = both_paths("vllm", 120, block_size=8)
+    assert fast.records.preemptions.sum() > 0
+    decisions = {}
+    for label, flag in (("fast", True), ("slow", False)):
+        import policies.vllm as vllm_module
+        calls = []
+        original = vllm_module.VLLMv0.schedule
+        vllm_module.VLLMv0.schedule = lambda self, now, _o=original: calls.append(now) or _o(self, now)
+        try:
+            arrivals, prompts, outputs = random_workload(300, seed=7, rate_qps=30)
+            run("vllm", arrivals, prompts, outputs, predictor=linear(kv_ms=0.01), kv_blocks=120, block_size=8,
+                fast_decode_runs=flag)
+        finally:
+            vllm_module.VLLMv0.schedule = original
+        decisions[label] = len(calls)
+    assert decisions["fast"] < decisions["slow"] / 2

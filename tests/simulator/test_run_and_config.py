@@ -1,0 +1,101 @@
+"""run_simulation from configs, determinism, Hydra composition, config errors naming the field, the CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from simulator.config import ConfigError
+from simulator.paths import CONF_DIR, REPO_ROOT
+from simulator.run import SimulationConfig, run_simulation
+
+SMALL_WORKLOAD = {"trace": None, "arrival": "poisson", "rate_qps": 6.0, "lengths": "uniform",
+                  "min_tokens": 64, "max_tokens": 2048, "num_requests": 150}
+
+
+def small_config(**overrides):
+    values = {"model": "llama-2-7b", "hardware": "h100", "predictor": "linear", "workload": SMALL_WORKLOAD,
+              "policy": {"name": "sarathi", "chunk_size": 256}} | overrides
+    return SimulationConfig.from_dict(values)
+
+
+def without_wall(summary):
+    return {k: v for k, v in summary.items() if k != "wall_s"}
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path):
+    a = run_simulation(small_config(), out_dir=tmp_path / "a")
+    b = run_simulation(small_config(), out_dir=tmp_path / "b")
+    assert without_wall(a.summary) == without_wall(b.summary)
+    assert a.requests.equals(b.requests) and a.iterations.equals(b.iterations)
+    files = [json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab"]
+    assert without_wall(files[0]) == without_wall(files[1])
+    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet", "trace.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    c = run_simulation(small_config(seed=1))
+    assert without_wall(c.summary) != without_wall(a.summary)
+
+
+def test_summary_reports_setup_and_slo_verdicts():
+    result = run_simulation(small_config(slo={"name": "t", "slos": [{"metric": "ttft_s", "percentile": 90, "max_s": 1e-6}]}))
+    s = result.summary
+    assert s["completed"] == 150 and s["rejected"] == 0
+    assert s["setup"]["policy"] == "sarathi" and s["setup"]["kv_blocks_per_engine"] == 7313
+    assert s["slo"]["all_met"] is False and s["slo"]["objectives"][0]["name"] == "p90_ttft_s<=1e-06"
+    assert len(result.requests) == 150 and result.iterations["num_prefill_tokens"].sum() == result.requests["prompt_tokens"].sum()
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"policy": {"name": "nope"}}, "policy.name"),
+    ({"policy": {"name": "orca", "chunk_size": 64}}, "policy.chunk_size"),
+    ({"cluster": {"tp": 3}}, "cluster.tp=3"),
+    ({"cluster": {"pp": 5}}, "cluster.pp=5"),
+    ({"cluster": {"router": "fastest"}}, "cluster.router"),
+    ({"predictor": "magic"}, "predictor"),
+    ({"policy": {"name": "vllm", "max_num_batched_tokens": 1024}}, "policy.max_num_batched_tokens"),
+    ({"cluster": {"num_replicas": 0}}, "cluster.num_replicas"),
+])
+def test_bad_values_stop_with_the_field_named(values, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        run_simulation(small_config(**values))
+
+
+def test_unknown_field_in_a_group_is_named():
+    with pytest.raises(ConfigError, match="chunk"):
+        SimulationConfig.from_dict({"model": "llama-2-7b", "hardware": "h100", "cluster": {"chunk": 1}})
+
+
+def test_hydra_composes_groups_and_overrides():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from simulator.cli import APP_CONFIG_NAME, config_from_hydra, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = config_from_hydra(compose(APP_CONFIG_NAME, ["policy=sarathi", "policy.chunk_size=512",
+                                                          "model=mistral-7b", "cluster=tp2"]))
+        default = config_from_hydra(compose(APP_CONFIG_NAME))
+        with pytest.raises(Exception, match="chunk_size"):
+            compose(APP_CONFIG_NAME, ["policy.chunk_size=abc"])
+    assert cfg.policy.name == "sarathi" and cfg.policy.chunk_size == 512 and cfg.policy.max_batch_size == 128
+    assert cfg.model.name == "mistral-7b" and cfg.model.num_kv_heads == 8 and cfg.cluster.tp == 2
+    assert default.model.name == "llama-2-7b" and default.hardware.name == "h100"
+    assert default.policy.name == "sarathi" and default.workload.trace.endswith("splitwise_conv.csv")
+    assert default.predictor == "fitted" and default.fast_decode_runs
+
+
+def test_cli_runs_and_writes_outputs(tmp_path):
+    cmd = [sys.executable, "-m", "simulator.cli", "predictor=linear", "policy=vllm", "workload.num_requests=60",
+           "progress=false", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "policy vllm" in done.stdout and "TTFT (ms)" in done.stdout and "SLO 'relaxed'" in done.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["num_requests"] == 60 and summary["setup"]["policy"] == "vllm"
+    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet", "trace.json"):
+        assert (tmp_path / name).exists()
+    bad = subprocess.run(cmd[:3] + ["cluster.tp=3", f"hydra.run.dir={tmp_path}/bad"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "cluster.tp=3 does not divide" in bad.stderr
