@@ -54,8 +54,19 @@ def find_results(roots: list[Path]) -> dict[str, list[Path]]:
 
 
 def run_config(run_dir: Path) -> dict:
-    """The flat configuration of a run dir (policy, chunk size, ...), from the config file the
-    simulator wrote there (config.yaml, config.json or Hydra's .hydra/config.yaml)."""
+    """The flat configuration of a run dir (policy, chunk size, ...): from the `setup` block the
+    simulator writes into summary.json, else from a config file there (config.yaml, config.json or
+    Hydra's .hydra/config.yaml)."""
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        setup = json.loads(summary_path.read_text()).get("setup")
+        if setup:
+            params = setup.get("policy_params") or {}
+            return {"model": setup.get("model"), "hardware": setup.get("hardware"), "policy": setup.get("policy"),
+                    "chunk_size": params.get("chunk_size"),
+                    "max_batch_size": params.get("max_batch_size", params.get("max_num_seqs")),
+                    "tp": setup.get("tp"), "pp": setup.get("pp"), "num_replicas": setup.get("num_replicas"),
+                    "workload": setup.get("workload")}
     for name in ("config.json", "config.yaml", ".hydra/config.yaml"):
         path = run_dir / name
         if path.exists():
@@ -87,6 +98,8 @@ def run_label(config: dict, run_dir: Path) -> str:
         label += f" c{config['chunk_size']}"
     if (config.get("pp") or 1) > 1 or (config.get("tp") or 1) > 1:
         label += f" tp{config.get('tp') or 1}pp{config.get('pp') or 1}"
+    if config.get("model"):
+        label += f" {config['model']}"
     return label
 
 
@@ -156,12 +169,12 @@ def run_figures(run_dirs: list[Path], out_dir: Path) -> list[Path]:
 
 
 def _kv_blocks_total(run_dir: Path) -> int | None:
+    """KV blocks of one scheduling engine (what iterations' kv_blocks_used counts against)."""
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        for key in ("kv_blocks_total", "kv_blocks_per_replica", "kv_cache_blocks"):
-            if summary.get(key):
-                return int(summary[key])
+        blocks = (json.loads(summary_path.read_text()).get("setup") or {}).get("kv_blocks_per_engine")
+        if blocks:
+            return int(blocks)
     return None
 
 

@@ -26,6 +26,8 @@ def empirical_cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, np.arange(1, len(values) + 1) / max(len(values), 1)
 
 
+LINE_STYLES = ["-", "--", ":", "-."]
+
 # (attribute, panel title, x label, scale from seconds, y label)
 PANELS = [
     ("ttft_s", "Time to first token", "TTFT (s)", 1.0, "fraction of requests"),
@@ -37,6 +39,12 @@ PANELS = [
 def latency_cdf_figure(samples: list[LatencySample], slo_lines_s: dict[str, float] | None = None) -> Figure:
     """Three CDF panels. `slo_lines_s` may mark a bound per panel, e.g. {"tbt_s": 0.1}."""
     fig, axes = new_figure(ncols=3, width_in=4.6)
+    # Colour says the policy; a second run of the same policy gets another line style.
+    seen: dict[str, int] = {}
+    styles = []
+    for sample in samples:
+        styles.append(LINE_STYLES[seen.get(sample.policy, 0) % len(LINE_STYLES)])
+        seen[sample.policy] = seen.get(sample.policy, 0) + 1
     for (attribute, title, xlabel, scale, ylabel), ax in zip(PANELS, axes[0]):
         positive_min = np.inf
         for i, sample in enumerate(samples):
@@ -47,7 +55,7 @@ def latency_cdf_figure(samples: list[LatencySample], slo_lines_s: dict[str, floa
             # Thin out the points: a CDF of 100k gaps needs only ~2k to look identical.
             step = max(1, len(x) // 2000)
             ax.plot(np.r_[x[::step], x[-1]], np.r_[y[::step], y[-1]], color=policy_color(sample.policy, i),
-                    label=sample.label, linewidth=1.8, drawstyle="steps-post")
+                    label=sample.label, linewidth=1.8, drawstyle="steps-post", linestyle=styles[i])
         if slo_lines_s and attribute in slo_lines_s:
             ax.axvline(slo_lines_s[attribute] * scale, color="grey", linestyle="--", linewidth=1, label="SLO")
         if np.isfinite(positive_min):

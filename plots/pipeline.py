@@ -7,6 +7,8 @@ the same load.
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -44,7 +46,7 @@ def pipeline_bubble_figure(bubbles_by_config: dict[str, pd.DataFrame]) -> Figure
         bars = ax.bar(x + (stage - (max_stages - 1) / 2) * width, values, width, label=f"stage {stage}",
                       color=f"C{stage}")
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(x, labels, rotation=15 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+    ax.set_xticks(x, [textwrap.fill(label, 18) for label in labels], fontsize=8)
     ax.set_ylim(0, 100)
     style_axes(ax, "configuration", "pipeline bubble (% of time idle)", "Pipeline bubbles per stage")
     ax.legend(fontsize=8, ncols=min(max_stages, 4))

@@ -149,3 +149,12 @@ def test_sarathi_reproduction_table_picks_the_papers_chunk_per_slo():
     fig = capacity_bars_figure(table)
     assert fig.axes[0].get_ylabel() == "capacity (requests/s)"
     assert [round(b.get_height(), 2) for b in fig.axes[0].patches][:2] == [0.5, 0.5]  # Orca in both SLO groups
+
+
+def test_binned_mean_weights_by_iteration_duration():
+    from plots.timeline import binned_mean
+
+    # Bin [0, 2): batch 2 for 1.5 s and 6 for 0.5 s -> 3.0; bin [2, 4): nothing; bin [4, 6): 10.
+    centers, means = binned_mean(np.array([0.0, 1.5, 4.0]), np.array([1.5, 0.5, 1.0]), np.array([2.0, 6.0, 10.0]), 2.0)
+    assert list(centers) == [1.0, 5.0]
+    assert list(means) == pytest.approx([3.0, 10.0])

@@ -56,7 +56,15 @@ def test_finds_each_kind_and_reads_run_configs(results):
     found = find_results([results])
     assert [d.name for d in found["runs"]] == ["sarathi", "vllm"]
     assert [d.name for d in found["capacity"]] == ["0", "1", "2"]
-    assert run_config(found["runs"][0])["chunk_size"] == 512
+    assert run_config(found["runs"][0])["chunk_size"] == 512  # from config.yaml
+    # The simulator's own summary.json `setup` block wins when present.
+    summary_path = found["runs"][1] / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["setup"] = {"model": "llama-2-7b", "policy": "vllm", "policy_params": {"max_num_seqs": 64}, "tp": 2,
+                        "pp": 1, "num_replicas": 1, "kv_blocks_per_engine": 100}
+    summary_path.write_text(json.dumps(summary))
+    config = run_config(found["runs"][1])
+    assert (config["policy"], config["max_batch_size"], config["tp"]) == ("vllm", 64, 2)
 
 
 def test_cli_writes_every_figure_the_results_support(results, capsys):
