@@ -57,6 +57,32 @@ def type_of_predictor(overrides: list[str]) -> str:
     return "linear roofline (no H100 profiles)" if "predictor=linear" in overrides else "fitted runtime model"
 
 
+def _spin(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    return total
+
+
+def machine_parallelism(workers: int) -> float:
+    """Speed-up of `workers` processes over one on pure CPU work: what this machine can give at best
+    (a VM's vCPUs may share fewer physical cores than they appear to)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    n = 15_000_000
+    start = time.perf_counter()
+    for _ in range(workers):
+        _spin(n)
+    serial_s = time.perf_counter() - start
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_spin, [1] * workers))  # start the workers before timing
+        start = time.perf_counter()
+        list(pool.map(_spin, [n] * workers))
+        parallel_s = time.perf_counter() - start
+    return serial_s / parallel_s
+
+
 def bench_sweep(workers: int) -> list[tuple[str, str, str]]:
     space = load_space(CONF_DIR / "sweep" / "bench100.yaml")
     space.base += predictor_override()
@@ -72,9 +98,11 @@ def bench_sweep(workers: int) -> list[tuple[str, str, str]]:
         run_sweep(sample, scratch / "parallel", capacity_point_runner, executor="local", workers=workers,
                   progress=False)
         parallel_s = time.perf_counter() - start
-        rows += [(f"10-point slice, serial", f"{serial_s:.1f} s", ""),
+        rows += [("10-point slice, serial", f"{serial_s:.1f} s", ""),
                  (f"10-point slice, {workers} worker processes", f"{parallel_s:.1f} s",
-                  f"speed-up {serial_s / parallel_s:.2f}x")]
+                  f"speed-up {serial_s / parallel_s:.2f}x"),
+                 (f"  pure-CPU speed-up of {workers} processes on this machine",
+                  f"{machine_parallelism(workers):.2f}x", "the ceiling for the line above")]
         start = time.perf_counter()
         outcome = run_sweep(points, scratch / "full", capacity_point_runner, executor="local", workers=workers,
                             progress=True)
