@@ -400,15 +400,19 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
     """Compose every point and say why it cannot run: {point_id: reason} for the infeasible ones.
 
     Checks: the config composes and validates (known policy and parameters, TP divides the heads, PP
-    the layers), the weights fit, and the KV cache holds at least one max_model_len request.
+    the layers), the weights fit, the KV cache holds at least one max_model_len request, and the
+    iteration-time predictor can be built (e.g. GPU profiles exist for that model and TP degree).
+    Building each distinct predictor here, once, also fills the fitted model's disk cache before
+    workers start, so they load it instead of all fitting it at once.
     """
     import dataclasses
 
     from simulator.capacity import compose_capacity_config
     from simulator.kv_cache import kv_cache_blocks_per_gpu
-    from simulator.run import policy_factory
+    from simulator.run import build_predictor, policy_factory
 
     reasons = {}
+    predictor_errors: dict[tuple, str | None] = {}
     for point in tqdm(points, desc="checking points", unit="point", disable=not progress, leave=False):
         try:
             simulation, _ = compose_capacity_config(point.overrides)
@@ -426,6 +430,15 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
                                           simulation.model.max_model_len)
             if reason is None:
                 cluster.validate(simulation.model)
+                key = (simulation.predictor, simulation.model, simulation.hardware, cluster.tp, cluster.pp,
+                       simulation.cpu_overhead_s, repr(simulation.linear_predictor))
+                if key not in predictor_errors:
+                    try:
+                        build_predictor(simulation)
+                        predictor_errors[key] = None
+                    except ConfigError as e:  # missing or unreadable profiles: no trial could run
+                        predictor_errors[key] = f"no iteration-time predictor: {e}"
+                reason = predictor_errors[key]
         except Exception as e:  # noqa: BLE001 - any composition error makes the point unrunnable
             reason = f"{type(e).__name__}: {e}"
         if reason:
