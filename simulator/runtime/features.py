@@ -51,17 +51,18 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     """ATTENTION_FEATURES of one launch (q_tokens, kv_tokens: (n,) int arrays), as Python numbers.
 
     The hot path of the simulator: a handful of numpy reductions, then scalar arithmetic over the
-    (few) prefill chunks only.
+    (few) prefill chunks only. The batch's token count is features[4] + features[5] (chunk tokens plus
+    one per decode).
     """
     n = len(q_tokens)
-    num_tokens = int(q_tokens.sum())
-    kv_sum = int(kv_tokens.sum())
-    kv_max = int(kv_tokens.max())
+    num_tokens = int(np.add.reduce(q_tokens))
+    kv_sum = int(np.add.reduce(kv_tokens))
+    kv_max = int(np.maximum.reduce(kv_tokens))
     if num_tokens == n:  # decode-only: every q is 1
         work2 = 2 * kv_sum + 2 * n
         return [1.0, 0, kv_sum + n, 0, 0, n, 0, kv_max + 1,
                 max(kv_max + 1, shape.q_heads * work2 / (2 * shape.num_sms))]
-    prefill = np.flatnonzero(q_tokens > 1)
+    prefill = (q_tokens > 1).nonzero()[0]
     pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = 0
     max_ctx = kv_max + 1  # >= every decode's context; a prefill's own is checked below
     for q, kv in zip(q_tokens[prefill].tolist(), kv_tokens[prefill].tolist()):
@@ -99,11 +100,17 @@ def attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape: Atten
     return np.asarray([batch_attention_features(q, kv, shape)], dtype=np.float64)
 
 
-def linear_combination(coef, features: list):
-    """sum_j coef[j] * features[j], always in the same order (floats or arrays alike)."""
-    total = coef[0] * features[0]
-    for j in range(1, len(coef)):
-        total = total + coef[j] * features[j]
+def sparse_coefficients(coef) -> list[tuple[int, float]]:
+    """(column, coefficient) pairs of the non-zero coefficients, for linear_combination."""
+    return [(j, float(c)) for j, c in enumerate(coef) if c != 0.0]
+
+
+def linear_combination(terms: list[tuple[int, float]], features: list):
+    """sum of coefficient * features[column] over `terms`, always in the same order (floats or arrays
+    alike, so the single-batch and decode-run paths agree bit for bit)."""
+    total = 0.0
+    for j, c in terms:
+        total = total + c * features[j]
     return total
 
 

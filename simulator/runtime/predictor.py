@@ -40,6 +40,7 @@ from simulator.runtime.features import (
     batch_attention_features,
     decode_run_attention_features,
     linear_combination,
+    sparse_coefficients,
 )
 from simulator.runtime.fit import GRID_DENSE_TOKENS, FittedRuntime, code_version, fit_runtime
 from simulator.runtime.tables import ProfileFiles, file_digest, profile_files, read_comm
@@ -103,8 +104,8 @@ class RuntimePredictor:
         self.stage_layers = layers_per_stage(model.num_layers, pp)
         self._shape = fitted.attention_shape()
         self._coef = np.asarray(fitted.attention_coef, dtype=np.float64)
-        self._additive = [float(c) for c in self._coef[0]]
-        self._branches = [[float(c) for c in row] for row in self._coef[1:]]
+        self._additive = sparse_coefficients(self._coef[0])
+        self._branches = [sparse_coefficients(row) for row in self._coef[1:]]
         self._stage_layers = [float(x) for x in self.stage_layers]
         trees = fitted.attention_trees
         self._has_trees = trees is not None
@@ -167,14 +168,14 @@ class RuntimePredictor:
         leaf = goes_right @ self._tree_powers + self._tree_offsets
         return float(np.exp(self._tree_base + self._tree_leaves[leaf].sum()))
 
-    def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> float:
-        """Attention milliseconds of one layer for one batch."""
+    def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, int]:
+        """(attention milliseconds of one layer, tokens in the batch) for one batch."""
         features = batch_attention_features(q, kv, self._shape)
         t = linear_combination(self._additive, features) + max(
             [linear_combination(branch, features) for branch in self._branches])
         if self._has_trees:
             t = t * self._tree_factor_one(features)
-        return t if t > 0.0 else 0.0
+        return (t if t > 0.0 else 0.0), int(features[4] + features[5])
 
     def _decode_run_attention_ms(self, kv: np.ndarray, num_steps: int) -> np.ndarray:
         """Attention milliseconds of one layer for each step of a decode run, shape (num_steps,)."""
@@ -198,8 +199,8 @@ class RuntimePredictor:
         if q.shape != kv.shape or q.ndim != 1 or len(q) == 0:
             raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty 1-D arrays, "
                              f"got shapes {q.shape} and {kv.shape}")
-        attention = self._batch_attention_ms(q, kv)
-        return np.array(self._stage_ms(int(q.sum()), len(q), attention)) * 1e-3
+        attention, num_tokens = self._batch_attention_ms(q, kv)
+        return np.array([ms * 1e-3 for ms in self._stage_ms(num_tokens, len(q), attention)])
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage seconds of `num_steps` decode-only iterations, step k at contexts kv_tokens + k,
@@ -240,7 +241,7 @@ class RuntimePredictor:
         stage_ms = self.stage_times_s(q, kv) * 1e3
         n, seqs = int(q.sum()), len(q)
         layers = float(self.stage_layers.sum())
-        attention = self._batch_attention_ms(q, kv)
+        attention, _ = self._batch_attention_ms(q, kv)
         X = np.asarray(batch_attention_features(q, kv, self._shape), dtype=np.float64)
         # Attribute the launch to prefill and decode by their own work terms (fixed and throughput);
         # shared terms (launch, critical path) follow the same split; with no own terms, by sequences.
