@@ -205,8 +205,8 @@ class FittedRuntime:
 
 def peaks_for(hardware: HardwareConfig, meta: dict) -> F.Peaks:
     """Datasheet peaks of `hardware`; the SM count from the profile's meta.json when recorded."""
-    device = meta.get("device", {}) if isinstance(meta.get("device"), dict) else {}
-    num_sms = int(device.get("multi_processor_count") or meta.get("multi_processor_count") or 132)
+    environment = meta.get("environment", {}) if isinstance(meta.get("environment"), dict) else {}
+    num_sms = int(environment.get("gpu_multiprocessors") or 132)  # 132: H100 SXM and H200
     return F.Peaks(flops_per_s=hardware.bf16_dense_tflops * 1e12,
                    bytes_per_s=hardware.memory_bandwidth_tbps * 1e12, num_sms=num_sms)
 
