@@ -50,7 +50,10 @@ COMM_COLUMNS = ["op", "world_size", "dtype", "bytes", *TIMING_COLUMNS, "algbw_gb
 
 # iterations.csv: a whole forward pass (embedding, all layers, LM head on last tokens, sampling) of one
 # batch composition, on real kernels with random bf16 weights.
+#   time_ms (and p10/p90): the step replayed as one CUDA graph (GPU time, no launch gaps, as ops were timed);
+#   eager_time_ms (added by the profiler, last column): the same step launched op by op from Python, so the
+#   difference shows the CPU launch overhead a runtime model must add when graphs are not used.
 ITERATION_COLUMNS = [
     "model", "tp", "num_layers", "composition", "batch_size", "q_tokens_total", "kv_tokens_total",
-    *TIMING_COLUMNS,
+    *TIMING_COLUMNS, "eager_time_ms",
 ]
