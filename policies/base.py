@@ -107,7 +107,7 @@ class Policy:
             return []
         ids = np.array(candidates, dtype=np.int64)
         if self.kv.allocate_all(ids, self.requests.computed_tokens[ids] + 1):
-            return candidates  # the common case: everyone fits
+            return list(candidates)  # the common case: everyone fits
         scheduled, preempted = [], set()
         for r in candidates:
             if r in preempted:

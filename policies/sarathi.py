@@ -22,22 +22,23 @@ class SarathiServe(Policy):
 
     def schedule(self, now_s: float) -> Batch | None:
         budget, cap = self.chunk_size, self.max_batch_size
-        running = np.array(self.running, dtype=np.int64)
-        pending = dict(zip(self.running, self.requests.pending_tokens_of(running).tolist()))
+        pending = self.requests.pending_tokens_of(np.array(self.running, dtype=np.int64)).tolist()
+        in_progress = [(r, n) for r, n in zip(self.running, pending) if n > 1]  # prefills already started
 
-        # 1. Running decodes first, one token each.
-        decodes = self.schedule_decodes([r for r in self.running if pending[r] == 1][: min(budget, cap)])
-        ids, tokens = list(decodes), [1] * len(decodes)
+        # 1. Running decodes first, one token each (preempting the newest requests if blocks run out).
+        num_running = len(self.running)
+        decodes = self.schedule_decodes([r for r, n in zip(self.running, pending) if n == 1][: min(budget, cap)])
+        if len(self.running) < num_running:  # some were preempted
+            in_progress = [(r, n) for r, n in in_progress if r in set(self.running)]
+        ids, tokens = decodes, [1] * len(decodes)
         budget -= len(decodes)
 
         # 2. The next chunk of prefills already in progress, in admission order.
-        for r in self.running:
+        for r, n in in_progress:
             if budget == 0 or len(ids) == cap:
                 break
-            if pending[r] > 1:
-                chunk = min(pending[r], budget)
-                ids.append(r), tokens.append(chunk)
-                budget -= chunk
+            ids.append(r), tokens.append(min(n, budget))
+            budget -= tokens[-1]
 
         # 3. New requests (and preempted ones, recomputing), FCFS, while budget and KV blocks last.
         while self.waiting and budget > 0 and len(ids) < cap:
@@ -45,9 +46,8 @@ class SarathiServe(Policy):
             need = self.requests.pending_tokens(r)
             if not self.admit(r, need):
                 break
-            chunk = min(need, budget)
-            ids.append(r), tokens.append(chunk)
-            budget -= chunk
+            ids.append(r), tokens.append(min(need, budget))
+            budget -= tokens[-1]
         return Batch.of(ids, tokens)
 
 

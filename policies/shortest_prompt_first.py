@@ -3,8 +3,8 @@
 Not from a paper: the worked example of docs/policies.md. Every running request decodes one token each
 iteration; the rest of a `max_num_batched_tokens` budget goes to waiting requests in order of prompt
 length (shortest first, earliest arrival among equals), each prefilled whole in the same iteration, up
-to `max_batch_size` requests (a prompt longer than the budget runs in a batch of its own). Short prompts overtake long ones, which lowers mean TTFT but can starve
-long prompts under load.
+to `max_batch_size` requests (a prompt longer than the budget runs in a batch of its own). Short prompts
+overtake long ones, which lowers mean TTFT but can starve long prompts under load.
 """
 from __future__ import annotations
 

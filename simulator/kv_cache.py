@@ -106,23 +106,23 @@ class KVCache:
         new_blocks = np.maximum((max_steps - spare + (self.block_size - 1)) // self.block_size, 0)
         if sum(new_blocks.tolist()) <= self.free_blocks:
             return max_steps, spare  # the common case: the whole run fits
-        added = decode_run_blocks_used(np.zeros(1, np.int64), [spare], np.array([max_steps]), self.block_size)
+        added = decode_run_blocks_used(np.zeros(1, np.int64), spare, np.array([len(spare)]), np.array([max_steps]),
+                                       self.block_size)
         return int(np.searchsorted(added, self.free_blocks, side="right")), spare
 
 
-def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: list[np.ndarray], steps: np.ndarray,
-                           block_size: int) -> np.ndarray:
+def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, requests_per_run: np.ndarray,
+                           steps: np.ndarray, block_size: int) -> np.ndarray:
     """Blocks in use during every step of many decode runs, concatenated run after run.
 
-    Run r starts with used_at_start[r] blocks in use; its requests have spare_slots[r] free token slots in
-    their blocks; it lasts steps[r] iterations. A request takes a new block at each step k where
+    Run r starts with used_at_start[r] blocks in use and lasts steps[r] iterations; its requests_per_run[r]
+    requests have the next requests_per_run[r] entries of spare_slots free token slots in their blocks. A request takes a new block at each step k where
     k > spare + m * block_size for the next m, i.e. at steps spare + 1, spare + 1 + block_size, ...
     Vectorised over all runs at once (the recorder calls it when the simulation is over).
     """
     steps = np.asarray(steps, np.int64)
-    sizes = np.fromiter((len(s) for s in spare_slots), np.int64, len(spare_slots))
-    spare = np.concatenate(spare_slots) if spare_slots else np.empty(0, np.int64)
-    run_of_request = np.repeat(np.arange(len(steps)), sizes)
+    spare = np.asarray(spare_slots, np.int64)
+    run_of_request = np.repeat(np.arange(len(steps)), requests_per_run)
     run_steps = steps[run_of_request]
     # Each request's new blocks within its run: steps spare+1, spare+1+bs, ... up to the run's length.
     counts = np.maximum((run_steps - spare + (block_size - 1)) // block_size, 0)

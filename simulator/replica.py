@@ -78,7 +78,7 @@ class Replica:
 
     def add_request(self, request_id: int) -> None:
         """Take a routed request: it joins the engine with the fewest unfinished requests (vLLM's rule)."""
-        engine = min(self.engines, key=lambda e: e.num_unfinished)
+        engine = self.engines[0] if len(self.engines) == 1 else min(self.engines, key=lambda e: e.num_unfinished)
         engine.add_request(request_id)
         req = self.requests
         req.replica_id[request_id] = self.replica_id
@@ -208,10 +208,10 @@ class Replica:
 
     def _num_decodes(self, batch: Batch, kv_tokens: np.ndarray) -> int:
         """How many requests of the batch decode (compute the one token they emitted last)."""
+        # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
         req, ids = self.requests, batch.request_ids
         generated = req.generated_tokens[ids]
-        decoding = (batch.num_tokens == 1) & (kv_tokens + 1 == req.prompt_tokens[ids] + generated) & (generated > 0)
-        return int(np.count_nonzero(decoding))
+        return int(np.count_nonzero((kv_tokens + 1 == req.prompt_tokens[ids] + generated) & (generated > 0)))
 
     def _mark_first_scheduled(self, ids: np.ndarray, now_ns: int) -> None:
         req = self.requests
