@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cuda: NCCL over GPUs; cpu: gloo between CPU processes (demonstration)")
     return parser
 
 
@@ -193,10 +195,12 @@ def _iterations(args, command) -> int:
 def _comm(args, command) -> int:
     from profiler.comm import message_sizes, run_comm
 
-    device = torch.device("cuda")
-    gpu = args.gpu or _label(args, device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("comm --device cuda: torch sees no CUDA device here; use --device cpu")
+    gpu = args.gpu or _label(args, torch.device(args.device))
     run_comm(args.out, gpu, ops=args.ops, sizes=message_sizes(tuple(args.hidden), args.max_tokens),
-             repeats=args.repeats, use_graphs=not args.no_graphs, command=command, world_size=args.world_size)
+             repeats=args.repeats, use_graphs=not args.no_graphs, command=command, world_size=args.world_size,
+             device_type=args.device)
     return 0
 
 

@@ -15,6 +15,7 @@ import datetime
 import math
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -57,34 +58,46 @@ def _free_port() -> int:
 
 
 def run_comm(out_dir: Path, gpu: str, ops=("all_reduce", "send_recv"), sizes=None, repeats: int = 10,
-             use_graphs: bool = True, command: str = "", world_size: int | None = None) -> None:
-    """Measure and append rows to <out_dir>/<gpu>/comm/comm.csv; skips sizes already present."""
+             use_graphs: bool = True, command: str = "", world_size: int | None = None,
+             device_type: str = "cuda") -> None:
+    """Measure and append rows to <out_dir>/<gpu>/comm/comm.csv; skips sizes already present.
+
+    device_type "cuda": NCCL, one process per GPU, bf16 messages. "cpu": gloo between CPU processes with
+    float32 messages (a demonstration and the test path; world_size defaults to 2).
+    """
     os.environ.update(NO_MULTICAST_ENV)
     sizes = list(sizes or message_sizes())
-    args = (str(out_dir), gpu, list(ops), sizes, repeats, use_graphs, command)
+    args = (str(out_dir), gpu, list(ops), sizes, repeats, use_graphs, command, device_type)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
-        _worker(int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), None, *args)
+        _worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None, *args)
         return
-    world = world_size or torch.cuda.device_count()
+    world = world_size or (torch.cuda.device_count() if device_type == "cuda" else 2)
     if world < 2:
-        raise RuntimeError(f"comm needs >= 2 GPUs, found {world}")
+        raise RuntimeError(f"comm needs >= 2 processes (GPUs), found {world}")
     mp.spawn(_worker, args=(world, _free_port(), *args), nprocs=world, join=True)
 
 
-def _worker(rank, world, port, out_dir, gpu, ops, sizes, repeats, use_graphs, command):
+def _worker(rank, world, port, out_dir, gpu, ops, sizes, repeats, use_graphs, command, device_type):
     os.environ.update(NO_MULTICAST_ENV)
-    torch.cuda.set_device(rank)
     init = f"tcp://127.0.0.1:{port}" if port else "env://"
-    dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world,
-                            device_id=torch.device("cuda", rank), timeout=datetime.timedelta(seconds=180))
+    timeout = datetime.timedelta(seconds=180)
+    if device_type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world, device_id=device,
+                                timeout=timeout)
+    else:
+        device, use_graphs = torch.device("cpu"), False
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=timeout)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype_name = str(dtype).replace("torch.", "")
     started = time.perf_counter()
-    device = torch.device("cuda", rank)
     check = _check_all_reduce(rank, world, device)
     table = None
     if rank == 0:
         table = ResumableCsv(Path(out_dir) / gpu / "comm" / "comm.csv", COMM_COLUMNS, comm_key)
     todo = [(op, size) for op in ops for size in sizes
-            if rank != 0 or (op, world, "bfloat16", size) not in table]
+            if rank != 0 or (op, world, dtype_name, size) not in table]
     box = [todo]
     dist.broadcast_object_list(box, src=0)  # every rank runs rank 0's list, in the same order
     todo = box[0]
@@ -92,14 +105,14 @@ def _worker(rank, world, port, out_dir, gpu, ops, sizes, repeats, use_graphs, co
     seconds_by_op: dict[str, float] = {}
     for op, size in (progress(todo, "comm") if rank == 0 else todo):
         t0 = time.perf_counter()
-        per_call = _time_op(op, size, rank, world, device, repeats, graphs_ok[op])
+        per_call = _time_op(op, size, rank, world, device, dtype, repeats, graphs_ok[op])
         samples = torch.tensor(per_call, device=device)
         dist.all_reduce(samples, op=dist.ReduceOp.MAX)  # a step waits for the slowest rank
         seconds_by_op[op] = seconds_by_op.get(op, 0.0) + time.perf_counter() - t0
         if rank == 0:
             stats = summarize(samples.tolist())
             algbw = size / (stats.time_ms * 1e-3) / 1e9
-            table.append({"op": op, "world_size": world, "dtype": "bfloat16", "bytes": size, **stats.row(),
+            table.append({"op": op, "world_size": world, "dtype": dtype_name, "bytes": size, **stats.row(),
                           "algbw_gbps": algbw, "busbw_gbps": algbw * bus_bandwidth_factor(op, world)})
     if rank == 0:
         _write_meta(Path(out_dir) / gpu / "comm" / "meta.json", gpu, world, device, check, graphs_ok, repeats,
@@ -157,9 +170,10 @@ def _graphs_work(ops, rank, world, device) -> dict:
     return result
 
 
-def _time_op(op, size, rank, world, device, repeats, graphs_ok) -> list[float]:
+def _time_op(op, size, rank, world, device, dtype, repeats, graphs_ok) -> list[float]:
     """Per-call ms of `repeats` replays of calls_per_replay(size) back-to-back collectives."""
-    buf = torch.randn(size // 2, device=device, dtype=torch.bfloat16)
+    element = torch.tensor([], dtype=dtype).element_size()
+    buf = torch.randn(max(1, size // element), device=device, dtype=dtype)
     calls = calls_per_replay(size)
 
     def run_all():
@@ -175,6 +189,13 @@ def _time_op(op, size, rank, world, device, repeats, graphs_ok) -> list[float]:
         runner = graph.replay
     runner()
     dist.barrier()
+    if device.type != "cuda":
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            runner()
+            samples.append((time.perf_counter() - start) * 1e3 / calls)
+        return samples
     torch.cuda.synchronize()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     for s, e in events:
@@ -189,13 +210,14 @@ def _write_meta(path, gpu, world, device, check, graphs_ok, repeats, seconds_by_
     old = read_json(path)
     env = environment(device)
     try:
-        import subprocess
         topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
         topo = f"unavailable: {e}"
+    nccl = ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None
     write_json(path, {
         "what": "NCCL all_reduce and send_recv through torch.distributed, one process per GPU; see docs/profiler.md",
-        "gpu": gpu, "world_size": world, "environment": env, "nccl_version": ".".join(map(str, torch.cuda.nccl.version())),
+        "gpu": gpu, "world_size": world, "environment": env, "nccl_version": nccl,
+        "backend": "nccl" if device.type == "cuda" else "gloo",
         "nvidia_smi_topo": topo, "env": {k: os.environ.get(k) for k in NO_MULTICAST_ENV},
         "check": check,
         "timing": {"cuda_graphs_by_op": graphs_ok, "repeats": repeats,

@@ -26,7 +26,7 @@ class ResumableCsv:
             self._load()
         else:
             with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
+                csv.writer(f, lineterminator="\n").writerow(self.columns)
 
     def _load(self) -> None:
         text = self.path.read_text()
@@ -56,7 +56,7 @@ class ResumableCsv:
         if key in self.keys:
             return
         with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([text_row[c] for c in self.columns])
+            csv.writer(f, lineterminator="\n").writerow([text_row[c] for c in self.columns])
             f.flush()  # a killed run keeps every row written so far
         self.keys.add(key)
         self.rows[key] = text_row
