@@ -42,6 +42,10 @@ class Recorder:
         self._emit_steps = array("q")
         self._emit_times_ns = array("q")
 
+    def clear(self) -> None:
+        """Drop the buffers (once the records are built) so their memory is freed at once."""
+        self.__init__(self.kv_block_size)
+
     def add_iteration(self, replica_id: int, stage: int, start_ns: int, duration_ns: int, batch_size: int,
                       num_prefill_tokens: int, num_decode_tokens: int, kv_blocks_used: int) -> None:
         """One stage of one iteration (for pp=1, the iteration)."""
@@ -71,7 +75,7 @@ class Recorder:
         self._emit_steps.append(len(times_ns))
         self._emit_times_ns.frombytes(times_ns.tobytes())
 
-    def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Every emitted token's time (seconds), request after request, and CSR offsets (num_requests + 1).
 
         The log holds (event, request) pairs; they are expanded a range of request ids at a time (about

@@ -32,6 +32,11 @@ def seconds_to_duration_ns(seconds: np.ndarray) -> np.ndarray:
     return np.maximum(np.rint(np.asarray(seconds) * 1e9).astype(np.int64), 1)
 
 
+def second_to_duration_ns(seconds: float) -> int:
+    """`seconds_to_duration_ns` of one value, in plain Python (round() also rounds half to even)."""
+    return max(round(float(seconds) * 1e9), 1)
+
+
 @dataclass
 class MicroBatch:
     """A batch travelling through the pipeline stages of a pp > 1 replica."""
@@ -111,13 +116,14 @@ class Replica:
                 yield from self._idle()
                 continue
             kv_tokens = self.requests.computed_tokens[batch.request_ids]
+            self._check_allocated(engine, batch, kv_tokens)
             num_decode = self._num_decodes(batch, kv_tokens)
             if fast and num_decode == len(batch):
                 yield from self._decode_run(engine, batch.request_ids, kv_tokens)
                 continue
             start = env.now
             self._mark_first_scheduled(batch.request_ids, start)
-            duration = int(seconds_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens))[0])
+            duration = second_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens)[0])
             self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
                                         int(batch.num_tokens.sum()) - num_decode, num_decode, engine.kv.used_blocks)
             yield env.timeout(duration)
@@ -163,6 +169,7 @@ class Replica:
                 continue
             engine, batch = picked
             kv_tokens = req.computed_tokens[batch.request_ids]
+            self._check_allocated(self.engines[engine], batch, kv_tokens)
             num_decode = self._num_decodes(batch, kv_tokens)
             self._mark_first_scheduled(batch.request_ids, env.now)
             micro_batch = MicroBatch(
@@ -205,6 +212,14 @@ class Replica:
         yield self.env.timeout(duration)
 
     # --- effects of a batch (both layouts) ----------------------------------------------------------
+
+    def _check_allocated(self, engine: Policy, batch: Batch, kv_tokens: np.ndarray) -> None:
+        """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
+        held_tokens = engine.kv.blocks_held[batch.request_ids] * engine.kv.block_size
+        if not np.all(held_tokens >= kv_tokens + batch.num_tokens):
+            raise RuntimeError(f"policy {type(engine).__name__} scheduled requests without allocating their KV "
+                               f"blocks first (kv.allocate / admit / schedule_decodes): "
+                               f"{batch.request_ids[held_tokens < kv_tokens + batch.num_tokens].tolist()}")
 
     def _num_decodes(self, batch: Batch, kv_tokens: np.ndarray) -> int:
         """How many requests of the batch decode (compute the one token they emitted last)."""

@@ -95,7 +95,7 @@ def as_simulation_config(cfg) -> SimulationConfig:
         from omegaconf import OmegaConf  # only DictConfig gets here; keep hydra out of plain runs
 
         cfg = OmegaConf.to_container(cfg, resolve=True)
-    return SimulationConfig.from_dict(cfg)
+    return SimulationConfig.from_dict({k: v for k, v in cfg.items() if k != "hydra"})
 
 
 def policy_factory(policy: PolicyConfig):

@@ -40,3 +40,28 @@ def test_a_new_policy_runs_by_name_and_its_behaviour_shows():
     assert it["batch_size"].max() == 1
     assert not ((it["num_prefill_tokens"] > 0) & (it["num_decode_tokens"] > 0)).any()
     assert np.all(result.requests["first_scheduled_s"].to_numpy()[1:] >= result.requests["completed_s"].to_numpy()[:-1])
+
+
+class ForgetsToAllocate(Policy):
+    """A broken policy: schedules whole prompts without asking the KV cache."""
+
+    def schedule(self, now_s):
+        if not self.waiting:
+            return None
+        r = self.waiting.popleft()
+        self.running.append(r)
+        return Batch.of([r], [self.requests.pending_tokens(r)])
+
+
+def test_a_policy_that_skips_kv_allocation_is_named():
+    import functools
+
+    import pytest
+
+    from simulator.cluster import simulate
+    from simulator.linear_predictor import LinearPredictor
+    from simulator.request import RequestState
+
+    requests = RequestState.create(np.zeros(2), [10, 10], [3, 3], 4096)
+    with pytest.raises(RuntimeError, match="ForgetsToAllocate scheduled requests without allocating"):
+        simulate(requests, functools.partial(ForgetsToAllocate), LinearPredictor(0.01, 0.001, 0.002, 0.0), 100)
