@@ -63,7 +63,8 @@ class SLO:
 
 @dataclass
 class SearchConfig:
-    """Settings of one capacity search (the `search` config group)."""
+    """Settings of one capacity search: the `search` config group's fields, plus the objectives, which
+    the apps take from the `slo` group (`search_config_from`); the default here is for direct use."""
 
     slos: list[SLO] = field(
         default_factory=lambda: [
