@@ -77,7 +77,7 @@ def l2_bytes(device: torch.device) -> int:
 def measure_peaks(device: torch.device, dtype=torch.bfloat16) -> dict:
     """Measured ceilings: a large random matmul (TFLOP/s) and a large device-to-device copy (TB/s,
     bytes read plus bytes written). Rows above these are listed in meta.json."""
-    size, copy_bytes = (8192, 1 << 30) if device.type == "cuda" else (512, 64 << 20)
+    size, copy_bytes = (8192, 1 << 30) if device.type == "cuda" else (256, 16 << 20)
     gen = torch.Generator(device=device)
     gen.manual_seed(1)
     a = torch.randn((size, size), device=device, dtype=dtype, generator=gen)

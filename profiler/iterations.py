@@ -84,8 +84,10 @@ def run_iterations(model: ModelConfig, tp: int, out_dir: Path, gpu: str, device:
     layers = shard.num_layers
     per_token = 2 * layers * shard.kv_heads * shard.head_dim * torch.tensor([], dtype=dtype).element_size()
     if kv_capacity_tokens is None and device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        kv_capacity_tokens = int((free - ACTIVATION_HEADROOM_BYTES) // per_token)
+        # From total memory, not what happens to be free, so a resumed run draws the same compositions.
+        total = torch.cuda.get_device_properties(device).total_memory
+        weights = sum(t.numel() * t.element_size() for t in shard.tensors())
+        kv_capacity_tokens = int((total - weights - ACTIVATION_HEADROOM_BYTES - (2 << 30)) // per_token)
     elif kv_capacity_tokens is None:
         kv_capacity_tokens = 4096  # CPU runs are small demonstrations
     if kv_capacity_tokens <= 0:

@@ -122,6 +122,13 @@ class LlamaShard:
         self.rope = rope_cache(d, model.max_model_len, model.rope_theta, device, dtype)
         self.scale = d ** -0.5
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight tensor of the shard (for memory accounting)."""
+        out = [self.embedding, self.final_norm, self.lm_head, self.rope]
+        for w in self.layers:
+            out += [w.input_norm, w.qkv, w.out, w.post_norm, w.up_gate, w.down]
+        return out
+
     def new_kv_cache(self, capacity_tokens: int, fill_random: bool = True, seed: int = 0) -> KVCache:
         return KVCache(self.num_layers, capacity_tokens, self.kv_heads, self.head_dim, self.device, self.dtype,
                        fill_random, seed)

@@ -191,8 +191,7 @@ def run_profile(req: ProfileRequest, log=print) -> dict:
             row = table_of(t0, p0).find(p0.row_key)
             for t, p in pending:
                 table_of(t, p).append(retarget(row, p))
-                t.shared_from[t0.model.name + " (earlier run)"] = t.shared_from.get(
-                    t0.model.name + " (earlier run)", 0) + 1
+                _note_shared(t, t0.model.name + " (earlier run)", p)
             continue
         first_t, first_p = pending[0]
         job_start = time.perf_counter()
@@ -212,7 +211,7 @@ def run_profile(req: ProfileRequest, log=print) -> dict:
             if i == 0 or t is first_t:
                 t.measured += 1
             else:
-                t.shared_from[first_t.model.name] = t.shared_from.get(first_t.model.name, 0) + 1
+                _note_shared(t, first_t.model.name, p)
 
     repeat = repeatability(measured_jobs, backend, req, sets_for, log) if complete else None
     over_peak = rows_over_peak(measured_jobs, peaks, l2)
@@ -233,6 +232,13 @@ def run_profile(req: ProfileRequest, log=print) -> dict:
         _write_meta(t, req, env, peaks, backend, checks, run, grids[t.model.name])
     log_summary(run, log)
     return run
+
+
+def _note_shared(t: ModelTables, source: str, point) -> None:
+    """Count a row copied from `source`'s measurement, grouped as '<op or attention kind>@tp<N>'."""
+    group = f"{family_of(point)}@tp{point.tp}"
+    by_group = t.shared_from.setdefault(source, {})
+    by_group[group] = by_group.get(group, 0) + 1
 
 
 def _divides(model: ModelConfig, tp: int) -> bool:
@@ -324,8 +330,9 @@ def _write_meta(t: ModelTables, req: ProfileRequest, env: dict, peaks: dict, bac
                                    "seconds_measuring_for_this_model": t.measured_seconds}]
     shared_total: dict = {}
     for r in runs:
-        for source, n in r.get("rows_shared_from", {}).items():
-            shared_total[source] = shared_total.get(source, 0) + n
+        for source, groups in r.get("rows_shared_from", {}).items():
+            count = sum(groups.values()) if isinstance(groups, dict) else groups
+            shared_total[source] = shared_total.get(source, 0) + count
     meta = {
         "what": f"Kernel timings of one layer of {t.model.name} (per-GPU TP shards), see docs/profiler.md",
         "model": dataclasses.asdict(t.model),
@@ -351,7 +358,8 @@ def _write_meta(t: ModelTables, req: ProfileRequest, env: dict, peaks: dict, bac
         "grid_points": {"ops": sum(isinstance(p, OpPoint) for p in points),
                         "attention": sum(isinstance(p, AttentionPoint) for p in points)},
         "rows": {"ops": len(t.ops.keys), "attention": len(t.attention.keys)},
-        "rows_shared_from": shared_total,
+        "rows_shared_from": shared_total,  # rows not measured for this model: same shapes as the source's
+
         "complete": run["complete"] and len(t.ops.keys) + len(t.attention.keys) >= len(points) - len(run["skipped"]),
         "runs": runs,
     }
