@@ -78,7 +78,7 @@ def main() -> None:
     workload = f"synthetic {args.synthetic:,}" if args.synthetic else "conversation trace"
     print(f"servesim simulator benchmark: {args.model}, {args.replicas} x h100, {workload}, predictor {args.predictor}")
     header = (f"{'policy':<10}{'fast':>6}{'wall_s':>9}{'simulate_s':>12}{'requests':>10}{'req/s':>9}"
-              f"{'iterations':>12}{'iter/s':>11}{'tokens':>11}{'preempt':>9}{'TBT p99 ms':>12}{'peak_MiB':>10}")
+              f"{'iterations':>12}{'iter/s':>11}{'tokens':>13}{'preempt':>9}{'TBT p99 ms':>12}{'peak_MiB':>10}")
     print(header)
     print("-" * len(header))
     for policy in args.policies.split(","):
@@ -97,7 +97,7 @@ def main() -> None:
             m = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{policy:<10}{'yes' if fast else 'no':>6}{wall_s:>9.2f}{m['simulate_s']:>12.2f}{m['requests']:>10,}"
                   f"{m['requests'] / wall_s:>9,.0f}{m['iterations']:>12,}{m['iterations'] / m['simulate_s']:>11,.0f}"
-                  f"{m['tokens']:>11,}{m['preemptions']:>9,}{m['tbt_p99_ms']:>12.1f}{m['peak_mib']:>10,.0f}")
+                  f"{m['tokens']:>13,}{m['preemptions']:>9,}{m['tbt_p99_ms']:>12.1f}{m['peak_mib']:>10,.0f}")
     print(f"(predictor used: {m['predictor'] if 'm' in locals() else '?'}; wall_s includes interpreter start-up and imports)")
 
 

@@ -100,10 +100,10 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
             f"(first: request {unfinished[0]}); the policy '{type(replicas[0].engines[0]).__name__}' never "
             f"scheduled them"
         )
-    output = SimulationOutput(recorder.request_records(requests), recorder.iteration_records(), env.now / 1e9,
-                              blocks_per_engine)
-    recorder.clear()  # replicas and SimPy processes form reference cycles; free the big buffers now
-    return output
+    # The recorder's buffers are emptied as the records are built (replicas and SimPy processes form
+    # reference cycles, so they would otherwise live until the next garbage collection).
+    iterations = recorder.pop_iteration_records()
+    return SimulationOutput(recorder.pop_request_records(requests), iterations, env.now / 1e9, blocks_per_engine)
 
 
 def _run(env: simpy.Environment, replicas: list[Replica], num_requests: int, progress: bool) -> None:

@@ -91,7 +91,7 @@ class KVCache:
 
     def free(self, request_ids: np.ndarray) -> None:
         """Return all blocks of these requests (finished or preempted)."""
-        self.free_blocks += int(self.blocks_held[request_ids].sum())
+        self.free_blocks += sum(self.blocks_held[request_ids].tolist())
         self.blocks_held[request_ids] = 0
 
     def decode_run_steps(self, request_ids: np.ndarray, kv_tokens: np.ndarray, max_steps: int) -> tuple[int, np.ndarray]:

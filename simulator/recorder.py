@@ -24,7 +24,7 @@ class Recorder:
     """Iteration rows and token emissions of one simulation.
 
     Everything goes into flat `array.array` buffers of int64 (8 bytes a value, amortised O(1) appends, no
-    Python object per row); `iteration_records` and `token_times` view them as numpy arrays at the end.
+    Python object per row); `pop_iteration_records` and `pop_request_records` build numpy columns at the end.
     """
 
     def __init__(self, kv_block_size: int):
@@ -41,10 +41,6 @@ class Recorder:
         self._emit_ids = array("q")
         self._emit_steps = array("q")
         self._emit_times_ns = array("q")
-
-    def clear(self) -> None:
-        """Drop the buffers (once the records are built) so their memory is freed at once."""
-        self.__init__(self.kv_block_size)
 
     def add_iteration(self, replica_id: int, stage: int, start_ns: int, duration_ns: int, batch_size: int,
                       num_prefill_tokens: int, num_decode_tokens: int, kv_blocks_used: int) -> None:
@@ -108,9 +104,11 @@ class Recorder:
             token_times_s[offsets[lo]: offsets[hi]] = times_s[instant]
         return token_times_s, offsets
 
-    def iteration_records(self) -> IterationRecords:
-        """All iteration rows, sorted by start time (then replica, then stage)."""
+    def pop_iteration_records(self) -> IterationRecords:
+        """All iteration rows, sorted by start time. Empties the iteration
+        buffers, so that their memory is free before the token times are built."""
         columns = {name: [] for name in ITERATION_COLUMNS}
+        rows = runs = ends = durations = None
         if self._rows:
             rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS))
             for i, name in enumerate(ITERATION_COLUMNS):
@@ -129,10 +127,14 @@ class Recorder:
             columns["num_decode_tokens"].append(batch)
             columns["kv_blocks_used"].append(decode_run_blocks_used(
                 runs[:, 3], np.frombuffer(self._run_spare_slots, np.int64), runs[:, 1], steps, self.kv_block_size))
-        cols = {name: np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-                for name, parts in columns.items()}
-        order = np.lexsort((cols["stage"], cols["replica_id"], cols["start_ns"]))
-        cols = {name: values[order] for name, values in cols.items()}
+        cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64) for name, parts in columns.items()}
+        del columns, rows, runs, ends, durations  # release the buffers' views, then the buffers
+        self._rows, self._runs, self._run_end_ns, self._run_duration_ns, self._run_spare_slots = (
+            array("q") for _ in range(5))
+        # Both row groups are nearly in time order already: a stable sort merges them quickly.
+        order = np.argsort(cols["start_ns"], kind="stable")
+        for name in cols:
+            cols[name] = cols[name][order]
         return IterationRecords(
             replica_id=cols["replica_id"], stage=cols["stage"], start_s=cols["start_ns"] / 1e9,
             duration_s=cols["duration_ns"] / 1e9, batch_size=cols["batch_size"],
@@ -140,8 +142,10 @@ class Recorder:
             kv_blocks_used=cols["kv_blocks_used"],
         )
 
-    def request_records(self, requests: RequestState) -> RequestRecords:
+    def pop_request_records(self, requests: RequestState) -> RequestRecords:
+        """Per-request records with every token's time. Empties the emission buffers."""
         token_times_s, token_offsets = self.token_times(len(requests))
+        self._emit_sizes, self._emit_ids, self._emit_steps, self._emit_times_ns = (array("q") for _ in range(4))
 
         def seconds(ns: np.ndarray) -> np.ndarray:
             return np.where(ns == NOT_YET, np.nan, ns / 1e9)

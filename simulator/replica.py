@@ -116,11 +116,11 @@ class Replica:
                 yield from self._idle()
                 continue
             kv_tokens = self.requests.computed_tokens[batch.request_ids]
-            self._check_allocated(engine, batch, kv_tokens)
             num_decode = self._num_decodes(batch, kv_tokens)
             if fast and num_decode == len(batch):
                 yield from self._decode_run(engine, batch.request_ids, kv_tokens)
                 continue
+            self._check_allocated(engine, batch, kv_tokens)
             start = env.now
             self._mark_first_scheduled(batch.request_ids, start)
             duration = second_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens)[0])
@@ -137,6 +137,8 @@ class Replica:
         remaining = req.output_tokens[ids] - generated
         max_steps = min(remaining.tolist())
         steps, spare_slots = engine.kv.decode_run_steps(ids, kv_tokens, max_steps)
+        if min(spare_slots.tolist()) < 1:  # the first step's slot was not allocated
+            self._check_allocated(engine, Batch(ids, np.ones(len(ids), np.int64)), kv_tokens)
         step_ns = seconds_to_duration_ns(self.predictor.decode_run_stage_times_s(kv_tokens, steps)[:, 0])
         ends = np.cumsum(step_ns) + start  # integer sums: exactly the instants stepping would reach
         self._in_decode_run = True
@@ -254,5 +256,5 @@ class Replica:
         engine.kv.free(done)
         engine.finish(done)
         self.outstanding_requests -= len(done)
-        self.outstanding_tokens -= int((req.prompt_tokens[done] + req.output_tokens[done]).sum())
+        self.outstanding_tokens -= sum(req.prompt_tokens[done].tolist()) + sum(req.output_tokens[done].tolist())
         self.completed += len(done)

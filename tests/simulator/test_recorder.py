@@ -27,7 +27,7 @@ def test_iteration_rows_and_decode_runs_are_merged_in_time_order():
     # Two requests with 1 and 4 spare slots: at the run's steps 2 and 5 they need new blocks.
     rec.add_decode_run(0, np.array([200, 300, 400, 500, 600]), np.array([100] * 5), 2, 5, np.array([1, 4]))
     rec.add_iteration(1, 0, 50, 100, 1, 7, 0, 1)
-    it = rec.iteration_records()
+    it = rec.pop_iteration_records()
     assert (it.start_s * 1e9).round().astype(int).tolist() == [0, 50, 100, 200, 300, 400, 500]
     assert it.replica_id.tolist() == [0, 1, 0, 0, 0, 0, 0]
     assert it.kv_blocks_used.tolist() == [5, 1, 5, 6, 6, 6, 7]
