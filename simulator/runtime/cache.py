@@ -53,8 +53,11 @@ def save(fitted: FittedRuntime, key: str, version: str, directory: Path | None =
         "key": key, "version": version, "npz_sha256": hashlib.sha256(npz_path.read_bytes()).hexdigest(),
         "model_name": fitted.model_name, "hardware_profile": fitted.hardware_profile, "tp": fitted.tp,
         "attention_family": fitted.attention_family, "attention_q_heads": fitted.attention_q_heads,
+        "attention_kv_heads": fitted.attention_kv_heads,
         "attention_block_m": fitted.attention_block_m, "num_sms": fitted.num_sms,
         "chosen": fitted.chosen, "fit_seconds": fitted.fit_seconds,
+        "calibration_scale": fitted.calibration_scale, "calibration_layer_ms": fitted.calibration_layer_ms,
+        "calibration_rows": fitted.calibration_rows,
         "scores": {op: {fam: asdict(s) for fam, s in fams.items()} for op, fams in fitted.scores.items()},
     }
     _atomic_write(directory / f"{key}.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
@@ -79,8 +82,11 @@ def load(key: str, version: str, directory: Path | None = None) -> FittedRuntime
             model_name=meta["model_name"], hardware_profile=meta["hardware_profile"], tp=int(meta["tp"]),
             grid_tokens=arrays["grid_tokens"], op_ms=ops, attention_family=meta["attention_family"],
             attention_coef=arrays["attention_coef"], attention_trees=trees,
-            attention_q_heads=int(meta["attention_q_heads"]), attention_block_m=int(meta["attention_block_m"]),
+            attention_q_heads=int(meta["attention_q_heads"]),
+            attention_kv_heads=int(meta["attention_kv_heads"]), attention_block_m=int(meta["attention_block_m"]),
             num_sms=int(meta["num_sms"]), chosen=dict(meta["chosen"]), fit_seconds=float(meta["fit_seconds"]),
+            calibration_scale=float(meta["calibration_scale"]),
+            calibration_layer_ms=float(meta["calibration_layer_ms"]), calibration_rows=int(meta["calibration_rows"]),
             scores={op: {fam: FamilyScore(**s) for fam, s in fams.items()} for op, fams in meta["scores"].items()},
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):

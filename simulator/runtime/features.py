@@ -13,25 +13,38 @@ launch fills the GPU. All in tokens (or token pairs) of one layer on one tensor-
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-# Columns of the attention feature matrix, in order (see attention_features).
+# Columns of the attention feature matrix, in order (see batch_attention_features).
+# A launch of decodes only (every q = 1) runs FlashAttention's decode path (grouped query heads packed
+# into one thread block, KV split across blocks): much cheaper per KV token than a launch with a prefill
+# chunk in it, where every sequence, decodes included, is walked by 128-row query blocks per query head.
+# So decode terms are kept apart by launch kind.
 ATTENTION_FEATURES = [
-    "launch",             # 1: one kernel launch
-    "prefill_pairs",      # sum over prefill chunks of q*kv + q(q+1)/2 (score entries; FLOPs / (4 hd heads))
-    "decode_kv_tokens",   # sum over decodes of kv + 1 (KV tokens each decode streams from HBM)
-    "prefill_kv_reads",   # sum over chunks of ceil(q/block_m) * (kv + q/2): KV tokens query blocks re-read
-    "prefill_q_tokens",   # sum of chunk lengths (Q read, O written, softmax rows)
+    "launch",                    # 1: one kernel launch
+    "prefill_pairs",             # sum over chunks (q > 1) of q*kv + q(q+1)/2: score entries (FLOPs / (4 hd heads))
+    "decode_kv_tokens",          # decode-only launch: sum of kv + 1 (KV each decode streams from HBM)
+    "prefill_kv_reads",          # sum over chunks of ceil(q/block_m) * (kv + q/2): KV re-read by query blocks
+    "prefill_q_tokens",          # sum of chunk lengths (Q read, O written, softmax rows)
     "num_decodes",
     "num_prefills",
-    "max_context_tokens",  # longest sequence: its last query block is the critical path
-    "sm_load_tokens",      # max(critical path, total query-block work / SMs): time when the GPU is full
+    "max_prefill_context",       # longest chunk's kv + q: its last query block is a critical path
+    "sm_load_tokens",            # max(longest sequence, all query-block work / SMs): time of a full GPU
+    "mixed_decode_kv_tokens",    # launch with a chunk: sum over its decodes of kv + 1 (walked like a chunk)
+    "unsplit_decode_critical",   # decode-only launch without KV splits: longest kv + 1 (one block walks it)
+    "max_mixed_decode_context",  # launch with a chunk: its longest decode's kv + 1
+    "split_decode_critical",     # decode-only launch with KV splits: KV tokens of one split of the longest
+    "split_decode_blocks",       # decode-only launch with KV splits: thread blocks (their partial results
+                                 # are combined by a second kernel)
 ]
-PREFILL_TERMS = ("prefill_pairs", "prefill_kv_reads", "prefill_q_tokens", "num_prefills")
-DECODE_TERMS = ("decode_kv_tokens", "num_decodes")
+PREFILL_TERMS = ("prefill_pairs", "prefill_kv_reads", "prefill_q_tokens", "num_prefills", "max_prefill_context")
+DECODE_TERMS = ("decode_kv_tokens", "num_decodes", "mixed_decode_kv_tokens", "unsplit_decode_critical",
+                "max_mixed_decode_context", "split_decode_critical", "split_decode_blocks")
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,41 @@ class AttentionShape:
     """What the attention kernel of one layer on one shard looks like."""
 
     q_heads: int  # query heads on this shard
+    kv_heads: int = 0  # KV heads on this shard (0: same as q_heads)
     block_m: int = 128  # query rows per thread block (FlashAttention-2 forward, head_dim 128)
     num_sms: int = 132  # streaming multiprocessors (H100 SXM / H200: 132)
+    split_block_n: int = 128  # KV tokens per block of FlashAttention-2's split-KV kernel (head_dim 128)
+
+    def decode_split(self, num_seqs: int, max_context: int) -> tuple[int, int]:
+        """(KV splits, KV tokens per split) FlashAttention-2 picks for a decode-only launch."""
+        # With grouped queries and one query per sequence, FA2 packs a KV head's query heads into one
+        # thread block (seqlenq_ngroups_swapped): the grid then spans sequences x KV heads.
+        heads = self.kv_heads if 0 < self.kv_heads < self.q_heads else self.q_heads
+        kv_blocks = -(-max_context // self.split_block_n)
+        splits = fa2_num_splits(num_seqs * heads, 2 * self.num_sms, kv_blocks)
+        return splits, -(-kv_blocks // splits) * self.split_block_n
+
+
+@functools.lru_cache(maxsize=65536)
+def fa2_num_splits(batch_heads_mblocks: int, num_sm_slots: int, num_n_blocks: int, max_splits: int = 128) -> int:
+    """FlashAttention-2's num_splits_heuristic (flash_api.cpp; PyTorch's copy is the same): how many
+    parts a launch splits each sequence's KV into so that the thread blocks fill the GPU's waves."""
+    if batch_heads_mblocks >= 0.8 * num_sm_slots:
+        return 1
+    max_splits = min(max_splits, num_sm_slots, num_n_blocks)
+
+    def eligible(s: int) -> bool:
+        return s == 1 or -(-num_n_blocks // s) != -(-num_n_blocks // (s - 1))
+
+    efficiency = []
+    for s in range(1, max_splits + 1):
+        waves = batch_heads_mblocks * s / num_sm_slots
+        efficiency.append(waves / math.ceil(waves) if eligible(s) else 0.0)
+    best = max(efficiency, default=0.0)
+    for s in range(1, max_splits + 1):
+        if eligible(s) and efficiency[s - 1] >= 0.85 * best:
+            return s
+    return 1
 
 
 # Both functions below compute every feature from exact integer sums, in the same order, so the
@@ -60,11 +106,14 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     kv_max = int(np.maximum.reduce(kv_tokens))
     if num_tokens == n:  # decode-only: every q is 1
         work2 = 2 * kv_sum + 2 * n
-        return [1.0, 0, kv_sum + n, 0, 0, n, 0, kv_max + 1,
-                max(kv_max + 1, shape.q_heads * work2 / (2 * shape.num_sms))]
-    prefill = (q_tokens > 1).nonzero()[0]
-    pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = 0
-    max_ctx = kv_max + 1  # >= every decode's context; a prefill's own is checked below
+        longest = kv_max + 1
+        splits, split_tokens = shape.decode_split(n, longest)
+        return [1.0, 0, kv_sum + n, 0, 0, n, 0, 0, max(longest, shape.q_heads * work2 / (2 * shape.num_sms)),
+                0, longest if splits == 1 else 0, 0, min(longest, split_tokens) if splits > 1 else 0,
+                n * splits if splits > 1 else 0]
+    is_prefill = q_tokens > 1
+    prefill = is_prefill.nonzero()[0]
+    pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = max_prefill = 0
     for q, kv in zip(q_tokens[prefill].tolist(), kv_tokens[prefill].tolist()):
         blocks = -(-q // shape.block_m)
         pairs += q * kv + q * (q + 1) // 2
@@ -72,13 +121,15 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
         prefill_q += q
         prefill_kv += kv
         prefill_work2 += 2 * blocks * kv + q * (blocks + 1)
-        max_ctx = max(max_ctx, q + kv)
+        max_prefill = max(max_prefill, q + kv)
     num_prefills = len(prefill)
     num_decodes = n - num_prefills
     decode_kv = kv_sum - prefill_kv + num_decodes
+    max_decode = int(np.maximum.reduce(kv_tokens[~is_prefill])) + 1 if num_decodes else 0
     work2 = 2 * decode_kv + prefill_work2
-    return [1.0, pairs, decode_kv, reads2 / 2, prefill_q, num_decodes, num_prefills, max_ctx,
-            max(max_ctx, shape.q_heads * work2 / (2 * shape.num_sms))]
+    return [1.0, pairs, 0, reads2 / 2, prefill_q, num_decodes, num_prefills, max_prefill,
+            max(max_prefill, max_decode, shape.q_heads * work2 / (2 * shape.num_sms)),
+            decode_kv, 0, max_decode, 0, 0]
 
 
 def decode_run_attention_features(kv_tokens: np.ndarray, num_steps: int, shape: AttentionShape) -> list:
@@ -86,11 +137,20 @@ def decode_run_attention_features(kv_tokens: np.ndarray, num_steps: int, shape: 
     contexts kv_tokens + k: a list of per-feature arrays of length num_steps (constants as numbers)."""
     n = len(kv_tokens)
     steps = np.arange(num_steps, dtype=np.int64)
-    kv_sum = int(kv_tokens.sum()) + n * steps  # exact: sum(kv + k) = sum(kv) + n k
-    kv_max = int(kv_tokens.max()) + steps
+    kv_sum = int(np.add.reduce(kv_tokens)) + n * steps  # exact: sum(kv + k) = sum(kv) + n k
+    longest = int(np.maximum.reduce(kv_tokens)) + 1 + steps
     work2 = 2 * kv_sum + 2 * n
-    return [1.0, 0, kv_sum + n, 0, 0, n, 0, kv_max + 1,
-            np.maximum(kv_max + 1, shape.q_heads * work2 / (2 * shape.num_sms))]
+    # The split choice changes only when the longest context crosses a KV block: evaluate it per block.
+    first_block = (int(longest[0]) - 1) // shape.split_block_n if num_steps else 0
+    block_of_step = (longest - 1) // shape.split_block_n - first_block
+    per_block = [shape.decode_split(n, (first_block + b + 1) * shape.split_block_n)
+                 for b in range(int(block_of_step[-1]) + 1 if num_steps else 0)]
+    splits = np.array([p[0] for p in per_block], dtype=np.int64)[block_of_step]
+    split_tokens = np.array([p[1] for p in per_block], dtype=np.int64)[block_of_step]
+    split = splits > 1
+    return [1.0, 0, kv_sum + n, 0, 0, n, 0, 0, np.maximum(longest, shape.q_heads * work2 / (2 * shape.num_sms)),
+            0, np.where(split, 0, longest), 0, np.where(split, np.minimum(longest, split_tokens), 0),
+            np.where(split, n * splits, 0)]
 
 
 def attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape: AttentionShape) -> np.ndarray:
@@ -160,7 +220,13 @@ def affine_work(num_tokens: np.ndarray, flops: np.ndarray, bytes_: np.ndarray, s
         if len(np.unique(n)) < 2:
             coefs.append((0.0, float(y.mean() / max(n.mean(), 1.0))))
             continue
-        (fixed, per_token), *_ = np.linalg.lstsq(design, y, rcond=None)
+        if not np.any(y):
+            coefs.append((0.0, 0.0))
+            continue
+        # Relative least squares: the CSV keeps ~6 significant digits, so small counts must weigh as
+        # much as large ones.
+        weight = 1.0 / np.maximum(np.abs(y), 1e-300)
+        (fixed, per_token), *_ = np.linalg.lstsq(design * weight[:, None], y * weight, rcond=None)
         error = np.abs(design @ [fixed, per_token] - y) / np.maximum(np.abs(y), 1.0)
         if error.max() > 1e-3:
             raise ValueError(f"{source}: column '{name}' is not an affine function of num_tokens")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import nnls
 from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 
@@ -72,8 +73,11 @@ def token_op_families() -> dict:
 
 ATTENTION_ADDITIVE = ("launch", "num_decodes", "num_prefills", "prefill_q_tokens")
 ATTENTION_COMPUTE = ("prefill_pairs",)
-ATTENTION_MEMORY = ("decode_kv_tokens", "prefill_kv_reads")
-ATTENTION_CRITICAL = ("max_context_tokens",)
+ATTENTION_ADDITIVE = ATTENTION_ADDITIVE + ("split_decode_blocks",)
+ATTENTION_MEMORY = ("decode_kv_tokens", "prefill_kv_reads", "mixed_decode_kv_tokens")
+# One critical path per kind of thread block: a launch is at least as slow as its slowest block.
+ATTENTION_CRITICAL = (("max_prefill_context",), ("unsplit_decode_critical",), ("max_mixed_decode_context",),
+                      ("split_decode_critical",))
 
 
 def attention_families() -> dict:
@@ -81,12 +85,13 @@ def attention_families() -> dict:
     cols = lambda names: [F.ATTENTION_FEATURES.index(c) for c in names]  # noqa: E731
     # Compute and memory as separate limits (a launch is as slow as the slower), or as one sum (prefill
     # and decode thread blocks take turns on the SMs); both against the critical path.
+    critical = tuple(cols(branch) for branch in ATTENTION_CRITICAL)
     roofline_max = RooflineMaxRegressor(
         additive_columns=cols(ATTENTION_ADDITIVE),
-        branches=(cols(ATTENTION_COMPUTE), cols(ATTENTION_MEMORY), cols(ATTENTION_CRITICAL)))
+        branches=(cols(ATTENTION_COMPUTE), cols(ATTENTION_MEMORY), *critical))
     roofline_sum_max = RooflineMaxRegressor(
         additive_columns=cols(ATTENTION_ADDITIVE),
-        branches=(cols(ATTENTION_COMPUTE + ATTENTION_MEMORY), cols(ATTENTION_CRITICAL)))
+        branches=(cols(ATTENTION_COMPUTE + ATTENTION_MEMORY), *critical))
     non_constant = list(range(1, len(F.ATTENTION_FEATURES)))
     return {
         "roofline_linear": RooflineLinearRegressor(fit_intercept=False),
@@ -140,10 +145,12 @@ def score_families(families: dict, X: np.ndarray, y: np.ndarray, groups: np.ndar
     return scores
 
 
-def token_range_groups(num_tokens: np.ndarray, num_regions: int = 5) -> np.ndarray:
-    """Group label per row: contiguous blocks of the sorted distinct token counts (a held-out block
-    is a whole token range, so interior folds test interpolation and end folds extrapolation)."""
+def token_range_groups(num_tokens: np.ndarray, points_per_region: int = 4) -> np.ndarray:
+    """Group label per row: contiguous blocks of `points_per_region` sorted distinct token counts (a
+    held-out block is a whole token range, e.g. 640..1024 on the profiler's ladder, so interior blocks
+    test interpolation across the gap and the end blocks extrapolation)."""
     distinct = np.unique(num_tokens)
+    num_regions = max(2, -(-len(distinct) // points_per_region))
     block_of = {n: min(i * num_regions // len(distinct), num_regions - 1) for i, n in enumerate(distinct)}
     return np.array([block_of[n] for n in num_tokens])
 
@@ -192,15 +199,21 @@ class FittedRuntime:
     attention_coef: np.ndarray  # (1 + branches, features): time_ms = a.x + max_g(b_g.x)
     attention_trees: dict[str, np.ndarray] | None  # oblivious-tree arrays, or None (linear only)
     attention_q_heads: int
+    attention_kv_heads: int
     attention_block_m: int
     num_sms: int
+    # measured whole iteration ~= calibration_scale x (sum of kernel times) + calibration_layer_ms x layers
+    # (see fit_iteration_calibration); 1 and 0 when no iterations were measured.
+    calibration_scale: float = 1.0
+    calibration_layer_ms: float = 0.0
+    calibration_rows: int = 0
     chosen: dict[str, str] = field(default_factory=dict)  # op -> family kept
     scores: dict[str, dict[str, FamilyScore]] = field(default_factory=dict)  # op -> family -> score
     fit_seconds: float = 0.0
 
     def attention_shape(self) -> F.AttentionShape:
-        return F.AttentionShape(q_heads=self.attention_q_heads, block_m=self.attention_block_m,
-                                num_sms=self.num_sms)
+        return F.AttentionShape(q_heads=self.attention_q_heads, kv_heads=self.attention_kv_heads,
+                                block_m=self.attention_block_m, num_sms=self.num_sms)
 
 
 def peaks_for(hardware: HardwareConfig, meta: dict) -> F.Peaks:
@@ -232,6 +245,21 @@ def fit_token_op(X: np.ndarray, y: np.ndarray, families: dict) -> tuple[str, obj
     scores = score_families(families, X, y, groups)
     name = min(scores, key=lambda k: scores[k].score)
     return name, clone(families[name]).fit(X, y), scores
+
+
+def fit_iteration_calibration(summed_ms: np.ndarray, measured_ms: np.ndarray,
+                              num_layers: np.ndarray) -> tuple[float, float]:
+    """(scale, ms per layer) with measured ~= scale * summed + per_layer * layers, both >= 0, fitted on
+    relative error.
+
+    Why: the op tables time each kernel alone, back to back with independent copies of itself, so one
+    launch's tail overlaps the next one's head; in a forward pass every kernel waits for the one before
+    (scale), and a layer also runs kernels no table holds (the KV-cache writes, views made contiguous:
+    per layer). Both are properties of the GPU and the step, measured by the whole-iteration runs.
+    """
+    design = np.column_stack([summed_ms, num_layers]) / measured_ms[:, None]
+    (scale, per_layer), _ = nnls(design, np.ones(len(measured_ms)))
+    return float(scale), float(per_layer)
 
 
 def attention_coefficients(estimator) -> np.ndarray:
@@ -282,7 +310,8 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
         op_ms[op] = estimator.predict(F.token_features(grid, work, peaks, out_features.get(op, 0)).to_numpy())
         chosen[op], scores[op] = name, op_scores
 
-    shape = F.AttentionShape(q_heads=model.num_q_heads // tp, num_sms=peaks.num_sms)
+    shape = F.AttentionShape(q_heads=model.num_q_heads // tp, kv_heads=model.kv_heads_per_gpu(tp),
+                             num_sms=peaks.num_sms)
     X, y = attention_data(attention, shape)
     families = attention_families()
     groups = attention_region_groups(attention)
@@ -298,6 +327,7 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
     return FittedRuntime(
         model_name=model.name, hardware_profile=hardware.profile, tp=tp, grid_tokens=grid, op_ms=op_ms,
         attention_family=name, attention_coef=coef, attention_trees=trees,
-        attention_q_heads=shape.q_heads, attention_block_m=shape.block_m, num_sms=shape.num_sms,
+        attention_q_heads=shape.q_heads, attention_kv_heads=shape.kv_heads, attention_block_m=shape.block_m,
+        num_sms=shape.num_sms,
         chosen=chosen, scores=scores, fit_seconds=time.perf_counter() - start,
     )

@@ -107,12 +107,6 @@ class RooflineMaxRegressor(RegressorMixin, BaseEstimator):
             raise ValueError("branches must name at least one column")
         scale = np.maximum(X.max(axis=0), 1e-300)
         Xs = X / scale
-        # Start: each branch's coefficients from an additive fit of fixed + all branch terms, shared out.
-        start = RooflineLinearRegressor(columns=list(np.flatnonzero(masks.any(axis=0))), fit_intercept=False)
-        start_coef = start.fit(X, y).full_coef() * scale
-        start_coef = np.where(start_coef > 0, start_coef, 0.05 * np.median(y))
-        theta0 = (masks * start_coef)[masks]
-
         def coefficients(theta_free):
             coef = np.zeros(masks.shape)
             coef[masks] = theta_free
@@ -122,9 +116,38 @@ class RooflineMaxRegressor(RegressorMixin, BaseEstimator):
             coef = coefficients(theta_free)
             return (Xs @ coef[0] + (Xs @ coef[1:].T).max(axis=1)) / y - 1.0
 
-        solution = least_squares(residual, theta0, bounds=(0.0, np.inf), method="trf", x_scale="jac",
-                                 max_nfev=300)
-        self.coef_ = coefficients(solution.x) / scale  # rows: additive, then one per branch
+        # Two starts; the max() makes the loss flat where a branch is never the slowest, so the start
+        # decides which branches get to matter. (1) every branch term as a lower bound: time >= c x, c a
+        # low quantile of time / x; fixed costs at a share of the fastest launch. (2) an additive fit.
+        bound = np.zeros(masks.shape)
+        for g in range(1, len(masks)):
+            for j in np.flatnonzero(masks[g]):
+                nonzero = Xs[:, j] > 0
+                if nonzero.any():
+                    bound[g, j] = np.quantile(y[nonzero] / Xs[nonzero, j], 0.05) / masks[g].sum()
+        if masks[0].any():
+            bound[0, masks[0]] = 0.5 * y.min() / np.maximum(Xs[:, masks[0]].max(axis=0), 1e-12) / masks[0].sum()
+        additive = RooflineLinearRegressor(columns=list(np.flatnonzero(masks.any(axis=0))), fit_intercept=False)
+        additive_coef = additive.fit(X, y).full_coef() * scale
+        additive_coef = np.where(additive_coef > 0, additive_coef, 0.05 * np.median(y))
+        solution = None
+        for start in (bound[masks], (masks * additive_coef)[masks]):
+            candidate = least_squares(residual, np.maximum(start, 1e-12), bounds=(0.0, np.inf), method="trf",
+                                      x_scale="jac", max_nfev=300)
+            if solution is None or candidate.cost < solution.cost:
+                solution = candidate
+        coef = coefficients(solution.x) / scale  # rows: additive, then one per branch
+        # A one-column branch whose feature is zero in every training row was never constrained; give
+        # it the median rate the other one-column branches learned (they are all "tokens one thread
+        # block walks"), so a held-out kind of launch still gets a critical path.
+        single = [g for g in range(1, len(masks)) if masks[g].sum() == 1]
+        seen = [g for g in single if (X[:, masks[g]] > 0).any()]
+        if seen:
+            typical = float(np.median([coef[g, masks[g]][0] for g in seen]))
+            for g in single:
+                if g not in seen:
+                    coef[g, masks[g]] = typical
+        self.coef_ = coef
         return self
 
     def predict(self, X):

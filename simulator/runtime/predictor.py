@@ -15,6 +15,7 @@ attention feature vector (a few numpy reductions), a dot product and table look-
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,21 @@ from simulator.runtime.features import (
     linear_combination,
     sparse_coefficients,
 )
-from simulator.runtime.fit import GRID_DENSE_TOKENS, FittedRuntime, code_version, fit_runtime
-from simulator.runtime.tables import ProfileFiles, file_digest, profile_files, read_comm
+from simulator.runtime.fit import (
+    GRID_DENSE_TOKENS,
+    FittedRuntime,
+    code_version,
+    fit_iteration_calibration,
+    fit_runtime,
+)
+from simulator.runtime.tables import (
+    ProfileFiles,
+    file_digest,
+    profile_files,
+    read_comm,
+    read_iterations,
+    validation_csv,
+)
 
 LINEAR_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down")
 # Per layer: two norms and two residual adds (before attention and before the MLP).
@@ -145,13 +159,16 @@ class RuntimePredictor:
             "logits_comm": TokenTable(grid, all_reduce.ms(logits_bytes) if all_reduce else zeros),
             "send": TokenTable(grid, send.ms(activation_bytes) if send else zeros),
         }
-        # Fused tables for the hot path: everything per layer that depends on N alone, and the
-        # extras of the first and last stage.
-        layer = self._tables["linear"].values + self._tables["layer_other"].values + layer_comm
-        self._layer = TokenTable(grid, layer)
-        self._first_tokens = TokenTable(grid, self._tables["embedding"].values + self._tables["embedding_comm"].values)
-        self._last_tokens = TokenTable(grid, self._tables["final_norm"].values)
-        self._last_seqs = TokenTable(grid, self._tables["lm_head_sampling"].values + self._tables["logits_comm"].values)
+        # Fused tables for the hot path: everything per layer that depends on N alone (kernels, then
+        # communication), and the extras of the first and last stage, kernel times calibrated.
+        self._scale = fitted.calibration_scale
+        self._layer_extra_ms = fitted.calibration_layer_ms
+        t = self._tables
+        self._layer = TokenTable(grid, t["linear"].values + t["layer_other"].values)
+        self._layer_comm = t["layer_comm"]
+        self._first_tokens = TokenTable(grid, self._scale * t["embedding"].values + t["embedding_comm"].values)
+        self._last_tokens = TokenTable(grid, self._scale * t["final_norm"].values)
+        self._last_seqs = TokenTable(grid, self._scale * t["lm_head_sampling"].values + t["logits_comm"].values)
 
     # ------------------------------------------------------------------ attention
 
@@ -218,7 +235,8 @@ class RuntimePredictor:
     def _stage_ms(self, num_tokens: int, num_seqs: int, attention_ms) -> list:
         """Milliseconds of each stage given one layer's attention time (a float, or an array of them:
         the same operations in the same order either way, so both paths agree bit for bit)."""
-        per_layer = self._layer.ms(num_tokens) + attention_ms
+        per_layer = (self._layer.ms(num_tokens) + attention_ms) * self._scale + (
+            self._layer_extra_ms + self._layer_comm.ms(num_tokens))
         first = self._first_tokens.ms(num_tokens) + self.cpu.seconds(num_seqs) * 1e3
         last = self._last_tokens.ms(num_tokens) + self._last_seqs.ms(num_seqs)
         if self.num_stages == 1:
@@ -255,14 +273,16 @@ class RuntimePredictor:
         t = self._tables
         tables_ms = {name: table.ms(seqs if name in ("lm_head_sampling", "logits_comm") else n)
                      for name, table in t.items()}
+        k = self._scale  # kernel times are calibrated; communication and CPU are not
         out = {
-            "attention_prefill": attention * prefill_share * layers,
-            "attention_decode": attention * (1 - prefill_share) * layers,
-            "linear": tables_ms["linear"] * layers,
-            "other_ops": tables_ms["layer_other"] * layers + tables_ms["embedding"] + tables_ms["final_norm"],
+            "attention_prefill": k * attention * prefill_share * layers,
+            "attention_decode": k * attention * (1 - prefill_share) * layers,
+            "linear": k * tables_ms["linear"] * layers,
+            "other_ops": k * (tables_ms["layer_other"] * layers + tables_ms["embedding"] + tables_ms["final_norm"])
+            + self._layer_extra_ms * layers,
             "communication": tables_ms["layer_comm"] * layers + tables_ms["embedding_comm"]
             + tables_ms["logits_comm"] + tables_ms["send"] * (self.num_stages - 1),
-            "lm_head_sampling": tables_ms["lm_head_sampling"],
+            "lm_head_sampling": k * tables_ms["lm_head_sampling"],
             "cpu_overhead": self.cpu.seconds(seqs) * 1e3,
         }
         return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist())
@@ -276,18 +296,39 @@ def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files:
     """The FittedRuntime of (model, hardware, tp): from the on-disk cache when it is valid, else fitted
     (then cached). The cache key covers the profile files' bytes, the configs, tp and the code."""
     version = code_version()
+    validation = validation_csv(model, hardware)
     key = cache.cache_key([
-        version, file_digest([files.ops_csv, files.attention_csv, files.meta_json]),
+        version, file_digest([files.ops_csv, files.attention_csv, files.meta_json, validation]),
         json.dumps(model.__dict__, sort_keys=True), json.dumps(hardware.__dict__, sort_keys=True), str(tp),
     ])
     fitted = cache.load(key, version, cache_directory)
     if fitted is None:
         fitted = fit_runtime(model, hardware, tp, files, progress=progress)
+        if validation is not None and validation.exists():
+            calibrate(fitted, model, read_iterations(validation))
         try:
             cache.save(fitted, key, version, cache_directory)
         except OSError:
             pass  # a read-only cache directory only costs a refit next time
     return fitted
+
+
+def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations) -> None:
+    """Set fitted's calibration from measured whole iterations of the same TP degree (else none)."""
+    rows = iterations[iterations["tp"] == fitted.tp]
+    if len(rows) < 10:
+        return
+    summed, layers = [], []
+    for row in rows.itertuples():
+        shaped = dataclasses.replace(model, num_layers=int(row.num_layers))
+        raw = RuntimePredictor(dataclasses.replace(fitted, calibration_scale=1.0, calibration_layer_ms=0.0),
+                               shaped, 1, CpuOverhead(0.0))
+        q, kv = row.composition[:, 0], row.composition[:, 1]
+        summed.append(raw.stage_times_s(q, kv).sum() * 1e3)
+        layers.append(int(row.num_layers))
+    fitted.calibration_scale, fitted.calibration_layer_ms = fit_iteration_calibration(
+        np.array(summed), rows["time_ms"].to_numpy(dtype=float), np.array(layers, dtype=float))
+    fitted.calibration_rows = len(rows)
 
 
 def build_predictor(model: ModelConfig, hardware: HardwareConfig, tp: int, pp: int,

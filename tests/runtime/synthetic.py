@@ -63,14 +63,25 @@ def true_op_ms(model: ModelConfig, tp: int, op: str, n: float) -> float:
 
 
 def true_attention_ms(model: ModelConfig, tp: int, composition) -> float:
-    """A FlashAttention-like cost: launch + compute over allowed pairs + KV streaming, with a floor
-    at the longest sequence's own time (a nearly empty GPU cannot go faster than one thread block)."""
+    """A FlashAttention-2-like cost: launch + compute over allowed pairs + KV streaming, with a floor at
+    the slowest thread block (a nearly empty GPU cannot go faster). Decode-only launches read KV once per
+    KV head and, when they would not fill the GPU, split each sequence's KV over several blocks (FA2's
+    heuristic), which shortens the slowest block."""
+    from simulator.runtime.features import fa2_num_splits
+
     qh, kvh, hd = model.num_q_heads // tp, model.kv_heads_per_gpu(tp), model.head_dim
+    longest = max(q + p for q, p in composition)
+    per_token_block_ms = 4 * hd / (0.02 * BYTES_PER_MS)
+    if all(q == 1 for q, _ in composition):
+        kv_bytes = sum(1 + p for _, p in composition) * 4 * hd * kvh
+        blocks = -(-longest // 128)
+        splits = fa2_num_splits(len(composition) * kvh, 264, blocks)
+        slowest = min(longest, -(-blocks // splits) * 128) * per_token_block_ms
+        return 0.006 + max(kv_bytes / (0.8 * BYTES_PER_MS), slowest) + 0.0004 * len(composition)
     pairs = sum(q * p + q * (q + 1) / 2 for q, p in composition)
-    kv_bytes = sum((q + p) for q, p in composition) * 4 * hd * kvh
+    kv_bytes = sum((q + p) * -(-q // 128) for q, p in composition) * 4 * hd * qh
     work = max(4 * hd * qh * pairs / (0.6 * FLOPS_PER_MS), kv_bytes / (0.8 * BYTES_PER_MS))
-    longest = max(q + p for q, p in composition) * 4 * hd / (0.02 * BYTES_PER_MS)
-    return 0.006 + max(work, longest) + 0.0004 * len(composition)
+    return 0.006 + max(work, longest * per_token_block_ms) + 0.0004 * len(composition)
 
 
 def attention_compositions(seed: int = 0) -> list[list[list[int]]]:

@@ -29,7 +29,7 @@ BATCHES = [
     [[512, 0]],
     [[1, 1000]] * 32,
     [[256, 1024], [1, 100], [1, 2500]],
-    [[3000, 500]],                        # between profiled chunk lengths
+    [[1536, 500]],                        # between profiled chunk lengths (1024, 2048) and prefixes
     [[1, 3900]] * 100,                    # beyond profiled decode batch and context
     [[2560, 2500]],                       # slightly beyond the attention grid (chunks to 2048, prefixes to 2048)
 ]
