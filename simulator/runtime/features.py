@@ -27,7 +27,8 @@ import pandas as pd
 # So decode terms are kept apart by launch kind.
 ATTENTION_FEATURES = [
     "launch",                    # 1: one kernel launch
-    "prefill_pairs",             # sum over chunks (q > 1) of q*kv + q(q+1)/2: score entries (FLOPs / (4 hd heads))
+    "prefill_pairs",             # sum over chunks (q > 1) of q*kv + q(q+1)/2: score entries (FLOPs / (4 hd heads));
+                                 # in a launch with a chunk, decodes count as one-token chunks here and below
     "decode_kv_tokens",          # decode-only launch: sum of kv + 1 (KV each decode streams from HBM)
     "prefill_kv_reads",          # sum over chunks of ceil(q/block_m) * (kv + q/2): KV re-read by query blocks
     "prefill_q_tokens",          # sum of chunk lengths (Q read, O written, softmax rows)
@@ -59,11 +60,14 @@ class AttentionShape:
 
     def decode_split(self, num_seqs: int, max_context: int) -> tuple[int, int]:
         """(KV splits, KV tokens per split) FlashAttention-2 picks for a decode-only launch."""
-        # With grouped queries and one query per sequence, FA2 packs a KV head's query heads into one
-        # thread block (seqlenq_ngroups_swapped): the grid then spans sequences x KV heads.
-        heads = self.kv_heads if 0 < self.kv_heads < self.q_heads else self.q_heads
+        # With grouped queries and one query per sequence, FA2's varlen forward packs a KV head's query
+        # heads into one thread block (seqlenq_ngroups_swapped) and only then may split the KV; the grid
+        # spans sequences x KV heads. Without grouped queries it never splits (measured: llama-2-7b's
+        # single decodes cost their whole context on one block).
+        if not 0 < self.kv_heads < self.q_heads:
+            return 1, max_context
         kv_blocks = -(-max_context // self.split_block_n)
-        splits = fa2_num_splits(num_seqs * heads, 2 * self.num_sms, kv_blocks)
+        splits = fa2_num_splits(num_seqs * self.kv_heads, 2 * self.num_sms, kv_blocks)
         return splits, -(-kv_blocks // splits) * self.split_block_n
 
 
@@ -127,7 +131,10 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     decode_kv = kv_sum - prefill_kv + num_decodes
     max_decode = int(np.maximum.reduce(kv_tokens[~is_prefill])) + 1 if num_decodes else 0
     work2 = 2 * decode_kv + prefill_work2
-    return [1.0, pairs, 0, reads2 / 2, prefill_q, num_decodes, num_prefills, max_prefill,
+    # In a launch with a chunk, a decode is a one-token chunk to the kernel: one query block walking
+    # its kv + 1 keys. It adds to the chunk terms; the mixed_* terms let the fit adjust on top.
+    return [1.0, pairs + decode_kv, 0, (reads2 + 2 * decode_kv - num_decodes) / 2, prefill_q, num_decodes,
+            num_prefills, max(max_prefill, max_decode),
             max(max_prefill, max_decode, shape.q_heads * work2 / (2 * shape.num_sms)),
             decode_kv, 0, max_decode, 0, 0]
 

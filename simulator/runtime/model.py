@@ -105,8 +105,13 @@ class RooflineMaxRegressor(RegressorMixin, BaseEstimator):
         masks = self._masks(f)
         if len(masks) < 2 or not masks[1:].any():
             raise ValueError("branches must name at least one column")
-        scale = np.maximum(X.max(axis=0), 1e-300)
+        # Columns that are zero in every training row cannot be learned: they keep a zero coefficient.
+        scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)
+        masks &= (X > 0).any(axis=0)
         Xs = X / scale
+        if not masks[1:].any():
+            raise ValueError("every branch column is zero in the training rows")
+
         def coefficients(theta_free):
             coef = np.zeros(masks.shape)
             coef[masks] = theta_free
@@ -136,18 +141,7 @@ class RooflineMaxRegressor(RegressorMixin, BaseEstimator):
                                       x_scale="jac", max_nfev=300)
             if solution is None or candidate.cost < solution.cost:
                 solution = candidate
-        coef = coefficients(solution.x) / scale  # rows: additive, then one per branch
-        # A one-column branch whose feature is zero in every training row was never constrained; give
-        # it the median rate the other one-column branches learned (they are all "tokens one thread
-        # block walks"), so a held-out kind of launch still gets a critical path.
-        single = [g for g in range(1, len(masks)) if masks[g].sum() == 1]
-        seen = [g for g in single if (X[:, masks[g]] > 0).any()]
-        if seen:
-            typical = float(np.median([coef[g, masks[g]][0] for g in seen]))
-            for g in single:
-                if g not in seen:
-                    coef[g, masks[g]] = typical
-        self.coef_ = coef
+        self.coef_ = coefficients(solution.x) / scale  # rows: additive, then one per branch
         return self
 
     def predict(self, X):

@@ -35,9 +35,6 @@ from simulator.runtime import cache
 from simulator.runtime.comm import comm_curve
 from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
 from simulator.runtime.features import (
-    ATTENTION_FEATURES,
-    DECODE_TERMS,
-    PREFILL_TERMS,
     batch_attention_features,
     decode_run_attention_features,
     linear_combination,
@@ -64,8 +61,6 @@ LINEAR_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down")
 LAYER_OTHER_OPS = {"rope": 1, "act": 1, "rmsnorm": 2, "residual_add": 2}
 BREAKDOWN_KEYS = ("attention_prefill", "attention_decode", "linear", "other_ops", "communication",
                   "lm_head_sampling", "cpu_overhead")
-_PREFILL_IDX = [ATTENTION_FEATURES.index(t) for t in PREFILL_TERMS]
-_DECODE_IDX = [ATTENTION_FEATURES.index(t) for t in DECODE_TERMS]
 
 
 def layers_per_stage(num_layers: int, pp: int) -> np.ndarray:
@@ -260,16 +255,18 @@ class RuntimePredictor:
         n, seqs = int(q.sum()), len(q)
         layers = float(self.stage_layers.sum())
         attention, _ = self._batch_attention_ms(q, kv)
-        X = np.asarray(batch_attention_features(q, kv, self._shape), dtype=np.float64)
-        # Attribute the launch to prefill and decode by their own work terms (fixed and throughput);
-        # shared terms (launch, critical path) follow the same split; with no own terms, by sequences.
+        # Attribute the launch to prefill and decode by the chunks' share of its own terms (fixed and
+        # throughput): the chunks' terms computed as if launched alone, over the whole launch's.
         own = self._coef.sum(axis=0)
-        prefill_part = float(X[_PREFILL_IDX] @ own[_PREFILL_IDX])
-        decode_part = float(X[_DECODE_IDX] @ own[_DECODE_IDX])
-        if prefill_part + decode_part > 0:
-            prefill_share = prefill_part / (prefill_part + decode_part)
+        chunks = q > 1
+        if not chunks.any():
+            prefill_share = 0.0
+        elif chunks.all():
+            prefill_share = 1.0
         else:
-            prefill_share = float((q > 1).mean())
+            whole = float(np.asarray(batch_attention_features(q, kv, self._shape)) @ own)
+            alone = float(np.asarray(batch_attention_features(q[chunks], kv[chunks], self._shape)) @ own)
+            prefill_share = min(1.0, alone / whole) if whole > 0 else float(chunks.mean())
         t = self._tables
         tables_ms = {name: table.ms(seqs if name in ("lm_head_sampling", "logits_comm") else n)
                      for name, table in t.items()}
