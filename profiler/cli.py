@@ -45,7 +45,10 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _dtype(text: str) -> torch.dtype:
+def _dtype(text: str | None, device: torch.device) -> torch.dtype:
+    """--dtype, defaulting to bf16 on GPUs and float32 on CPUs (most CPUs emulate bf16 matmuls slowly)."""
+    if text is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     table = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if text not in table:
         raise SystemExit(f"--dtype {text}: expected one of {sorted(table)}")
@@ -54,7 +57,7 @@ def _dtype(text: str) -> torch.dtype:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default=None, help="bfloat16 (GPU default), float16, float32 (CPU default)")
     p.add_argument("--gpu", default=None, help="directory label (default: h100/h200/... from the device, or cpu)")
     p.add_argument("--backend", default=None, choices=["flash_attn", "torch_flash", "sdpa_masked"],
                    help="attention backend (default: the first that passes the correctness check)")
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="print environment facts and each attention backend's error vs a reference")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default=None)
 
     p = sub.add_parser("profile", help="ops.csv + attention.csv + meta.json per model")
     _common(p)
@@ -127,7 +130,8 @@ def _check(args, command) -> int:
     from profiler.attention import candidate_backends, check_backend
     from profiler.env import environment
 
-    device, dtype = _device(args.device), _dtype(args.dtype)
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
     report = {"environment": environment(device), "checks": []}
     for name in candidate_backends(device):
         try:
@@ -148,7 +152,8 @@ def _profile(args, command) -> int:
     from profiler.schema import OP_NAMES
     from profiler.timing import TimingSettings
 
-    device, dtype = _device(args.device), _dtype(args.dtype)
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
     models = [load_model(m) for m in (args.models or ALL_MODELS)]
     ops = args.ops or list(OP_NAMES)
     unknown = set(ops) - set(OP_NAMES)
@@ -173,7 +178,8 @@ def _iterations(args, command) -> int:
 
     from profiler.iterations import run_iterations
 
-    device, dtype = _device(args.device), _dtype(args.dtype)
+    device = _device(args.device)
+    dtype = _dtype(args.dtype, device)
     started, complete = time.perf_counter(), True
     for name in args.models:
         left = None
