@@ -27,7 +27,8 @@ class SarathiServe(Policy):
 
         # 1. Running decodes first, one token each (preempting the newest requests if blocks run out).
         num_running = len(self.running)
-        decodes = self.schedule_decodes([r for r, n in zip(self.running, pending) if n == 1][: min(budget, cap)])
+        decoding = [r for r, n in zip(self.running, pending) if n == 1]
+        decodes = self.schedule_decodes(decoding[: min(budget, cap)])
         if len(self.running) < num_running:  # some were preempted
             in_progress = [(r, n) for r, n in in_progress if r in set(self.running)]
         ids, tokens = decodes, [1] * len(decodes)

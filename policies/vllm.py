@@ -22,7 +22,7 @@ class VLLMv0(Policy):
         if self.max_num_batched_tokens < requests.max_model_len:
             raise ConfigError(
                 f"policy.max_num_batched_tokens={self.max_num_batched_tokens} is below the model's "
-                f"max_model_len={requests.max_model_len}: without chunked prefill long prompts could never run"
+                f"max_model_len={requests.max_model_len}: without chunked prefill long prompts never run"
             )
 
     def schedule(self, now_s: float) -> Batch | None:

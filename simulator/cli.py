@@ -1,9 +1,9 @@
 """`servesim`: the simulator's Hydra app. Composes conf/config.yaml, runs one simulation, prints a summary
 and writes requests/iterations/token times/summary/Perfetto trace into Hydra's run directory.
 
-    servesim                                        # defaults: llama-2-7b, one H100, Sarathi-Serve, conversation trace
+    servesim                                # llama-2-7b, one H100, Sarathi-Serve, the conversation trace
     servesim policy=vllm model=mistral-7b workload.num_requests=2000
-    servesim -m policy=sarathi,vllm policy.chunk_size=512   # sweep (multirun/)
+    servesim -m policy=sarathi,vllm         # a sweep (multirun/)
 
 The config is typed by `SimulationConfig`'s dataclasses (registered as a Hydra structured schema), so a
 misspelled field or a wrong type stops before anything runs, naming the field.
@@ -71,7 +71,6 @@ def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from simulator.metrics import format_summary
     from simulator.run import run_simulation
 
     register_configs()
@@ -96,15 +95,18 @@ def describe(summary: dict) -> str:
     """The terminal report: what ran, the metrics table, and the SLO verdicts."""
     setup = summary["setup"]
     params = ", ".join(f"{k}={v}" for k, v in setup["policy_params"].items())
-    header = (f"{setup['model']} on {setup['num_replicas']} x {setup['hardware']} (tp={setup['tp']}, pp={setup['pp']}), "
-              f"policy {setup['policy']}" + (f" ({params})" if params else "")
+    header = (f"{setup['model']} on {setup['num_replicas']} x {setup['hardware']} "
+              f"(tp={setup['tp']}, pp={setup['pp']}), policy {setup['policy']}"
+              + (f" ({params})" if params else "")
               + f", workload {setup['workload']}, predictor {setup['predictor']}, "
               f"{setup['kv_blocks_per_engine']:,} KV blocks of {setup['kv_block_size']} tokens")
     from simulator.metrics import format_summary
 
     slo = summary["slo"]
-    verdicts = [f"  {'met ' if o['met'] else 'MISS'} {o['name']} (measured "
-                + ("-" if o["measured_s"] is None else f"{o['measured_s']:.4g} s") + ")" for o in slo["objectives"]]
+    verdicts = []
+    for o in slo["objectives"]:
+        measured = "-" if o["measured_s"] is None else f"{o['measured_s']:.4g} s"
+        verdicts.append(f"  {'met ' if o['met'] else 'MISS'} {o['name']} (measured {measured})")
     return "\n".join([header, "", format_summary(summary), "",
                       f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts])
 

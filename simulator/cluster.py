@@ -96,14 +96,15 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
     unfinished = accepted[requests.completed_ns[accepted] == NOT_YET]
     if len(unfinished):
         raise SimulationError(
-            f"{len(unfinished)} requests were neither finished nor rejected when the simulation ran out of events "
-            f"(first: request {unfinished[0]}); the policy '{type(replicas[0].engines[0]).__name__}' never "
-            f"scheduled them"
+            f"{len(unfinished)} requests were neither finished nor rejected when the simulation ran out of "
+            f"events (first: request {unfinished[0]}); the policy "
+            f"'{type(replicas[0].engines[0]).__name__}' never scheduled them"
         )
     # The recorder's buffers are emptied as the records are built (replicas and SimPy processes form
     # reference cycles, so they would otherwise live until the next garbage collection).
     iterations = recorder.pop_iteration_records()
-    return SimulationOutput(recorder.pop_request_records(requests), iterations, env.now / 1e9, blocks_per_engine)
+    records = recorder.pop_request_records(requests)
+    return SimulationOutput(records, iterations, env.now / 1e9, blocks_per_engine)
 
 
 def _run(env: simpy.Environment, replicas: list[Replica], num_requests: int, progress: bool) -> None:

@@ -158,7 +158,8 @@ class ClusterConfig:
         if self.block_size < 1:
             raise ConfigError(f"cluster.block_size={self.block_size}: need at least 1")
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"cluster.gpu_memory_utilization={self.gpu_memory_utilization}: need 0 < x <= 1")
+            raise ConfigError(
+                f"cluster.gpu_memory_utilization={self.gpu_memory_utilization}: need 0 < x <= 1")
         if self.activation_reserve_gib < 0:
             raise ConfigError(f"cluster.activation_reserve_gib={self.activation_reserve_gib}: need >= 0")
         if not 0 <= self.kv_watermark < 1:

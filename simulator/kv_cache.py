@@ -29,9 +29,10 @@ def kv_cache_blocks_per_gpu(model: ModelConfig, hardware: HardwareConfig, cluste
     if kv_bytes < block_bytes:
         raise ConfigError(
             f"model {model.name} does not fit on {hardware.name} with cluster.tp={tp}, cluster.pp={pp}: "
-            f"{cluster.gpu_memory_utilization} x {hardware.memory_gib} GiB = {budget_bytes / GIB:.1f} GiB usable, "
-            f"weights take {weight_bytes / GIB:.1f} GiB and the activation reserve "
-            f"{cluster.activation_reserve_gib} GiB, leaving no room for one KV block; raise cluster.tp or cluster.pp"
+            f"{cluster.gpu_memory_utilization} x {hardware.memory_gib} GiB = {budget_bytes / GIB:.1f} GiB "
+            f"usable, weights take {weight_bytes / GIB:.1f} GiB and the activation reserve "
+            f"{cluster.activation_reserve_gib} GiB, leaving no room for one KV block; "
+            f"raise cluster.tp or cluster.pp"
         )
     return int(kv_bytes // block_bytes)
 
@@ -78,7 +79,7 @@ class KVCache:
         return True
 
     def allocate_all(self, request_ids: np.ndarray, num_tokens: np.ndarray) -> bool:
-        """Grow every request to hold its `num_tokens`, all or none; False (and no change) if they don't fit."""
+        """Grow every request to hold its `num_tokens`, all or none; False (no change) if they don't fit."""
         held = self.blocks_held[request_ids]
         grown = np.maximum((num_tokens + (self.block_size - 1)) // self.block_size, held)
         total = sum((grown - held).tolist())  # builtin sum: faster than numpy's for the usual small batch
@@ -94,7 +95,8 @@ class KVCache:
         self.free_blocks += sum(self.blocks_held[request_ids].tolist())
         self.blocks_held[request_ids] = 0
 
-    def decode_run_steps(self, request_ids: np.ndarray, kv_tokens: np.ndarray, max_steps: int) -> tuple[int, np.ndarray]:
+    def decode_run_steps(self, request_ids: np.ndarray, kv_tokens: np.ndarray,
+                         max_steps: int) -> tuple[int, np.ndarray]:
         """How many decode iterations of these requests fit in the free blocks (at most max_steps), and each
         request's spare slots (held capacity - kv_tokens) at the start.
 
@@ -106,8 +108,8 @@ class KVCache:
         new_blocks = np.maximum((max_steps - spare + (self.block_size - 1)) // self.block_size, 0)
         if sum(new_blocks.tolist()) <= self.free_blocks:
             return max_steps, spare  # the common case: the whole run fits
-        added = decode_run_blocks_used(np.zeros(1, np.int64), spare, np.array([len(spare)]), np.array([max_steps]),
-                                       self.block_size)
+        added = decode_run_blocks_used(np.zeros(1, np.int64), spare, np.array([len(spare)]),
+                                       np.array([max_steps]), self.block_size)
         return int(np.searchsorted(added, self.free_blocks, side="right")), spare
 
 
@@ -116,8 +118,8 @@ def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, r
     """Blocks in use during every step of many decode runs, concatenated run after run.
 
     Run r starts with used_at_start[r] blocks in use and lasts steps[r] iterations; its requests_per_run[r]
-    requests have the next requests_per_run[r] entries of spare_slots free token slots in their blocks. A request takes a new block at each step k where
-    k > spare + m * block_size for the next m, i.e. at steps spare + 1, spare + 1 + block_size, ...
+    requests have the next requests_per_run[r] entries of spare_slots free token slots in their blocks. A
+    request with `spare` free slots takes a new block at steps spare + 1, spare + 1 + block_size, ...
     Vectorised over all runs at once (the recorder calls it when the simulation is over).
     """
     steps = np.asarray(steps, np.int64)
@@ -130,8 +132,9 @@ def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, r
     nth = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     step_of_block = spare[owner] + 1 + nth * block_size  # 1-based step within its run
     run_start = np.cumsum(steps) - steps  # index of each run's first step in the output
-    new_per_step = np.bincount(run_start[run_of_request[owner]] + step_of_block - 1, minlength=int(steps.sum()))
+    new_per_step = np.bincount(run_start[run_of_request[owner]] + step_of_block - 1,
+                               minlength=int(steps.sum()))
     cumulative = np.cumsum(new_per_step)
     # Restart the running total at each run: subtract what earlier runs added.
-    before_run = np.repeat(cumulative[run_start] - new_per_step[run_start], steps) if len(steps) else cumulative
+    before_run = np.repeat(cumulative[run_start] - new_per_step[run_start], steps)
     return np.repeat(np.asarray(used_at_start, np.int64), steps) + cumulative - before_run

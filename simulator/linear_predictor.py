@@ -32,7 +32,8 @@ class LinearPredictor:
     num_stages: int = 1
 
     @classmethod
-    def from_roofline(cls, model: ModelConfig, hardware: HardwareConfig, tp: int = 1, pp: int = 1) -> LinearPredictor:
+    def from_roofline(cls, model: ModelConfig, hardware: HardwareConfig, tp: int = 1,
+                      pp: int = 1) -> LinearPredictor:
         """Roofline coefficients for one tp x pp shard of `model` on `hardware` (see module docstring)."""
         bandwidth_bytes_per_s = hardware.memory_bandwidth_tbps * 1e12
         flops_per_s = hardware.bf16_dense_tflops * 1e12
@@ -69,7 +70,7 @@ class LinearPredictor:
         return np.full(self.num_stages, t)
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
-        """Stage times of `num_steps` decode iterations of the same sequences, shape (num_steps, num_stages)."""
+        """Stage times of `num_steps` decode iterations of the same sequences, (num_steps, num_stages)."""
         batch = len(kv_tokens)
         kv_sums = np.arange(sum(kv_tokens.tolist()), sum(kv_tokens.tolist()) + batch * num_steps, batch)
         t = self._stage_time_s(0, batch, kv_sums)

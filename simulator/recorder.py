@@ -108,7 +108,7 @@ class Recorder:
         """All iteration rows, sorted by start time. Empties the iteration
         buffers, so that their memory is free before the token times are built."""
         columns = {name: [] for name in ITERATION_COLUMNS}
-        rows = runs = ends = durations = None
+        rows = runs = ends = durations = spare_slots = None
         if self._rows:
             rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS))
             for i, name in enumerate(ITERATION_COLUMNS):
@@ -117,7 +117,8 @@ class Recorder:
             runs = np.frombuffer(self._runs, np.int64).reshape(-1, 4)
             steps = runs[:, 2]
             replica, batch = np.repeat(runs[:, 0], steps), np.repeat(runs[:, 1], steps)
-            ends, durations = np.frombuffer(self._run_end_ns, np.int64), np.frombuffer(self._run_duration_ns, np.int64)
+            ends = np.frombuffer(self._run_end_ns, np.int64)
+            durations = np.frombuffer(self._run_duration_ns, np.int64)
             columns["replica_id"].append(replica)
             columns["stage"].append(np.zeros(len(replica), np.int64))
             columns["start_ns"].append(ends - durations)
@@ -125,10 +126,12 @@ class Recorder:
             columns["batch_size"].append(batch)
             columns["num_prefill_tokens"].append(np.zeros(len(replica), np.int64))
             columns["num_decode_tokens"].append(batch)
-            columns["kv_blocks_used"].append(decode_run_blocks_used(
-                runs[:, 3], np.frombuffer(self._run_spare_slots, np.int64), runs[:, 1], steps, self.kv_block_size))
-        cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64) for name, parts in columns.items()}
-        del columns, rows, runs, ends, durations  # release the buffers' views, then the buffers
+            spare_slots = np.frombuffer(self._run_spare_slots, np.int64)
+            columns["kv_blocks_used"].append(
+                decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps, self.kv_block_size))
+        cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64)
+                for name, parts in columns.items()}
+        del columns, rows, runs, ends, durations, spare_slots  # release the buffers' views, then them
         self._rows, self._runs, self._run_end_ns, self._run_duration_ns, self._run_spare_slots = (
             array("q") for _ in range(5))
         # Both row groups are nearly in time order already: a stable sort merges them quickly.
@@ -145,7 +148,8 @@ class Recorder:
     def pop_request_records(self, requests: RequestState) -> RequestRecords:
         """Per-request records with every token's time. Empties the emission buffers."""
         token_times_s, token_offsets = self.token_times(len(requests))
-        self._emit_sizes, self._emit_ids, self._emit_steps, self._emit_times_ns = (array("q") for _ in range(4))
+        self._emit_sizes, self._emit_ids = array("q"), array("q")
+        self._emit_steps, self._emit_times_ns = array("q"), array("q")
 
         def seconds(ns: np.ndarray) -> np.ndarray:
             return np.where(ns == NOT_YET, np.nan, ns / 1e9)
@@ -154,7 +158,8 @@ class Recorder:
             request_id=np.arange(len(requests), dtype=np.int64), replica_id=requests.replica_id.copy(),
             arrived_s=requests.arrived_ns / 1e9, prompt_tokens=requests.prompt_tokens.copy(),
             output_tokens=requests.output_tokens.copy(),
-            first_scheduled_s=seconds(requests.first_scheduled_ns), first_token_s=seconds(requests.first_token_ns),
+            first_scheduled_s=seconds(requests.first_scheduled_ns),
+            first_token_s=seconds(requests.first_token_ns),
             completed_s=seconds(requests.completed_ns), preemptions=requests.preemptions.copy(),
             rejected=requests.rejected, reject_reason=requests.reject_reason.copy(),
             token_times_s=token_times_s, token_offsets=token_offsets,

@@ -38,16 +38,21 @@ def second_to_duration_ns(seconds: float) -> int:
 
 
 @dataclass
-class MicroBatch:
-    """A batch travelling through the pipeline stages of a pp > 1 replica."""
+class Scheduled:
+    """A batch as it starts: its requests' state then (what the predictor and the batch's effects need)."""
 
     engine: int
     batch: Batch
     kv_tokens: np.ndarray  # each request's KV tokens before the batch (the predictor's kv_tokens)
-    stage_ns: np.ndarray  # time on each stage
-    num_prefill_tokens: int
-    num_decode_tokens: int
-    kv_blocks_used: int
+    generated: np.ndarray  # output tokens each had emitted before the batch
+    pending: np.ndarray  # tokens each had to compute before emitting its next one
+    num_decode: int  # requests that decode (compute the one token they emitted last)
+    kv_blocks_used: int  # on the whole replica, after the policy's allocations
+    stage_ns: np.ndarray | None = None  # time on each pipeline stage (pp > 1)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return int(self.batch.num_tokens.sum()) - self.num_decode
 
 
 class Replica:
@@ -83,7 +88,8 @@ class Replica:
 
     def add_request(self, request_id: int) -> None:
         """Take a routed request: it joins the engine with the fewest unfinished requests (vLLM's rule)."""
-        engine = self.engines[0] if len(self.engines) == 1 else min(self.engines, key=lambda e: e.num_unfinished)
+        engines = self.engines
+        engine = engines[0] if len(engines) == 1 else min(engines, key=lambda e: e.num_unfinished)
         engine.add_request(request_id)
         req = self.requests
         req.replica_id[request_id] = self.replica_id
@@ -115,30 +121,29 @@ class Replica:
             if batch is None:
                 yield from self._idle()
                 continue
-            kv_tokens = self.requests.computed_tokens[batch.request_ids]
-            num_decode = self._num_decodes(batch, kv_tokens)
-            if fast and num_decode == len(batch):
-                yield from self._decode_run(engine, batch.request_ids, kv_tokens)
+            step = self._scheduled(0, batch)
+            if fast and step.num_decode == len(batch):
+                yield from self._decode_run(engine, step)
                 continue
-            self._check_allocated(engine, batch, kv_tokens)
+            self._check_allocated(step)
             start = env.now
             self._mark_first_scheduled(batch.request_ids, start)
-            duration = second_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens)[0])
+            seconds = self.predictor.stage_times_s(batch.num_tokens, step.kv_tokens)[0]
+            duration = second_to_duration_ns(seconds)
             self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
-                                        int(batch.num_tokens.sum()) - num_decode, num_decode, engine.kv.used_blocks)
+                                        step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
             yield env.timeout(duration)
-            self._apply(engine, batch, env.now)
+            self._apply(step, env.now)
 
-    def _decode_run(self, engine: Policy, ids: np.ndarray, kv_tokens: np.ndarray):
-        """Decode iterations of the same requests until one finishes, blocks run short, or a request arrives."""
+    def _decode_run(self, engine: Policy, step: Scheduled):
+        """Decode iterations of the same requests until one finishes, blocks run short or a request comes."""
         env, req = self.env, self.requests
-        start = env.now
-        generated = req.generated_tokens[ids]
+        start, ids, kv_tokens, generated = env.now, step.batch.request_ids, step.kv_tokens, step.generated
         remaining = req.output_tokens[ids] - generated
         max_steps = min(remaining.tolist())
         steps, spare_slots = engine.kv.decode_run_steps(ids, kv_tokens, max_steps)
         if min(spare_slots.tolist()) < 1:  # the first step's slot was not allocated
-            self._check_allocated(engine, Batch(ids, np.ones(len(ids), np.int64)), kv_tokens)
+            self._check_allocated(step)
         step_ns = seconds_to_duration_ns(self.predictor.decode_run_stage_times_s(kv_tokens, steps)[:, 0])
         ends = np.cumsum(step_ns) + start  # integer sums: exactly the instants stepping would reach
         self._in_decode_run = True
@@ -150,7 +155,8 @@ class Replica:
             steps = int(np.searchsorted(ends, env.now)) + 1
             ends, step_ns = ends[:steps], step_ns[:steps]
             yield env.timeout(int(ends[-1]) - env.now)
-        self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), engine.kv.used_blocks, spare_slots)
+        self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), engine.kv.used_blocks,
+                                     spare_slots)
         kv_tokens = kv_tokens + steps
         req.computed_tokens[ids] = kv_tokens
         req.generated_tokens[ids] = generated + steps
@@ -163,24 +169,19 @@ class Replica:
     # --- pp > 1 -------------------------------------------------------------------------------------
 
     def _first_stage(self):
-        env, req = self.env, self.requests
+        env = self.env
         while True:
             picked = self._next_micro_batch()
             if picked is None:
                 yield from self._idle()
                 continue
-            engine, batch = picked
-            kv_tokens = req.computed_tokens[batch.request_ids]
-            self._check_allocated(self.engines[engine], batch, kv_tokens)
-            num_decode = self._num_decodes(batch, kv_tokens)
-            self._mark_first_scheduled(batch.request_ids, env.now)
-            micro_batch = MicroBatch(
-                engine, batch, kv_tokens,
-                seconds_to_duration_ns(self.predictor.stage_times_s(batch.num_tokens, kv_tokens)),
-                int(batch.num_tokens.sum()) - num_decode, num_decode, sum(e.kv.used_blocks for e in self.engines),
-            )
-            yield from self._hold_stage(0, micro_batch)
-            self._queues[1].put(micro_batch)
+            step = self._scheduled(*picked)
+            self._check_allocated(step)
+            self._mark_first_scheduled(step.batch.request_ids, env.now)
+            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens)
+            step.stage_ns = seconds_to_duration_ns(stage_s)
+            yield from self._hold_stage(0, step)
+            self._queues[1].put(step)
 
     def _next_micro_batch(self) -> tuple[int, Batch] | None:
         """Round robin over engines whose previous micro-batch has left the pipeline."""
@@ -198,55 +199,61 @@ class Replica:
 
     def _later_stage(self, stage: int):
         while True:
-            micro_batch = yield self._queues[stage].get()
-            yield from self._hold_stage(stage, micro_batch)
+            step = yield self._queues[stage].get()
+            yield from self._hold_stage(stage, step)
             if stage + 1 < self.num_stages:
-                self._queues[stage + 1].put(micro_batch)
+                self._queues[stage + 1].put(step)
             else:
-                self._apply(self.engines[micro_batch.engine], micro_batch.batch, self.env.now)
-                self._in_flight[micro_batch.engine] = False
+                self._apply(step, self.env.now)
+                self._in_flight[step.engine] = False
                 self._notify()
 
-    def _hold_stage(self, stage: int, mb: MicroBatch):
-        duration = int(mb.stage_ns[stage])
-        self.recorder.add_iteration(self.replica_id, stage, self.env.now, duration, len(mb.batch),
-                                    mb.num_prefill_tokens, mb.num_decode_tokens, mb.kv_blocks_used)
+    def _hold_stage(self, stage: int, step: Scheduled):
+        duration = int(step.stage_ns[stage])
+        self.recorder.add_iteration(self.replica_id, stage, self.env.now, duration, len(step.batch),
+                                    step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
         yield self.env.timeout(duration)
 
     # --- effects of a batch (both layouts) ----------------------------------------------------------
 
-    def _check_allocated(self, engine: Policy, batch: Batch, kv_tokens: np.ndarray) -> None:
-        """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
-        held_tokens = engine.kv.blocks_held[batch.request_ids] * engine.kv.block_size
-        if not np.all(held_tokens >= kv_tokens + batch.num_tokens):
-            raise RuntimeError(f"policy {type(engine).__name__} scheduled requests without allocating their KV "
-                               f"blocks first (kv.allocate / admit / schedule_decodes): "
-                               f"{batch.request_ids[held_tokens < kv_tokens + batch.num_tokens].tolist()}")
-
-    def _num_decodes(self, batch: Batch, kv_tokens: np.ndarray) -> int:
-        """How many requests of the batch decode (compute the one token they emitted last)."""
-        # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
+    def _scheduled(self, engine: int, batch: Batch) -> Scheduled:
+        """Snapshot the batch's requests as it starts."""
         req, ids = self.requests, batch.request_ids
-        generated = req.generated_tokens[ids]
-        return int(np.count_nonzero((kv_tokens + 1 == req.prompt_tokens[ids] + generated) & (generated > 0)))
+        kv_tokens, generated = req.computed_tokens[ids], req.generated_tokens[ids]
+        pending = req.prompt_tokens[ids] + generated - kv_tokens
+        # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
+        num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
+        kv_used = sum(e.kv.used_blocks for e in self.engines)
+        return Scheduled(engine, batch, kv_tokens, generated, pending, num_decode, kv_used)
+
+    def _check_allocated(self, step: Scheduled) -> None:
+        """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
+        kv = self.engines[step.engine].kv
+        held_tokens = kv.blocks_held[step.batch.request_ids] * kv.block_size
+        shortfall = step.kv_tokens + step.batch.num_tokens - held_tokens
+        if max(shortfall.tolist()) > 0:
+            raise RuntimeError(
+                f"policy {type(self.engines[step.engine]).__name__} scheduled requests without allocating "
+                f"their KV blocks first (kv.allocate / admit / schedule_decodes): "
+                f"{step.batch.request_ids[shortfall > 0].tolist()}")
 
     def _mark_first_scheduled(self, ids: np.ndarray, now_ns: int) -> None:
         req = self.requests
         req.first_scheduled_ns[ids[req.first_scheduled_ns[ids] == NOT_YET]] = now_ns
 
-    def _apply(self, engine: Policy, batch: Batch, end_ns: int) -> None:
-        """The batch's tokens are computed: requests that reached their last known token emit the next."""
-        req, ids = self.requests, batch.request_ids
-        computed = req.computed_tokens[ids] + batch.num_tokens
-        req.computed_tokens[ids] = computed
-        emitted = ids[computed == req.prompt_tokens[ids] + req.generated_tokens[ids]]
+    def _apply(self, step: Scheduled, end_ns: int) -> None:
+        """The batch's tokens are computed: requests that computed all their pending tokens emit the next."""
+        req, ids, num_tokens = self.requests, step.batch.request_ids, step.batch.num_tokens
+        req.computed_tokens[ids] = step.kv_tokens + num_tokens
+        emits = num_tokens == step.pending
+        emitted = ids[emits]
         if len(emitted) == 0:
             return
-        req.generated_tokens[emitted] += 1
-        first = emitted[req.first_token_ns[emitted] == NOT_YET]
-        req.first_token_ns[first] = end_ns
+        generated = step.generated[emits] + 1
+        req.generated_tokens[emitted] = generated
+        req.first_token_ns[emitted[generated == 1]] = end_ns
         self.recorder.emit(emitted, end_ns)
-        self._finish(engine, emitted[req.generated_tokens[emitted] == req.output_tokens[emitted]], end_ns)
+        self._finish(self.engines[step.engine], emitted[generated == req.output_tokens[emitted]], end_ns)
 
     def _finish(self, engine: Policy, done: np.ndarray, end_ns: int) -> None:
         if len(done) == 0:
@@ -256,5 +263,6 @@ class Replica:
         engine.kv.free(done)
         engine.finish(done)
         self.outstanding_requests -= len(done)
-        self.outstanding_tokens -= sum(req.prompt_tokens[done].tolist()) + sum(req.output_tokens[done].tolist())
+        self.outstanding_tokens -= sum(req.prompt_tokens[done].tolist()) + sum(
+            req.output_tokens[done].tolist())
         self.completed += len(done)

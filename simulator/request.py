@@ -50,7 +50,8 @@ class RequestState:
         output = np.asarray(output_tokens, dtype=np.int64)
         n = len(arrived_ns)
         if not (len(prompt) == len(output) == n):
-            raise ValueError(f"arrival, prompt and output arrays differ in length: {n}, {len(prompt)}, {len(output)}")
+            raise ValueError(f"arrival, prompt and output arrays differ in length: "
+                             f"{n}, {len(prompt)}, {len(output)}")
         if n and np.any(np.diff(arrived_ns) < 0):
             raise ValueError("requests must be sorted by arrival time")
 
@@ -66,7 +67,8 @@ class RequestState:
         )
         state.reject(prompt < 1, "empty prompt")
         state.reject(output < 1, "no output tokens")
-        state.reject(prompt + output > max_model_len, f"prompt + output tokens exceed max_model_len={max_model_len}")
+        state.reject(prompt + output > max_model_len,
+                     f"prompt + output tokens exceed max_model_len={max_model_len}")
         return state
 
     def __len__(self) -> int:

@@ -103,7 +103,8 @@ def policy_factory(policy: PolicyConfig):
     from policies import POLICIES
 
     if policy.name not in POLICIES:
-        raise ConfigError(f"policy.name='{policy.name}' is not a known policy; known: {', '.join(sorted(POLICIES))}")
+        raise ConfigError(f"policy.name='{policy.name}' is not a known policy; "
+                          f"known: {', '.join(sorted(POLICIES))}")
     cls = POLICIES[policy.name]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kv", "requests")]
     kwargs = policy.policy_kwargs()
@@ -163,8 +164,8 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                                    cfg.model.max_model_len)
     out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
                    num_replicas=cfg.cluster.num_replicas, router=cfg.cluster.router,
-                   kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed, fast_decode_runs=cfg.fast_decode_runs,
-                   progress=progress or cfg.progress)
+                   kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
+                   fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
     summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s)
     request_table = metrics.request_table(out.records)
@@ -197,7 +198,8 @@ def evaluate_slos(slo: SLOConfig, request_table: pd.DataFrame, tbt_gaps_s: np.nd
     results = []
     for objective in objectives:
         value = measured.get(f"{objective.metric}_p{objective.percentile:g}", float("nan"))
-        results.append({"name": objective.name, "measured_s": _json_float(value), "met": bool(value <= objective.max_s)})
+        results.append({"name": objective.name, "measured_s": _json_float(value),
+                        "met": bool(value <= objective.max_s)})
     return {"name": slo.name, "all_met": all(r["met"] for r in results), "objectives": results}
 
 

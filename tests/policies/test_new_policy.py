@@ -39,7 +39,8 @@ def test_a_new_policy_runs_by_name_and_its_behaviour_shows():
     # One request at a time: every iteration has exactly one request, prefill or decode, never both.
     assert it["batch_size"].max() == 1
     assert not ((it["num_prefill_tokens"] > 0) & (it["num_decode_tokens"] > 0)).any()
-    assert np.all(result.requests["first_scheduled_s"].to_numpy()[1:] >= result.requests["completed_s"].to_numpy()[:-1])
+    starts, ends = result.requests["first_scheduled_s"].to_numpy(), result.requests["completed_s"].to_numpy()
+    assert np.all(starts[1:] >= ends[:-1])
 
 
 class ForgetsToAllocate(Policy):
@@ -54,8 +55,6 @@ class ForgetsToAllocate(Policy):
 
 
 def test_a_policy_that_skips_kv_allocation_is_named():
-    import functools
-
     import pytest
 
     from simulator.cluster import simulate
@@ -64,4 +63,4 @@ def test_a_policy_that_skips_kv_allocation_is_named():
 
     requests = RequestState.create(np.zeros(2), [10, 10], [3, 3], 4096)
     with pytest.raises(RuntimeError, match="ForgetsToAllocate scheduled requests without allocating"):
-        simulate(requests, functools.partial(ForgetsToAllocate), LinearPredictor(0.01, 0.001, 0.002, 0.0), 100)
+        simulate(requests, ForgetsToAllocate, LinearPredictor(0.01, 0.001, 0.002, 0.0), kv_blocks=100)

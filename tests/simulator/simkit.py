@@ -12,7 +12,7 @@ from simulator.request import RequestState
 
 
 def linear(fixed_ms=10.0, prefill_ms=1.0, decode_ms=2.0, kv_ms=0.0, stages=1) -> LinearPredictor:
-    """Every stage takes fixed + prefill x prefill tokens + decode x decoding sequences + kv x KV tokens (ms)."""
+    """Each stage: fixed + prefill x prefill tokens + decode x decoding sequences + kv x KV tokens (ms)."""
     return LinearPredictor(fixed_ms / 1e3, prefill_ms / 1e3, decode_ms / 1e3, kv_ms / 1e3, stages)
 
 

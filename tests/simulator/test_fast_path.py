@@ -1,4 +1,4 @@
-"""Advancing runs of decode iterations in one step gives exactly what stepping one iteration at a time gives."""
+"""Advancing runs of decode iterations in one step gives exactly what stepping one at a time gives."""
 import numpy as np
 import pytest
 
@@ -24,7 +24,8 @@ def test_fast_path_equals_slow_path(policy, kv_blocks):
     for name in ("first_scheduled_s", "first_token_s", "completed_s", "preemptions", "token_offsets",
                  "token_times_s", "replica_id"):
         assert np.array_equal(getattr(fast.records, name), getattr(slow.records, name)), name
-    for name in ("start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens", "kv_blocks_used"):
+    for name in ("start_s", "duration_s", "batch_size", "num_prefill_tokens", "num_decode_tokens",
+                 "kv_blocks_used"):
         assert np.array_equal(getattr(fast.iterations, name), getattr(slow.iterations, name)), name
 
 

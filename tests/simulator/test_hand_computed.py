@@ -66,7 +66,8 @@ def test_shortest_prompt_first_example():
 def test_shortest_prompt_first_lets_a_short_prompt_overtake():
     # A (prompt 8) runs; at 18 the queue holds C (prompt 50, arrived 1 ms) and B (prompt 6, arrived 2 ms).
     # max_num_batched_tokens 10: decode A (1) + B (6) fits, C (50) does not -> B overtakes C.
-    out = run(("shortest_prompt_first", {"max_num_batched_tokens": 10}), [0.0, 0.001, 0.002], [8, 50, 6], [4, 2, 2])
+    out = run(("shortest_prompt_first", {"max_num_batched_tokens": 10}), [0.0, 0.001, 0.002], [8, 50, 6],
+              [4, 2, 2])
     assert token_times_ms(out, 2)[0] == 36  # 18-36: A decode + B prefill (10+2+6)
     assert token_times_ms(out, 1)[0] > token_times_ms(out, 2)[0]
 

@@ -88,5 +88,6 @@ def test_decode_run_blocks_used_matches_step_by_step_allocation():
         for k in range(1, steps + 1):
             kv.allocate_all(ids, tokens + k)
             expected.append(kv.used_blocks)
-        got = decode_run_blocks_used(np.array([start_used]), spare, np.array([n]), np.array([steps]), block_size)
+        got = decode_run_blocks_used(np.array([start_used]), spare, np.array([n]), np.array([steps]),
+                                     block_size)
         assert got.tolist() == expected

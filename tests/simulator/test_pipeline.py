@@ -14,7 +14,8 @@ def test_two_stage_pipeline_timeline_and_bubbles():
     assert token_times_ms(out, 0) == [60, 86]
     assert token_times_ms(out, 1) == [74, 98]
     it = out.iterations
-    rows = sorted(zip(it.stage.tolist(), np.round(it.start_s * 1e3, 6).tolist(), np.round(it.duration_s * 1e3, 6).tolist()))
+    start_ms, duration_ms = np.round(it.start_s * 1e3, 6).tolist(), np.round(it.duration_s * 1e3, 6).tolist()
+    rows = sorted(zip(it.stage.tolist(), start_ms, duration_ms))
     assert rows == [(0, 0, 30), (0, 30, 14), (0, 60, 12), (0, 74, 12),
                     (1, 30, 30), (1, 60, 14), (1, 74, 12), (1, 86, 12)]
     # Stage 0 is busy 68 of the 86 ms until its last batch ends: 18 ms of bubbles (44-60 and 72-74).

@@ -5,10 +5,12 @@ from simkit import run, token_times_ms
 
 
 def test_vllm_preempts_the_newest_request_and_recomputes_it():
-    # Block size 4, 6 blocks. A and B arrive at 0: prompts 8, outputs 6. 10 ms + 1 ms/prefill token + 2 ms/decode.
+    # Block size 4, 6 blocks. A and B arrive at 0: prompts 8, outputs 6. 10 ms + 1 ms/prefill token
+    # + 2 ms/decode.
     # 0-26 prefill both (2 blocks each). Decodes at 26, 40, 54, 68 -> tokens 2..5 at 40, 54, 68, 82 (a third
     # block each at 26). At 82 both need a 4th block, none is free: B (newest) is preempted, A decodes alone:
-    # 82-94, A done. At 94 B recomputes prompt + 5 generated = 13 tokens (10+13 = 23 ms) and emits its 6th at 117.
+    # 82-94, A done. At 94 B recomputes prompt + 5 generated = 13 tokens (10+13 = 23 ms) and emits its 6th
+    # at 117.
     out = run("vllm", [0.0, 0.0], [8, 8], [6, 6], kv_blocks=6, block_size=4)
     assert token_times_ms(out, 0) == [26, 40, 54, 68, 82, 94]
     assert token_times_ms(out, 1) == [26, 40, 54, 68, 82, 117]
@@ -21,7 +23,7 @@ def test_vllm_preempts_the_newest_request_and_recomputes_it():
 
 def test_sarathi_preempts_and_every_request_still_finishes_with_all_tokens():
     prompts, outputs = [30, 30, 30, 30], [40, 40, 40, 40]
-    out = run(("sarathi", {"chunk_size": 64}), [0.0, 0.0, 0.0, 0.0], prompts, outputs, kv_blocks=20, block_size=8)
+    out = run(("sarathi", {"chunk_size": 64}), [0.0] * 4, prompts, outputs, kv_blocks=20, block_size=8)
     r = out.records
     assert r.preemptions.sum() > 0
     assert np.array_equal(np.diff(r.token_offsets), outputs)
