@@ -117,8 +117,9 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
                 n * splits if splits > 1 else 0]
     is_prefill = q_tokens > 1
     prefill = is_prefill.nonzero()[0]
-    pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = max_prefill = 0
+    pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = max_prefill = max_prefill_kv = 0
     for q, kv in zip(q_tokens[prefill].tolist(), kv_tokens[prefill].tolist()):
+        max_prefill_kv = max(max_prefill_kv, kv)
         blocks = -(-q // shape.block_m)
         pairs += q * kv + q * (q + 1) // 2
         reads2 += blocks * (2 * kv + q)
@@ -129,7 +130,12 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     num_prefills = len(prefill)
     num_decodes = n - num_prefills
     decode_kv = kv_sum - prefill_kv + num_decodes
-    max_decode = int(np.maximum.reduce(kv_tokens[~is_prefill])) + 1 if num_decodes else 0
+    if not num_decodes:
+        max_decode = 0
+    elif kv_max > max_prefill_kv:  # the longest cached context is a decode's: no second pass needed
+        max_decode = kv_max + 1
+    else:
+        max_decode = int(np.maximum.reduce(kv_tokens[~is_prefill])) + 1
     work2 = 2 * decode_kv + prefill_work2
     # In a launch with a chunk, a decode is a one-token chunk to the kernel: one query block walking
     # its kv + 1 keys. It adds to the chunk terms; the mixed_* terms let the fit adjust on top.
