@@ -22,8 +22,8 @@ class ProfileError(ConfigError):
 
 
 PROFILE_HOWTO = (
-    "create it by running the profiler on that GPU (see docs/profiler.md: "
-    "`servesim-profile model=<model> hardware=<gpu>`) and committing its tables"
+    "create it by running the profiler on that GPU (docs/profiler.md: "
+    "`servesim-profile profile --models <model> --gpu <name>`) and committing its tables"
 )
 
 
