@@ -107,7 +107,12 @@ def describe(summary: dict) -> str:
     for o in slo["objectives"]:
         measured = "-" if o["measured_s"] is None else f"{o['measured_s']:.4g} s"
         verdicts.append(f"  {'met ' if o['met'] else 'MISS'} {o['name']} (measured {measured})")
-    return "\n".join([header, "", format_summary(summary), "",
+    extra = []
+    if "disaggregation" in summary:  # a prefill/decode-pool run (simulator/disagg)
+        from simulator.disagg.metrics import format_disaggregation
+
+        extra = ["", format_disaggregation(summary["disaggregation"])]
+    return "\n".join([header, "", format_summary(summary), *extra, "",
                       f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts])
 
 

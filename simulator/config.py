@@ -143,6 +143,9 @@ class ClusterConfig:
     gpu_memory_utilization: float = 0.9
     activation_reserve_gib: float = 2.0
     kv_watermark: float = 0.01  # share of blocks kept free when admitting a new request (vLLM's watermark)
+    # Non-empty: a disaggregated cluster (prefill and decode pools with their own replicas, tp and pp,
+    # and a KV link); num_replicas/tp/pp above are then unused. Fields: simulator/disagg/config.py.
+    disagg: dict = field(default_factory=dict)
 
     def validate(self, model: ModelConfig) -> None:
         """Raise ConfigError naming the field if this cluster cannot run `model`."""

@@ -16,7 +16,7 @@ requests where it is defined: TTFT/queueing those that got that far, E2E/TPOT co
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class RequestRecords:
     reject_reason: np.ndarray  # object (str), "" when not rejected
     token_times_s: np.ndarray  # float64, all output tokens' emission times
     token_offsets: np.ndarray  # int64, n + 1
+    # Optional per-request columns (n entries each) appended to request_table as they are, e.g. the KV
+    # transfer time of disaggregated serving (simulator/disagg). Empty for colocated runs.
+    extra_columns: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -80,10 +83,13 @@ def check_records(records: RequestRecords) -> None:
     """Raise ValueError naming the field if the arrays do not line up."""
     n = len(records.request_id)
     for f in fields(RequestRecords):
-        if f.name in ("token_times_s", "token_offsets", "request_id"):
+        if f.name in ("token_times_s", "token_offsets", "request_id", "extra_columns"):
             continue
         if len(getattr(records, f.name)) != n:
             raise ValueError(f"RequestRecords.{f.name} has {len(getattr(records, f.name))} entries, expected {n}")
+    for name, column in records.extra_columns.items():
+        if len(column) != n:
+            raise ValueError(f"RequestRecords.extra_columns['{name}'] has {len(column)} entries, expected {n}")
     offsets = np.asarray(records.token_offsets)
     if len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(records.token_times_s):
         raise ValueError(
@@ -165,7 +171,8 @@ def request_table(records: RequestRecords) -> pd.DataFrame:
 
     request_id, replica_id, arrived_s, prompt_tokens, output_tokens, first_scheduled_s,
     first_token_s, completed_s, ttft_s, tpot_s, e2e_s, normalized_e2e_s_per_token,
-    queueing_delay_s, tbt_max_s, tbt_p99_s, preemptions, rejected, reject_reason.
+    queueing_delay_s, tbt_max_s, tbt_p99_s, preemptions, rejected, reject_reason, then the records'
+    extra_columns if any (disaggregated runs: docs/disaggregation.md).
     Latencies are NaN where undefined (rejected, unfinished, or a single output token for TPOT/TBT).
     """
     return _request_columns(records, per_request_tbt=True)
@@ -203,6 +210,7 @@ def _request_columns(records: RequestRecords, per_request_tbt: bool) -> pd.DataF
         "preemptions": np.asarray(records.preemptions, dtype=np.int64),
         "rejected": rejected,
         "reject_reason": np.asarray(records.reject_reason, dtype=object),
+        **{name: np.asarray(column) for name, column in records.extra_columns.items()},
     })
     # A rejected request has no latency, whatever partial times it may carry.
     latency_columns = ["ttft_s", "tpot_s", "e2e_s", "normalized_e2e_s_per_token", "queueing_delay_s",

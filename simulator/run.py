@@ -155,6 +155,10 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
     started = time.perf_counter()
     cfg = as_simulation_config(cfg)
+    if cfg.cluster.disagg:  # prefill and decode pools: simulator/disagg
+        from simulator.disagg.run import run_disaggregated
+
+        return run_disaggregated(cfg, out_dir, progress)
     cfg.cluster.validate(cfg.model)
     make_policy = policy_factory(cfg.policy)
     predictor = build_predictor(cfg)

@@ -1,0 +1,121 @@
+"""Run one disaggregated simulation from a SimulationConfig whose `cluster.disagg` is set.
+
+simulator.run.run_simulation hands such configs here; the result has the same shape as a colocated
+run's (requests / iterations tables, summary, records) plus the hand-off columns and the summary's
+`disaggregation` block (simulator/disagg/metrics.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from simulator.config import ConfigError
+from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
+from simulator.disagg.config import (DisaggConfig, parse_disagg, pool_hardware, pool_policy, resolve_link,
+                                     transfer_bytes_per_token, validate_disagg)
+
+
+def disagg_config(cfg) -> DisaggConfig:
+    """The parsed and validated `cluster.disagg` of a SimulationConfig."""
+    disagg = parse_disagg(cfg.cluster.disagg)
+    validate_disagg(disagg, cfg.model)
+    return disagg
+
+
+def pool_simulation_config(cfg, disagg: DisaggConfig, name: str):
+    """A colocated SimulationConfig for one pool (its hardware, tp, pp, policy): what builds its parts."""
+    from simulator.run import SimulationConfig
+
+    pool = getattr(disagg, name)
+    cluster = dataclasses.replace(cfg.cluster, num_replicas=pool.num_replicas, tp=pool.tp, pp=pool.pp,
+                                  router=pool.router, disagg={})
+    simulation: SimulationConfig = dataclasses.replace(
+        cfg, hardware=pool_hardware(pool, cfg.hardware), cluster=cluster,
+        policy=pool_policy(pool, name))
+    return simulation
+
+
+def build_pool(cfg, disagg: DisaggConfig, name: str) -> PoolParts:
+    from simulator.kv_cache import kv_cache_blocks_per_gpu
+    from simulator.run import build_predictor, policy_factory
+
+    pool_cfg = pool_simulation_config(cfg, disagg, name)
+    try:
+        kv_blocks = kv_cache_blocks_per_gpu(pool_cfg.model, pool_cfg.hardware, pool_cfg.cluster)
+        make_policy = policy_factory(pool_cfg.policy)
+    except ConfigError as e:
+        raise ConfigError(f"cluster.disagg.{name}: {e}") from None
+    pool = getattr(disagg, name)
+    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_cfg), kv_blocks, pool.gpus_per_replica,
+                     pool.router)
+
+
+def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = False):
+    """Simulate a disaggregated `cfg` (SimulationConfig) and return a simulator.run.SimulationResult."""
+    from simulator import metrics
+    from simulator.disagg.metrics import disaggregation_summary, handoff_columns
+    from simulator.request import RequestState
+    from simulator.run import SimulationResult, evaluate_slos
+    from simulator.workload import load_workload
+
+    started = time.perf_counter()
+    disagg = disagg_config(cfg)
+    prefill, decode = build_pool(cfg, disagg, "prefill"), build_pool(cfg, disagg, "decode")
+    link_cfg = resolve_link(disagg.link)
+    link = LinkParts(link_cfg.bandwidth_bytes_per_s, link_cfg.latency_s,
+                     cfg.model.num_layers if link_cfg.layer_streaming else 0)
+    workload = load_workload(cfg.workload, cfg.seed)
+    requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
+                                   cfg.model.max_model_len)
+    out = simulate_disaggregated(
+        requests, prefill, decode, link, transfer_bytes_per_token(cfg.model, disagg.decode),
+        block_size=cfg.cluster.block_size, kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
+        fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress,
+        ttft_includes_transfer=disagg.ttft_includes_transfer)
+    columns = handoff_columns(out.handoff)
+    out.records.extra_columns.update(columns)
+    wall_s = time.perf_counter() - started
+    summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s)
+    request_table = metrics.request_table(out.records)
+    summary["setup"] = _setup(cfg, disagg, link_cfg, workload.name, out, prefill)
+    summary["disaggregation"] = disaggregation_summary(out, columns)
+    summary["slo"] = evaluate_slos(cfg.slo, request_table, metrics.tbt_gaps_s(out.records))
+    destination = out_dir if out_dir is not None else (cfg.output_dir or None)
+    if destination is not None:
+        metrics.write_outputs(destination, out.records, out.iterations, summary)
+    return SimulationResult(request_table, metrics.iteration_table(out.iterations), summary, out.records,
+                            out.iterations)
+
+
+def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:
+    """The summary's `setup`: the colocated keys (pool pairs written prefill/decode) plus `disagg`."""
+    pools = {name: getattr(disagg, name) for name in ("prefill", "decode")}
+    hardware = {name: pool_hardware(pool, cfg.hardware).name for name, pool in pools.items()}
+    policies = {name: pool_policy(pool, name) for name, pool in pools.items()}
+
+    def pair(values: dict) -> str:
+        return f"{values['prefill']}/{values['decode']}"
+
+    return {
+        "model": cfg.model.name,
+        "hardware": cfg.hardware.name if len(set(hardware.values())) == 1 else pair(hardware),
+        "num_replicas": disagg.prefill.num_replicas + disagg.decode.num_replicas,
+        "tp": pair({n: p.tp for n, p in pools.items()}), "pp": pair({n: p.pp for n, p in pools.items()}),
+        "router": pair({n: p.router for n, p in pools.items()}),
+        "policy": f"disagg({pair({n: p.name for n, p in policies.items()})})",
+        "policy_params": {f"{n}.{k}": v for n, p in policies.items() for k, v in p.policy_kwargs().items()},
+        "workload": workload_name, "predictor": type(prefill.predictor).__name__, "seed": cfg.seed,
+        "kv_blocks_per_engine": out.kv_blocks_per_engine["decode"], "kv_block_size": cfg.cluster.block_size,
+        "num_gpus": disagg.num_gpus,
+        "disagg": {
+            **{name: {"num_replicas": p.num_replicas, "tp": p.tp, "pp": p.pp, "hardware": hardware[name],
+                      "router": p.router, "policy": policies[name].name,
+                      "policy_params": policies[name].policy_kwargs(),
+                      "kv_blocks_per_engine": out.kv_blocks_per_engine[name]} for name, p in pools.items()},
+            "link": {"name": link.name, "bandwidth_gbytes_per_s": link.bandwidth_bytes_per_s / 1e9,
+                     "latency_s": link.latency_s, "layer_streaming": link.layer_streaming},
+            "ttft_includes_transfer": disagg.ttft_includes_transfer,
+            "kv_transfer_bytes_per_token": transfer_bytes_per_token(cfg.model, disagg.decode),
+        },
+    }
