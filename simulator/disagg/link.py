@@ -6,6 +6,11 @@ for another to finish. FIFO would finish the first transfer early and the rest l
 the second token's delay of every request but the first. The total time to drain a burst is the same
 under both, so a saturated link shows up as queueing either way.
 
+A transfer that ends exactly when an iteration ends is seen by that instant's scheduling decision: the
+link's timers and completions are urgent events (processed before ordinary events at the same time), as
+arrivals are (simulator/cluster.py). Stepping decodes one at a time and advancing runs of them in one step
+then agree.
+
 The link only moves bytes: the fixed per-transfer latency is added by the caller (it does not occupy
 the bandwidth). Times are integer nanoseconds, like the rest of the simulator; a transfer ends at the
 first whole nanosecond at which its bytes are through.
@@ -15,6 +20,9 @@ from __future__ import annotations
 import math
 
 import simpy
+from simpy.core import URGENT
+
+from simulator.cluster import _ArrivalTimeout as _UrgentTimeout
 
 
 class FairShareLink:
@@ -65,7 +73,7 @@ class FairShareLink:
         smallest = min(t[0] for t in self._active)
         delay_ns = max(math.ceil(smallest * len(self._active) / self.bytes_per_ns - 1e-9), 0)
         generation = self._timer_generation
-        self.env.timeout(delay_ns).callbacks.append(lambda _event: self._on_timer(generation))
+        _UrgentTimeout(self.env, delay_ns).callbacks.append(lambda _event: self._on_timer(generation))
 
     def _on_timer(self, generation: int) -> None:
         if generation != self._timer_generation:
@@ -76,5 +84,6 @@ class FairShareLink:
         finished = [t for t in self._active if t[0] < threshold]
         self._active = [t for t in self._active if t[0] >= threshold]
         for _remaining, done in finished:
-            done.succeed()
+            done._ok, done._value = True, None  # done.succeed(), at urgent priority
+            self.env.schedule(done, URGENT)
         self._set_timer()
