@@ -67,7 +67,7 @@ class LinearPredictor:
         q = np.asarray(q_tokens).tolist()  # Python sums: faster than numpy's for typical batch sizes
         decode_tokens = q.count(1)
         t = self._stage_time_s(sum(q) - decode_tokens, decode_tokens, sum(np.asarray(kv_tokens).tolist()))
-        return np.full(self.num_stages, t)
+        return np.array([t] * self.num_stages)
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage times of `num_steps` decode iterations of the same sequences, (num_steps, num_stages)."""
