@@ -265,3 +265,16 @@ def test_fast_decode_runs_match_stepping():
                 fast_decode_runs=fast) for fast in (True, False)]
     assert np.array_equal(outs[0].records.token_times_s, outs[1].records.token_times_s)
     assert np.array_equal(outs[0].handoff.kv_granted_ns, outs[1].handoff.kv_granted_ns)
+
+
+def test_slo_attainment_counts_requests_meeting_both_targets():
+    import pandas as pd
+
+    from simulator.disagg.goodput import slo_attainment
+
+    table = pd.DataFrame({  # meets both; TTFT miss; TPOT miss; one token (no TPOT); unfinished; rejected
+        "ttft_s": [0.1, 0.3, 0.1, 0.1, 0.1, np.nan], "tpot_s": [0.02, 0.02, 0.03, np.nan, np.nan, np.nan],
+        "completed_s": [1.0, 1.0, 1.0, 1.0, np.nan, np.nan], "output_tokens": [10, 10, 10, 1, 10, 10],
+        "rejected": [False, False, False, False, False, True]})
+    assert slo_attainment(table, ttft_max_s=0.25, tpot_max_s=0.025) == pytest.approx(2 / 6)
+    assert slo_attainment(table, ttft_max_s=0.5, tpot_max_s=0.05) == pytest.approx(4 / 6)
