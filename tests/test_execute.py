@@ -89,8 +89,12 @@ def test_executor_with_predicted_times_is_the_simulator(policy, params, kv_block
 
 @pytest.fixture(scope="module")
 def executed():
-    """Each policy serving 14 requests on the tiny model (float32, CPU), with a tight KV cache for vLLM."""
-    arrivals, prompts, outputs = workload(14, seed=5, rate_qps=200.0, max_prompt=90, max_output=12)
+    """Each policy serving 14 requests on the tiny model (float32, CPU), with a tight KV cache for vLLM.
+
+    Eight requests arrive at once and six more long after those finished (the clock jumps over the idle
+    gap), so every scheduling decision is the same however fast this CPU runs the model."""
+    _, prompts, outputs = workload(14, seed=5, max_prompt=90, max_output=12)
+    arrivals = np.array([0.0] * 8 + [1000.0] * 6)
     out = {}
     for policy, params in POLICY_CASES:
         runner = TorchModelRunner(tiny_model(), "cpu", capacity_tokens=4000)
@@ -284,7 +288,7 @@ def test_cli_plan_skips_cells_past_the_deadline_and_packs(tmp_path):
     archive = tmp_path / "runs.tar.gz"
     assert cli.main(["--plan", str(plan), "--out", str(tmp_path / "runs"), "--device", "cpu",
                      "--kv-capacity-tokens", "4096", "--deadline-s", "300", "--pack", str(archive)]) == 0
-    assert json.loads((tmp_path / "runs" / "cells.json").read_text()) == {"done": ["quick"], "skipped": ["too-long"]}
+    assert json.loads((tmp_path / "runs" / "cells.json").read_text()) == {"done": ["quick"], "skipped": ["too-long"], "failed": []}
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert "runs/quick/steps.parquet" in names and "runs/environment.json" in names
@@ -297,3 +301,12 @@ def test_run_execution_rejects_parallel_configs(tmp_path):
     from simulator.config import ConfigError
     with pytest.raises(ConfigError, match="one replica on one GPU"):
         run_execution(cfg, PredictorRunner(linear_predictor()), tmp_path)
+
+
+def test_a_run_past_its_time_limit_is_abandoned():
+    from simulator.execute.loop import ExecutionTimeout
+
+    arrivals, prompts, outputs = workload(30, seed=1)
+    with pytest.raises(ExecutionTimeout, match="requests finished"):
+        execute(RequestState.create(arrivals, prompts, outputs, 100_000), POLICIES["vllm"],
+                PredictorRunner(linear_predictor()), 10_000, stop_at=0.0)

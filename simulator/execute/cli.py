@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 
 
@@ -75,6 +77,7 @@ def pack(results: Path, archive: Path) -> None:
 
 
 def run_plan(args, log) -> int:
+    from simulator.execute.loop import ExecutionTimeout
     from simulator.execute.serve import build_runner, run_execution, warm_up
     from simulator.run import SimulationConfig
 
@@ -82,8 +85,8 @@ def run_plan(args, log) -> int:
     plan = json.loads(Path(args.plan).read_text())
     cells = plan["cells"]
     if args.cells:
-        wanted = set(args.cells.split(","))
-        cells = [c for c in cells if c["name"] in wanted]
+        wanted = tuple(args.cells.split(","))
+        cells = [c for c in cells if c["name"].startswith(wanted)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = [SimulationConfig.from_dict(c["config"]) for c in cells]
@@ -92,7 +95,7 @@ def run_plan(args, log) -> int:
     warm_s = warm_up(runner)
     log(f"warm-up {warm_s:.1f} s")
     _write_environment(out, args, runner, warm_s)
-    done, skipped = [], []
+    done, skipped, failed = [], [], []
     for cell, cfg in zip(cells, configs):
         elapsed = time.perf_counter() - started
         estimate = cell.get("predicted_served_s", 0.0) * args.estimate_margin + 3.0
@@ -105,21 +108,45 @@ def run_plan(args, log) -> int:
             raise SystemExit(f"plan cell {cell['name']} uses another model or GPU than the first cell")
         cell_dir = out / cell["name"]
         t = time.perf_counter()
-        summary = run_execution(cfg, runner, cell_dir, clock=args.clock, progress=args.progress)
+        # A cell far slower than simulated is abandoned (so are cells running past the deadline), so the
+        # command ends on its own with every finished cell packed.
+        stop_at = t + max(3.0 * cell.get("predicted_served_s", 0.0), 60.0)
+        if args.deadline_s:
+            stop_at = min(stop_at, started + args.deadline_s + args.deadline_grace_s)
+        try:
+            summary = run_execution(cfg, runner, cell_dir, clock=args.clock, progress=args.progress,
+                                    stop_at=stop_at)
+        except ExecutionTimeout as e:
+            log(f"abandoned {cell['name']} after {time.perf_counter() - t:.0f} s: {e}")
+            runner.release(runner.slot_holders)
+            shutil.rmtree(cell_dir, ignore_errors=True)
+            skipped.append(cell["name"])
+            continue
+        except Exception:  # one broken cell must not cost the others their device time
+            log(f"FAILED {cell['name']}:\n{traceback.format_exc()}")
+            runner.release(runner.slot_holders)
+            shutil.rmtree(cell_dir, ignore_errors=True)
+            failed.append(cell["name"])
+            continue
         if not args.keep_trace:
             (cell_dir / "trace.json").unlink(missing_ok=True)
         log(f"{cell['name']}: {summary['completed']} requests in {summary['simulated_s']:.1f} s served "
             f"({time.perf_counter() - t:.1f} s wall, simulated {cell.get('predicted_served_s', 0):.1f} s); "
             + _versus(summary, cell.get("predicted", {})))
         done.append(cell["name"])
-        (out / "cells.json").write_text(json.dumps({"done": done, "skipped": skipped}, indent=2) + "\n")
+        _write_cells(out, done, skipped, failed)
         if args.pack:
             pack(out, Path(args.pack))
-    (out / "cells.json").write_text(json.dumps({"done": done, "skipped": skipped}, indent=2) + "\n")
+    _write_cells(out, done, skipped, failed)
     if args.pack:
         pack(out, Path(args.pack))
-    log(f"plan finished in {time.perf_counter() - started:.0f} s: {len(done)} cells run, {len(skipped)} skipped")
-    return 0
+    log(f"plan finished in {time.perf_counter() - started:.0f} s: {len(done)} cells run, {len(skipped)} skipped, "
+        f"{len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _write_cells(out: Path, done: list, skipped: list, failed: list) -> None:
+    (out / "cells.json").write_text(json.dumps({"done": done, "skipped": skipped, "failed": failed}, indent=2) + "\n")
 
 
 def _versus(summary: dict, predicted: dict) -> str:
@@ -150,9 +177,12 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="result directory (one sub-directory per plan cell)")
     parser.add_argument("--plan", help="fidelity plan JSON (simulator/execute/plan.py)")
-    parser.add_argument("--cells", help="comma-separated plan cells to run (default: all, in plan order)")
+    parser.add_argument("--cells", help="comma-separated plan cell names or name prefixes to run, e.g. "
+                        "'conversation' (default: all, in plan order)")
     parser.add_argument("--deadline-s", type=float, default=0.0,
                         help="plan mode: start no cell whose predicted time would end past this many seconds")
+    parser.add_argument("--deadline-grace-s", type=float, default=30.0,
+                        help="plan mode: a cell still running this long past the deadline is abandoned")
     parser.add_argument("--estimate-margin", type=float, default=1.3,
                         help="plan mode: factor on each cell's predicted serving time for the deadline check")
     parser.add_argument("--pack", help="plan mode: tar.gz the results here after every cell")

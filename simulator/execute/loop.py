@@ -44,6 +44,10 @@ class ExecutionError(RuntimeError):
     """The run ended in a state that should be impossible (e.g. a request the policy never served)."""
 
 
+class ExecutionTimeout(RuntimeError):
+    """The run passed its host-time limit (`stop_at`) before every request finished."""
+
+
 class BusyClock:
     """Integer nanoseconds advanced by measured work; idle gaps are skipped, not waited."""
 
@@ -124,9 +128,10 @@ class ExecutionOutput:
 
 def execute(requests: RequestState, policy: Callable[[KVCache, RequestState], Policy], runner, kv_blocks: int,
             block_size: int = 16, kv_watermark: float = 0.01, clock: str = "busy",
-            progress: bool = False) -> ExecutionOutput:
+            progress: bool = False, stop_at: float | None = None) -> ExecutionOutput:
     """Serve `requests` (sorted by arrival) on one replica: `policy(kv, requests)` schedules, `runner`
-    executes. Requests that can never fit the KV cache are rejected as the simulator rejects them."""
+    executes. Requests that can never fit the KV cache are rejected as the simulator rejects them.
+    stop_at: a time.perf_counter() value after which the run is abandoned (ExecutionTimeout)."""
     if clock not in CLOCKS:
         raise ValueError(f"clock={clock!r} is not one of {', '.join(CLOCKS)}")
     blocks_held = np.zeros(len(requests), dtype=np.int64)
@@ -137,7 +142,7 @@ def execute(requests: RequestState, policy: Callable[[KVCache, RequestState], Po
                              f"of {block_size} tokens, less the watermark)")
     accepted = np.flatnonzero(~requests.rejected)
     loop = _Loop(requests, engine, runner, Recorder(block_size), CLOCKS[clock]())
-    loop.run(accepted, progress)
+    loop.run(accepted, progress, stop_at)
     unfinished = accepted[requests.completed_ns[accepted] == NOT_YET]
     if len(unfinished):
         raise ExecutionError(f"{len(unfinished)} requests never finished (first: request {unfinished[0]})")
@@ -154,7 +159,7 @@ class _Loop:
         self.comp = {name: array("q") for name in ("iteration", "request_id", "num_tokens", "kv_tokens")}
         self.completed = 0
 
-    def run(self, accepted: np.ndarray, progress: bool) -> None:
+    def run(self, accepted: np.ndarray, progress: bool, stop_at: float | None = None) -> None:
         req, engine, clock = self.requests, self.engine, self.clock
         arrivals = req.arrived_ns[accepted].tolist()
         accepted = accepted.tolist()
@@ -207,6 +212,9 @@ class _Loop:
             if bar is not None and len(done):
                 bar.update(len(done))
             previous_end = time.perf_counter_ns()
+            if stop_at is not None and previous_end / 1e9 > stop_at:
+                raise ExecutionTimeout(f"stopped after {len(self.steps['start_s'])} iterations: "
+                                       f"{self.completed} of {len(accepted)} requests finished")
         if bar is not None:
             bar.close()
 

@@ -83,8 +83,10 @@ def warm_up(runner, prefill_tokens=(512, 2048), decode_batches=(1, 8, 32)) -> fl
     return time.perf_counter() - started
 
 
-def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progress: bool = False) -> dict:
-    """Serve cfg's workload with cfg's policy on `runner`; write the result files; return the summary."""
+def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progress: bool = False,
+                  stop_at: float | None = None) -> dict:
+    """Serve cfg's workload with cfg's policy on `runner`; write the result files; return the summary.
+    stop_at: perf_counter() time after which the run is abandoned (simulator.execute.loop.ExecutionTimeout)."""
     import numpy as np
 
     from simulator import metrics
@@ -103,7 +105,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
                                    cfg.model.max_model_len)
     capture_before = getattr(runner, "graph_capture_s", 0.0)
     out = execute(requests, make_policy, runner, kv_blocks, block_size=cfg.cluster.block_size,
-                  kv_watermark=cfg.cluster.kv_watermark, clock=clock, progress=progress)
+                  kv_watermark=cfg.cluster.kv_watermark, clock=clock, progress=progress, stop_at=stop_at)
     wall_s = time.perf_counter() - started
     summary = metrics.summarize(out.records, out.iterations, out.served_s, wall_s)
     summary["setup"] = {
