@@ -149,6 +149,8 @@ class _DecodeGraph:
                              context_bound)
         last_index = torch.arange(batch, device=device)
         temperature = torch.full((batch,), TEMPERATURE, device=device)
+        # The graph keeps raw pointers to every input: they must live as long as it does.
+        self.inputs = (attn, last_index, temperature)
         # Padding-like contents for warm-up and capture: every entry decodes in the scratch rows.
         self.ints[batch + 1:].fill_(1)
         self.ints[batch] = runner.capacity_tokens
