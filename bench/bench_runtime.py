@@ -3,10 +3,15 @@
     python bench/bench_runtime.py                       # llama-3-8b and llama-2-7b on h100, as profiled
     python bench/bench_runtime.py --models llama-3-8b --hardware h100 --iterations 20000
 
-The batch stream is what a Sarathi-Serve-like scheduler (chunked prefills under a 512-token budget,
-up to 128 running sequences) produces on the splitwise conversation trace's prompt and output
-lengths: mostly decode batches with growing contexts, some with a prefill chunk.
-Targets (issue 4): fit <= 30 s per model and GPU on this 2-core machine; <= 20 us per prediction.
+Two measurements of the prediction cost:
+* standalone: `stage_times_s` on the batch stream a Sarathi-Serve-like scheduler (chunked prefills
+  under a 512-token budget, up to 128 running sequences) produces on the splitwise conversation trace's
+  prompt and output lengths (nearly every batch carries a prefill chunk: the hardest case);
+* inside a simulation: the whole conversation trace (19,366 requests, one H100, vLLM and Sarathi
+  policies) simulated with the fitted predictor, every predictor call timed; the cost per simulated
+  iteration is the predictor's total time over all iterations, the decode-run steps included.
+Targets (issue 4): fit <= 30 s per model and GPU on this 2-core machine; <= 20 us per prediction
+(per simulated iteration, on average).
 """
 from __future__ import annotations
 
@@ -67,6 +72,56 @@ def batch_stream(num_iterations: int, token_budget: int = 512, max_seqs: int = 1
     return batches
 
 
+class TimedPredictor:
+    """Wraps a predictor, adding up the time spent in its calls and the iterations they cover."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+        self.num_stages = predictor.num_stages
+        self.seconds = 0.0
+        self.iterations = 0
+
+    def stage_times_s(self, q_tokens, kv_tokens):
+        start = time.perf_counter()
+        out = self.predictor.stage_times_s(q_tokens, kv_tokens)
+        self.seconds += time.perf_counter() - start
+        self.iterations += 1
+        return out
+
+    def decode_run_stage_times_s(self, kv_tokens, num_steps):
+        start = time.perf_counter()
+        out = self.predictor.decode_run_stage_times_s(kv_tokens, num_steps)
+        self.seconds += time.perf_counter() - start
+        self.iterations += num_steps
+        return out
+
+
+def in_simulation(model_name: str, hardware_name: str, policy: str) -> dict:
+    """Predictor microseconds per simulated iteration over the conversation trace (see the docstring)."""
+    from simulator.cluster import simulate
+    from simulator.kv_cache import kv_cache_blocks_per_gpu
+    from simulator.request import RequestState
+    from simulator.run import SimulationConfig, build_predictor as build_for_config, policy_factory
+    from simulator.workload import load_workload
+
+    cfg = SimulationConfig.from_dict({
+        "model": model_name, "hardware": hardware_name, "predictor": "fitted", "policy": {"name": policy},
+        "workload": {"trace": "data/traces/splitwise_conv.csv", "arrival": "trace", "lengths": "trace"}})
+    timed = TimedPredictor(build_for_config(cfg))
+    workload = load_workload(cfg.workload, cfg.seed)
+    requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
+                                   cfg.model.max_model_len)
+    start = time.perf_counter()
+    out = simulate(requests, policy_factory(cfg.policy), timed, kv_cache_blocks_per_gpu(cfg.model, cfg.hardware,
+                   cfg.cluster), block_size=cfg.cluster.block_size, seed=cfg.seed)
+    simulate_s = time.perf_counter() - start
+    # A decode run interrupted by an arrival predicts steps that are never simulated: count what ran.
+    iterations = len(out.iterations)
+    return {"policy": policy, "iterations": iterations, "predicted_steps": timed.iterations,
+            "predictor_s": timed.seconds, "simulate_s": simulate_s,
+            "us_per_iteration": timed.seconds / max(iterations, 1) * 1e6}
+
+
 def bench(model_name: str, hardware_name: str, iterations: int) -> dict:
     model, hardware = load_model_config(model_name), load_hardware_config(hardware_name)
     with tempfile.TemporaryDirectory() as cache:
@@ -103,6 +158,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--hardware", default="h100")
     parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--policies", default="vllm,sarathi", help="policies of the in-simulation run ('' = skip)")
     args = parser.parse_args()
     gpu_dir = PROFILES_DIR / load_hardware_config(args.hardware).profile
     models = args.models or sorted(p.name for p in gpu_dir.glob("*") if (p / "ops.csv").exists())
@@ -116,6 +172,16 @@ def main() -> int:
         print(f"{r['model']:<12} {r['hardware']:<5} {r['fit_s']:6.1f} {r['cached_load_s']:7.2f} "
               f"{r['stage_times_us']:13.1f} {r['decode_only_share']:13.2f} {r['decode_run_16_us_per_step']:14.2f} "
               f"{r['decode_run_256_us_per_step']:15.2f}  {r['attention_family']}")
+    policies = [p for p in args.policies.split(",") if p]
+    if policies:
+        print(f"\ninside a simulation (conversation trace, 1 x {args.hardware}, fitted predictor):")
+        print(f"{'model':<12} {'policy':<8} {'iterations':>11} {'predicted':>11} {'predictor s':>12} {'simulate s':>11} "
+              f"{'us/iteration':>13}")
+        for m in models:
+            for policy in policies:
+                r = in_simulation(m, args.hardware, policy)
+                print(f"{m:<12} {policy:<8} {r['iterations']:>11,} {r['predicted_steps']:>11,} {r['predictor_s']:12.2f} {r['simulate_s']:11.2f} "
+                      f"{r['us_per_iteration']:13.2f}")
     return 0
 
 

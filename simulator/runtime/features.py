@@ -100,14 +100,19 @@ def fa2_num_splits(batch_heads_mblocks: int, num_sm_slots: int, num_n_blocks: in
 def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape: AttentionShape) -> list:
     """ATTENTION_FEATURES of one launch (q_tokens, kv_tokens: (n,) int arrays), as Python numbers.
 
-    The hot path of the simulator: a handful of numpy reductions, then scalar arithmetic over the
-    (few) prefill chunks only. The batch's token count is features[4] + features[5] (chunk tokens plus
+    On the simulator's hot path for batches with a chunk: a handful of numpy reductions (or Python
+    sums over a few sequences), then scalar arithmetic over the (few) prefill chunks only. The batch's token count is features[4] + features[5] (chunk tokens plus
     one per decode).
     """
     n = len(q_tokens)
-    num_tokens = int(np.add.reduce(q_tokens))
-    kv_sum = int(np.add.reduce(kv_tokens))
-    kv_max = int(np.maximum.reduce(kv_tokens))
+    few = n <= 64  # few sequences: Python lists beat numpy's per-call overhead
+    if few:
+        q_list, kv_list = q_tokens.tolist(), kv_tokens.tolist()
+        num_tokens, kv_sum, kv_max = sum(q_list), sum(kv_list), max(kv_list)
+    else:
+        num_tokens = int(np.add.reduce(q_tokens))
+        kv_sum = int(np.add.reduce(kv_tokens))
+        kv_max = int(np.maximum.reduce(kv_tokens))
     if num_tokens == n:  # decode-only: every q is 1
         work2 = 2 * kv_sum + 2 * n
         longest = kv_max + 1
@@ -115,10 +120,13 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
         return [1.0, 0, kv_sum + n, 0, 0, n, 0, 0, max(longest, shape.q_heads * work2 / (2 * shape.num_sms)),
                 0, longest if splits == 1 else 0, 0, min(longest, split_tokens) if splits > 1 else 0,
                 n * splits if splits > 1 else 0]
-    is_prefill = q_tokens > 1
-    prefill = is_prefill.nonzero()[0]
-    pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = max_prefill = max_prefill_kv = 0
-    for q, kv in zip(q_tokens[prefill].tolist(), kv_tokens[prefill].tolist()):
+    pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = max_prefill = max_prefill_kv = num_prefills = 0
+    if few:
+        chunks = [(q, kv) for q, kv in zip(q_list, kv_list) if q > 1]
+    else:
+        prefill = (q_tokens > 1).nonzero()[0]
+        chunks = zip(q_tokens[prefill].tolist(), kv_tokens[prefill].tolist())
+    for q, kv in chunks:
         max_prefill_kv = max(max_prefill_kv, kv)
         blocks = -(-q // shape.block_m)
         pairs += q * kv + q * (q + 1) // 2
@@ -127,7 +135,7 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
         prefill_kv += kv
         prefill_work2 += 2 * blocks * kv + q * (blocks + 1)
         max_prefill = max(max_prefill, q + kv)
-    num_prefills = len(prefill)
+        num_prefills += 1
     num_decodes = n - num_prefills
     decode_kv = kv_sum - prefill_kv + num_decodes
     if not num_decodes:
@@ -135,7 +143,7 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     elif kv_max > max_prefill_kv:  # the longest cached context is a decode's: no second pass needed
         max_decode = kv_max + 1
     else:
-        max_decode = int(np.maximum.reduce(kv_tokens[~is_prefill])) + 1
+        max_decode = int(np.maximum.reduce(kv_tokens[q_tokens == 1])) + 1
     work2 = 2 * decode_kv + prefill_work2
     # In a launch with a chunk, a decode is a one-token chunk to the kernel: one query block walking
     # its kv + 1 keys. It adds to the chunk terms; the mixed_* terms let the fit adjust on top.

@@ -45,8 +45,9 @@ GEMM_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down", "lm_head")
 FAST_ATTENTION_FAMILIES = ("roofline_linear", "roofline_max", "roofline_sum_max", "roofline_max_x_boosted_trees",
                            "roofline_sum_max_x_boosted_trees")
 
-# Files whose code determines a fit; their bytes are part of the cache key.
-_CODE_FILES = ("features.py", "model.py", "fit.py")
+# Files whose code determines a cached fit (the calibration is computed through the predictor); their
+# bytes are part of the cache key.
+_CODE_FILES = ("features.py", "model.py", "fit.py", "tables.py", "predictor.py", "attention_time.py")
 
 
 def code_version() -> str:

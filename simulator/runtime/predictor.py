@@ -10,8 +10,11 @@ One iteration of a batch (q_tokens[i] new tokens, kv_tokens[i] cached, per seque
   every stage but the last: the send of N x hidden activations to the next stage.
 Layers are split evenly over stages, earlier stages taking one more when they do not divide.
 
-Hot path: token-wise op times are tabulated per token count at fit time, so an iteration costs one
-attention feature vector (a few numpy reductions), a dot product and table look-ups.
+Hot path: everything but attention is tabulated per stage at build time as two lists indexed by the
+token count and the sequence count, so an iteration costs two list look-ups plus one attention time
+(simulator/runtime/attention_time.py): a few numpy reductions and scalar dot products for a batch with
+a prefill chunk; a decode-only batch is a one-step decode run, and a decode run of any length costs a
+dozen array operations.
 """
 from __future__ import annotations
 
@@ -34,12 +37,8 @@ from simulator.paths import PROFILES_DIR
 from simulator.runtime import cache
 from simulator.runtime.comm import comm_curve
 from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
-from simulator.runtime.features import (
-    batch_attention_features,
-    decode_run_attention_features,
-    linear_combination,
-    sparse_coefficients,
-)
+from simulator.runtime.attention_time import AttentionTime
+from simulator.runtime.features import batch_attention_features
 from simulator.runtime.fit import (
     GRID_DENSE_TOKENS,
     FittedRuntime,
@@ -72,20 +71,23 @@ def layers_per_stage(num_layers: int, pp: int) -> np.ndarray:
 
 
 class TokenTable:
-    """Time of something that depends only on a token (or sequence) count, tabulated on the fit grid."""
+    """Something that depends only on a token (or sequence) count, tabulated on the fit grid."""
 
-    def __init__(self, grid_tokens: np.ndarray, values_ms: np.ndarray):
+    def __init__(self, grid_tokens: np.ndarray, values: np.ndarray):
         self.grid = np.asarray(grid_tokens, dtype=np.float64)
-        self.values = np.asarray(values_ms, dtype=np.float64)
-        self.dense = self.values[:GRID_DENSE_TOKENS].tolist()  # list indexing is the fastest lookup
+        self.values = np.asarray(values, dtype=np.float64)
+        # List indexing is the fastest lookup; dense[n] is the value at count n (the grid starts at 1).
+        self.dense = [0.0] + self.values[:GRID_DENSE_TOKENS].tolist()
 
-    def ms(self, n: int) -> float:
-        """Milliseconds at count `n` (exact grid value, interpolated, or linear beyond the grid)."""
+    def at(self, n: int) -> float:
+        """Value at count `n` (exact grid value, interpolated, or linear beyond the grid)."""
         if n <= GRID_DENSE_TOKENS:
-            return self.dense[n - 1] if n >= 1 else 0.0
+            return self.dense[n]
         if n <= self.grid[-1]:
             return float(np.interp(n, self.grid, self.values))
         return float(self.values[-1] * n / self.grid[-1])
+
+    ms = at  # the tables of self._tables hold milliseconds
 
 
 @dataclass(frozen=True)
@@ -111,22 +113,8 @@ class RuntimePredictor:
         self.num_stages = pp
         self.cpu = cpu
         self.stage_layers = layers_per_stage(model.num_layers, pp)
-        self._shape = fitted.attention_shape()
         self._coef = np.asarray(fitted.attention_coef, dtype=np.float64)
-        self._additive = sparse_coefficients(self._coef[0])
-        self._branches = [sparse_coefficients(row) for row in self._coef[1:]]
-        self._stage_layers = [float(x) for x in self.stage_layers]
-        trees = fitted.attention_trees
-        self._has_trees = trees is not None
-        if trees is not None:
-            num_trees, depth = trees["features"].shape
-            self._tree_shape = (num_trees, depth)
-            self._tree_feats = trees["features"].ravel()
-            self._tree_thr = trees["thresholds"].ravel()
-            self._tree_leaves = trees["leaf_values"].ravel()
-            self._tree_offsets = np.arange(num_trees) * 2**depth
-            self._tree_base = float(trees["base"][0])
-            self._tree_powers = (2 ** np.arange(depth - 1, -1, -1)).astype(np.uint8)
+        self.attention = AttentionTime(self._coef, fitted.attention_shape(), fitted.attention_trees)
 
         grid, ops = fitted.grid_tokens, fitted.op_ms
         activation_bytes = grid * model.hidden_size * model.dtype_bytes  # N tokens x hidden
@@ -154,53 +142,29 @@ class RuntimePredictor:
             "logits_comm": TokenTable(grid, all_reduce.ms(logits_bytes) if all_reduce else zeros),
             "send": TokenTable(grid, send.ms(activation_bytes) if send else zeros),
         }
-        # Fused tables for the hot path: everything per layer that depends on N alone (kernels, then
-        # communication), and the extras of the first and last stage, kernel times calibrated.
+        # The hot path: per stage, one table of everything that depends on the token count N (its
+        # layers' token-wise kernels and all-reduces, the embedding, the final norm, the send), one of
+        # everything that depends on the sequence count (LM head, sampling, logits gather, CPU
+        # overhead), and the weight of one layer's attention time. Seconds; kernel times calibrated.
         self._scale = fitted.calibration_scale
         self._layer_extra_ms = fitted.calibration_layer_ms
-        t = self._tables
-        self._layer = TokenTable(grid, t["linear"].values + t["layer_other"].values)
-        self._layer_comm = t["layer_comm"]
-        self._first_tokens = TokenTable(grid, self._scale * t["embedding"].values + t["embedding_comm"].values)
-        self._last_tokens = TokenTable(grid, self._scale * t["final_norm"].values)
-        self._last_seqs = TokenTable(grid, self._scale * t["lm_head_sampling"].values + t["logits_comm"].values)
-
-    # ------------------------------------------------------------------ attention
-
-    def _tree_factor(self, X: np.ndarray) -> np.ndarray:
-        """exp(boosted-tree correction) of attention feature rows X (rows, features)."""
-        goes_right = (X[:, self._tree_feats] > self._tree_thr).view(np.uint8).reshape(len(X), *self._tree_shape)
-        leaf = goes_right @ self._tree_powers + self._tree_offsets
-        return np.exp(self._tree_base + self._tree_leaves[leaf].sum(axis=1))
-
-    def _tree_factor_one(self, features: list) -> float:
-        """_tree_factor of a single row, without the 2-D bookkeeping (same arithmetic, same result)."""
-        x = np.array(features, dtype=np.float64)
-        goes_right = (x[self._tree_feats] > self._tree_thr).view(np.uint8).reshape(self._tree_shape)
-        leaf = goes_right @ self._tree_powers + self._tree_offsets
-        return float(np.exp(self._tree_base + self._tree_leaves[leaf].sum()))
-
-    def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, int]:
-        """(attention milliseconds of one layer, tokens in the batch) for one batch."""
-        features = batch_attention_features(q, kv, self._shape)
-        t = linear_combination(self._additive, features) + max(
-            [linear_combination(branch, features) for branch in self._branches])
-        if self._has_trees:
-            t = t * self._tree_factor_one(features)
-        return (t if t > 0.0 else 0.0), int(features[4] + features[5])
-
-    def _decode_run_attention_ms(self, kv: np.ndarray, num_steps: int) -> np.ndarray:
-        """Attention milliseconds of one layer for each step of a decode run, shape (num_steps,)."""
-        features = decode_run_attention_features(kv, num_steps, self._shape)
-        limits = [linear_combination(branch, features) for branch in self._branches]
-        slowest = limits[0]
-        for limit in limits[1:]:
-            slowest = np.maximum(slowest, limit)
-        t = linear_combination(self._additive, features) + slowest
-        if self._has_trees:
-            X = np.column_stack([np.broadcast_to(np.asarray(f, dtype=np.float64), (num_steps,)) for f in features])
-            t = t * self._tree_factor(X)
-        return np.maximum(t, 0.0)
+        v = {name: table.values for name, table in self._tables.items()}
+        per_layer = (v["linear"] + v["layer_other"]) * self._scale + self._layer_extra_ms + v["layer_comm"]
+        cpu_ms = (cpu.fixed_s + cpu.per_sequence_s * grid) * 1e3
+        last = pp - 1
+        self._stage_tokens, self._stage_seqs, self._stage_attention = [], [], []
+        for s, layers in enumerate(self.stage_layers):
+            tokens_ms = per_layer * layers + (v["send"] if s < last else 0.0)
+            seqs_ms = np.zeros_like(grid)
+            if s == 0:
+                tokens_ms = tokens_ms + self._scale * v["embedding"] + v["embedding_comm"]
+                seqs_ms = seqs_ms + cpu_ms
+            if s == last:
+                tokens_ms = tokens_ms + self._scale * v["final_norm"]
+                seqs_ms = seqs_ms + self._scale * v["lm_head_sampling"] + v["logits_comm"]
+            self._stage_tokens.append(TokenTable(grid, tokens_ms * 1e-3))
+            self._stage_seqs.append(TokenTable(grid, seqs_ms * 1e-3))
+            self._stage_attention.append(self._scale * float(layers) * 1e-3)
 
     # ------------------------------------------------------------------ protocol
 
@@ -208,39 +172,38 @@ class RuntimePredictor:
         """Seconds each pipeline stage spends on this batch, shape (num_stages,)."""
         q = q_tokens if isinstance(q_tokens, np.ndarray) else np.asarray(q_tokens)
         kv = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.asarray(kv_tokens)
-        if q.shape != kv.shape or q.ndim != 1 or len(q) == 0:
+        n = len(q)
+        if q.shape != kv.shape or q.ndim != 1 or n == 0:
             raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty 1-D arrays, "
                              f"got shapes {q.shape} and {kv.shape}")
-        attention, num_tokens = self._batch_attention_ms(q, kv)
-        return np.array([ms * 1e-3 for ms in self._stage_ms(num_tokens, len(q), attention)])
+        # Decode-only batches take the same arithmetic as decode_run_stage_times_s (bit for bit).
+        attention_ms, num_tokens = self.attention.batch_ms(q, kv)
+        if self.num_stages == 1:
+            return np.array([(self._stage_tokens[0].at(num_tokens) + self._stage_seqs[0].at(n))
+                             + attention_ms * self._stage_attention[0]])
+        return np.array([(tokens.at(num_tokens) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
+                         in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage seconds of `num_steps` decode-only iterations, step k at contexts kv_tokens + k,
         shape (num_steps, num_stages); equal to calling stage_times_s step by step."""
-        kv = np.asarray(kv_tokens)
-        if kv.ndim != 1 or len(kv) == 0 or num_steps < 0:
+        kv = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.asarray(kv_tokens)
+        n = len(kv)
+        if kv.ndim != 1 or n == 0 or num_steps < 0:
             raise ValueError(f"kv_tokens must be a non-empty 1-D array and num_steps >= 0, "
                              f"got shape {kv.shape}, num_steps={num_steps}")
-        n = len(kv)
         if num_steps == 0:
             return np.zeros((0, self.num_stages))
-        attention = self._decode_run_attention_ms(kv, num_steps)
-        return np.column_stack(self._stage_ms(n, n, attention)) * 1e-3
-
-    def _stage_ms(self, num_tokens: int, num_seqs: int, attention_ms) -> list:
-        """Milliseconds of each stage given one layer's attention time (a float, or an array of them:
-        the same operations in the same order either way, so both paths agree bit for bit)."""
-        per_layer = (self._layer.ms(num_tokens) + attention_ms) * self._scale + (
-            self._layer_extra_ms + self._layer_comm.ms(num_tokens))
-        first = self._first_tokens.ms(num_tokens) + self.cpu.seconds(num_seqs) * 1e3
-        last = self._last_tokens.ms(num_tokens) + self._last_seqs.ms(num_seqs)
+        attention_ms = self.attention.decode_run_ms(kv, num_steps)
         if self.num_stages == 1:
-            return [per_layer * self._stage_layers[0] + (first + last)]
-        send = self._tables["send"].ms(num_tokens)
-        out = [per_layer * layers + send for layers in self._stage_layers[:-1]]
-        out[0] = out[0] + first
-        out.append(per_layer * self._stage_layers[-1] + last)
-        return out
+            fixed = self._stage_tokens[0].at(n) + self._stage_seqs[0].at(n)
+            return (fixed + attention_ms * self._stage_attention[0]).reshape(num_steps, 1)
+        return np.column_stack([(tokens.at(n) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
+                                in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
+
+    def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, int]:
+        """(attention milliseconds of one layer, tokens in the batch) for one batch."""
+        return self.attention.batch_ms(q, kv)
 
     # ------------------------------------------------------------------ breakdown
 
@@ -264,8 +227,8 @@ class RuntimePredictor:
         elif chunks.all():
             prefill_share = 1.0
         else:
-            whole = float(np.asarray(batch_attention_features(q, kv, self._shape)) @ own)
-            alone = float(np.asarray(batch_attention_features(q[chunks], kv[chunks], self._shape)) @ own)
+            whole = float(np.asarray(batch_attention_features(q, kv, self.attention.shape)) @ own)
+            alone = float(np.asarray(batch_attention_features(q[chunks], kv[chunks], self.attention.shape)) @ own)
             prefill_share = min(1.0, alone / whole) if whole > 0 else float(chunks.mean())
         t = self._tables
         tables_ms = {name: table.ms(seqs if name in ("lm_head_sampling", "logits_comm") else n)

@@ -71,6 +71,32 @@ def test_decode_run_equals_step_by_step(make_predictor, pp):
     assert predictor.decode_run_stage_times_s(kv, 0).shape == (0, pp)
 
 
+def test_short_decode_runs_equal_single_steps_whatever_fa2_splits(make_predictor):
+    """Runs that stay in one KV block, cross one, or never split, at batch sizes FA2 splits or not."""
+    import dataclasses
+
+    from simulator.runtime.predictor import RuntimePredictor
+
+    base = make_predictor(cpu_overhead_s=None)
+    rng = np.random.default_rng(6)
+    # Every feature with a non-zero coefficient in every branch, so every term is exercised.
+    coef = rng.uniform(1e-6, 1e-3, size=base.fitted.attention_coef.shape)
+    predictor = RuntimePredictor(dataclasses.replace(base.fitted, attention_coef=coef, attention_trees=None),
+                                 TINY_MODEL, 1, base.cpu)
+    shape = predictor.attention.shape
+    split_choices = set()
+    for n in (1, 2, 5, 20, 60):
+        for longest in (1, 100, 127, 128, 129, 1000, 2900):
+            kv = rng.integers(0, longest + 1, size=n)
+            kv[0] = longest
+            split_choices.add(shape.decode_split(n, longest + 1)[0] > 1 and n * shape.kv_heads < 0.8 * 2 * shape.num_sms)
+            for steps in (1, 2, 7, 130):
+                run = predictor.decode_run_stage_times_s(kv, steps)
+                singles = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(steps)])
+                np.testing.assert_array_equal(run, singles)
+    assert split_choices == {True, False}  # both kinds of launch were exercised
+
+
 def test_breakdown_adds_up_and_splits_attention_by_kind(make_predictor):
     predictor = make_predictor(cpu_overhead_s=0.002)
     result = predictor.breakdown(*split([[512, 100], [1, 1000], [1, 2000]]))
