@@ -104,65 +104,96 @@ def _tokens_per_request(records: RequestRecords) -> np.ndarray:
     return np.diff(np.asarray(records.token_offsets, dtype=np.int64))
 
 
-def _gaps_with_owner(records: RequestRecords) -> tuple[np.ndarray, np.ndarray]:
-    """(gaps_s, owner): every within-request inter-token gap and the row index of its request.
+TOKENS_PER_CHUNK = 1 << 22  # token-sized temporaries are built this many tokens at a time (32 MiB each)
 
-    np.diff over the flat token array gives one gap per adjacent pair; the pair straddling two
-    requests (the gap just before each request's first token) is masked out.
+
+def _request_chunks(offsets: np.ndarray, tokens_per_chunk: int = TOKENS_PER_CHUNK):
+    """Consecutive request ranges (lo, hi) holding about `tokens_per_chunk` tokens each (at least one
+    request), so that work over every token needs memory for one chunk rather than for all tokens."""
+    n = len(offsets) - 1
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(offsets, offsets[lo] + tokens_per_chunk, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        yield lo, hi
+        lo = hi
+
+
+def _chunk_gaps_s(times: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Every within-request inter-token gap of requests lo..hi-1, request after request.
+
+    np.diff over their tokens gives one gap per adjacent pair; the pair straddling two requests (the
+    gap just before each request's first token) is masked out.
     """
-    times = np.asarray(records.token_times_s, dtype=np.float64)
-    if len(times) < 2:
-        return np.empty(0), np.empty(0, dtype=np.int64)
-    same_request = np.ones(len(times) - 1, dtype=bool)
-    starts = np.asarray(records.token_offsets, dtype=np.int64)[1:-1]
-    starts = starts[(starts > 0) & (starts < len(times))]
+    first, last = offsets[lo], offsets[hi]
+    if last - first < 2:
+        return np.empty(0)
+    same_request = np.ones(last - first - 1, dtype=bool)
+    starts = offsets[lo + 1: hi] - first
+    starts = starts[(starts > 0) & (starts < last - first)]
     same_request[starts - 1] = False
-    gaps = np.diff(times)[same_request]
-    gaps_per_request = np.maximum(_tokens_per_request(records) - 1, 0)
-    owner = np.repeat(np.arange(len(gaps_per_request)), gaps_per_request)
-    return gaps, owner
+    return np.diff(times[first:last])[same_request]
+
+
+def _gaps_per_request(records: RequestRecords) -> np.ndarray:
+    return np.maximum(_tokens_per_request(records) - 1, 0)
 
 
 def tbt_gaps_s(records: RequestRecords, request_ids: np.ndarray | None = None) -> np.ndarray:
     """All time-between-tokens gaps (s) of non-rejected requests, request after request.
 
     `request_ids` (optional) keeps only those requests' gaps, e.g. the measured window of a
-    capacity-search trial after warm-up and cool-down are trimmed.
+    capacity-search trial after warm-up and cool-down are trimmed. Built a chunk of requests at a
+    time, so the only token-sized array is the result.
     """
     check_records(records)
-    gaps, owner = _gaps_with_owner(records)
     keep = ~np.asarray(records.rejected, dtype=bool)
     if request_ids is not None:
         keep &= np.isin(np.asarray(records.request_id), np.asarray(request_ids))
-    return gaps if keep.all() else gaps[keep[owner]]
+    times = np.asarray(records.token_times_s, dtype=np.float64)
+    offsets = np.asarray(records.token_offsets, dtype=np.int64)
+    counts = _gaps_per_request(records)
+    gaps = np.empty(int(counts[keep].sum()))
+    filled = 0
+    for lo, hi in _request_chunks(offsets):
+        chunk = _chunk_gaps_s(times, offsets, lo, hi)
+        if not keep[lo:hi].all():
+            chunk = chunk[np.repeat(keep[lo:hi], counts[lo:hi])]
+        gaps[filled: filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return gaps
 
 
 def _per_request_tbt(records: RequestRecords, q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
     """(max, q-th percentile) of each request's gaps (s); NaN for requests with fewer than 2 tokens.
 
-    One sort of all gaps keyed by (request, gap) instead of a loop; the percentile interpolates
-    linearly like np.percentile.
+    A chunk of requests at a time, one sort of the chunk's gaps keyed by (request, gap) instead of a
+    loop over requests; the percentile interpolates linearly like np.percentile.
     """
     n = len(records.request_id)
-    gaps, owner = _gaps_with_owner(records)
+    times = np.asarray(records.token_times_s, dtype=np.float64)
+    offsets = np.asarray(records.token_offsets, dtype=np.int64)
+    all_counts = _gaps_per_request(records)
     tbt_max, tbt_q = np.full(n, np.nan), np.full(n, np.nan)
-    if len(gaps) == 0:
-        return tbt_max, tbt_q
-    # Owners are already grouped, so sorting owner * span + gap orders gaps within each request.
-    # The key only chooses the order; values are read back from `gaps` exactly.
-    span = 2.0 * float(gaps.max()) + 1.0
-    ordered = gaps[np.argsort(owner * span + gaps)]
-    counts = np.maximum(_tokens_per_request(records) - 1, 0)
-    has = counts > 0
-    first = (np.cumsum(counts) - counts)[has]
-    m = counts[has]
-    position = q / 100.0 * (m - 1)
-    lower = np.floor(position).astype(np.int64)
-    upper = np.minimum(lower + 1, m - 1)
-    fraction = position - lower
-    low_value, high_value = ordered[first + lower], ordered[first + upper]
-    tbt_q[has] = low_value + (high_value - low_value) * fraction
-    tbt_max[has] = ordered[first + m - 1]
+    for lo, hi in _request_chunks(offsets):
+        gaps, counts = _chunk_gaps_s(times, offsets, lo, hi), all_counts[lo:hi]
+        if len(gaps) == 0:
+            continue
+        # Owners are already grouped, so sorting owner * span + gap orders gaps within each request.
+        # The key only chooses the order; values are read back from `gaps` exactly.
+        owner = np.repeat(np.arange(hi - lo), counts)
+        span = 2.0 * float(gaps.max()) + 1.0
+        ordered = gaps[np.argsort(owner * span + gaps)]
+        has = counts > 0
+        first = (np.cumsum(counts) - counts)[has]
+        m = counts[has]
+        position = q / 100.0 * (m - 1)
+        lower = np.floor(position).astype(np.int64)
+        upper = np.minimum(lower + 1, m - 1)
+        fraction = position - lower
+        low_value, high_value = ordered[first + lower], ordered[first + upper]
+        tbt_q[lo:hi][has] = low_value + (high_value - low_value) * fraction
+        tbt_max[lo:hi][has] = ordered[first + m - 1]
     return tbt_max, tbt_q
 
 
@@ -259,14 +290,21 @@ def _round(x) -> float | None:
     return float(f"{x:.{SIGNIFICANT_DIGITS}g}") if np.isfinite(x) else None
 
 
-def latency_stats(values: np.ndarray) -> dict:
-    """{mean, p50, p90, p99, max} of the finite values (linear-interpolated percentiles); None if none."""
+def latency_stats(values: np.ndarray, overwrite: bool = False) -> dict:
+    """{mean, p50, p90, p99, max} of the finite values (linear-interpolated percentiles); None if none.
+
+    overwrite=True lets it reorder `values` in place instead of copying them (for large arrays the
+    caller no longer needs, such as every TBT gap).
+    """
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    finite = np.isfinite(values)
+    if not finite.all():
+        values, overwrite = values[finite], True  # a copy already: ours to reorder
     keys = ["mean", *(f"p{p}" for p in PERCENTILES), "max"]
     if len(values) == 0:
         return dict.fromkeys(keys)
-    numbers = [values.mean(), *np.percentile(values, PERCENTILES), values.max()]
+    # The mean is taken first: np.percentile(overwrite_input=True) partitions values in place.
+    numbers = [values.mean(), *np.percentile(values, PERCENTILES, overwrite_input=overwrite), values.max()]
     return {k: _round(v) for k, v in zip(keys, numbers)}
 
 
@@ -301,7 +339,7 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
         "rejected": int(rejected.sum()),
         "rejected_by_reason": {str(r): int(c) for r, c in zip(reasons, reason_counts)},
         "ttft_s": latency_stats(table["ttft_s"]),
-        "tbt_s": latency_stats(tbt_gaps_s(records)),
+        "tbt_s": latency_stats(tbt_gaps_s(records), overwrite=True),
         "tpot_s": latency_stats(table["tpot_s"]),
         "e2e_s": latency_stats(table["e2e_s"]),
         "normalized_e2e_s_per_token": latency_stats(table["normalized_e2e_s_per_token"]),
