@@ -29,7 +29,8 @@ from simulator.request import NOT_YET, RequestState
 
 def seconds_to_duration_ns(seconds: np.ndarray) -> np.ndarray:
     """Predicted seconds to whole nanoseconds, at least 1 so simulated time always moves forward."""
-    return np.maximum(np.rint(np.asarray(seconds) * 1e9).astype(np.int64), 1)
+    duration_ns = np.rint(np.asarray(seconds) * 1e9).astype(np.int64)
+    return np.maximum(duration_ns, 1, out=duration_ns)
 
 
 def second_to_duration_ns(seconds: float) -> int:
@@ -145,7 +146,8 @@ class Replica:
         if min(spare_slots.tolist()) < 1:  # the first step's slot was not allocated
             self._check_allocated(step)
         step_ns = seconds_to_duration_ns(self.predictor.decode_run_stage_times_s(kv_tokens, steps)[:, 0])
-        ends = np.cumsum(step_ns) + start  # integer sums: exactly the instants stepping would reach
+        ends = step_ns.cumsum()  # integer sums: exactly the instants stepping would reach
+        ends += start
         self._in_decode_run = True
         try:
             yield env.timeout(int(ends[-1]) - start)
@@ -223,7 +225,8 @@ class Replica:
         pending = req.prompt_tokens[ids] + generated - kv_tokens
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
         num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
-        kv_used = sum(e.kv.used_blocks for e in self.engines)
+        kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
+            e.kv.used_blocks for e in self.engines)
         return Scheduled(engine, batch, kv_tokens, generated, pending, num_decode, kv_used)
 
     def _check_allocated(self, step: Scheduled) -> None:
