@@ -30,12 +30,12 @@ def test_list_valued_slo_override_from_a_space_file():
 
 
 def test_composed_points_are_checked_for_feasibility():
-    space = parse_space({"base": ["model=llama-3-70b", "hardware=h100"],
+    space = parse_space({"base": ["model=llama-3-70b", "hardware=h100", "predictor=linear"],
                          "grid": {"cluster.tp": [1, 3, 4]},
                          "variants": [{"policy": ["sarathi"]}, {"policy": ["vllm"], "policy.chunk_size": [512]}]})
     points = enumerate_points(space)
     reasons = check_points(points, progress=False)
-    by_overrides = {" ".join(p.overrides[2:]): reasons.get(p.point_id) for p in points}
+    by_overrides = {" ".join(p.overrides[3:]): reasons.get(p.point_id) for p in points}
     assert "weights need" in by_overrides["cluster.tp=1 policy=sarathi"]
     assert "does not divide" in by_overrides["cluster.tp=3 policy=sarathi"]
     assert by_overrides["cluster.tp=4 policy=sarathi"] is None
