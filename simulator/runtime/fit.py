@@ -237,15 +237,44 @@ def token_op_data(rows: pd.DataFrame, op: str, source: str, peaks: F.Peaks, out_
     return X, sub["time_ms"].to_numpy(dtype=np.float64), work
 
 
+INTERPOLATED = "kept_x_log_interpolation"  # scores key of the rejected variant (see through_measured_points)
+
+
+def through_measured_points(estimator) -> ResidualInterpolatedRegressor:
+    """`estimator` times a correction interpolated linearly in log tokens through every measured point.
+
+    Scored (scores[INTERPOLATED]) but not used between profiled counts: a kernel-selection step (cuBLAS's
+    slow pick at mlp_up_gate n=448 on H100) is a step, not a slope, and interpolating it into the
+    neighbouring gaps made whole-iteration predictions worse (docs/runtime_accuracy.md)."""
+    return ResidualInterpolatedRegressor(column=0, base=estimator)
+
+
 def fit_token_op(X: np.ndarray, y: np.ndarray, families: dict) -> tuple[str, object, dict[str, FamilyScore]]:
-    """Score families by token-range CV, keep the best, refit it on all rows."""
+    """Score families by token-range CV, keep the best and refit it on all rows (and score the kept
+    family interpolated through the measured points, for the report)."""
     groups = token_range_groups(X[:, 0])
     if len(np.unique(groups)) < 2:
         name = "roofline_linear"
         return name, clone(families[name]).fit(X, y), {}
     scores = score_families(families, X, y, groups)
     name = min(scores, key=lambda k: scores[k].score)
+    scores[INTERPOLATED] = score_families({INTERPOLATED: through_measured_points(families[name])}, X, y,
+                                          groups)[INTERPOLATED]
     return name, clone(families[name]).fit(X, y), scores
+
+
+def exact_at_measured_counts(grid: np.ndarray, grid_ms: np.ndarray, num_tokens: np.ndarray,
+                             measured_ms: np.ndarray) -> np.ndarray:
+    """grid_ms with the value at every profiled token count replaced by its measurement (the geometric
+    mean of repeated rows): where a count was measured, the simulator uses what the GPU did there,
+    kernel-selection steps included; between counts the fitted family's trend."""
+    counts, inverse = np.unique(num_tokens, return_inverse=True)
+    measured = np.exp(np.bincount(inverse, weights=np.log(measured_ms)) / np.bincount(inverse))
+    out = np.array(grid_ms, dtype=np.float64)
+    at = np.searchsorted(grid, counts)
+    on_grid = (at < len(grid)) & (grid[np.minimum(at, len(grid) - 1)] == counts)
+    out[at[on_grid]] = measured[on_grid]
+    return out
 
 
 def fit_iteration_calibration(summed_ms: np.ndarray, measured_ms: np.ndarray,
@@ -308,7 +337,8 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
     for op in tqdm(OP_NAMES, desc=f"fit {model.name} {hardware.profile} tp={tp}", disable=not progress):
         X, y, work = token_op_data(ops, op, str(files.ops_csv), peaks, out_features.get(op, 0))
         name, estimator, op_scores = fit_token_op(X, y, token_op_families())
-        op_ms[op] = estimator.predict(F.token_features(grid, work, peaks, out_features.get(op, 0)).to_numpy())
+        trend_ms = estimator.predict(F.token_features(grid, work, peaks, out_features.get(op, 0)).to_numpy())
+        op_ms[op] = exact_at_measured_counts(grid, trend_ms, X[:, 0], y)
         chosen[op], scores[op] = name, op_scores
 
     shape = F.AttentionShape(q_heads=model.num_q_heads // tp, kv_heads=model.kv_heads_per_gpu(tp),

@@ -279,20 +279,25 @@ class ResidualBoostedRegressor(RegressorMixin, BaseEstimator):
 
 
 class ResidualInterpolatedRegressor(RegressorMixin, BaseEstimator):
-    """RooflineLinearRegressor times a correction interpolated linearly in log(X[:, column]).
+    """A base estimator (RooflineLinearRegressor on `linear_columns`, or `base`) times a correction
+    interpolated linearly in log(X[:, column]).
 
-    For token-wise ops, whose time depends on the token count alone: between profiled counts the
-    correction is interpolated, beyond them it stays at the nearest measured ratio.
+    For token-wise ops, whose time depends on the token count alone: the prediction passes through
+    every measured point (the geometric mean where a count repeats); between profiled counts the
+    correction is interpolated, beyond them it stays at the nearest measured ratio, so the base's trend
+    carries the extrapolation.
     """
 
-    def __init__(self, column: int = 0, linear_columns=None):
+    def __init__(self, column: int = 0, linear_columns=None, base=None):
         self.column = column
         self.linear_columns = linear_columns
+        self.base = base
 
     def fit(self, X, y):
         X, y = _check_fit_inputs(X, y)
         self.n_features_in_ = X.shape[1]
-        self.linear_ = RooflineLinearRegressor(columns=self.linear_columns).fit(X, y)
+        base = RooflineLinearRegressor(columns=self.linear_columns) if self.base is None else clone(self.base)
+        self.linear_ = base.fit(X, y)
         log_ratio = np.log(y) - np.log(self.linear_.predict(X))
         x = np.log(np.maximum(X[:, self.column], 1e-12))
         order = np.argsort(x, kind="stable")

@@ -85,3 +85,17 @@ def test_interpolated_correction_hits_knots_and_extrapolates_along_the_roofline(
     far[0, 2] = 1e6 + 1e3 * far[0, 0]
     truth = 0.01 + max(far[0, 1] / 1e9, far[0, 2] / 1e8)
     assert model.predict(far)[0] == pytest.approx(truth, rel=0.02)
+
+
+def test_interpolated_correction_on_any_base_passes_through_measured_points():
+    X, y = roofline_data()
+    y = y.copy()
+    y[20] *= 1.8  # a count that hits a slow kernel
+    base = RooflineLinearRegressor(columns=[1, 2, 3])
+    model = ResidualInterpolatedRegressor(column=0, base=base).fit(X, y)
+    np.testing.assert_allclose(model.predict(X), y, rtol=1e-9)
+    assert not hasattr(base, "coef_")  # the base is cloned, not fitted in place
+    # Halfway (in log tokens) to a neighbour, half of the slow point's excess (in log) remains.
+    mid = np.sqrt(X[20] * X[21])[None, :]
+    plain = ResidualInterpolatedRegressor(column=0, base=base).fit(np.delete(X, 20, 0), np.delete(y, 20))
+    assert 1.1 < model.predict(mid)[0] / plain.predict(mid)[0] < 1.5

@@ -180,3 +180,17 @@ def test_hot_path_equals_the_estimator_and_decode_runs_for_every_family(make_pre
     run = predictor.decode_run_stage_times_s(kv, 120)
     steps = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(120)])
     np.testing.assert_array_equal(run, steps)
+
+
+def test_token_op_tables_pass_through_every_measured_point(make_predictor, profiles_dir):
+    """What the simulator uses for a token-wise op is the measurement at every profiled count."""
+    import pandas as pd
+
+    fitted = make_predictor().fitted
+    ops = pd.read_csv(profiles_dir / "testgpu" / TINY_MODEL.name / "ops.csv")
+    ops = ops[ops["tp"] == 1]
+    grid = fitted.grid_tokens
+    for op, rows in ops.groupby("op"):
+        measured = rows.groupby("num_tokens")["time_ms"].apply(lambda t: np.exp(np.log(t).mean()))
+        at = np.searchsorted(grid, measured.index.to_numpy(dtype=float))
+        np.testing.assert_allclose(fitted.op_ms[op][at], measured.to_numpy(), rtol=1e-9, err_msg=op)
