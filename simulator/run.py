@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import inspect
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,22 +122,15 @@ def build_predictor(cfg: SimulationConfig):
     from simulator.linear_predictor import LinearPredictor
 
     if cfg.predictor == "fitted":
-        # TODO(lead): remove this fallback once simulator.runtime and data/profiles have landed.
+        from simulator.runtime import ProfileError, build_predictor as build_fitted
+
         try:
-            from simulator.runtime import ProfileError, build_predictor as build_fitted
-        except ImportError as e:
-            _warn_fallback(f"simulator.runtime.build_predictor is not available ({e})")
-        else:
-            try:
-                return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)
-            except ProfileError as e:
-                _warn_fallback(f"no GPU profiles for the fitted predictor ({e})")
+            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)
+        except ProfileError as e:
+            # Never swap in uncalibrated times silently: say what is missing and how to choose otherwise.
+            raise ConfigError(f"predictor=fitted: {e}. Profile that GPU/model (docs/profiler.md) or run with "
+                              f"predictor=linear (an uncalibrated roofline estimate)") from None
     return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, tp, pp)
-
-
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"\n\n*** {reason}: FALLING BACK TO THE LINEAR ROOFLINE PREDICTOR (predictor=linear). "
-                  f"Iteration times are not calibrated to measured GPU profiles. ***\n", stacklevel=3)
 
 
 def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = False) -> SimulationResult:
