@@ -105,6 +105,10 @@ class KVCache:
         `decode_run_blocks_used` gives the used-block count of each step.
         """
         spare = self.blocks_held[request_ids] * self.block_size - kv_tokens
+        # A request with a free slot needs at most ceil(max_steps / block_size) more blocks: when that fits
+        # for all of them, skip the per-request count (the usual case while the cache has room).
+        if len(spare) * -(-max_steps // self.block_size) <= self.free_blocks and min(spare.tolist()) >= 1:
+            return max_steps, spare
         new_blocks = np.maximum((max_steps - spare + (self.block_size - 1)) // self.block_size, 0)
         if sum(new_blocks.tolist()) <= self.free_blocks:
             return max_steps, spare  # the common case: the whole run fits

@@ -72,6 +72,7 @@ class LinearPredictor:
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage times of `num_steps` decode iterations of the same sequences, (num_steps, num_stages)."""
         batch = len(kv_tokens)
-        kv_sums = np.arange(sum(kv_tokens.tolist()), sum(kv_tokens.tolist()) + batch * num_steps, batch)
+        kv_sum = sum(kv_tokens.tolist())
+        kv_sums = np.arange(kv_sum, kv_sum + batch * num_steps, batch)
         t = self._stage_time_s(0, batch, kv_sums)
         return np.repeat(t[:, None], self.num_stages, axis=1) if self.num_stages > 1 else t[:, None]

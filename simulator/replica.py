@@ -143,7 +143,8 @@ class Replica:
         remaining = req.output_tokens[ids] - generated
         max_steps = min(remaining.tolist())
         steps, spare_slots = engine.kv.decode_run_steps(ids, kv_tokens, max_steps)
-        if min(spare_slots.tolist()) < 1:  # the first step's slot was not allocated
+        min_spare_slots = min(spare_slots.tolist())
+        if min_spare_slots < 1:  # the first step's slot was not allocated
             self._check_allocated(step)
         step_ns = seconds_to_duration_ns(self.predictor.decode_run_stage_times_s(kv_tokens, steps)[:, 0])
         ends = step_ns.cumsum()  # integer sums: exactly the instants stepping would reach
@@ -162,7 +163,8 @@ class Replica:
         kv_tokens = kv_tokens + steps
         req.computed_tokens[ids] = kv_tokens
         req.generated_tokens[ids] = generated + steps
-        if not engine.kv.allocate_all(ids, kv_tokens):
+        # Requests take new blocks only past their spare slots: short runs (an arrival soon) take none.
+        if steps > min_spare_slots and not engine.kv.allocate_all(ids, kv_tokens):
             raise AssertionError("KV blocks of a planned decode run did not fit")  # plan_decode_run is wrong
         self.recorder.emit_run(ids, ends)
         if steps == max_steps:
@@ -224,7 +226,9 @@ class Replica:
         kv_tokens, generated = req.computed_tokens[ids], req.generated_tokens[ids]
         pending = req.prompt_tokens[ids] + generated - kv_tokens
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
-        num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
+        num_decode = pending.tolist().count(1)
+        if num_decode and not generated.all():  # a one-token prompt or last chunk is no decode
+            num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
         kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
             e.kv.used_blocks for e in self.engines)
         return Scheduled(engine, batch, kv_tokens, generated, pending, num_decode, kv_used)
