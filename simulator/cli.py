@@ -1,7 +1,7 @@
 """`servesim`: the simulator's Hydra app. Composes conf/config.yaml, runs one simulation, prints a summary
 and writes requests/iterations/token times/summary/Perfetto trace into Hydra's run directory.
 
-    servesim                                # llama-2-7b, one H100, Sarathi-Serve, the conversation trace
+    servesim                                # llama-3-8b, one H100, Sarathi-Serve, the conversation trace
     servesim policy=vllm model=mistral-7b workload.num_requests=2000
     servesim -m policy=sarathi,vllm         # a sweep (multirun/)
 

@@ -83,7 +83,7 @@ def test_hydra_composes_groups_and_overrides():
             compose(APP_CONFIG_NAME, ["policy.chunk_size=abc"])
     assert cfg.policy.name == "sarathi" and cfg.policy.chunk_size == 512 and cfg.policy.max_batch_size == 128
     assert cfg.model.name == "mistral-7b" and cfg.model.num_kv_heads == 8 and cfg.cluster.tp == 2
-    assert default.model.name == "llama-2-7b" and default.hardware.name == "h100"
+    assert default.model.name == "llama-3-8b" and default.hardware.name == "h100"
     assert default.policy.name == "sarathi" and default.workload.trace.endswith("splitwise_conv.csv")
     assert default.predictor == "fitted" and default.fast_decode_runs
 
