@@ -60,7 +60,7 @@ def latency_metrics(requests: pd.DataFrame, token_times: pd.DataFrame) -> dict:
     makespan = float(done["completed_s"].max() - requests["arrived_s"].min()) if len(done) else float("nan")
     out["throughput_rps"] = len(done) / makespan if makespan > 0 else float("nan")
     out["output_tokens_per_s"] = float(done["output_tokens"].sum()) / makespan if makespan > 0 else float("nan")
-    out["completed"] = int(len(done))
+    out["completed"] = len(done)
     return out
 
 
@@ -91,7 +91,7 @@ def abs_error_stats(predicted: np.ndarray, measured: np.ndarray) -> dict:
     err = (predicted[ok] - measured[ok]) / measured[ok] * 100.0
     if len(err) == 0:
         return {"n": 0, "median_abs_pct": float("nan"), "p90_abs_pct": float("nan"), "mean_signed_pct": float("nan")}
-    return {"n": int(len(err)), "median_abs_pct": float(np.median(np.abs(err))),
+    return {"n": len(err), "median_abs_pct": float(np.median(np.abs(err))),
             "p90_abs_pct": float(np.percentile(np.abs(err), 90)), "mean_signed_pct": float(err.mean())}
 
 
@@ -108,7 +108,7 @@ def cpu_overhead_fit(steps: pd.DataFrame) -> dict:
     parts = {name: float(steps[name].median() * 1e3) for name in
              ("schedule_s", "prepare_s", "launch_s", "sync_s", "apply_s")}
     graph = steps[steps["path"] == "graph"]
-    fit = {"fixed_s": float("nan"), "per_sequence_s": float("nan"), "iterations": int(len(graph))}
+    fit = {"fixed_s": float("nan"), "per_sequence_s": float("nan"), "iterations": len(graph)}
     if len(graph) >= 3 and graph["batch_size"].nunique() >= 2:
         exposed = (graph["duration_s"] - graph["gpu_s"]).to_numpy()
         A = np.column_stack([np.ones(len(graph)), graph["batch_size"].to_numpy(dtype=float)])
@@ -216,6 +216,31 @@ class PredictorCache:
         return self._cache[key]
 
 
+def pooled_cpu_overhead(run_dirs: list[Path], eager_floor_s: float | None = None) -> dict:
+    """CPU-overhead numbers of all runs together (JSON-ready): the fit of cpu_overhead_fit over every
+    decode iteration replayed from a CUDA graph, the median of each host part, and the host time to
+    launch one eager (op-by-op) forward pass."""
+    steps = pd.concat([pd.read_parquet(Path(d) / "steps.parquet") for d in run_dirs], ignore_index=True)
+    fit = cpu_overhead_fit(steps)
+    graph, eager = steps[steps["path"] == "graph"], steps[steps["path"] == "eager"]
+    exposed = (graph["duration_s"] - graph["gpu_s"]).to_numpy()
+    return {
+        "how": ("simulator.compare.pooled_cpu_overhead over the steps.parquet of every run: exposed = iteration "
+                "time (scheduling to tokens applied) - CUDA-event span of the forward pass and sampling"),
+        "runs": len(run_dirs), "iterations": len(steps), "graph_iterations": len(graph),
+        "eager_iterations": len(eager),
+        "decode_graph_exposed_ms": {"median": float(np.median(exposed) * 1e3),
+                                    "p10": float(np.percentile(exposed, 10) * 1e3),
+                                    "p90": float(np.percentile(exposed, 90) * 1e3)},
+        "decode_graph_fit": {"fixed_ms": fit["fixed_s"] * 1e3, "per_sequence_ms": fit["per_sequence_s"] * 1e3},
+        "median_host_part_ms": fit["median_part_ms"],
+        "eager_launch_ms": {"median": float(eager["launch_s"].median() * 1e3),
+                            "p10": float(eager["launch_s"].quantile(0.1) * 1e3),
+                            "p90": float(eager["launch_s"].quantile(0.9) * 1e3)},
+        "eager_floor_ms": None if eager_floor_s is None else eager_floor_s * 1e3,
+    }
+
+
 def measured_cpu_overhead_s(run_dirs: list[Path]) -> float:
     """Median host time the GPU waits per iteration (iteration time - GPU span) over every decode
     iteration replayed from a CUDA graph in these runs: the CPU-overhead constant real execution shows."""
@@ -231,12 +256,75 @@ def measured_cpu_overhead_s(run_dirs: list[Path]) -> float:
     return float(np.median(values))
 
 
-def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
-                cpu_overhead_s: float | None | str = "config") -> RunComparison:
-    """Simulate the run's config and compare (see the module docstring). cpu_overhead_s: "config" keeps
-    the saved config's value (None = the runtime model's default); a number replaces it."""
+class EagerFloorPredictor:
+    """The runtime model plus one thing an engine that runs only decode-only batches from CUDA graphs
+    shows: any other batch is launched op by op from Python, so its GPU span is at least `floor_s` (the
+    host cannot enqueue a whole forward pass faster). Decode-only batches are the model's own times."""
+
+    def __init__(self, with_cpu, gpu_only, floor_s: float):
+        self.with_cpu, self.gpu_only, self.floor_s = with_cpu, gpu_only, floor_s
+        self.num_stages = 1
+
+    def stage_times_s(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
+        total = self.with_cpu.stage_times_s(q_tokens, kv_tokens)
+        if max(q_tokens.tolist()) <= 1:
+            return total
+        gpu_s = float(self.gpu_only.stage_times_s(q_tokens, kv_tokens)[0])
+        return total + max(self.floor_s - gpu_s, 0.0)
+
+    def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+        return self.with_cpu.decode_run_stage_times_s(kv_tokens, num_steps)
+
+
+def measured_eager_floor_s(run_dirs: list[Path], predictors: PredictorCache) -> float:
+    """GPU span of an eager (op-by-op) iteration that launching bounds: the median span of the eager
+    iterations the runtime model predicts shorter than the median host launch time of one forward pass."""
+    from simulator.run import SimulationConfig
+
+    spans, predicted, launches = [], [], []
+    for run_dir in run_dirs:
+        run = read_run(Path(run_dir))
+        gpu_only = predictors.get(SimulationConfig.from_dict(run["config"]), 0.0)
+        eager = run["steps"][run["steps"]["path"] == "eager"]
+        comp = run["compositions"][run["compositions"]["iteration"].isin(eager["iteration"])]
+        replay = iteration_replay(comp, lambda q, kv, p=gpu_only: p.stage_times_s(q, kv)[0])
+        spans.append(eager["gpu_s"].to_numpy())
+        predicted.append(replay[eager["iteration"].to_numpy()])
+        launches.append(eager["launch_s"].to_numpy())
+    spans, predicted, launches = (np.concatenate(x) for x in (spans, predicted, launches))
+    bound = predicted < np.median(launches)
+    if not bound.any():
+        raise ValueError("no launch-bound eager iterations in these runs: cannot measure an eager floor")
+    return float(np.median(spans[bound]))
+
+
+def simulate(cfg, predictor):
+    """simulator.run.run_simulation's simulation of cfg, with the given iteration-time predictor:
+    (requests table, token_times table, iteration durations in s)."""
     from simulator import metrics
-    from simulator.run import SimulationConfig, run_simulation
+    from simulator.cluster import simulate as simulate_cluster
+    from simulator.kv_cache import kv_cache_blocks_per_gpu
+    from simulator.request import RequestState
+    from simulator.run import policy_factory
+    from simulator.workload import load_workload
+
+    workload = load_workload(cfg.workload, cfg.seed)
+    requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
+                                   cfg.model.max_model_len)
+    out = simulate_cluster(requests, policy_factory(cfg.policy), predictor,
+                           kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster),
+                           block_size=cfg.cluster.block_size, num_replicas=cfg.cluster.num_replicas,
+                           router=cfg.cluster.router, kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed)
+    return (metrics.request_table(out.records), metrics.token_times_table(out.records),
+            np.asarray(out.iterations.duration_s))
+
+
+def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
+                cpu_overhead_s: float | None | str = "config", eager_floor_s: float | None = None) -> RunComparison:
+    """Simulate the run's config and compare (see the module docstring). cpu_overhead_s: "config" keeps
+    the saved config's value (None = the runtime model's default); a number replaces it. eager_floor_s:
+    simulate with EagerFloorPredictor (None: the runtime model alone, as the simulator ships)."""
+    from simulator.run import SimulationConfig
 
     run_dir = Path(run_dir)
     predictors = predictors or PredictorCache()
@@ -244,15 +332,15 @@ def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
     cfg = SimulationConfig.from_dict(run["config"])
     if cpu_overhead_s != "config":
         cfg = dataclasses.replace(cfg, cpu_overhead_s=cpu_overhead_s)
-    sim = run_simulation(cfg)
-    sim_tokens = metrics.token_times_table(sim.records)
-    measured = latency_metrics(run["requests"], run["token_times"])
-    simulated = latency_metrics(sim.requests, sim_tokens)
-
-    steps = run["steps"].copy()
     with_cpu = predictors.get(cfg, cfg.cpu_overhead_s)
     gpu_only = predictors.get(cfg, 0.0)
-    steps["predicted_s"] = iteration_replay(run["compositions"], lambda q, kv: with_cpu.stage_times_s(q, kv)[0])
+    predictor = with_cpu if eager_floor_s is None else EagerFloorPredictor(with_cpu, gpu_only, eager_floor_s)
+    sim_requests, sim_tokens, sim_iteration_s = simulate(cfg, predictor)
+    measured = latency_metrics(run["requests"], run["token_times"])
+    simulated = latency_metrics(sim_requests, sim_tokens)
+
+    steps = run["steps"].copy()
+    steps["predicted_s"] = iteration_replay(run["compositions"], lambda q, kv: predictor.stage_times_s(q, kv)[0])
     steps["predicted_gpu_s"] = iteration_replay(run["compositions"], lambda q, kv: gpu_only.stage_times_s(q, kv)[0])
     steps["kind"] = iteration_kind(steps)
 
@@ -265,7 +353,7 @@ def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
         name=run_dir.name, labels=run_labels(run_dir, run["config"]), measured=measured, simulated=simulated,
         iterations=steps, cpu=cpu_overhead_fit(steps),
         samples={"measured": samples(run["requests"], run["token_times"], steps["duration_s"]),
-                 "simulated": samples(sim.requests, sim_tokens, sim.iterations["duration_s"])},
+                 "simulated": samples(sim_requests, sim_tokens, sim_iteration_s)},
     )
 
 
@@ -302,10 +390,10 @@ def _ms(x) -> str:
 def markdown_report(table: pd.DataFrame) -> str:
     """The accuracy tables (Markdown) from summary_table's rows."""
     lines = ["## Latency and throughput: simulated vs measured", "",
-             f"Signed error (simulated - measured) / measured in %. Targets: |error| <= {LATENCY_TARGET_PCT:g} % "
-             "for median TTFT, P99 TBT and median E2E (bold where missed). Measured values in ms (E2E in s).", "",
-             "| run | load | rate req/s | reqs | TTFT p50 ms | err p50 | err p90 | err p99 | TBT p99 ms | err p50 | "
-             "err p90 | err p99 | E2E p50 s | err p50 | err p90 | err p99 | err req/s | err tok/s |",
+             (f"Signed error (simulated - measured) / measured in %. Targets: |error| <= {LATENCY_TARGET_PCT:g} % "
+             "for median TTFT, P99 TBT and median E2E (bold where missed). Measured values in ms (E2E in s)."), "",
+             ("| run | load | rate req/s | reqs | TTFT p50 ms | err p50 | err p90 | err p99 | TBT p99 ms | err p50 | "
+             "err p90 | err p99 | E2E p50 s | err p50 | err p90 | err p99 | err req/s | err tok/s |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def flag(row, key):
@@ -324,12 +412,12 @@ def markdown_report(table: pd.DataFrame) -> str:
             f"{flag(r, 'e2e_s_p50')} | {flag(r, 'e2e_s_p90')} | {flag(r, 'e2e_s_p99')} | "
             f"{flag(r, 'throughput_rps')} | {flag(r, 'output_tokens_per_s')} |")
     lines += ["", "## Iteration time, matched batch by batch", "",
-              "Each executed batch replayed through the runtime model. total: predicted (with its CPU-overhead "
+              ("Each executed batch replayed through the runtime model. total: predicted (with its CPU-overhead "
               "term) vs the measured iteration (scheduling to tokens applied). GPU: predicted without CPU term "
               f"vs the CUDA-event span of the forward pass and sampling. Target: median |error| <= "
-              f"{ITERATION_TARGET_PCT:g} % (total).", "",
-              "| run | iterations | graph share | total median abs % | total P90 abs % | total mean signed % | "
-              "prefill | decode | mixed | GPU median abs % | GPU mean signed % |",
+              f"{ITERATION_TARGET_PCT:g} % (total)."), "",
+              ("| run | iterations | graph share | total median abs % | total P90 abs % | total mean signed % | "
+              "prefill | decode | mixed | GPU median abs % | GPU mean signed % |"),
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         median = r["iteration_total_median_abs_pct"]
@@ -343,10 +431,10 @@ def markdown_report(table: pd.DataFrame) -> str:
             f"{_abs(r.get('iteration_total_mixed_median_abs_pct', np.nan))} | "
             f"{_abs(r['iteration_gpu_median_abs_pct'])} | {_pct(r['iteration_gpu_mean_signed_pct'])} |")
     lines += ["", "## Measured CPU overhead of the real execution", "",
-              "Medians per iteration (ms) of each host part; exposed = iteration time minus GPU span. The fit is "
-              "exposed = fixed + per-sequence x batch over decode iterations replayed from CUDA graphs.", "",
-              "| run | schedule | prepare | launch | sync wait | apply | decode fit fixed ms | per seq ms | "
-              "eager exposed median ms |", "|---|---|---|---|---|---|---|---|---|"]
+              ("Medians per iteration (ms) of each host part; exposed = iteration time minus GPU span. The fit is "
+              "exposed = fixed + per-sequence x batch over decode iterations replayed from CUDA graphs."), "",
+              ("| run | schedule | prepare | launch | sync wait | apply | decode fit fixed ms | per seq ms | "
+              "eager exposed median ms |"), "|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(
             f"| {r['run']} | {r['cpu_median_schedule_ms']:.3f} | {r['cpu_median_prepare_ms']:.3f} | "
@@ -367,7 +455,7 @@ def _num(x, digits) -> str:
 def targets_summary(table: pd.DataFrame) -> dict:
     """Which targets hold in how many runs (loads <= 85 %)."""
     within = table[table["load"].fillna(0) <= 0.85 + 1e-9]
-    out = {"runs": int(len(within))}
+    out = {"runs": len(within)}
     for key in TARGET_METRICS:
         errors = within[f"error_pct_{key}"].abs()
         out[f"{key}_within_{LATENCY_TARGET_PCT:g}pct"] = int((errors <= LATENCY_TARGET_PCT).sum())
@@ -387,6 +475,9 @@ def main(argv=None) -> int:
                         help="CPU overhead per iteration the simulator uses: 'default' (the runtime model's, "
                              "as in the runs' configs), 'measured' (the median the executions show on decode "
                              "iterations), or seconds")
+    parser.add_argument("--eager-floor", default="none",
+                        help="'none' (the runtime model as shipped), 'measured' or seconds: the least GPU span of "
+                             "a batch launched op by op (every batch that is not decode-only), see EagerFloorPredictor")
     args = parser.parse_args(argv)
 
     runs = find_runs(args.runs)
@@ -403,11 +494,22 @@ def main(argv=None) -> int:
         except ValueError:
             raise SystemExit(f"--cpu-overhead {args.cpu_overhead!r}: expected default, measured or seconds") from None
         setting = f"a CPU overhead of {cpu_overhead * 1e3:.3f} ms per iteration"
-    print(f"simulating with {setting}")
     predictors = PredictorCache()
+    eager_floor = None
+    if args.eager_floor == "measured":
+        eager_floor = measured_eager_floor_s(runs, predictors)
+    elif args.eager_floor != "none":
+        try:
+            eager_floor = float(args.eager_floor)
+        except ValueError:
+            raise SystemExit(f"--eager-floor {args.eager_floor!r}: expected none, measured or seconds") from None
+    if eager_floor is not None:
+        setting += (f", plus an eager-launch floor of {eager_floor * 1e3:.2f} ms of GPU span for batches that are "
+                    f"not decode-only (compare.EagerFloorPredictor)")
+    print(f"simulating with {setting}")
     comparisons = []
     for run_dir in runs:
-        comparisons.append(compare_run(run_dir, predictors, cpu_overhead))
+        comparisons.append(compare_run(run_dir, predictors, cpu_overhead, eager_floor))
         e = comparisons[-1].errors()
         it = comparisons[-1].iteration_errors()["total"]
         print(f"{run_dir.name}: TTFT p50 {e['ttft_s_p50']:+.1f} %, TBT p99 {e['tbt_s_p99']:+.1f} %, "
@@ -423,6 +525,9 @@ def main(argv=None) -> int:
             args.out / "iterations.parquet", index=False)
         targets = {"cpu_overhead": setting, **targets_summary(table)}
         (args.out / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+        if (np.asarray([s["gpu_s"].notna().any() for s in (c.iterations for c in comparisons)])).all():
+            cpu = pooled_cpu_overhead(runs, eager_floor)
+            (args.out / "cpu_overhead.json").write_text(json.dumps(cpu, indent=2) + "\n")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(f"Simulated with {setting}. Generated by `servesim-compare` "

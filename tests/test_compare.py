@@ -96,8 +96,8 @@ class ScaledRunner(PredictorRunner):
 
 def linear_config() -> SimulationConfig:
     return SimulationConfig.from_dict({
-        "model": dict(name="tiny-cmp", num_layers=2, hidden_size=128, num_q_heads=4, num_kv_heads=2,
-                      head_dim=32, intermediate_size=256, vocab_size=300, max_model_len=2048),
+        "model": {"name": "tiny-cmp", "num_layers": 2, "hidden_size": 128, "num_q_heads": 4, "num_kv_heads": 2,
+                      "head_dim": 32, "intermediate_size": 256, "vocab_size": 300, "max_model_len": 2048},
         "hardware": "h100", "policy": {"name": "vllm"},
         "workload": {"trace": "data/traces/splitwise_conv.csv", "arrival": "poisson", "rate_qps": 30.0,
                      "lengths": "trace", "num_requests": 30, "max_prompt_tokens": 400, "max_output_tokens": 40},
@@ -150,3 +150,35 @@ def test_missing_run_files_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="requests.parquet"):
         compare.read_run(tmp_path)
+
+
+def test_eager_floor_applies_only_to_batches_launched_op_by_op():
+    from simulator.linear_predictor import LinearPredictor
+
+    gpu = LinearPredictor(fixed_s=0.008, per_prefill_token_s=1e-5, per_decode_token_s=1e-5, per_kv_token_s=0.0)
+    with_cpu = LinearPredictor(fixed_s=0.009, per_prefill_token_s=1e-5, per_decode_token_s=1e-5,
+                               per_kv_token_s=0.0)  # 1 ms of CPU overhead on top
+    model = compare.EagerFloorPredictor(with_cpu, gpu, floor_s=0.015)
+    decodes = model.stage_times_s(np.array([1, 1, 1]), np.array([10, 20, 30]))
+    assert decodes[0] == pytest.approx(0.009 + 3e-5)  # decode-only: replayed from a graph, no floor
+    short_prefill = model.stage_times_s(np.array([100, 1]), np.array([0, 50]))
+    assert short_prefill[0] == pytest.approx(0.015 + 0.001)  # GPU 9 ms < floor: floor + CPU
+    long_prefill = model.stage_times_s(np.array([1000]), np.array([0]))
+    assert long_prefill[0] == pytest.approx(0.009 + 1e-2)  # GPU 18 ms > floor: unchanged
+    assert np.allclose(model.decode_run_stage_times_s(np.array([5, 6]), 3),
+                       with_cpu.decode_run_stage_times_s(np.array([5, 6]), 3))
+
+
+def test_pooled_cpu_overhead_over_runs(tmp_path):
+    for name, fixed in (("a", 0.3e-3), ("b", 0.5e-3)):
+        run = tmp_path / name
+        run.mkdir()
+        gpu = np.full(4, 8e-3)
+        pd.DataFrame({"batch_size": [1, 2, 4, 8], "gpu_s": gpu, "duration_s": gpu + fixed,
+                      "path": ["graph", "graph", "graph", "eager"], "launch_s": [1e-4, 1e-4, 1e-4, 0.015],
+                      "schedule_s": 1e-4, "prepare_s": 2e-4, "sync_s": 8e-3, "apply_s": 1e-4}).to_parquet(
+            run / "steps.parquet")
+    cpu = compare.pooled_cpu_overhead([tmp_path / "a", tmp_path / "b"])
+    assert cpu["graph_iterations"] == 6 and cpu["eager_iterations"] == 2
+    assert cpu["decode_graph_exposed_ms"]["median"] == pytest.approx(0.4)
+    assert cpu["eager_launch_ms"]["median"] == pytest.approx(15.0)

@@ -16,7 +16,7 @@ from simulator.cluster import simulate
 from simulator.config import ModelConfig
 from simulator.execute import cli
 from simulator.execute.loop import STEP_COLUMNS, PredictorRunner, execute
-from simulator.execute.runner import (StepTiming, TorchModelRunner, graph_batch_size, graph_context_bound)
+from simulator.execute.runner import StepTiming, TorchModelRunner, graph_batch_size, graph_context_bound
 from simulator.execute.serve import config_dict, run_execution
 from simulator.execute.slots import SlotAllocator, SlotsFull
 from simulator.linear_predictor import LinearPredictor
@@ -25,8 +25,8 @@ from simulator.run import SimulationConfig
 
 torch.set_num_threads(1)  # tiny shapes: thread start-up would dominate
 
-TINY = dict(name="tiny-exec", num_layers=2, hidden_size=128, num_q_heads=4, num_kv_heads=2, head_dim=32,
-            intermediate_size=256, vocab_size=300, max_model_len=512)
+TINY = {"name": "tiny-exec", "num_layers": 2, "hidden_size": 128, "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32,
+            "intermediate_size": 256, "vocab_size": 300, "max_model_len": 512}
 POLICY_CASES = [("vllm", {}), ("sarathi", {"chunk_size": 32}), ("orca", {"max_batch_size": 3})]
 
 
@@ -171,7 +171,7 @@ def test_batches_obey_each_policy(executed):
 def test_replaying_the_measured_times_reproduces_every_batch(executed, policy):
     """The policy chose each executed batch itself: serving again with the measured durations (no model)
     gives the very same sequence of batches."""
-    requests, result, runner, params, kv_blocks, (arrivals, prompts, outputs) = executed[policy]
+    _requests, result, _runner, params, kv_blocks, (arrivals, prompts, outputs) = executed[policy]
     replay = execute(RequestState.create(arrivals, prompts, outputs, 512),
                      functools.partial(POLICIES[policy], **params), ReplayRunner(result.steps["duration_s"]),
                      kv_blocks, block_size=8, kv_watermark=0.0)

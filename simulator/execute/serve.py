@@ -136,7 +136,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
         "kv_slot_tokens": getattr(getattr(runner, "slots", None), "capacity_tokens", None),
         "served_s": out.served_s,
         "wall_s": wall_s,
-        "iterations": int(len(out.steps)),
+        "iterations": len(out.steps),
         "graph_iterations": int((out.steps["path"] == "graph").sum()),
         "mean_exposed_cpu_ms": float(np.nanmean(out.steps["duration_s"] - out.steps["gpu_s"]) * 1e3)
         if len(out.steps) and out.steps["gpu_s"].notna().any() else None,
