@@ -22,6 +22,7 @@ import numpy as np
 import simpy
 
 from policies.base import Batch, Policy
+from simulator.kv_cache import SMALL_BATCH
 from simulator.predictor import IterationTimePredictor
 from simulator.recorder import Recorder
 from simulator.request import NOT_YET, RequestState
@@ -226,8 +227,9 @@ class Replica:
         kv_tokens, generated = req.computed_tokens[ids], req.generated_tokens[ids]
         pending = req.prompt_tokens[ids] + generated - kv_tokens
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
-        num_decode = pending.tolist().count(1)
-        if num_decode and not generated.all():  # a one-token prompt or last chunk is no decode
+        if len(ids) <= SMALL_BATCH:
+            num_decode = sum(1 for p, g in zip(pending.tolist(), generated.tolist()) if p == 1 and g > 0)
+        else:
             num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
         kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
             e.kv.used_blocks for e in self.engines)
@@ -236,8 +238,13 @@ class Replica:
     def _check_allocated(self, step: Scheduled) -> None:
         """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
         kv = self.engines[step.engine].kv
-        held_tokens = kv.blocks_held[step.batch.request_ids] * kv.block_size
-        shortfall = step.kv_tokens + step.batch.num_tokens - held_tokens
+        held_blocks = kv.blocks_held[step.batch.request_ids]
+        if len(held_blocks) <= SMALL_BATCH:
+            bs = kv.block_size
+            if all(k + n <= h * bs for k, n, h in zip(step.kv_tokens.tolist(), step.batch.num_tokens.tolist(),
+                                                      held_blocks.tolist())):
+                return
+        shortfall = step.kv_tokens + step.batch.num_tokens - held_blocks * kv.block_size
         if max(shortfall.tolist()) > 0:
             raise RuntimeError(
                 f"policy {type(self.engines[step.engine]).__name__} scheduled requests without allocating "
