@@ -109,12 +109,14 @@ def error_vs_load_figure(comparisons):
     for ax, (key, title) in zip(axes[0], metrics):
         for trace, policy in groups:
             i = policies.index(policy)
-            mine = sorted((c for c in comparisons if (c.labels["trace"], c.labels["policy"]) == (trace, policy)),
+            mine = sorted((c for c in comparisons
+                           if (c.labels["trace"], c.labels["policy"]) == (trace, policy)),
                           key=lambda c: c.labels["load"])
             loads = [c.labels["load"] * 100 for c in mine]
             errors = [c.errors()[key] for c in mine]
-            ax.plot(loads, errors, marker=MARKERS[i % len(MARKERS)], ms=4, color=policy_color(_policy_base(policy), i),
-                    ls="-" if trace == traces[0] else "--", label=f"{trace} {policy}")
+            ax.plot(loads, errors, marker=MARKERS[i % len(MARKERS)], ms=4,
+                    color=policy_color(_policy_base(policy), i), ls="-" if trace == traces[0] else "--",
+                    label=f"{trace} {policy}")
         ax.axhspan(-10, 10, color="grey", alpha=0.12, lw=0)
         ax.axhline(0, color="black", lw=0.6)
         style_axes(ax, "load (% of simulated capacity)", "error (%), simulated vs measured", title)
@@ -128,5 +130,6 @@ def write_fidelity_figures(comparisons, out_dir) -> list[Path]:
     paths = [save_figure(iteration_scatter_figure(comparisons), out_dir / "fidelity_iterations.png"),
              save_figure(error_vs_load_figure(comparisons), out_dir / "fidelity_errors.png")]
     for trace in sorted({c.labels["trace"] for c in comparisons}):
-        paths.append(save_figure(latency_cdf_grid_figure(comparisons, trace), out_dir / f"fidelity_cdf_{trace}.png"))
+        figure = latency_cdf_grid_figure(comparisons, trace)
+        paths.append(save_figure(figure, out_dir / f"fidelity_cdf_{trace}.png"))
     return paths

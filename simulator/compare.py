@@ -30,7 +30,8 @@ PERCENTILES = (50, 90, 99)
 ITERATION_TARGET_PCT = 5.0
 LATENCY_TARGET_PCT = 10.0
 TARGET_METRICS = ("ttft_s_p50", "tbt_s_p99", "e2e_s_p50")
-RUN_FILES = ("config.json", "requests.parquet", "token_times.parquet", "steps.parquet", "compositions.parquet")
+RUN_FILES = ("config.json", "requests.parquet", "token_times.parquet", "steps.parquet",
+             "compositions.parquet")
 
 
 # ----------------------------------------------------------------------------- pure metrics
@@ -59,7 +60,8 @@ def latency_metrics(requests: pd.DataFrame, token_times: pd.DataFrame) -> dict:
             out[f"{metric}_p{p}"] = float(np.percentile(finite, p)) if len(finite) else float("nan")
     makespan = float(done["completed_s"].max() - requests["arrived_s"].min()) if len(done) else float("nan")
     out["throughput_rps"] = len(done) / makespan if makespan > 0 else float("nan")
-    out["output_tokens_per_s"] = float(done["output_tokens"].sum()) / makespan if makespan > 0 else float("nan")
+    tokens = float(done["output_tokens"].sum())
+    out["output_tokens_per_s"] = tokens / makespan if makespan > 0 else float("nan")
     out["completed"] = len(done)
     return out
 
@@ -90,7 +92,8 @@ def abs_error_stats(predicted: np.ndarray, measured: np.ndarray) -> dict:
     ok = np.isfinite(predicted) & np.isfinite(measured) & (measured > 0)
     err = (predicted[ok] - measured[ok]) / measured[ok] * 100.0
     if len(err) == 0:
-        return {"n": 0, "median_abs_pct": float("nan"), "p90_abs_pct": float("nan"), "mean_signed_pct": float("nan")}
+        nan = float("nan")
+        return {"n": 0, "median_abs_pct": nan, "p90_abs_pct": nan, "mean_signed_pct": nan}
     return {"n": len(err), "median_abs_pct": float(np.median(np.abs(err))),
             "p90_abs_pct": float(np.percentile(np.abs(err), 90)), "mean_signed_pct": float(err.mean())}
 
@@ -117,7 +120,8 @@ def cpu_overhead_fit(steps: pd.DataFrame) -> dict:
                    median_exposed_ms=float(np.median(exposed) * 1e3))
     eager = steps[steps["path"] == "eager"]
     if len(eager):
-        fit["eager_median_exposed_ms"] = float(np.median((eager["duration_s"] - eager["gpu_s"]).to_numpy()) * 1e3)
+        exposed = (eager["duration_s"] - eager["gpu_s"]).to_numpy()
+        fit["eager_median_exposed_ms"] = float(np.median(exposed) * 1e3)
     return {"median_part_ms": parts, **fit}
 
 
@@ -134,7 +138,7 @@ class RunComparison:
     simulated: dict  # latency_metrics of the simulation
     iterations: pd.DataFrame  # executed steps + predicted_s, predicted_gpu_s, kind
     cpu: dict  # cpu_overhead_fit of the execution
-    samples: dict  # raw arrays for plots: {"measured"|"simulated": {"ttft_s", "tbt_s", "e2e_s", "iteration_s"}}
+    samples: dict  # arrays for plots: {"measured"|"simulated": {"ttft_s", "tbt_s", "e2e_s", "iteration_s"}}
 
     def errors(self) -> dict:
         keys = [f"{m}_p{p}" for m in LATENCY_METRICS for p in PERCENTILES] + ["throughput_rps",
@@ -192,7 +196,8 @@ def run_labels(run_dir: Path, config: dict) -> dict:
             cells = {c["name"]: c for c in json.loads(plan_path.read_text())["cells"]}
             if run_dir.name in cells:
                 c = cells[run_dir.name]
-                return {k: c[k] for k in ("trace", "policy", "load", "rate_qps", "num_requests", "capacity_qps")}
+                keys = ("trace", "policy", "load", "rate_qps", "num_requests", "capacity_qps")
+                return {k: c[k] for k in keys}
     policy = config["policy"]
     label = policy["name"] + (str(policy["chunk_size"]) if policy.get("chunk_size") else "")
     trace = config["workload"].get("name") or Path(str(config["workload"].get("trace") or "synthetic")).stem
@@ -225,14 +230,16 @@ def pooled_cpu_overhead(run_dirs: list[Path], eager_floor_s: float | None = None
     graph, eager = steps[steps["path"] == "graph"], steps[steps["path"] == "eager"]
     exposed = (graph["duration_s"] - graph["gpu_s"]).to_numpy()
     return {
-        "how": ("simulator.compare.pooled_cpu_overhead over the steps.parquet of every run: exposed = iteration "
-                "time (scheduling to tokens applied) - CUDA-event span of the forward pass and sampling"),
+        "how": ("simulator.compare.pooled_cpu_overhead over the steps.parquet of every run: exposed = "
+                "iteration time (scheduling to tokens applied) - CUDA-event span of the forward pass and "
+                "sampling"),
         "runs": len(run_dirs), "iterations": len(steps), "graph_iterations": len(graph),
         "eager_iterations": len(eager),
         "decode_graph_exposed_ms": {"median": float(np.median(exposed) * 1e3),
                                     "p10": float(np.percentile(exposed, 10) * 1e3),
                                     "p90": float(np.percentile(exposed, 90) * 1e3)},
-        "decode_graph_fit": {"fixed_ms": fit["fixed_s"] * 1e3, "per_sequence_ms": fit["per_sequence_s"] * 1e3},
+        "decode_graph_fit": {"fixed_ms": fit["fixed_s"] * 1e3,
+                             "per_sequence_ms": fit["per_sequence_s"] * 1e3},
         "median_host_part_ms": fit["median_part_ms"],
         "eager_launch_ms": {"median": float(eager["launch_s"].median() * 1e3),
                             "p10": float(eager["launch_s"].quantile(0.1) * 1e3),
@@ -252,7 +259,8 @@ def measured_cpu_overhead_s(run_dirs: list[Path]) -> float:
     values = np.concatenate(exposed) if exposed else np.empty(0)
     values = values[np.isfinite(values)]
     if len(values) == 0:
-        raise ValueError("no CUDA-graph iterations with a GPU span in these runs: cannot measure the CPU overhead")
+        raise ValueError("no CUDA-graph iterations with a GPU span in these runs: "
+                         "cannot measure the CPU overhead")
     return float(np.median(values))
 
 
@@ -320,7 +328,8 @@ def simulate(cfg, predictor):
 
 
 def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
-                cpu_overhead_s: float | None | str = "config", eager_floor_s: float | None = None) -> RunComparison:
+                cpu_overhead_s: float | None | str = "config",
+                eager_floor_s: float | None = None) -> RunComparison:
     """Simulate the run's config and compare (see the module docstring). cpu_overhead_s: "config" keeps
     the saved config's value (None = the runtime model's default); a number replaces it. eager_floor_s:
     simulate with EagerFloorPredictor (None: the runtime model alone, as the simulator ships)."""
@@ -340,8 +349,9 @@ def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
     simulated = latency_metrics(sim_requests, sim_tokens)
 
     steps = run["steps"].copy()
-    steps["predicted_s"] = iteration_replay(run["compositions"], lambda q, kv: predictor.stage_times_s(q, kv)[0])
-    steps["predicted_gpu_s"] = iteration_replay(run["compositions"], lambda q, kv: gpu_only.stage_times_s(q, kv)[0])
+    comp = run["compositions"]
+    steps["predicted_s"] = iteration_replay(comp, lambda q, kv: predictor.stage_times_s(q, kv)[0])
+    steps["predicted_gpu_s"] = iteration_replay(comp, lambda q, kv: gpu_only.stage_times_s(q, kv)[0])
     steps["kind"] = iteration_kind(steps)
 
     def samples(requests, tokens, iteration_s):
@@ -387,14 +397,29 @@ def _ms(x) -> str:
     return "-" if not np.isfinite(x) else f"{x * 1e3:.0f}"
 
 
+LATENCY_INTRO = (
+    "Signed error (simulated - measured) / measured in %. Targets: |error| <= {target:g} % for median TTFT, "
+    "P99 TBT and median E2E (bold where missed). Measured values in ms (E2E in s).")
+LATENCY_HEADER = ("| run | load | rate req/s | reqs | TTFT p50 ms | err p50 | err p90 | err p99 | "
+                  "TBT p99 ms | err p50 | err p90 | err p99 | E2E p50 s | err p50 | err p90 | err p99 | "
+                  "err req/s | err tok/s |")
+ITERATION_INTRO = (
+    "Each executed batch replayed through the runtime model. total: predicted (with its CPU-overhead term) "
+    "vs the measured iteration (scheduling to tokens applied). GPU: predicted without CPU term vs the "
+    "CUDA-event span of the forward pass and sampling. Target: median |error| <= {target:g} % (total).")
+ITERATION_HEADER = ("| run | iterations | graph share | total median abs % | total P90 abs % | "
+                    "total mean signed % | prefill | decode | mixed | GPU median abs % | GPU mean signed % |")
+CPU_INTRO = (
+    "Medians per iteration (ms) of each host part; exposed = iteration time minus GPU span. The fit is "
+    "exposed = fixed + per-sequence x batch over decode iterations replayed from CUDA graphs.")
+CPU_HEADER = ("| run | schedule | prepare | launch | sync wait | apply | decode fit fixed ms | per seq ms | "
+              "eager exposed median ms |")
+
+
 def markdown_report(table: pd.DataFrame) -> str:
     """The accuracy tables (Markdown) from summary_table's rows."""
     lines = ["## Latency and throughput: simulated vs measured", "",
-             (f"Signed error (simulated - measured) / measured in %. Targets: |error| <= {LATENCY_TARGET_PCT:g} % "
-             "for median TTFT, P99 TBT and median E2E (bold where missed). Measured values in ms (E2E in s)."), "",
-             ("| run | load | rate req/s | reqs | TTFT p50 ms | err p50 | err p90 | err p99 | TBT p99 ms | err p50 | "
-             "err p90 | err p99 | E2E p50 s | err p50 | err p90 | err p99 | err req/s | err tok/s |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             LATENCY_INTRO.format(target=LATENCY_TARGET_PCT), "", LATENCY_HEADER, "|---" * 18 + "|"]
 
     def flag(row, key):
         text = _pct(row[f"error_pct_{key}"])
@@ -412,16 +437,11 @@ def markdown_report(table: pd.DataFrame) -> str:
             f"{flag(r, 'e2e_s_p50')} | {flag(r, 'e2e_s_p90')} | {flag(r, 'e2e_s_p99')} | "
             f"{flag(r, 'throughput_rps')} | {flag(r, 'output_tokens_per_s')} |")
     lines += ["", "## Iteration time, matched batch by batch", "",
-              ("Each executed batch replayed through the runtime model. total: predicted (with its CPU-overhead "
-              "term) vs the measured iteration (scheduling to tokens applied). GPU: predicted without CPU term "
-              f"vs the CUDA-event span of the forward pass and sampling. Target: median |error| <= "
-              f"{ITERATION_TARGET_PCT:g} % (total)."), "",
-              ("| run | iterations | graph share | total median abs % | total P90 abs % | total mean signed % | "
-              "prefill | decode | mixed | GPU median abs % | GPU mean signed % |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              ITERATION_INTRO.format(target=ITERATION_TARGET_PCT), "", ITERATION_HEADER, "|---" * 11 + "|"]
     for _, r in table.iterrows():
         median = r["iteration_total_median_abs_pct"]
-        cell = _abs(median) if not (np.isfinite(median) and median > ITERATION_TARGET_PCT) else f"**{_abs(median)}**"
+        missed = np.isfinite(median) and median > ITERATION_TARGET_PCT
+        cell = f"**{_abs(median)}**" if missed else _abs(median)
         graph_share = r["cpu_graph_iterations"] / max(r["iteration_total_n"], 1)
         lines.append(
             f"| {r['run']} | {int(r['iteration_total_n'])} | {graph_share:.0%} | {cell} | "
@@ -430,15 +450,13 @@ def markdown_report(table: pd.DataFrame) -> str:
             f"{_abs(r.get('iteration_total_decode_median_abs_pct', np.nan))} | "
             f"{_abs(r.get('iteration_total_mixed_median_abs_pct', np.nan))} | "
             f"{_abs(r['iteration_gpu_median_abs_pct'])} | {_pct(r['iteration_gpu_mean_signed_pct'])} |")
-    lines += ["", "## Measured CPU overhead of the real execution", "",
-              ("Medians per iteration (ms) of each host part; exposed = iteration time minus GPU span. The fit is "
-              "exposed = fixed + per-sequence x batch over decode iterations replayed from CUDA graphs."), "",
-              ("| run | schedule | prepare | launch | sync wait | apply | decode fit fixed ms | per seq ms | "
-              "eager exposed median ms |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Measured CPU overhead of the real execution", "", CPU_INTRO, "", CPU_HEADER,
+              "|---" * 9 + "|"]
     for _, r in table.iterrows():
         lines.append(
             f"| {r['run']} | {r['cpu_median_schedule_ms']:.3f} | {r['cpu_median_prepare_ms']:.3f} | "
-            f"{r['cpu_median_launch_ms']:.3f} | {r['cpu_median_sync_ms']:.2f} | {r['cpu_median_apply_ms']:.3f} | "
+            f"{r['cpu_median_launch_ms']:.3f} | {r['cpu_median_sync_ms']:.2f} | "
+            f"{r['cpu_median_apply_ms']:.3f} | "
             f"{_num(r['cpu_fixed_ms'], 3)} | {_num(r['cpu_per_sequence_ms'], 4)} | "
             f"{_num(r['cpu_eager_median_exposed_ms'], 2)} |")
     return "\n".join(lines) + "\n"
@@ -467,7 +485,8 @@ def targets_summary(table: pd.DataFrame) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="servesim-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="servesim-execute run directories, or folders holding them")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="servesim-execute run directories, or folders holding them")
     parser.add_argument("--out", type=Path, help="write summary.csv, iterations.parquet, targets.json here")
     parser.add_argument("--markdown", type=Path, help="write the accuracy tables (Markdown) here")
     parser.add_argument("--figures", type=Path, help="write the fidelity figures (PNG) here")
@@ -476,15 +495,18 @@ def main(argv=None) -> int:
                              "as in the runs' configs), 'measured' (the median the executions show on decode "
                              "iterations), or seconds")
     parser.add_argument("--eager-floor", default="none",
-                        help="'none' (the runtime model as shipped), 'measured' or seconds: the least GPU span of "
-                             "a batch launched op by op (every batch that is not decode-only), see EagerFloorPredictor")
+                        help="'none' (the runtime model as shipped), 'measured' or seconds: the least GPU "
+                             "span of a batch launched op by op (every batch that is not decode-only), see "
+                             "EagerFloorPredictor")
     args = parser.parse_args(argv)
 
     runs = find_runs(args.runs)
     if not runs:
-        raise SystemExit(f"no servesim-execute runs (config.json + steps.parquet) under {[str(r) for r in args.runs]}")
+        raise SystemExit(f"no servesim-execute runs (config.json + steps.parquet) under "
+                         f"{[str(r) for r in args.runs]}")
     if args.cpu_overhead == "default":
-        cpu_overhead, setting = "config", "the runtime model's default CPU overhead (simulator/runtime/cpu_overhead.py)"
+        cpu_overhead = "config"
+        setting = "the runtime model's default CPU overhead (simulator/runtime/cpu_overhead.py)"
     elif args.cpu_overhead == "measured":
         cpu_overhead = measured_cpu_overhead_s(runs)
         setting = f"the measured CPU overhead, {cpu_overhead * 1e3:.3f} ms per iteration"
@@ -492,7 +514,8 @@ def main(argv=None) -> int:
         try:
             cpu_overhead = float(args.cpu_overhead)
         except ValueError:
-            raise SystemExit(f"--cpu-overhead {args.cpu_overhead!r}: expected default, measured or seconds") from None
+            raise SystemExit(f"--cpu-overhead {args.cpu_overhead!r}: expected default, measured or "
+                             f"seconds") from None
         setting = f"a CPU overhead of {cpu_overhead * 1e3:.3f} ms per iteration"
     predictors = PredictorCache()
     eager_floor = None
@@ -502,10 +525,11 @@ def main(argv=None) -> int:
         try:
             eager_floor = float(args.eager_floor)
         except ValueError:
-            raise SystemExit(f"--eager-floor {args.eager_floor!r}: expected none, measured or seconds") from None
+            raise SystemExit(f"--eager-floor {args.eager_floor!r}: expected none, measured or "
+                             f"seconds") from None
     if eager_floor is not None:
-        setting += (f", plus an eager-launch floor of {eager_floor * 1e3:.2f} ms of GPU span for batches that are "
-                    f"not decode-only (compare.EagerFloorPredictor)")
+        setting += (f", plus an eager-launch floor of {eager_floor * 1e3:.2f} ms of GPU span for batches "
+                    f"that are not decode-only (compare.EagerFloorPredictor)")
     print(f"simulating with {setting}")
     comparisons = []
     for run_dir in runs:
@@ -513,7 +537,8 @@ def main(argv=None) -> int:
         e = comparisons[-1].errors()
         it = comparisons[-1].iteration_errors()["total"]
         print(f"{run_dir.name}: TTFT p50 {e['ttft_s_p50']:+.1f} %, TBT p99 {e['tbt_s_p99']:+.1f} %, "
-              f"E2E p50 {e['e2e_s_p50']:+.1f} %, iteration median |err| {it['median_abs_pct']:.1f} %", flush=True)
+              f"E2E p50 {e['e2e_s_p50']:+.1f} %, iteration median |err| {it['median_abs_pct']:.1f} %",
+              flush=True)
     table = summary_table(comparisons)
     order = {"conversation": 0, "arxiv": 1}
     table = table.assign(_o=table["trace"].map(order).fillna(2)).sort_values(

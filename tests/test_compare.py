@@ -96,11 +96,13 @@ class ScaledRunner(PredictorRunner):
 
 def linear_config() -> SimulationConfig:
     return SimulationConfig.from_dict({
-        "model": {"name": "tiny-cmp", "num_layers": 2, "hidden_size": 128, "num_q_heads": 4, "num_kv_heads": 2,
-                      "head_dim": 32, "intermediate_size": 256, "vocab_size": 300, "max_model_len": 2048},
+        "model": {"name": "tiny-cmp", "num_layers": 2, "hidden_size": 128, "num_q_heads": 4,
+                  "num_kv_heads": 2, "head_dim": 32, "intermediate_size": 256, "vocab_size": 300,
+                  "max_model_len": 2048},
         "hardware": "h100", "policy": {"name": "vllm"},
         "workload": {"trace": "data/traces/splitwise_conv.csv", "arrival": "poisson", "rate_qps": 30.0,
-                     "lengths": "trace", "num_requests": 30, "max_prompt_tokens": 400, "max_output_tokens": 40},
+                     "lengths": "trace", "num_requests": 30, "max_prompt_tokens": 400,
+                     "max_output_tokens": 40},
         "predictor": "linear",
         "linear_predictor": {"fixed_s": 0.01, "per_prefill_token_s": 1e-4, "per_decode_token_s": 5e-4,
                              "per_kv_token_s": 1e-6},
@@ -155,7 +157,8 @@ def test_missing_run_files_name_the_file(tmp_path):
 def test_eager_floor_applies_only_to_batches_launched_op_by_op():
     from simulator.linear_predictor import LinearPredictor
 
-    gpu = LinearPredictor(fixed_s=0.008, per_prefill_token_s=1e-5, per_decode_token_s=1e-5, per_kv_token_s=0.0)
+    gpu = LinearPredictor(fixed_s=0.008, per_prefill_token_s=1e-5, per_decode_token_s=1e-5,
+                          per_kv_token_s=0.0)
     with_cpu = LinearPredictor(fixed_s=0.009, per_prefill_token_s=1e-5, per_decode_token_s=1e-5,
                                per_kv_token_s=0.0)  # 1 ms of CPU overhead on top
     model = compare.EagerFloorPredictor(with_cpu, gpu, floor_s=0.015)

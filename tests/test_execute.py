@@ -1,4 +1,4 @@
-"""Real execution (simulator/execute) on a CPU: the serving loop, the slot KV cache, the tiny real model, the CLI."""
+"""Real execution (simulator/execute) on a CPU: serving loop, slot KV cache, a tiny real model, the CLI."""
 from __future__ import annotations
 
 import functools
@@ -25,8 +25,8 @@ from simulator.run import SimulationConfig
 
 torch.set_num_threads(1)  # tiny shapes: thread start-up would dominate
 
-TINY = {"name": "tiny-exec", "num_layers": 2, "hidden_size": 128, "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32,
-            "intermediate_size": 256, "vocab_size": 300, "max_model_len": 512}
+TINY = {"name": "tiny-exec", "num_layers": 2, "hidden_size": 128, "num_q_heads": 4, "num_kv_heads": 2,
+        "head_dim": 32, "intermediate_size": 256, "vocab_size": 300, "max_model_len": 512}
 POLICY_CASES = [("vllm", {}), ("sarathi", {"chunk_size": 32}), ("orca", {"max_batch_size": 3})]
 
 
@@ -41,7 +41,8 @@ def workload(n=40, seed=3, rate_qps=40.0, max_prompt=300, max_output=60):
 
 
 def linear_predictor() -> LinearPredictor:
-    return LinearPredictor(fixed_s=0.01, per_prefill_token_s=1e-4, per_decode_token_s=5e-4, per_kv_token_s=1e-6)
+    return LinearPredictor(fixed_s=0.01, per_prefill_token_s=1e-4, per_decode_token_s=5e-4,
+                           per_kv_token_s=1e-6)
 
 
 class ReplayRunner(PredictorRunner):
@@ -54,7 +55,8 @@ class ReplayRunner(PredictorRunner):
 
     def execute(self, ids, num_tokens, kv_tokens, prompt_tokens, generated_tokens, reserve_tokens):
         self.calls += 1
-        return StepTiming(path="predicted", padded_batch=len(ids), duration_s=self.durations_s[self.calls - 1])
+        return StepTiming(path="predicted", padded_batch=len(ids),
+                          duration_s=self.durations_s[self.calls - 1])
 
 
 # --- the loop is the simulator's semantics --------------------------------------------------------------
@@ -225,7 +227,8 @@ def test_slot_attention_check_and_graph_shapes():
     runner = TorchModelRunner(tiny_model(), "cpu", capacity_tokens=100)
     assert runner.check_slot_attention() < 1e-4
     assert [graph_batch_size(n) for n in (1, 2, 3, 4, 5, 8, 9, 17, 256)] == [1, 2, 4, 4, 8, 8, 16, 24, 256]
-    assert [graph_context_bound(k) for k in (1, 256, 257, 1000, 1024, 1025)] == [256, 256, 512, 1024, 1024, 2048]
+    bounds = [graph_context_bound(k) for k in (1, 256, 257, 1000, 1024, 1025)]
+    assert bounds == [256, 256, 512, 1024, 1024, 2048]
 
 
 # --- slots --------------------------------------------------------------------------------------------
@@ -271,8 +274,8 @@ def test_cli_single_run_writes_the_simulator_files(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["--config", str(config), "--out", str(out), "--device", "cpu",
                      "--kv-capacity-tokens", "4096"]) == 0
-    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json", "steps.parquet",
-                 "compositions.parquet", "config.json", "execution.json"):
+    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json",
+                 "steps.parquet", "compositions.parquet", "config.json", "execution.json"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] == 6 and summary["setup"]["clock"] == "busy"
@@ -281,14 +284,16 @@ def test_cli_single_run_writes_the_simulator_files(tmp_path):
 
 
 def test_cli_plan_skips_cells_past_the_deadline_and_packs(tmp_path):
-    cells = [{"name": "quick", "predicted_served_s": 0.1, "config": config_dict(tiny_config(num_requests=4))},
-             {"name": "too-long", "predicted_served_s": 1e6, "config": config_dict(tiny_config(num_requests=4))}]
+    config = config_dict(tiny_config(num_requests=4))
+    cells = [{"name": "quick", "predicted_served_s": 0.1, "config": config},
+             {"name": "too-long", "predicted_served_s": 1e6, "config": config}]
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"cells": cells}))
     archive = tmp_path / "runs.tar.gz"
     assert cli.main(["--plan", str(plan), "--out", str(tmp_path / "runs"), "--device", "cpu",
                      "--kv-capacity-tokens", "4096", "--deadline-s", "300", "--pack", str(archive)]) == 0
-    assert json.loads((tmp_path / "runs" / "cells.json").read_text()) == {"done": ["quick"], "skipped": ["too-long"], "failed": []}
+    cells = json.loads((tmp_path / "runs" / "cells.json").read_text())
+    assert cells == {"done": ["quick"], "skipped": ["too-long"], "failed": []}
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert "runs/quick/steps.parquet" in names and "runs/environment.json" in names

@@ -140,19 +140,21 @@ def run_plan(args, log) -> int:
     _write_cells(out, done, skipped, failed)
     if args.pack:
         pack(out, Path(args.pack))
-    log(f"plan finished in {time.perf_counter() - started:.0f} s: {len(done)} cells run, {len(skipped)} skipped, "
-        f"{len(failed)} failed")
+    log(f"plan finished in {time.perf_counter() - started:.0f} s: {len(done)} cells run, "
+        f"{len(skipped)} skipped, {len(failed)} failed")
     return 1 if failed else 0
 
 
 def _write_cells(out: Path, done: list, skipped: list, failed: list) -> None:
-    (out / "cells.json").write_text(json.dumps({"done": done, "skipped": skipped, "failed": failed}, indent=2) + "\n")
+    cells = {"done": done, "skipped": skipped, "failed": failed}
+    (out / "cells.json").write_text(json.dumps(cells, indent=2) + "\n")
 
 
 def _versus(summary: dict, predicted: dict) -> str:
     """'TTFT p50 120 ms (sim 115), ...' for a quick look at a cell's result against the plan's simulation."""
     parts = []
-    for key, label, block, stat in (("ttft_s_p50", "TTFT p50", "ttft_s", "p50"), ("tbt_s_p99", "TBT p99", "tbt_s", "p99"),
+    for key, label, block, stat in (("ttft_s_p50", "TTFT p50", "ttft_s", "p50"),
+                                    ("tbt_s_p99", "TBT p99", "tbt_s", "p99"),
                                     ("e2e_s_p50", "E2E p50", "e2e_s", "p50")):
         measured = summary[block][stat]
         sim = predicted.get(key)
@@ -186,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--estimate-margin", type=float, default=1.3,
                         help="plan mode: factor on each cell's predicted serving time for the deadline check")
     parser.add_argument("--pack", help="plan mode: tar.gz the results here after every cell")
-    parser.add_argument("--config", help="a saved config.json (from an earlier run) instead of the flags below")
+    parser.add_argument("--config", help="a saved config.json (from an earlier run) instead of the flags")
     parser.add_argument("--model", default="llama-3-8b")
     parser.add_argument("--hardware", default="h100")
     parser.add_argument("--cluster", default="single")
@@ -195,11 +197,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workload", default="conversation")
     parser.add_argument("--workload-param", action="append", help="name=value, repeatable")
     parser.add_argument("--num-requests", type=int)
-    parser.add_argument("--rate-qps", type=float, help="mean arrival rate (a trace is compressed or stretched)")
+    parser.add_argument("--rate-qps", type=float, help="mean arrival rate (a trace is compressed/stretched)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--clock", default="busy", choices=("busy", "wall"))
-    parser.add_argument("--num-layers", type=int, help="build fewer layers (tests; results are then not the model's)")
+    parser.add_argument("--num-layers", type=int, help="build fewer layers (tests; not the model's timings)")
     parser.add_argument("--kv-capacity-tokens", type=int,
                         help="KV slot rows on the device (default: the simulated cache's size, or what fits)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode batches eagerly too")

@@ -154,7 +154,8 @@ def execute(requests: RequestState, policy: Callable[[KVCache, RequestState], Po
 
 class _Loop:
     def __init__(self, requests: RequestState, engine: Policy, runner, recorder: Recorder, clock):
-        self.requests, self.engine, self.runner, self.recorder, self.clock = requests, engine, runner, recorder, clock
+        self.requests, self.engine, self.runner = requests, engine, runner
+        self.recorder, self.clock = recorder, clock
         self.steps = {name: [] for name in STEP_COLUMNS}
         self.comp = {name: array("q") for name in ("iteration", "request_id", "num_tokens", "kv_tokens")}
         self.completed = 0
@@ -167,7 +168,8 @@ class _Loop:
         bar = None
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=len(accepted), unit="req", desc=f"executing ({clock.name} clock)", dynamic_ncols=True)
+            bar = tqdm(total=len(accepted), unit="req", desc=f"executing ({clock.name} clock)",
+                       dynamic_ncols=True)
         previous_end = None  # host time the last batch's bookkeeping ended; None after an idle wait
         while self.completed < len(accepted):
             # Host time between two back-to-back iterations (recording the last one) counts towards the next.

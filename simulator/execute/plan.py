@@ -1,4 +1,4 @@
-"""The fidelity matrix, planned on a CPU: which configurations run on the GPU, at what rates, how many requests.
+"""The fidelity matrix, planned on a CPU: which configurations run on the GPU, at what rates, how many.
 
 For every (trace, policy) it searches the simulated SLO capacity (simulator/capacity.py, relaxed SLOs,
 2,048 requests a trial), then makes one cell per load fraction with rate = load x capacity. A cell takes
@@ -48,7 +48,8 @@ def capacity_qps(cfg, num_requests: int = 2048) -> dict:
     record = run_capacity_search(cfg, search, progress=False)
     return {"capacity_qps": record["capacity_qps"], "status": record["status"],
             "search": {"num_requests": num_requests, "tolerance": search.tolerance,
-                       "warmup_fraction": search.warmup_fraction, "cooldown_fraction": search.cooldown_fraction,
+                       "warmup_fraction": search.warmup_fraction,
+                       "cooldown_fraction": search.cooldown_fraction,
                        "slos": [dataclasses.asdict(s) for s in search.slos]}}
 
 
@@ -89,22 +90,25 @@ def build_plan(model: str = "llama-3-8b", hardware: str = "h100", window_s: dict
                     "name": f"{trace}-{label}-{round(load * 100)}", "trace": trace, "policy": label,
                     "load": load, "capacity_qps": capacity["capacity_qps"], "rate_qps": rate,
                     "num_requests": n, "predicted_served_s": summary["simulated_s"],
-                    "predicted": {"ttft_s_p50": summary["ttft_s"]["p50"], "tbt_s_p99": summary["tbt_s"]["p99"],
+                    "predicted": {"ttft_s_p50": summary["ttft_s"]["p50"],
+                                  "tbt_s_p99": summary["tbt_s"]["p99"],
                                   "e2e_s_p50": summary["e2e_s"]["p50"]},
                     "config": config_dict(cell_cfg),
                 })
     total = sum(c["predicted_served_s"] for c in cells)
     log(f"{len(cells)} cells, {total:.0f} s of serving predicted")
     return {
-        "what": (f"Fidelity matrix for {model} on one {hardware}: each (trace, policy) at {list(loads)} of its "
-                 f"simulated SLO capacity; made by `python -m simulator.execute.plan` (simulator/execute/plan.py)"),
+        "what": (f"Fidelity matrix for {model} on one {hardware}: each (trace, policy) at {list(loads)} of "
+                 f"its simulated SLO capacity; made by `python -m simulator.execute.plan` "
+                 f"(simulator/execute/plan.py)"),
         "window_s": window_s, "min_requests": min_requests, "max_requests": max_requests,
         "capacities": capacities, "cells": cells, "predicted_served_s_total": total,
     }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="llama-3-8b")
     parser.add_argument("--hardware", default="h100")

@@ -93,7 +93,8 @@ def slot_attention(backend: str, q, k_cache, v_cache, a: SlotAttention, scale: f
             out[q_start:q_start + q_len] = oi.squeeze(0).transpose(0, 1)
             q_start += q_len
         return out
-    raise ValueError(f"attention backend {backend!r} cannot read a slot KV cache; use torch_flash or sdpa_masked")
+    raise ValueError(f"attention backend {backend!r} cannot read a slot KV cache; "
+                     f"use torch_flash or sdpa_masked")
 
 
 def forward(shard: LlamaShard, kv: KVCache, ids, positions, write_index, last_index, attn: SlotAttention):
@@ -177,8 +178,8 @@ class TorchModelRunner:
     cuda_graphs      replay captured graphs for decode-only batches (CUDA only), as vLLM does by default
     """
 
-    def __init__(self, model: ModelConfig, device, capacity_tokens: int, dtype=None, num_layers: int | None = None,
-                 cuda_graphs: bool = True, seed: int = 0):
+    def __init__(self, model: ModelConfig, device, capacity_tokens: int, dtype=None,
+                 num_layers: int | None = None, cuda_graphs: bool = True, seed: int = 0):
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
@@ -224,8 +225,9 @@ class TorchModelRunner:
 
     # --- one batch ----------------------------------------------------------------------------------
 
-    def execute(self, ids: np.ndarray, num_tokens: np.ndarray, kv_tokens: np.ndarray, prompt_tokens: np.ndarray,
-                generated_tokens: np.ndarray, reserve_tokens: np.ndarray) -> StepTiming:
+    def execute(self, ids: np.ndarray, num_tokens: np.ndarray, kv_tokens: np.ndarray,
+                prompt_tokens: np.ndarray, generated_tokens: np.ndarray,
+                reserve_tokens: np.ndarray) -> StepTiming:
         """Compute `num_tokens[i]` new tokens of request ids[i], which has kv_tokens[i] in its slot already.
 
         prompt_tokens / generated_tokens (before the step) choose token ids: a decode feeds back the token
@@ -262,13 +264,15 @@ class TorchModelRunner:
         n = len(q)
         cu_q = np.concatenate([[0], np.cumsum(q)])
         longs = torch.from_numpy(np.concatenate([token_ids, positions, write_index, cu_q[1:] - 1]))
-        ints = torch.from_numpy(np.concatenate([cu_q, starts, [self.capacity_tokens], k_lens]).astype(np.int32))
+        ints = np.concatenate([cu_q, starts, [self.capacity_tokens], k_lens]).astype(np.int32)
+        ints = torch.from_numpy(ints)
         longs, ints = longs.to(self.device), ints.to(self.device)
         total_q = len(token_ids)
         ids_d, pos_d, write_d, last_d = longs[:total_q], longs[total_q:2 * total_q], \
             longs[2 * total_q:3 * total_q], longs[3 * total_q:]
         attn = SlotAttention(ints[: n + 1], ints[n + 1: 2 * n + 2], ints[2 * n + 2:], int(q.max()),
-                             int(k_lens.max()), tuple(q.tolist()), tuple(starts.tolist()), tuple(k_lens.tolist()))
+                             int(k_lens.max()), tuple(q.tolist()), tuple(starts.tolist()),
+                             tuple(k_lens.tolist()))
         events = self._events()
         t1 = time.perf_counter()
         if events:
@@ -328,9 +332,11 @@ class TorchModelRunner:
         """Largest relative error of slot attention against the float32 reference on scattered slots
         (prefill chunks over prefixes with decodes, and a decode-only launch, which FlashAttention runs
         down another path); raises if it is off."""
-        cases = [([(5, 9), (1, 40), (33, 17), (1, 1)], [300, 0, 120, 77]),  # (new, cached) tokens; slot starts
+        # ((new, cached) tokens of each sequence, slot start of each sequence)
+        cases = [([(5, 9), (1, 40), (33, 17), (1, 1)], [300, 0, 120, 77]),
                  ([(1, 40), (1, 1), (1, 200), (1, 63)], [250, 0, 30, 500])]
-        errors = [self._check_case(composition, starts, seed + i) for i, (composition, starts) in enumerate(cases)]
+        errors = [self._check_case(composition, starts, seed + i)
+                  for i, (composition, starts) in enumerate(cases)]
         dtype = self.kv.k[0].dtype
         tolerance = 2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
         if not max(errors) < tolerance:
@@ -370,4 +376,5 @@ def kv_rows_that_fit(model: ModelConfig, device, headroom_bytes: int = 6 << 30) 
     """KV token rows a GPU has room for now (call it before building the model, which it accounts for),
     keeping `headroom_bytes` for activations, sampling buffers and CUDA graphs."""
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return max(0, int((free - model.weight_bytes_per_gpu(1, 1) - headroom_bytes) // model.kv_bytes_per_token(1, 1)))
+    room = free - model.weight_bytes_per_gpu(1, 1) - headroom_bytes
+    return max(0, int(room // model.kv_bytes_per_token(1, 1)))

@@ -45,7 +45,8 @@ def build_runner(cfg, device: str, num_layers: int | None = None, cuda_graphs: b
     check_executable(cfg)
     started = time.perf_counter()
     if kv_capacity_tokens is None:
-        kv_capacity_tokens = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster) * cfg.cluster.block_size
+        blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
+        kv_capacity_tokens = blocks * cfg.cluster.block_size
         if torch.device(device).type == "cuda":
             fits = kv_rows_that_fit(cfg.model, device)
             if fits < kv_capacity_tokens:
@@ -56,7 +57,8 @@ def build_runner(cfg, device: str, num_layers: int | None = None, cuda_graphs: b
                               cuda_graphs=cuda_graphs, seed=cfg.seed)
     runner.attention_check_error = runner.check_slot_attention()
     runner.build_s = time.perf_counter() - started
-    log(f"{cfg.model.name}: {runner.shard.num_layers} layers on {device}, KV slots for {kv_capacity_tokens} tokens, "
+    log(f"{cfg.model.name}: {runner.shard.num_layers} layers on {device}, "
+        f"KV slots for {kv_capacity_tokens} tokens, "
         f"attention {runner.shard.backend} (check error {runner.attention_check_error:.2g}), "
         f"built in {runner.build_s:.1f} s")
     return runner
@@ -86,7 +88,7 @@ def warm_up(runner, prefill_tokens=(512, 2048), decode_batches=(1, 8, 32)) -> fl
 def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progress: bool = False,
                   stop_at: float | None = None) -> dict:
     """Serve cfg's workload with cfg's policy on `runner`; write the result files; return the summary.
-    stop_at: perf_counter() time after which the run is abandoned (simulator.execute.loop.ExecutionTimeout)."""
+    stop_at: perf_counter() time after which the run is abandoned (execute.loop.ExecutionTimeout)."""
     import numpy as np
 
     from simulator import metrics
