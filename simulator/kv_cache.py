@@ -85,13 +85,16 @@ class KVCache:
         """Grow every request to hold its `num_tokens`, all or none; False (no change) if they don't fit."""
         held = self.blocks_held[request_ids]
         if len(held) <= SMALL_BATCH:  # plain Python: each numpy call costs about a microsecond
-            bs = self.block_size
-            added = [max(-(-n // bs) - h, 0) for n, h in zip(num_tokens.tolist(), held.tolist())]
-            total = sum(added)
+            bs, grown, total = self.block_size, held.tolist(), 0
+            for i, n in enumerate(num_tokens.tolist()):
+                needed = -(-n // bs)
+                if needed > grown[i]:
+                    total += needed - grown[i]
+                    grown[i] = needed
             if total > self.free_blocks:
                 return False
             if total:
-                self.blocks_held[request_ids] = held + added
+                self.blocks_held[request_ids] = grown
                 self.free_blocks -= total
             return True
         grown = np.maximum((num_tokens + (self.block_size - 1)) // self.block_size, held)
