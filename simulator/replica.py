@@ -228,7 +228,7 @@ class Replica:
         pending = req.prompt_tokens[ids] + generated - kv_tokens
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
         if len(ids) <= SMALL_BATCH:
-            num_decode = sum(1 for p, g in zip(pending.tolist(), generated.tolist()) if p == 1 and g > 0)
+            num_decode = [p for p, g in zip(pending.tolist(), generated.tolist()) if g > 0].count(1)
         else:
             num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
         kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
