@@ -171,7 +171,8 @@ def percentile(values: np.ndarray, q: float) -> float:
     if values.size == 0:
         return float("nan")
     finite_cap = 1e300  # stands in for inf so np.percentile never computes inf - inf
-    result = float(np.percentile(np.minimum(values, finite_cap), q))
+    capped = np.minimum(values, finite_cap)  # our own copy: percentile may partition it in place
+    result = float(np.percentile(capped, q, overwrite_input=True))
     return float("inf") if result >= finite_cap / 2 else result
 
 
@@ -189,7 +190,9 @@ def _metric_values(measured: pd.DataFrame, tbt_gaps_s: np.ndarray) -> tuple[dict
         "unfinished": unfinished,
     }
     # An unfinished request's missing tokens are gaps of unbounded length.
-    gaps = np.append(np.asarray(tbt_gaps_s, dtype=float), np.full(unfinished, np.inf))
+    gaps = np.asarray(tbt_gaps_s, dtype=float)
+    if unfinished:  # (no copy of the token-sized array otherwise)
+        gaps = np.append(gaps, np.full(unfinished, np.inf))
     values = {"tbt_s": gaps}
     for name in REQUEST_METRICS:
         if name in served:
