@@ -140,7 +140,6 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
     out_dir is None and that is set. The summary's `wall_s` is the only field that differs between two
     runs of the same config and seed.
     """
-    from simulator import metrics
     from simulator.cluster import simulate
     from simulator.kv_cache import kv_cache_blocks_per_gpu
     from simulator.request import RequestState
@@ -163,9 +162,21 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                    kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
+    return build_result(cfg, out, _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor), wall_s, out_dir)
+
+
+def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: dict | None = None) -> SimulationResult:
+    """Tables, summary (setup, any extra sections, SLO verdicts) and result files of a finished simulation.
+
+    `out` is what the cluster's simulate() returned (records, iterations, simulated_s); files go to
+    `out_dir`, else cfg.output_dir when set.
+    """
+    from simulator import metrics
+
     summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s)
     request_table = metrics.request_table(out.records)
-    summary["setup"] = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor)
+    summary["setup"] = setup
+    summary.update(extra_summary or {})
     summary["slo"] = evaluate_slos(cfg.slo, request_table, metrics.tbt_gaps_s(out.records))
     destination = out_dir if out_dir is not None else (cfg.output_dir or None)
     if destination is not None:

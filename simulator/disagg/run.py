@@ -53,10 +53,9 @@ def build_pool(cfg, disagg: DisaggConfig, name: str) -> PoolParts:
 
 def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = False):
     """Simulate a disaggregated `cfg` (SimulationConfig) and return a simulator.run.SimulationResult."""
-    from simulator import metrics
     from simulator.disagg.metrics import disaggregation_summary, handoff_columns
     from simulator.request import RequestState
-    from simulator.run import SimulationResult, evaluate_slos
+    from simulator.run import build_result
     from simulator.workload import load_workload
 
     started = time.perf_counter()
@@ -76,16 +75,8 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
     columns = handoff_columns(out.handoff)
     out.records.extra_columns.update(columns)
     wall_s = time.perf_counter() - started
-    summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s)
-    request_table = metrics.request_table(out.records)
-    summary["setup"] = _setup(cfg, disagg, link_cfg, workload.name, out, prefill)
-    summary["disaggregation"] = disaggregation_summary(out, columns)
-    summary["slo"] = evaluate_slos(cfg.slo, request_table, metrics.tbt_gaps_s(out.records))
-    destination = out_dir if out_dir is not None else (cfg.output_dir or None)
-    if destination is not None:
-        metrics.write_outputs(destination, out.records, out.iterations, summary)
-    return SimulationResult(request_table, metrics.iteration_table(out.iterations), summary, out.records,
-                            out.iterations)
+    return build_result(cfg, out, _setup(cfg, disagg, link_cfg, workload.name, out, prefill), wall_s, out_dir,
+                        {"disaggregation": disaggregation_summary(out, columns)})
 
 
 def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:
