@@ -26,9 +26,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.config import load_hardware_config, load_model_config  # noqa: E402
-from simulator.paths import PROFILES_DIR, TRACES_DIR  # noqa: E402
-from simulator.runtime import build_predictor  # noqa: E402
+from simulator.config import load_hardware_config, load_model_config
+from simulator.paths import PROFILES_DIR, TRACES_DIR
+from simulator.runtime import build_predictor
 
 
 def batch_stream(num_iterations: int, token_budget: int = 512, max_seqs: int = 128, seed: int = 0):
@@ -101,7 +101,8 @@ def in_simulation(model_name: str, hardware_name: str, policy: str) -> dict:
     from simulator.cluster import simulate
     from simulator.kv_cache import kv_cache_blocks_per_gpu
     from simulator.request import RequestState
-    from simulator.run import SimulationConfig, build_predictor as build_for_config, policy_factory
+    from simulator.run import SimulationConfig, policy_factory
+    from simulator.run import build_predictor as build_for_config
     from simulator.workload import load_workload
 
     cfg = SimulationConfig.from_dict({

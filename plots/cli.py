@@ -48,7 +48,7 @@ def find_results(roots: list[Path]) -> dict[str, list[Path]]:
             found["capacity"].add(path.parent)
         for path in root.rglob("requests.parquet"):
             found["runs"].add(path.parent)
-    in_sweep = lambda d: any(s in d.parents for s in found["sweeps"])  # noqa: E731
+    in_sweep = lambda d: any(s in d.parents for s in found["sweeps"])
     found["capacity"] = {d for d in found["capacity"] if not in_sweep(d)}
     return {kind: sorted(dirs) for kind, dirs in found.items()}
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed (CI, remote machines)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 # Fixed colours so a policy looks the same in every figure (colour-blind-safe Okabe-Ito palette).
 POLICY_COLORS = {

@@ -172,7 +172,7 @@ def candidate_backends(device) -> list[str]:
         return ["sdpa_masked"]
     names = []
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn
         names.append("flash_attn")
     except ImportError:
         pass

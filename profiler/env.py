@@ -16,7 +16,7 @@ from profiler.timing import TimingSettings, time_call
 def environment(device: torch.device) -> dict:
     """GPU (or CPU) name and memory, driver, CUDA, torch and Python versions, UTC date."""
     facts = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

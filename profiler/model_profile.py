@@ -18,8 +18,15 @@ import torch
 
 from profiler.attention import build_attention, choose_backend
 from profiler.env import environment, l2_bytes, measure_peaks, memory_bytes
-from profiler.grid import (AttentionPoint, OpPoint, attention_grid, composition_json, composition_kind,
-                           kv_capacity_tokens, op_grid)
+from profiler.grid import (
+    AttentionPoint,
+    OpPoint,
+    attention_grid,
+    composition_json,
+    composition_kind,
+    kv_capacity_tokens,
+    op_grid,
+)
 from profiler.ops import build_op
 from profiler.progress import progress
 from profiler.schema import ATTENTION_COLUMNS, OP_NAMES, OPS_COLUMNS
@@ -176,7 +183,7 @@ def run_profile(req: ProfileRequest, log=print) -> dict:
     measured_jobs: list = []
     skipped: list = []
     complete = True
-    sets_for = lambda footprint: input_sets_needed(footprint, l2, req.settings)  # noqa: E731
+    sets_for = lambda footprint: input_sets_needed(footprint, l2, req.settings)
     for job in progress(jobs, "profile"):
         if req.time_limit_s and time.perf_counter() - started > req.time_limit_s:
             complete = False

@@ -6,8 +6,8 @@ inputs for one ops.csv point (random data, several copies to rotate through) and
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

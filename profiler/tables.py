@@ -6,8 +6,8 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class TableError(ValueError):

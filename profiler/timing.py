@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def _time_cuda(call, num_sets, settings) -> TimingStats:
                        used_graph=graph is not None, calls_per_replay=calls)
 
 
-def _capture(fn) -> "torch.cuda.CUDAGraph | None":
+def _capture(fn) -> torch.cuda.CUDAGraph | None:
     """Capture `fn` into a CUDA graph; None if the ops in it cannot be captured (timed eagerly then)."""
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()

@@ -6,8 +6,8 @@ config. Data flows one way: arrivals -> router -> replica (policy, predictor) ->
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import simpy

@@ -14,7 +14,6 @@ from simulator.kv_cache import decode_run_blocks_used
 from simulator.metrics import IterationRecords, RequestRecords
 from simulator.request import NOT_YET, RequestState
 
-
 # Columns of an iteration row, in IterationRecords' order (times in integer nanoseconds here).
 ITERATION_COLUMNS = ("replica_id", "stage", "start_ns", "duration_ns", "batch_size", "num_prefill_tokens",
                      "num_decode_tokens", "kv_blocks_used")

@@ -153,7 +153,9 @@ def best_rows(table: pd.DataFrame, group_column: str, value_column: str, ascendi
 
 def sweep_sections(table: pd.DataFrame, pareto_latency: str = "ttft_s_p99") -> list[tuple[str, pd.DataFrame, str]]:
     """(title, rows, note) of each section of a sweep report, shared by the Markdown and HTML forms."""
-    from plots.pareto import pareto_front  # plots reads results; importing it here keeps report -> plots one-way
+    from plots.pareto import (
+        pareto_front,  # plots reads results; importing it here keeps report -> plots one-way
+    )
 
     table = with_labels(table)
     for column in ("capacity_qps", "qps_per_gpu", "cost_per_million_tokens_usd", pareto_latency):

@@ -12,15 +12,26 @@ import dataclasses
 import functools
 import inspect
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from simulator.config import (ClusterConfig, ConfigError, HardwareConfig, LinearPredictorConfig, ModelConfig,
-                              PolicyConfig, SLOConfig, from_dict, load_hardware_config, load_model_config)
+from simulator.config import (
+    ClusterConfig,
+    ConfigError,
+    HardwareConfig,
+    LinearPredictorConfig,
+    ModelConfig,
+    PolicyConfig,
+    SLOConfig,
+    from_dict,
+    load_hardware_config,
+    load_model_config,
+)
 from simulator.workload import WorkloadConfig, load_workload
 
 PREDICTORS = ("fitted", "linear")
@@ -122,7 +133,8 @@ def build_predictor(cfg: SimulationConfig):
     from simulator.linear_predictor import LinearPredictor
 
     if cfg.predictor == "fitted":
-        from simulator.runtime import ProfileError, build_predictor as build_fitted
+        from simulator.runtime import ProfileError
+        from simulator.runtime import build_predictor as build_fitted
 
         try:
             return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)

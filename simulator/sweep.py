@@ -25,11 +25,11 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 import yaml
@@ -338,7 +338,7 @@ def run_sweep(
 
 def _execute(todo, out_dir, runner, executor, workers, ray_address) -> Iterable[dict]:
     """Yield each point's record as soon as it finishes."""
-    point_dir = lambda p: str(out_dir / "points" / p.point_id)  # noqa: E731
+    point_dir = lambda p: str(out_dir / "points" / p.point_id)
     if executor == "serial" or (executor == "local" and (workers == 1 or len(todo) <= 1)):
         for point in todo:
             yield _run_one(runner, point, point_dir(point))
@@ -385,8 +385,12 @@ def _execute_on_ray(todo, runner, point_dir, workers, ray_address) -> Iterable[d
 def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
     """Run one point's capacity search; writes capacity.json / capacity.md into `point_dir` and returns
     the table row plus its trials. Module-level so process pools and Ray can pickle it."""
-    from simulator.capacity import (compose_capacity_config, record_row, run_capacity_search,
-                                    write_capacity_outputs)
+    from simulator.capacity import (
+        compose_capacity_config,
+        record_row,
+        run_capacity_search,
+        write_capacity_outputs,
+    )
 
     simulation, search = compose_capacity_config(point.overrides)
     run_dir = point_dir / "capacity_run" if search.write_capacity_run else None
@@ -439,7 +443,7 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
                     except ConfigError as e:  # missing or unreadable profiles: no trial could run
                         predictor_errors[key] = f"no iteration-time predictor: {e}"
                 reason = predictor_errors[key]
-        except Exception as e:  # noqa: BLE001 - any composition error makes the point unrunnable
+        except Exception as e:
             reason = f"{type(e).__name__}: {e}"
         if reason:
             reasons[point.point_id] = reason

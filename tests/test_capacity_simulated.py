@@ -42,7 +42,7 @@ def sarathi_record():
 
 def test_search_is_deterministic_per_seed(sarathi_record):
     again = run_capacity_search(tiny_config(chunk_size=256), tiny_search(), progress=False)
-    strip = lambda r: [(t["rate_qps"], t["feasible"], t["metrics"]) for t in r["trials"]]  # noqa: E731
+    strip = lambda r: [(t["rate_qps"], t["feasible"], t["metrics"]) for t in r["trials"]]
     assert strip(again) == strip(sarathi_record)
 
 

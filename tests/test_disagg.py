@@ -15,15 +15,15 @@ import pytest
 import simpy
 
 sys.path.insert(0, str(Path(__file__).parent / "simulator"))
-from simkit import linear, random_workload  # noqa: E402
+from simkit import linear, random_workload
 
-from policies import POLICIES  # noqa: E402
-from simulator.config import ConfigError, load_model_config  # noqa: E402
-from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated  # noqa: E402
-from simulator.disagg.config import PoolConfig, parse_disagg, resolve_link, transfer_bytes_per_token  # noqa: E402
-from simulator.disagg.link import FairShareLink  # noqa: E402
-from simulator.disagg.metrics import handoff_columns  # noqa: E402
-from simulator.request import RequestState  # noqa: E402
+from policies import POLICIES
+from simulator.config import ConfigError, load_model_config
+from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
+from simulator.disagg.config import PoolConfig, parse_disagg, resolve_link, transfer_bytes_per_token
+from simulator.disagg.link import FairShareLink
+from simulator.disagg.metrics import handoff_columns
+from simulator.request import RequestState
 
 MB = 1_000_000
 ARRIVALS, PROMPTS, OUTPUTS = [0.0, 0.005], [8, 6], [4, 2]

@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_capacity_report import make_record
 
 from plots.cli import find_results, main, run_config, tbt_gaps_from_token_times
 from simulator.metrics import IterationRecords, RequestRecords, summarize, tbt_gaps_s, write_outputs
-
-from test_capacity_report import make_record
 
 
 def run_records(shift_s: float):

@@ -21,8 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.config import (ROUTERS, ConfigError, HardwareConfig, ModelConfig, PolicyConfig, _load_yaml,
-                              from_dict, load_hardware_config)
+from simulator.config import (
+    ROUTERS,
+    ConfigError,
+    HardwareConfig,
+    ModelConfig,
+    PolicyConfig,
+    _load_yaml,
+    from_dict,
+    load_hardware_config,
+)
 
 SECTION = "cluster.disagg"
 

@@ -12,8 +12,15 @@ from pathlib import Path
 
 from simulator.config import ConfigError
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
-from simulator.disagg.config import (DisaggConfig, parse_disagg, pool_hardware, pool_policy, resolve_link,
-                                     transfer_bytes_per_token, validate_disagg)
+from simulator.disagg.config import (
+    DisaggConfig,
+    parse_disagg,
+    pool_hardware,
+    pool_policy,
+    resolve_link,
+    transfer_bytes_per_token,
+    validate_disagg,
+)
 
 
 def disagg_config(cfg) -> DisaggConfig:

@@ -122,7 +122,7 @@ def run_plan(args, log) -> int:
             shutil.rmtree(cell_dir, ignore_errors=True)
             skipped.append(cell["name"])
             continue
-        except Exception:  # noqa: BLE001 - one broken cell must not cost the others their device time
+        except Exception:
             log(f"FAILED {cell['name']}:\n{traceback.format_exc()}")
             runner.release(runner.slot_holders)
             shutil.rmtree(cell_dir, ignore_errors=True)

@@ -24,7 +24,7 @@ class CommCurve:
     log_ms: np.ndarray
 
     @classmethod
-    def from_rows(cls, rows: pd.DataFrame) -> "CommCurve":
+    def from_rows(cls, rows: pd.DataFrame) -> CommCurve:
         grouped = rows.groupby("bytes")["time_ms"].median().sort_index()
         return cls(np.log(grouped.index.to_numpy(dtype=np.float64)), np.log(grouped.to_numpy(dtype=np.float64)))
 

@@ -83,7 +83,7 @@ ATTENTION_CRITICAL = (("max_prefill_context",), ("unsplit_decode_critical",), ("
 
 def attention_families() -> dict:
     """Candidate families for attention (X = features.ATTENTION_FEATURES columns)."""
-    cols = lambda names: [F.ATTENTION_FEATURES.index(c) for c in names]  # noqa: E731
+    cols = lambda names: [F.ATTENTION_FEATURES.index(c) for c in names]
     # Compute and memory as separate limits (a launch is as slow as the slower), or as one sum (prefill
     # and decode thread blocks take turns on the SMs); both against the critical path.
     critical = tuple(cols(branch) for branch in ATTENTION_CRITICAL)

@@ -35,9 +35,9 @@ from simulator.config import (
 )
 from simulator.paths import PROFILES_DIR
 from simulator.runtime import cache
+from simulator.runtime.attention_time import AttentionTime
 from simulator.runtime.comm import comm_curve
 from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
-from simulator.runtime.attention_time import AttentionTime
 from simulator.runtime.features import batch_attention_features
 from simulator.runtime.fit import (
     GRID_DENSE_TOKENS,

@@ -20,15 +20,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from profiler.schema import OP_NAMES
 from simulator.config import HardwareConfig, ModelConfig, load_hardware_config, load_model_config
 from simulator.paths import DATA_DIR, PROFILES_DIR, REPO_ROOT
 from simulator.runtime import features as F
-from profiler.schema import OP_NAMES
+from simulator.runtime.cpu_overhead import CpuOverhead
 from simulator.runtime.fit import (
-    gemm_out_features,
-    peaks_for,
-    token_op_data,
-    token_op_families,
     TARGET_MEDIAN_PCT,
     TARGET_P95_PCT,
     FittedRuntime,
@@ -37,9 +34,12 @@ from simulator.runtime.fit import (
     attention_region_groups,
     cross_validate,
     fit_iteration_calibration,
+    gemm_out_features,
+    peaks_for,
     percent_errors,
+    token_op_data,
+    token_op_families,
 )
-from simulator.runtime.cpu_overhead import CpuOverhead
 from simulator.runtime.predictor import RuntimePredictor, build_predictor
 from simulator.runtime.tables import (
     profile_files,

@@ -4,8 +4,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from profiler.attention import (attention, attention_work, bottom_right_causal_mask, check_backend, choose_backend,
-                                make_batch, reference_attention, relative_error)
+from profiler.attention import (
+    attention,
+    attention_work,
+    bottom_right_causal_mask,
+    check_backend,
+    choose_backend,
+    make_batch,
+    reference_attention,
+    relative_error,
+)
 from profiler.grid import AttentionPoint
 
 

@@ -1,8 +1,19 @@
 """What the profiler measures: grids, dedupe keys, composition bookkeeping."""
 import pytest
 
-from profiler.grid import (TOKEN_LADDER, attention_grid, composition_json, composition_kind, iteration_compositions,
-                           kv_capacity_tokens, op_grid, op_shape, parse_composition, token_counts, tp_degrees)
+from profiler.grid import (
+    TOKEN_LADDER,
+    attention_grid,
+    composition_json,
+    composition_kind,
+    iteration_compositions,
+    kv_capacity_tokens,
+    op_grid,
+    op_shape,
+    parse_composition,
+    token_counts,
+    tp_degrees,
+)
 from profiler.schema import OP_NAMES
 from simulator.config import load_model_config
 

@@ -8,9 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synthetic import TEST_GPU, TINY_MODEL, write_profiles  # noqa: E402
+from synthetic import TEST_GPU, TINY_MODEL, write_profiles
 
-from simulator.runtime import build_predictor  # noqa: E402
+from simulator.runtime import build_predictor
 
 
 @pytest.fixture(scope="session")

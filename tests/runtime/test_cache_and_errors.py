@@ -8,8 +8,7 @@ import pytest
 from synthetic import NO_PROFILE_GPU, TEST_GPU, TINY_MODEL, write_profiles
 
 from simulator.config import ConfigError, load_hardware_config, load_model_config
-from simulator.runtime import ProfileError, build_predictor
-from simulator.runtime import cache
+from simulator.runtime import ProfileError, build_predictor, cache
 from simulator.runtime import predictor as predictor_module
 
 

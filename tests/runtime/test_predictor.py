@@ -158,8 +158,8 @@ def test_hot_path_equals_the_estimator_and_decode_runs_for_every_family(make_pre
     """The exported arrays the simulator evaluates give the fitted estimator's own predictions."""
     import dataclasses
 
-    from simulator.runtime.fit import attention_data, attention_families, export_attention
     from simulator.runtime.features import attention_feature_table
+    from simulator.runtime.fit import attention_data, attention_families, export_attention
     from simulator.runtime.predictor import RuntimePredictor
     from simulator.runtime.tables import read_attention
 

@@ -1,7 +1,6 @@
 """Advancing runs of decode iterations in one step gives exactly what stepping one at a time gives."""
 import numpy as np
 import pytest
-
 from simkit import linear, random_workload, run
 
 POLICIES = ["vllm", ("sarathi", {"chunk_size": 256}), ("orca", {"max_batch_size": 8}),

@@ -5,7 +5,6 @@ said). Request A arrives at 0 with an 8-token prompt and 4 output tokens; B arri
 prompt and 2 output tokens. The expected timelines are worked out by hand in each test's comment.
 """
 import pytest
-
 from simkit import linear, run, token_times_ms
 
 ARRIVALS, PROMPTS, OUTPUTS = [0.0, 0.005], [8, 6], [4, 2]

@@ -2,7 +2,6 @@
 every request finishes or is rejected with a reason."""
 import numpy as np
 import pytest
-
 from simkit import linear, random_workload, run
 
 POLICIES = ["vllm", ("sarathi", {"chunk_size": 128}), ("orca", {"max_batch_size": 8}),

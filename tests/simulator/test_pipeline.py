@@ -1,6 +1,5 @@
 """Pipeline parallelism: micro-batches in flight on both stages, bubbles from uneven batches."""
 import numpy as np
-
 from simkit import linear, run, token_times_ms
 
 

@@ -1,6 +1,5 @@
 """Preemption by recompute when the paged KV cache runs out, and the preempted request's exact restart."""
 import numpy as np
-
 from simkit import run, token_times_ms
 
 

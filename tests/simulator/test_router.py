@@ -1,7 +1,6 @@
 """Routers: which replica each request lands on."""
 import numpy as np
 import pytest
-
 from simkit import random_workload, run
 
 # A (long prompt) at 0, B (short prompt) at 1 ms, C at 2 ms, while A and B are still running.
