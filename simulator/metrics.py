@@ -423,7 +423,7 @@ def format_summary(summary: dict) -> str:
         return "-" if x is None else f"{x * scale:,.{digits}f}"
 
     rejected = summary["rejected"]
-    reasons = ", ".join(f"{r} {c}" for r, c in sorted(summary["rejected_by_reason"].items()))
+    reasons = ", ".join(f"{c:,}: {r}" for r, c in sorted(summary["rejected_by_reason"].items()))
     lines = [
         (f"requests    {summary['num_requests']:,} arrived, {summary['completed']:,} completed, "
          f"{summary['unfinished']:,} unfinished, {rejected:,} rejected" + (f" ({reasons})" if reasons else "")),

@@ -177,7 +177,7 @@ def test_summary_floats_are_rounded_to_seven_significant_digits():
 def test_format_summary_shows_the_numbers():
     text = format_summary(summarize(two_requests_and_a_rejection(), None, 3.0, 0.25))
     lines = {line.split("  ")[0].strip(): line for line in text.splitlines() if line.strip()}
-    assert "1 rejected (prompt_too_long 1)" in text
+    assert "1 rejected (1: prompt_too_long)" in text
     assert lines["TTFT (ms)"].split()[2:] == ["1,250.0", "1,250.0", "1,450.0", "1,495.0", "1,500.0"]
     assert lines["E2E (s)"].split()[2:] == ["1.80", "1.80", "1.96", "2.00", "2.00"]
     assert "0.800 req/s" in text
