@@ -9,27 +9,17 @@ our iterations late in a batch are slightly optimistic.
 """
 from __future__ import annotations
 
-import numpy as np
+from policies.base import POLICIES, Batch
+from policies.orca import Orca
 
-from policies.base import POLICIES, Batch, Policy
 
-
-class FasterTransformer(Policy):
-    def __init__(self, kv, requests, max_batch_size: int = 16):
-        super().__init__(kv, requests)
-        self.max_batch_size = max_batch_size
+class FasterTransformer(Orca):
+    """Orca's admission (FCFS, full-length KV reserved), but only when the previous batch has finished."""
 
     def schedule(self, now_s: float) -> Batch | None:
-        req = self.requests
-        if not self.running:  # the previous batch has fully finished: form the next one
-            while self.waiting and len(self.running) < self.max_batch_size:
-                r = self.waiting[0]
-                if not self.admit(r, int(req.prompt_tokens[r] + req.output_tokens[r])):
-                    break
-        if not self.running:
-            return None
-        running = np.array(self.running, dtype=np.int64)
-        return Batch(running, req.pending_tokens_of(running))
+        if self.running:  # static batching: nobody joins until the whole batch is done
+            return self.running_batch()
+        return super().schedule(now_s)
 
 
 POLICIES["faster_transformer"] = FasterTransformer

@@ -24,10 +24,14 @@ class Orca(Policy):
             r = self.waiting[0]
             if not self.admit(r, int(req.prompt_tokens[r] + req.output_tokens[r])):
                 break
+        return self.running_batch()
+
+    def running_batch(self) -> Batch | None:
+        """Every running request computes all its pending tokens (whole prefills, or one decode)."""
         if not self.running:
             return None
         running = np.array(self.running, dtype=np.int64)
-        return Batch(running, req.pending_tokens_of(running))
+        return Batch(running, self.requests.pending_tokens_of(running))
 
 
 POLICIES["orca"] = Orca

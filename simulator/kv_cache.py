@@ -91,14 +91,9 @@ class KVCache:
                 if needed > grown[i]:
                     total += needed - grown[i]
                     grown[i] = needed
-            if total > self.free_blocks:
-                return False
-            if total:
-                self.blocks_held[request_ids] = grown
-                self.free_blocks -= total
-            return True
-        grown = np.maximum((num_tokens + (self.block_size - 1)) // self.block_size, held)
-        total = sum((grown - held).tolist())  # builtin sum: faster than numpy's for the usual small batch
+        else:
+            grown = np.maximum((num_tokens + (self.block_size - 1)) // self.block_size, held)
+            total = sum((grown - held).tolist())  # builtin sum: faster than numpy's for the usual small batch
         if total > self.free_blocks:
             return False
         if total:

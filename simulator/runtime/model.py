@@ -264,9 +264,7 @@ class ResidualBoostedRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         X, y = _check_fit_inputs(X, y)
         self.n_features_in_ = X.shape[1]
-        base = RooflineLinearRegressor(columns=self.linear_columns) if self.base is None else clone(self.base)
-        self.linear_ = base.fit(X, y)
-        residual = np.log(y) - np.log(self.linear_.predict(X))
+        residual = _fit_base_log_residual(self, X, y)
         self.booster_ = ObliviousBoostingRegressor(
             n_estimators=self.n_estimators, depth=self.depth, learning_rate=self.learning_rate, l2=self.l2
         ).fit(_log_inputs(X, self.tree_columns), residual)
@@ -276,6 +274,15 @@ class ResidualBoostedRegressor(RegressorMixin, BaseEstimator):
         check_is_fitted(self, "booster_")
         X = check_array(X, dtype=np.float64)
         return self.linear_.predict(X) * np.exp(self.booster_.predict(_log_inputs(X, self.tree_columns)))
+
+
+def _fit_base_log_residual(estimator, X, y) -> np.ndarray:
+    """Fit `estimator`'s base (its `base`, or a RooflineLinearRegressor on its `linear_columns`) into
+    `estimator.linear_` and return log(y / base prediction), what the residual model then learns."""
+    base = (RooflineLinearRegressor(columns=estimator.linear_columns) if estimator.base is None
+            else clone(estimator.base))
+    estimator.linear_ = base.fit(X, y)
+    return np.log(y) - np.log(estimator.linear_.predict(X))
 
 
 class ResidualInterpolatedRegressor(RegressorMixin, BaseEstimator):
@@ -296,9 +303,7 @@ class ResidualInterpolatedRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         X, y = _check_fit_inputs(X, y)
         self.n_features_in_ = X.shape[1]
-        base = RooflineLinearRegressor(columns=self.linear_columns) if self.base is None else clone(self.base)
-        self.linear_ = base.fit(X, y)
-        log_ratio = np.log(y) - np.log(self.linear_.predict(X))
+        log_ratio = _fit_base_log_residual(self, X, y)
         x = np.log(np.maximum(X[:, self.column], 1e-12))
         order = np.argsort(x, kind="stable")
         # Average repeated x values so np.interp sees a function.
