@@ -264,26 +264,6 @@ def measured_cpu_overhead_s(run_dirs: list[Path]) -> float:
     return float(np.median(values))
 
 
-class EagerFloorPredictor:
-    """The runtime model plus one thing an engine that runs only decode-only batches from CUDA graphs
-    shows: any other batch is launched op by op from Python, so its GPU span is at least `floor_s` (the
-    host cannot enqueue a whole forward pass faster). Decode-only batches are the model's own times."""
-
-    def __init__(self, with_cpu, gpu_only, floor_s: float):
-        self.with_cpu, self.gpu_only, self.floor_s = with_cpu, gpu_only, floor_s
-        self.num_stages = 1
-
-    def stage_times_s(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
-        total = self.with_cpu.stage_times_s(q_tokens, kv_tokens)
-        if max(q_tokens.tolist()) <= 1:
-            return total
-        gpu_s = float(self.gpu_only.stage_times_s(q_tokens, kv_tokens)[0])
-        return total + max(self.floor_s - gpu_s, 0.0)
-
-    def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
-        return self.with_cpu.decode_run_stage_times_s(kv_tokens, num_steps)
-
-
 def measured_eager_floor_s(run_dirs: list[Path], predictors: PredictorCache) -> float:
     """GPU span of an eager (op-by-op) iteration that launching bounds: the median span of the eager
     iterations the runtime model predicts shorter than the median host launch time of one forward pass."""
@@ -328,22 +308,21 @@ def simulate(cfg, predictor):
 
 
 def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
-                cpu_overhead_s: float | None | str = "config",
-                eager_floor_s: float | None = None) -> RunComparison:
+                cpu_overhead_s="config") -> RunComparison:
     """Simulate the run's config and compare (see the module docstring). cpu_overhead_s: "config" keeps
-    the saved config's value (None = the runtime model's default); a number replaces it. eager_floor_s:
-    simulate with EagerFloorPredictor (None: the runtime model alone, as the simulator ships)."""
+    the saved config's host terms (None there = the runtime model's default CPU overhead and eager-launch
+    floor); anything simulator.runtime.cpu_overhead.cpu_overhead accepts (seconds, a name, a CpuOverhead)
+    replaces them."""
     from simulator.run import SimulationConfig
 
     run_dir = Path(run_dir)
     predictors = predictors or PredictorCache()
     run = read_run(run_dir)
     cfg = SimulationConfig.from_dict(run["config"])
-    if cpu_overhead_s != "config":
+    if not (isinstance(cpu_overhead_s, str) and cpu_overhead_s == "config"):
         cfg = dataclasses.replace(cfg, cpu_overhead_s=cpu_overhead_s)
-    with_cpu = predictors.get(cfg, cfg.cpu_overhead_s)
+    predictor = predictors.get(cfg, cfg.cpu_overhead_s)
     gpu_only = predictors.get(cfg, 0.0)
-    predictor = with_cpu if eager_floor_s is None else EagerFloorPredictor(with_cpu, gpu_only, eager_floor_s)
     sim_requests, sim_tokens, sim_iteration_s = simulate(cfg, predictor)
     measured = latency_metrics(run["requests"], run["token_times"])
     simulated = latency_metrics(sim_requests, sim_tokens)
@@ -482,6 +461,45 @@ def targets_summary(table: pd.DataFrame) -> dict:
     return out
 
 
+def host_terms(cpu_option: str, floor_option: str, runs: list[Path], predictors: PredictorCache):
+    """(what compare_run simulates with, a sentence saying what that is) from the two CLI options."""
+    from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD, CpuOverhead, cpu_overhead
+
+    if cpu_option == "default" and floor_option == "default":
+        return "config", ("the runtime model's default host terms (simulator/runtime/cpu_overhead.py): CPU "
+                          "overhead 0.350 ms + 0.0015 ms per sequence, eager-launch floor 0.4885 ms per layer")
+    if cpu_option == "default":
+        cpu, setting = DEFAULT_CPU_OVERHEAD, "the default CPU overhead (0.350 ms + 0.0015 ms per sequence)"
+    elif cpu_option == "measured":
+        fixed = measured_cpu_overhead_s(runs)
+        cpu, setting = CpuOverhead(fixed), f"the measured CPU overhead, {fixed * 1e3:.3f} ms per iteration"
+    else:
+        try:
+            cpu = cpu_overhead(cpu_option if cpu_option == "vllm_v0" else float(cpu_option))
+        except ValueError:
+            raise SystemExit(f"--cpu-overhead {cpu_option!r}: expected default, measured, vllm_v0 or "
+                             f"seconds") from None
+        setting = f"a CPU overhead of {cpu.fixed_s * 1e3:.3f} ms + {cpu.per_sequence_s * 1e3:.4f} ms per sequence"
+    if floor_option == "default":
+        floor = DEFAULT_CPU_OVERHEAD.eager_floor_s_per_layer
+    elif floor_option == "measured":
+        layers = {json.loads((Path(r) / "config.json").read_text())["model"]["num_layers"] for r in runs}
+        if len(layers) != 1:
+            raise SystemExit(f"--eager-floor measured needs runs of one layer count, got {sorted(layers)}")
+        floor = measured_eager_floor_s(runs, predictors) / layers.pop()
+    elif floor_option == "none":
+        floor = 0.0
+    else:
+        try:
+            floor = float(floor_option)
+        except ValueError:
+            raise SystemExit(f"--eager-floor {floor_option!r}: expected default, measured, none or "
+                             f"seconds per layer") from None
+    setting += (f", and an eager-launch floor of {floor * 1e3:.4f} ms per layer for batches launched op by op"
+                if floor > 0 else ", and no eager-launch floor")
+    return dataclasses.replace(cpu, eager_floor_s_per_layer=floor), setting
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="servesim-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -493,47 +511,23 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-overhead", default="default",
                         help="CPU overhead per iteration the simulator uses: 'default' (the runtime model's, "
                              "as in the runs' configs), 'measured' (the median the executions show on decode "
-                             "iterations), or seconds")
-    parser.add_argument("--eager-floor", default="none",
-                        help="'none' (the runtime model as shipped), 'measured' or seconds: the least GPU "
-                             "span of a batch launched op by op (every batch that is not decode-only), see "
-                             "EagerFloorPredictor")
+                             "iterations), 'vllm_v0' (Vidur's vLLM v0 line), or seconds")
+    parser.add_argument("--eager-floor", default="default",
+                        help="least GPU time of a batch launched op by op (one with prefill tokens): "
+                             "'default' (the runtime model's, 0.4885 ms per layer), 'measured' (from these "
+                             "runs), 'none', or seconds per layer")
     args = parser.parse_args(argv)
 
     runs = find_runs(args.runs)
     if not runs:
         raise SystemExit(f"no servesim-execute runs (config.json + steps.parquet) under "
                          f"{[str(r) for r in args.runs]}")
-    if args.cpu_overhead == "default":
-        cpu_overhead = "config"
-        setting = "the runtime model's default CPU overhead (simulator/runtime/cpu_overhead.py)"
-    elif args.cpu_overhead == "measured":
-        cpu_overhead = measured_cpu_overhead_s(runs)
-        setting = f"the measured CPU overhead, {cpu_overhead * 1e3:.3f} ms per iteration"
-    else:
-        try:
-            cpu_overhead = float(args.cpu_overhead)
-        except ValueError:
-            raise SystemExit(f"--cpu-overhead {args.cpu_overhead!r}: expected default, measured or "
-                             f"seconds") from None
-        setting = f"a CPU overhead of {cpu_overhead * 1e3:.3f} ms per iteration"
     predictors = PredictorCache()
-    eager_floor = None
-    if args.eager_floor == "measured":
-        eager_floor = measured_eager_floor_s(runs, predictors)
-    elif args.eager_floor != "none":
-        try:
-            eager_floor = float(args.eager_floor)
-        except ValueError:
-            raise SystemExit(f"--eager-floor {args.eager_floor!r}: expected none, measured or "
-                             f"seconds") from None
-    if eager_floor is not None:
-        setting += (f", plus an eager-launch floor of {eager_floor * 1e3:.2f} ms of GPU span for batches "
-                    f"that are not decode-only (compare.EagerFloorPredictor)")
+    host, setting = host_terms(args.cpu_overhead, args.eager_floor, runs, predictors)
     print(f"simulating with {setting}")
     comparisons = []
     for run_dir in runs:
-        comparisons.append(compare_run(run_dir, predictors, cpu_overhead, eager_floor))
+        comparisons.append(compare_run(run_dir, predictors, host))
         e = comparisons[-1].errors()
         it = comparisons[-1].iteration_errors()["total"]
         print(f"{run_dir.name}: TTFT p50 {e['ttft_s_p50']:+.1f} %, TBT p99 {e['tbt_s_p99']:+.1f} %, "
@@ -551,7 +545,11 @@ def main(argv=None) -> int:
         targets = {"cpu_overhead": setting, **targets_summary(table)}
         (args.out / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
         if (np.asarray([s["gpu_s"].notna().any() for s in (c.iterations for c in comparisons)])).all():
-            cpu = pooled_cpu_overhead(runs, eager_floor)
+            try:
+                floor_s = measured_eager_floor_s(runs, predictors)
+            except ValueError:  # no launch-bound eager iterations in these runs
+                floor_s = None
+            cpu = pooled_cpu_overhead(runs, floor_s)
             (args.out / "cpu_overhead.json").write_text(json.dumps(cpu, indent=2) + "\n")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -154,22 +154,22 @@ def test_missing_run_files_name_the_file(tmp_path):
         compare.read_run(tmp_path)
 
 
-def test_eager_floor_applies_only_to_batches_launched_op_by_op():
-    from simulator.linear_predictor import LinearPredictor
+def test_host_terms_from_the_cli_options(tmp_path):
+    from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD
 
-    gpu = LinearPredictor(fixed_s=0.008, per_prefill_token_s=1e-5, per_decode_token_s=1e-5,
-                          per_kv_token_s=0.0)
-    with_cpu = LinearPredictor(fixed_s=0.009, per_prefill_token_s=1e-5, per_decode_token_s=1e-5,
-                               per_kv_token_s=0.0)  # 1 ms of CPU overhead on top
-    model = compare.EagerFloorPredictor(with_cpu, gpu, floor_s=0.015)
-    decodes = model.stage_times_s(np.array([1, 1, 1]), np.array([10, 20, 30]))
-    assert decodes[0] == pytest.approx(0.009 + 3e-5)  # decode-only: replayed from a graph, no floor
-    short_prefill = model.stage_times_s(np.array([100, 1]), np.array([0, 50]))
-    assert short_prefill[0] == pytest.approx(0.015 + 0.001)  # GPU 9 ms < floor: floor + CPU
-    long_prefill = model.stage_times_s(np.array([1000]), np.array([0]))
-    assert long_prefill[0] == pytest.approx(0.009 + 1e-2)  # GPU 18 ms > floor: unchanged
-    assert np.allclose(model.decode_run_stage_times_s(np.array([5, 6]), 3),
-                       with_cpu.decode_run_stage_times_s(np.array([5, 6]), 3))
+    cache = compare.PredictorCache()
+    assert compare.host_terms("default", "default", [], cache)[0] == "config"  # the runs' own configs
+    host, setting = compare.host_terms("0.001", "none", [], cache)
+    assert (host.fixed_s, host.per_sequence_s, host.eager_floor_s_per_layer) == (0.001, 0.0, 0.0)
+    assert "no eager-launch floor" in setting
+    host, _ = compare.host_terms("vllm_v0", "0.0002", [], cache)
+    assert host.per_sequence_s > 0 and host.eager_floor_s_per_layer == 0.0002
+    host, _ = compare.host_terms("default", "none", [], cache)
+    assert host.fixed_s == DEFAULT_CPU_OVERHEAD.fixed_s and host.eager_floor_s_per_layer == 0.0
+    with pytest.raises(SystemExit, match="--eager-floor 'soon'"):
+        compare.host_terms("default", "soon", [], cache)
+    with pytest.raises(SystemExit, match="--cpu-overhead 'lots'"):
+        compare.host_terms("lots", "default", [], cache)
 
 
 def test_pooled_cpu_overhead_over_runs(tmp_path):

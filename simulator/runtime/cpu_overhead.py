@@ -1,4 +1,12 @@
-"""Per-iteration CPU overhead of a serving engine: scheduling, input preparation, output processing.
+"""Host-side costs of a serving engine: per-iteration CPU overhead and the eager-launch floor.
+
+CPU overhead: scheduling, input preparation, output processing, added to every iteration.
+
+Eager-launch floor: an engine that replays CUDA graphs only for decode-only batches (vLLM v0, servesim's own
+executor) launches every other batch op by op from Python. When the GPU work of such a batch is shorter
+than the host needs to enqueue it, the GPU waits between kernels and the forward pass lasts as long as the
+launching: a pipeline stage's GPU time is at least `eager_floor_s_per_layer` x its layers. Decode-only
+batches of up to `graph_max_batch` sequences are replayed from a graph and have no floor.
 
 The GPU work of sampling is measured by the profiler (op `sampling`) and counted under
 lm_head_sampling; this term is only the host-side time during which the GPU waits.
@@ -7,7 +15,10 @@ Default (DEFAULT_CPU_OVERHEAD): measured on servesim's own engine (servesim-exec
 H100, 24 fidelity runs, 53,205 CUDA-graph decode iterations; data/validation/h100/fidelity/cpu_overhead.json):
 host time the GPU waits for per iteration (schedule 0.04 + prepare inputs 0.17 + graph launch 0.11 +
 apply outputs 0.03 ms at the median), fitted as 0.350 ms + 0.0015 ms per sequence. With it the simulator
-meets the per-iteration fidelity target in 24 of 24 measured runs (docs/fidelity.md).
+meets the per-iteration fidelity target in 24 of 24 measured runs (docs/fidelity.md). Its eager-launch
+floor, from the same runs (cpu_overhead.json, "eager_floor_ms"): 15.631 ms of GPU span for a 32-layer
+forward pass whose kernels take less than the host's median launch time (14.5 ms), i.e. 0.4885 ms per layer
+(simulator.compare.measured_eager_floor_s). CUDA graphs are captured up to 256 sequences, as vLLM does.
 
 VLLM_V0_CPU_OVERHEAD: a least-squares line through Vidur's published vLLM measurements on one A100 with
 Llama-2-7B at TP1 (microsoft/vidur, data/profiling/a100/cpu_overheads.csv, medians of SCHEDULE +
@@ -21,7 +32,9 @@ PREPARE_INPUTS_E2E + PROCESS_MODEL_OUTPUTS at batch sizes 8..64):
 That vLLM (v0 engine, 2023-24) detokenised and built input tensors in Python on the critical path; the
 vLLM maintainers report the same order of magnitude ("when BS is 200, all this together can be 20ms",
 vllm-project/vllm#6801; 5-13 ms GPU bubbles per decode step, #6854). To model such an engine from Python pass
-cpu_overhead_s="vllm_v0"; to model a fully overlapped engine (vLLM V1 async scheduling), 0.
+cpu_overhead_s="vllm_v0" (no floor: Vidur did not measure one); to model a fully overlapped engine that
+also captures prefills in graphs (vLLM V1 with async scheduling and piecewise CUDA graphs), 0. A number
+means that many seconds per iteration and no floor.
 """
 from __future__ import annotations
 
@@ -30,30 +43,42 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CpuOverhead:
-    """Host time added to every iteration: fixed_s + per_sequence_s * sequences in the batch."""
+    """Host time added to every iteration: fixed_s + per_sequence_s * sequences in the batch; and the
+    least GPU time per layer of a batch launched op by op (eager_floor_s_per_layer; 0 = no floor)."""
 
     fixed_s: float
     per_sequence_s: float = 0.0
+    eager_floor_s_per_layer: float = 0.0
+    graph_max_batch: int = 256  # largest decode-only batch replayed from a CUDA graph
 
     def __post_init__(self):
-        if self.fixed_s < 0 or self.per_sequence_s < 0:
+        if min(self.fixed_s, self.per_sequence_s, self.eager_floor_s_per_layer) < 0:
             raise ValueError(f"CPU overhead must be >= 0, got fixed_s={self.fixed_s}, "
-                             f"per_sequence_s={self.per_sequence_s}")
+                             f"per_sequence_s={self.per_sequence_s}, "
+                             f"eager_floor_s_per_layer={self.eager_floor_s_per_layer}")
+
+    def launched_eagerly(self, num_tokens: int, num_sequences: int) -> bool:
+        """Whether a batch runs op by op: it has prefill tokens, or more decodes than any captured graph."""
+        return num_tokens > num_sequences or num_sequences > self.graph_max_batch
 
     def seconds(self, num_sequences: int) -> float:
         return self.fixed_s + self.per_sequence_s * num_sequences
 
 
-DEFAULT_CPU_OVERHEAD = CpuOverhead(fixed_s=0.350e-3, per_sequence_s=0.0015e-3)
+MEASURED_EAGER_FLOOR_S = 15.631e-3  # 32-layer forward (Llama-3-8B, H100), cpu_overhead.json
+DEFAULT_CPU_OVERHEAD = CpuOverhead(fixed_s=0.350e-3, per_sequence_s=0.0015e-3,
+                                   eager_floor_s_per_layer=MEASURED_EAGER_FLOOR_S / 32)
 VLLM_V0_CPU_OVERHEAD = CpuOverhead(fixed_s=0.40e-3, per_sequence_s=0.092e-3)
 NAMED_CPU_OVERHEADS = {"servesim": DEFAULT_CPU_OVERHEAD, "vllm_v0": VLLM_V0_CPU_OVERHEAD}
 
 
-def cpu_overhead(cpu_overhead_s: float | str | None) -> CpuOverhead:
+def cpu_overhead(cpu_overhead_s: float | str | CpuOverhead | None) -> CpuOverhead:
     """None -> DEFAULT_CPU_OVERHEAD; a name in NAMED_CPU_OVERHEADS; a number -> that many seconds per
-    iteration (0 = none)."""
+    iteration and no eager-launch floor (0 = no host terms at all); a CpuOverhead as it is."""
     if cpu_overhead_s is None:
         return DEFAULT_CPU_OVERHEAD
+    if isinstance(cpu_overhead_s, CpuOverhead):
+        return cpu_overhead_s
     if isinstance(cpu_overhead_s, str) and cpu_overhead_s in NAMED_CPU_OVERHEADS:
         return NAMED_CPU_OVERHEADS[cpu_overhead_s]
     try:

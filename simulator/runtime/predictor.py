@@ -9,6 +9,9 @@ One iteration of a batch (q_tokens[i] new tokens, kv_tokens[i] cached, per seque
   gather of the logits when tp > 1),
   every stage but the last: the send of N x hidden activations to the next stage.
 Layers are split evenly over stages, earlier stages taking one more when they do not divide.
+A batch launched op by op (one with prefill tokens, or more decodes than the largest CUDA graph) takes at
+least the eager-launch floor per stage: its layers x the host's launch time per layer
+(simulator/runtime/cpu_overhead.py); the CPU overhead comes on top.
 
 Hot path: everything but attention is tabulated per stage at build time as two lists indexed by the
 token count and the sequence count, so an iteration costs two list look-ups plus one attention time
@@ -144,21 +147,23 @@ class RuntimePredictor:
         }
         # The hot path: per stage, one table of everything that depends on the token count N (its
         # layers' token-wise kernels and all-reduces, the embedding, the final norm, the send), one of
-        # everything that depends on the sequence count (LM head, sampling, logits gather, CPU
-        # overhead), and the weight of one layer's attention time. Seconds; kernel times calibrated.
+        # everything that depends on the sequence count (LM head, sampling, logits gather),
+        # and the weight of one layer's attention time. Seconds; kernel times calibrated. The CPU overhead
+        # and the eager-launch floor are applied per batch (stage_times_s).
         self._scale = fitted.calibration_scale
         self._layer_extra_ms = fitted.calibration_layer_ms
         v = {name: table.values for name, table in self._tables.items()}
         per_layer = (v["linear"] + v["layer_other"]) * self._scale + self._layer_extra_ms + v["layer_comm"]
-        cpu_ms = (cpu.fixed_s + cpu.per_sequence_s * grid) * 1e3
         last = pp - 1
         self._stage_tokens, self._stage_seqs, self._stage_attention = [], [], []
+        # Host terms (simulator/runtime/cpu_overhead.py): the eager-launch floor of each stage's GPU time
+        # and the CPU overhead, which stage 0 pays before its GPU work.
+        self._stage_floor_s = [float(layers) * cpu.eager_floor_s_per_layer for layers in self.stage_layers]
         for s, layers in enumerate(self.stage_layers):
             tokens_ms = per_layer * layers + (v["send"] if s < last else 0.0)
             seqs_ms = np.zeros_like(grid)
             if s == 0:
                 tokens_ms = tokens_ms + self._scale * v["embedding"] + v["embedding_comm"]
-                seqs_ms = seqs_ms + cpu_ms
             if s == last:
                 tokens_ms = tokens_ms + self._scale * v["final_norm"]
                 seqs_ms = seqs_ms + self._scale * v["lm_head_sampling"] + v["logits_comm"]
@@ -178,11 +183,19 @@ class RuntimePredictor:
                              f"got shapes {q.shape} and {kv.shape}")
         # Decode-only batches take the same arithmetic as decode_run_stage_times_s (bit for bit).
         attention_ms, num_tokens = self.attention.batch_ms(q, kv)
+        eager = self.cpu.launched_eagerly(num_tokens, n)
         if self.num_stages == 1:
-            return np.array([(self._stage_tokens[0].at(num_tokens) + self._stage_seqs[0].at(n))
-                             + attention_ms * self._stage_attention[0]])
-        return np.array([(tokens.at(num_tokens) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
-                         in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
+            gpu_s = (self._stage_tokens[0].at(num_tokens) + self._stage_seqs[0].at(n)) \
+                + attention_ms * self._stage_attention[0]
+            if eager and gpu_s < self._stage_floor_s[0]:
+                gpu_s = self._stage_floor_s[0]
+            return np.array([gpu_s + self.cpu.seconds(n)])
+        gpu_s = np.array([(tokens.at(num_tokens) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
+                          in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
+        if eager:
+            gpu_s = np.maximum(gpu_s, self._stage_floor_s)
+        gpu_s[0] += self.cpu.seconds(n)
+        return gpu_s
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage seconds of `num_steps` decode-only iterations, step k at contexts kv_tokens + k,
@@ -195,11 +208,19 @@ class RuntimePredictor:
         if num_steps == 0:
             return np.zeros((0, self.num_stages))
         attention_ms = self.attention.decode_run_ms(kv, num_steps)
+        eager = self.cpu.launched_eagerly(n, n)  # only past the largest captured graph
         if self.num_stages == 1:
             fixed = self._stage_tokens[0].at(n) + self._stage_seqs[0].at(n)
-            return (fixed + attention_ms * self._stage_attention[0]).reshape(num_steps, 1)
-        return np.column_stack([(tokens.at(n) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
-                                in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
+            gpu_s = fixed + attention_ms * self._stage_attention[0]
+            if eager:
+                gpu_s = np.maximum(gpu_s, self._stage_floor_s[0])
+            return (gpu_s + self.cpu.seconds(n)).reshape(num_steps, 1)
+        gpu_s = np.column_stack([(tokens.at(n) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
+                                 in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
+        if eager:
+            gpu_s = np.maximum(gpu_s, self._stage_floor_s)
+        gpu_s[:, 0] += self.cpu.seconds(n)
+        return gpu_s
 
     def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, int]:
         """(attention milliseconds of one layer, tokens in the batch) for one batch."""
@@ -245,6 +266,8 @@ class RuntimePredictor:
             "lm_head_sampling": k * tables_ms["lm_head_sampling"],
             "cpu_overhead": self.cpu.seconds(seqs) * 1e3,
         }
+        # Host time beyond the CPU term: the GPU waiting for an op-by-op launch (the eager-launch floor).
+        out["cpu_overhead"] += max(0.0, float(stage_ms.sum()) - sum(out.values()))
         return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist())
 
 
