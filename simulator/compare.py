@@ -467,7 +467,7 @@ def host_terms(cpu_option: str, floor_option: str, runs: list[Path], predictors:
 
     if cpu_option == "default" and floor_option == "default":
         return "config", ("the runtime model's default host terms (simulator/runtime/cpu_overhead.py): CPU "
-                          "overhead 0.350 ms + 0.0015 ms per sequence, eager-launch floor 0.4885 ms per layer")
+                          "overhead 0.350 ms + 0.0015 ms per sequence, eager-launch floor 0.4885 ms per layer (soft maximum, p = 6)")
     if cpu_option == "default":
         cpu, setting = DEFAULT_CPU_OVERHEAD, "the default CPU overhead (0.350 ms + 0.0015 ms per sequence)"
     elif cpu_option == "measured":

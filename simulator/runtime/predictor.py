@@ -9,9 +9,9 @@ One iteration of a batch (q_tokens[i] new tokens, kv_tokens[i] cached, per seque
   gather of the logits when tp > 1),
   every stage but the last: the send of N x hidden activations to the next stage.
 Layers are split evenly over stages, earlier stages taking one more when they do not divide.
-A batch launched op by op (one with prefill tokens, or more decodes than the largest CUDA graph) takes at
-least the eager-launch floor per stage: its layers x the host's launch time per layer
-(simulator/runtime/cpu_overhead.py); the CPU overhead comes on top.
+A batch launched op by op (one with prefill tokens, or more decodes than the largest CUDA graph) takes, per
+stage, the soft maximum of its kernel time and the eager-launch floor (its layers x the host's launch time
+per layer; simulator/runtime/cpu_overhead.py); the CPU overhead comes on top.
 
 Hot path: everything but attention is tabulated per stage at build time as two lists indexed by the
 token count and the sequence count, so an iteration costs two list look-ups plus one attention time
@@ -159,6 +159,7 @@ class RuntimePredictor:
         # Host terms (simulator/runtime/cpu_overhead.py): the eager-launch floor of each stage's GPU time
         # and the CPU overhead, which stage 0 pays before its GPU work.
         self._stage_floor_s = [float(layers) * cpu.eager_floor_s_per_layer for layers in self.stage_layers]
+        self._has_floor = cpu.eager_floor_s_per_layer > 0
         for s, layers in enumerate(self.stage_layers):
             tokens_ms = per_layer * layers + (v["send"] if s < last else 0.0)
             seqs_ms = np.zeros_like(grid)
@@ -183,17 +184,17 @@ class RuntimePredictor:
                              f"got shapes {q.shape} and {kv.shape}")
         # Decode-only batches take the same arithmetic as decode_run_stage_times_s (bit for bit).
         attention_ms, num_tokens = self.attention.batch_ms(q, kv)
-        eager = self.cpu.launched_eagerly(num_tokens, n)
+        eager = self._has_floor and self.cpu.launched_eagerly(num_tokens, n)
         if self.num_stages == 1:
             gpu_s = (self._stage_tokens[0].at(num_tokens) + self._stage_seqs[0].at(n)) \
                 + attention_ms * self._stage_attention[0]
-            if eager and gpu_s < self._stage_floor_s[0]:
-                gpu_s = self._stage_floor_s[0]
+            if eager:
+                gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s[0])
             return np.array([gpu_s + self.cpu.seconds(n)])
         gpu_s = np.array([(tokens.at(num_tokens) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
                           in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
         if eager:
-            gpu_s = np.maximum(gpu_s, self._stage_floor_s)
+            gpu_s = self.cpu.eager_gpu_s(gpu_s, np.asarray(self._stage_floor_s))
         gpu_s[0] += self.cpu.seconds(n)
         return gpu_s
 
@@ -208,17 +209,17 @@ class RuntimePredictor:
         if num_steps == 0:
             return np.zeros((0, self.num_stages))
         attention_ms = self.attention.decode_run_ms(kv, num_steps)
-        eager = self.cpu.launched_eagerly(n, n)  # only past the largest captured graph
+        eager = self._has_floor and self.cpu.launched_eagerly(n, n)  # only past the largest graph
         if self.num_stages == 1:
             fixed = self._stage_tokens[0].at(n) + self._stage_seqs[0].at(n)
             gpu_s = fixed + attention_ms * self._stage_attention[0]
             if eager:
-                gpu_s = np.maximum(gpu_s, self._stage_floor_s[0])
+                gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s[0])
             return (gpu_s + self.cpu.seconds(n)).reshape(num_steps, 1)
         gpu_s = np.column_stack([(tokens.at(n) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
                                  in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
         if eager:
-            gpu_s = np.maximum(gpu_s, self._stage_floor_s)
+            gpu_s = self.cpu.eager_gpu_s(gpu_s, np.asarray(self._stage_floor_s))
         gpu_s[:, 0] += self.cpu.seconds(n)
         return gpu_s
 

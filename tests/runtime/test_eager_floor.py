@@ -7,8 +7,9 @@ from synthetic import TINY_MODEL
 from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD, CpuOverhead, cpu_overhead
 
 FLOOR_PER_LAYER_S = 0.05  # far above any synthetic batch's GPU time per layer, so the floor binds
+# A hard maximum (a huge exponent) keeps the expected values exact; the soft one is tested on its own.
 HOST = CpuOverhead(fixed_s=0.001, per_sequence_s=0.0001, eager_floor_s_per_layer=FLOOR_PER_LAYER_S,
-                   graph_max_batch=8)
+                   eager_overlap_exponent=200.0, graph_max_batch=8)
 
 
 def test_floor_binds_only_for_batches_launched_op_by_op(make_predictor):
@@ -31,6 +32,19 @@ def test_which_batches_launch_eagerly():
     host = CpuOverhead(fixed_s=0.0, eager_floor_s_per_layer=1e-9)
     assert host.launched_eagerly(num_tokens=100, num_sequences=2)
     assert not host.launched_eagerly(num_tokens=2, num_sequences=2)
+    assert host.launched_eagerly(num_tokens=257, num_sequences=257)  # past the largest graph (256)
+
+
+def test_soft_maximum_of_kernel_time_and_floor():
+    host = CpuOverhead(fixed_s=0.0, eager_floor_s_per_layer=1e-3)  # p = 6
+    assert host.eager_gpu_s(0.0, 0.01) == pytest.approx(0.01)
+    assert host.eager_gpu_s(0.01, 0.01) == pytest.approx(0.01 * 2 ** (1 / 6))  # 1.12 x at the crossing
+    assert host.eager_gpu_s(0.02, 0.01) == pytest.approx(0.02, rel=3e-3)
+    spans = host.eager_gpu_s(np.array([0.005, 0.01, 0.04]), 0.01)
+    assert np.all(spans >= np.maximum([0.005, 0.01, 0.04], 0.01))
+    assert np.all(np.diff(spans) > 0)
+    with pytest.raises(ValueError, match="eager_overlap_exponent"):
+        CpuOverhead(fixed_s=0.0, eager_overlap_exponent=0.5)
 
 
 def test_floor_is_applied_per_pipeline_stage(make_predictor):
@@ -58,7 +72,7 @@ def test_breakdown_counts_the_launch_wait_as_host_time(make_predictor):
     assert sum(result.breakdown_ms.values()) == pytest.approx(result.total_ms, rel=1e-9)
     gpu_ms = sum(v for k, v in result.breakdown_ms.items() if k != "cpu_overhead")
     assert gpu_ms + result.breakdown_ms["cpu_overhead"] == pytest.approx(
-        FLOOR_PER_LAYER_S * TINY_MODEL.num_layers * 1e3 + 1.2)
+        FLOOR_PER_LAYER_S * TINY_MODEL.num_layers * 1e3 + 1.2, rel=1e-6)
 
 
 def test_named_and_numeric_host_terms():
