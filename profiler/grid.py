@@ -14,13 +14,24 @@ from dataclasses import dataclass, field
 
 from simulator.config import ModelConfig
 
-# Token counts for the token-wise ops. Dense below 128 (launch/weight-bound region and small GEMM tiles),
-# then roughly geometric with a few steps in between so tile-quantisation steps are visible.
-TOKEN_LADDER = [
+# Token counts of the first profiles (48 points: dense below 128, then roughly geometric). Every one of
+# them is still on TOKEN_LADDER; the runtime model's report uses this ladder to also score held-out
+# regions as wide as they were before the ladder was densified.
+COARSE_TOKEN_LADDER = [
     1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448,
     512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192,
     10240, 12288, 14336, 16384, 20480, 24576, 32768,
 ]
+# (first, last, step) segments of the token ladder. Kernel choices switch at exact counts (the embedding
+# lookup changes kernel after 16 indices; cuBLAS picks a slow GEMM for a band of counts near 448 on H100;
+# norms and the activation change launch shapes in the tens and low hundreds), and the simulator asks for
+# every count in between, so the ladder is dense where serving batches live (every count to 32, every 4
+# to 128, every 8 to 512, every 16 to 1024) and then every 1/32 to 1/16 of the count.
+TOKEN_LADDER_SEGMENTS = [
+    (1, 32, 1), (36, 128, 4), (136, 512, 8), (528, 1024, 16), (1056, 2048, 32), (2176, 4096, 128),
+    (4608, 8192, 512), (9216, 16384, 1024), (18432, 32768, 2048),
+]
+TOKEN_LADDER = sorted({n for first, last, step in TOKEN_LADDER_SEGMENTS for n in range(first, last + 1, step)})
 # Ops whose rows are "sequences" (last tokens) or all tokens of a batch; logits beyond 16k rows are
 # never computed by a serving engine (and would not fit next to a 128k vocabulary).
 LOGIT_ROWS_MAX = 16384
@@ -30,6 +41,14 @@ PREFILL_CHUNKS = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 KV_PREFIXES = [0, 256, 1024, 2048, 4096, 8192, 16384, 32768]
 DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 DECODE_CONTEXTS = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+# Points between the ladders above (added after the first profiles; drawn from their own seed so every
+# earlier point stays as it was): FA2 changes its KV split and its number of waves at batch sizes and
+# contexts between the ladder steps, and a fit needs to see those steps.
+EXTRA_DECODE_BATCHES = [3, 6, 12, 24, 48, 96, 192, 384]
+EXTRA_DECODE_CONTEXTS = [256, 768, 1536, 3072, 6144, 12288, 24576]
+EXTRA_PREFILL_CHUNKS = [32, 96, 192, 384, 768, 1536, 3072, 6144]
+EXTRA_KV_PREFIXES = [512, 3072, 6144, 12288]
+EXTRA_MIXED_CHUNKS = [64, 256, 1024]
 
 
 @dataclass(frozen=True)
@@ -238,6 +257,10 @@ def attention_grid(
                 seqs += [(1, rng.randint(1, limit_len - 1)) for _ in range(b)]
                 comps.append(tuple(seqs))
 
+    if not tiny:
+        comps += intermediate_compositions(limit_len, chunks, prefixes, batches, contexts,
+                                           random.Random(hash_seed(seed, model.max_model_len, tp, 2)))
+
     q_heads, kv_heads = model.num_q_heads // tp, model.kv_heads_per_gpu(tp)
     seen, points = set(), []
     for comp in comps:
@@ -246,6 +269,44 @@ def attention_grid(
         seen.add(comp)
         points.append(AttentionPoint(tp, q_heads, kv_heads, model.head_dim, comp))
     return points
+
+
+def intermediate_compositions(limit_len: int, chunks: list, prefixes: list, batches: list, contexts: list,
+                              rng: random.Random) -> list[tuple]:
+    """Launches between the ladder points of attention_grid (EXTRA_* lists), for a model whose sequences
+    hold at most `limit_len` tokens; the ladders given are attention_grid's own (already cut to limit_len)."""
+    comps: list[tuple] = []
+    all_chunks = sorted(set(chunks) | {c for c in EXTRA_PREFILL_CHUNKS if c <= limit_len})
+    all_prefixes = sorted(set(prefixes) | set(EXTRA_KV_PREFIXES))
+    for q in all_chunks:
+        fits = [p for p in all_prefixes if q + p <= limit_len]
+        comps += [((q, p),) for p in fits]
+    for total in [c for c in (1024, 4096) if c <= limit_len]:
+        for parts in (2, 8):
+            q = total // parts
+            comps.append(tuple((q, 0) for _ in range(parts)))
+            comps.append(tuple((q, rng.randint(0, limit_len - q)) for _ in range(parts)))
+    all_batches = sorted(set(batches) | set(EXTRA_DECODE_BATCHES))
+    all_contexts = sorted(set(contexts) | {c for c in EXTRA_DECODE_CONTEXTS if c <= limit_len})
+    for b in all_batches:
+        comps += [tuple((1, c - 1) for _ in range(b)) for c in all_contexts]
+    for b in [2] + EXTRA_DECODE_BATCHES:
+        for _ in range(2):
+            comps.append(tuple((1, rng.randint(1, limit_len - 1)) for _ in range(b)))
+        comps.append(tuple((1, min(limit_len - 1, int(rng.lognormvariate(6.5, 1.2)) + 1)) for _ in range(b)))
+    # Mostly short contexts with one long one in eight: one slow thread block among many quick ones.
+    for b in [b for b in all_batches if b >= 4]:
+        comps.append(tuple((1, rng.randint(limit_len // 2, limit_len - 1)) if i % 8 == 0 else
+                           (1, min(limit_len - 1, int(rng.lognormvariate(5.5, 1.0)) + 1)) for i in range(b)))
+    for chunk in [c for c in EXTRA_MIXED_CHUNKS if c <= limit_len]:
+        for b in [b for b in batches if b >= 4]:
+            seqs = [(chunk, rng.randint(0, limit_len - chunk))]
+            comps.append(tuple(seqs + [(1, rng.randint(1, limit_len - 1)) for _ in range(b)]))
+    for chunk in [c for c in (128, 512, 2048) if c <= limit_len]:
+        for b in (1, 2):
+            seqs = [(chunk, rng.randint(0, limit_len - chunk))]
+            comps.append(tuple(seqs + [(1, rng.randint(1, limit_len - 1)) for _ in range(b)]))
+    return comps
 
 
 def hash_seed(*parts) -> int:

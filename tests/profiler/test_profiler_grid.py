@@ -2,6 +2,7 @@
 import pytest
 
 from profiler.grid import (
+    COARSE_TOKEN_LADDER,
     TOKEN_LADDER,
     attention_grid,
     composition_json,
@@ -19,9 +20,32 @@ from simulator.config import load_model_config
 
 
 def test_token_counts_stop_at_max_and_include_it():
-    assert token_counts(10) == [1, 2, 3, 4, 6, 8, 10]
+    assert token_counts(10) == list(range(1, 11))
+    assert token_counts(37) == list(range(1, 33)) + [36, 37]
     assert token_counts(16384)[-1] == 16384 and token_counts(16384) == sorted(set(token_counts(16384)))
     assert all(n in TOKEN_LADDER for n in token_counts(16384))
+
+
+def test_dense_ladder_keeps_every_coarse_point_and_its_steps():
+    assert set(COARSE_TOKEN_LADDER) <= set(TOKEN_LADDER)
+    ladder = token_counts(32768)
+    steps = dict(zip(ladder[1:], (b - a for a, b in zip(ladder, ladder[1:]))))
+    assert steps[17] == 1 and steps[100] == 4 and steps[448] == 8 and steps[1024] == 16
+    assert all(step <= n / 8 for n, step in steps.items() if n > 32)  # never sparser than 1/8 of the count
+
+
+def test_intermediate_attention_points_keep_the_first_grid():
+    m = load_model_config("llama-3-8b")
+    dense = {p.composition for p in attention_grid(m, 1, kv_capacity=10**6, max_layer_kv_tokens=10**6)}
+    import profiler.grid as grid
+    first = grid.intermediate_compositions
+    try:
+        grid.intermediate_compositions = lambda *args: []
+        coarse = {p.composition for p in attention_grid(m, 1, kv_capacity=10**6, max_layer_kv_tokens=10**6)}
+    finally:
+        grid.intermediate_compositions = first
+    assert coarse < dense  # every point of the first profiles is still measured, and more
+    assert tuple((1, 3071) for _ in range(24)) in dense  # between the batch and context ladders
 
 
 def test_tp_degrees_follow_head_divisibility(tiny_model):

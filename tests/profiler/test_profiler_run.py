@@ -29,7 +29,7 @@ def test_tables_follow_the_schema(tiny_model, tmp_path):
     mp.run_profile(request([tiny_model], tmp_path), log=lambda *_: None)
     ops, att, meta = read(tmp_path, "tiny-llama")
     assert list(ops.columns) == OPS_COLUMNS and list(att.columns) == ATTENTION_COLUMNS
-    assert len(ops) == 2 * 3 * 6                              # tp x ops x token counts 1..8
+    assert len(ops) == 2 * 3 * 8                              # tp x ops x token counts 1..8
     assert (ops.time_ms > 0).all() and (ops.p10_ms <= ops.time_ms).all() and (ops.time_ms <= ops.p90_ms).all()
     qkv = ops[(ops.op == "qkv_proj") & (ops.tp == 1) & (ops.num_tokens == 4)].iloc[0]
     assert qkv.flops == 2 * 4 * 64 * (4 + 2 * 2) * 16          # 2 n k m for the tp1 shard
@@ -55,8 +55,8 @@ def test_second_model_shares_every_non_vocab_row(tiny_yaml, tmp_path):
     assert len(shared) == len(ops2[ops2.op != "lm_head"]) and (shared.time_ms == shared.time_ms_1).all()
     assert att2.time_ms.tolist() == att1.time_ms.tolist()       # same heads and context: all shared
     shared_groups = meta2["runs"][-1]["rows_shared_from"]["tiny-llama"]
-    assert "lm_head@tp1" not in shared_groups and shared_groups["rmsnorm@tp2"] == 6
-    assert meta2["runs"][-1]["rows_measured_for_this_model"] == 2 * 6   # only its own lm_head rows
+    assert "lm_head@tp1" not in shared_groups and shared_groups["rmsnorm@tp2"] == 8
+    assert meta2["runs"][-1]["rows_measured_for_this_model"] == 2 * 8   # only its own lm_head rows
 
 
 def test_interrupted_run_resumes_to_the_same_table(tiny_model, tmp_path, monkeypatch):
