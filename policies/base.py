@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.kv_cache import KVCache
-from simulator.request import RequestState
+from simulator.request import RequestState, int_list
 
 
 @dataclass
@@ -67,9 +67,10 @@ class Policy:
         """The batch to run next, or None if there is nothing to do. Allocates KV for it."""
         raise NotImplementedError
 
-    def finish(self, request_ids: np.ndarray) -> None:
-        """These running requests emitted their last token; the replica has freed their KV blocks."""
-        done = set(request_ids.tolist())
+    def finish(self, request_ids) -> None:
+        """These running requests (a list or an int array) emitted their last token; the replica has
+        freed their KV blocks."""
+        done = set(int_list(request_ids))
         self.running = [r for r in self.running if r not in done]
 
     @property
@@ -90,7 +91,7 @@ class Policy:
     def preempt(self, request_id: int) -> None:
         """Preempt by recompute: drop the request's KV and put it at the front of `waiting`. It keeps the
         tokens it has emitted and will recompute prompt + generated tokens when scheduled again."""
-        self.kv.free(np.array([request_id]))
+        self.kv.free([request_id])
         self.requests.computed_tokens[request_id] = 0
         self.requests.preemptions[request_id] += 1
         self.running.remove(request_id)
@@ -103,16 +104,14 @@ class Policy:
         does) and retry; a candidate that is itself the lowest is preempted. Returns the candidates that
         got their slot, in order.
         """
-        if not candidates:
-            return []
-        ids = np.array(candidates, dtype=np.int64)
-        if self.kv.allocate_all(ids, self.requests.computed_tokens[ids] + 1):
+        computed = self.requests.computed_tokens
+        if self.kv.allocate_all(candidates, [computed.item(r) + 1 for r in candidates]):
             return list(candidates)  # the common case: everyone fits
         scheduled, preempted = [], set()
         for r in candidates:
             if r in preempted:
                 continue
-            while not self.kv.allocate(r, int(self.requests.computed_tokens[r]) + 1):
+            while not self.kv.allocate(r, computed.item(r) + 1):
                 victim = self.running[-1]
                 self.preempt(victim)
                 preempted.add(victim)

@@ -9,8 +9,6 @@ Defaults: chunk 512 and batch cap 128, the paper's strict-SLO setting (2048 for 
 """
 from __future__ import annotations
 
-import numpy as np
-
 from policies.base import POLICIES, Batch, Policy
 
 
@@ -22,7 +20,7 @@ class SarathiServe(Policy):
 
     def schedule(self, now_s: float) -> Batch | None:
         budget, cap = self.chunk_size, self.max_batch_size
-        pending = self.requests.pending_tokens_of(np.array(self.running, dtype=np.int64)).tolist()
+        pending = [self.requests.pending_tokens(r) for r in self.running]
         in_progress = [(r, n) for r, n in zip(self.running, pending) if n > 1]  # prefills already started
 
         # 1. Running decodes first, one token each (preempting the newest requests if blocks run out).
@@ -30,7 +28,8 @@ class SarathiServe(Policy):
         decoding = [r for r, n in zip(self.running, pending) if n == 1]
         decodes = self.schedule_decodes(decoding[: min(budget, cap)])
         if len(self.running) < num_running:  # some were preempted
-            in_progress = [(r, n) for r, n in in_progress if r in set(self.running)]
+            still_running = set(self.running)
+            in_progress = [(r, n) for r, n in in_progress if r in still_running]
         ids, tokens = decodes, [1] * len(decodes)
         budget -= len(decodes)
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.config import ClusterConfig, ConfigError, HardwareConfig, ModelConfig
+from simulator.request import int_list
 
 GIB = 1024**3
-# Batches of at most this many requests take plain-Python paths (most batches: the conversation trace's
-# median is 5-7 requests), where numpy's per-call overhead would cost more than the arithmetic.
-SMALL_BATCH = 32
 
 
 def kv_cache_blocks_per_gpu(model: ModelConfig, hardware: HardwareConfig, cluster: ClusterConfig) -> int:
@@ -72,7 +70,7 @@ class KVCache:
         An admission (a request entering the running set) must also leave the watermark free, as in vLLM,
         so that running requests have room to grow.
         """
-        needed = -(-num_tokens // self.block_size) - int(self.blocks_held[request_id])
+        needed = -(-num_tokens // self.block_size) - self.blocks_held.item(request_id)
         if needed <= 0:
             return True
         if self.free_blocks - needed < (self.watermark_blocks if admission else 0):
@@ -81,51 +79,67 @@ class KVCache:
         self.free_blocks -= needed
         return True
 
-    def allocate_all(self, request_ids: np.ndarray, num_tokens: np.ndarray) -> bool:
-        """Grow every request to hold its `num_tokens`, all or none; False (no change) if they don't fit."""
-        held = self.blocks_held[request_ids]
-        if len(held) <= SMALL_BATCH:  # plain Python: each numpy call costs about a microsecond
-            bs, grown, total = self.block_size, held.tolist(), 0
-            for i, n in enumerate(num_tokens.tolist()):
-                needed = -(-n // bs)
-                if needed > grown[i]:
-                    total += needed - grown[i]
-                    grown[i] = needed
-        else:
-            grown = np.maximum((num_tokens + (self.block_size - 1)) // self.block_size, held)
-            total = sum((grown - held).tolist())  # builtin sum: faster than numpy's for the usual small batch
+    def allocate_all(self, request_ids, num_tokens) -> bool:
+        """Grow every request to hold its `num_tokens`, all or none; False (no change) if they don't fit.
+
+        Lists or int arrays of equal length. A plain Python loop: batches are small, and most requests
+        already hold the room (a decode crosses into a new block once every block_size tokens).
+        """
+        held, block_size = self.blocks_held, self.block_size
+        growing, total = [], 0  # (request, blocks it will hold) of the requests that need more
+        for r, n in zip(int_list(request_ids), int_list(num_tokens)):
+            blocks = -(-n // block_size)
+            if blocks > held.item(r):
+                growing.append((r, blocks))
+                total += blocks - held.item(r)
         if total > self.free_blocks:
             return False
-        if total:
-            self.blocks_held[request_ids] = grown
-            self.free_blocks -= total
+        for r, blocks in growing:
+            held[r] = blocks
+        self.free_blocks -= total
         return True
 
-    def free(self, request_ids: np.ndarray) -> None:
-        """Return all blocks of these requests (finished or preempted)."""
-        self.free_blocks += sum(self.blocks_held[request_ids].tolist())
-        self.blocks_held[request_ids] = 0
+    def free(self, request_ids) -> None:
+        """Return all blocks of these requests (finished or preempted); a list or an int array."""
+        held = self.blocks_held
+        for r in int_list(request_ids):
+            self.free_blocks += held.item(r)
+            held[r] = 0
 
-    def decode_run_steps(self, request_ids: np.ndarray, kv_tokens: np.ndarray,
-                         max_steps: int) -> tuple[int, np.ndarray]:
-        """How many decode iterations of these requests fit in the free blocks (at most max_steps), and each
-        request's spare slots (held capacity - kv_tokens) at the start.
+    # --- runs of decodes (simulator/replica.py advances them in one step) ---------------------------
 
-        Step k (1-based) computes token kv_tokens + k - 1 and needs room for kv_tokens + k tokens; step 1
-        is already allocated by the policy. Nothing is allocated here; `allocate_all` the steps taken, and
-        `decode_run_blocks_used` gives the used-block count of each step.
-        """
-        spare = self.blocks_held[request_ids] * self.block_size - kv_tokens
-        # A request with a free slot needs at most ceil(max_steps / block_size) more blocks: when that fits
-        # for all of them, skip the per-request count (the usual case while the cache has room).
-        if len(spare) * -(-max_steps // self.block_size) <= self.free_blocks and min(spare.tolist()) >= 1:
-            return max_steps, spare
-        new_blocks = np.maximum((max_steps - spare + (self.block_size - 1)) // self.block_size, 0)
-        if sum(new_blocks.tolist()) <= self.free_blocks:
-            return max_steps, spare  # the common case: the whole run fits
-        added = decode_run_blocks_used(np.zeros(1, np.int64), spare, np.array([len(spare)]),
-                                       np.array([max_steps]), self.block_size)
-        return int(np.searchsorted(added, self.free_blocks, side="right")), spare
+    def spare_slots(self, request_ids: np.ndarray, kv_tokens: list[int]) -> list[int]:
+        """Token slots each request holds beyond its `kv_tokens`: how far it decodes before a new block."""
+        block_size = self.block_size
+        return [held * block_size - k for held, k in zip(self.blocks_held[request_ids].tolist(), kv_tokens)]
+
+    def decode_run_blocks(self, spare_slots: list[int], num_steps: int) -> int:
+        """New blocks a run of `num_steps` decodes takes: a request with s spare slots needs room for
+        num_steps - s more tokens (step k, 1-based, needs room for kv_tokens + k tokens)."""
+        block_size = self.block_size
+        return sum(-(-(num_steps - s) // block_size) for s in spare_slots if s < num_steps)
+
+    def decode_run_steps(self, spare_slots: list[int], max_steps: int) -> int:
+        """How many decode iterations of requests with these spare slots fit in the free blocks, at most
+        `max_steps`. Step 1 is already allocated by the policy. Nothing is allocated here:
+        `take_decode_run_blocks` takes the steps run, and `decode_run_blocks_used` gives the used-block
+        count of each step."""
+        if self.decode_run_blocks(spare_slots, max_steps) <= self.free_blocks:
+            return max_steps  # the common case: the whole run fits
+        added = decode_run_blocks_used(np.zeros(1, np.int64), np.array(spare_slots, np.int64),
+                                       np.array([len(spare_slots)]), np.array([max_steps]), self.block_size)
+        return int(np.searchsorted(added, self.free_blocks, side="right"))
+
+    def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
+        """Give each request the blocks `num_steps` decodes took, as planned by `decode_run_steps` (they fit)."""
+        held, block_size = self.blocks_held, self.block_size
+        for r, s in zip(request_ids, spare_slots):
+            if s < num_steps:
+                blocks = -(-(num_steps - s) // block_size)
+                held[r] += blocks
+                self.free_blocks -= blocks
+        if self.free_blocks < 0:
+            raise AssertionError("KV blocks of a planned decode run did not fit")  # decode_run_steps is wrong
 
 
 def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, requests_per_run: np.ndarray,

@@ -12,7 +12,7 @@ import numpy as np
 
 from simulator.kv_cache import decode_run_blocks_used
 from simulator.metrics import IterationRecords, RequestRecords
-from simulator.request import NOT_YET, RequestState
+from simulator.request import NOT_YET, RequestState, int_list
 
 # Columns of an iteration row, in IterationRecords' order (times in integer nanoseconds here).
 ITERATION_COLUMNS = ("replica_id", "stage", "start_ns", "duration_ns", "batch_size", "num_prefill_tokens",
@@ -48,25 +48,27 @@ class Recorder:
                            num_decode_tokens, kv_blocks_used))
 
     def add_decode_run(self, replica_id: int, end_ns: np.ndarray, duration_ns: np.ndarray, batch_size: int,
-                       kv_blocks_used_at_start: int, spare_slots: np.ndarray) -> None:
+                       kv_blocks_used_at_start: int, spare_slots) -> None:
         """Consecutive decode-only iterations of a pp=1 replica (int64 arrays with one entry per step). The
-        blocks in use at each step follow from the requests' spare slots (kv_cache.decode_run_blocks_used)."""
+        blocks in use at each step follow from the requests' spare slots (a list or an int array, one per
+        request; kv_cache.decode_run_blocks_used)."""
         self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start))
         self._run_end_ns.frombytes(end_ns.tobytes())
         self._run_duration_ns.frombytes(duration_ns.tobytes())
-        self._run_spare_slots.frombytes(spare_slots.tobytes())
+        self._run_spare_slots.fromlist(int_list(spare_slots))
 
-    def emit(self, request_ids: np.ndarray, time_ns: int) -> None:
-        """Each of `request_ids` (int64) emitted one token at `time_ns`."""
+    def emit(self, request_ids, time_ns: int) -> None:
+        """Each of `request_ids` (a list or an int array) emitted one token at `time_ns`."""
         self._emit_sizes.append(len(request_ids))
-        self._emit_ids.frombytes(request_ids.tobytes())
+        self._emit_ids.fromlist(int_list(request_ids))
         self._emit_steps.append(1)
         self._emit_times_ns.append(time_ns)
 
-    def emit_run(self, request_ids: np.ndarray, times_ns: np.ndarray) -> None:
-        """Each of `request_ids` emitted one token at every instant of `times_ns` (int64, ascending)."""
+    def emit_run(self, request_ids, times_ns: np.ndarray) -> None:
+        """Each of `request_ids` (a list or an int array) emitted one token at every instant of `times_ns`
+        (int64, ascending)."""
         self._emit_sizes.append(len(request_ids))
-        self._emit_ids.frombytes(request_ids.tobytes())
+        self._emit_ids.fromlist(int_list(request_ids))
         self._emit_steps.append(len(times_ns))
         self._emit_times_ns.frombytes(times_ns.tobytes())
 

@@ -22,7 +22,6 @@ import numpy as np
 import simpy
 
 from policies.base import Batch, Policy
-from simulator.kv_cache import SMALL_BATCH
 from simulator.predictor import IterationTimePredictor
 from simulator.recorder import Recorder
 from simulator.request import NOT_YET, RequestState
@@ -41,20 +40,28 @@ def second_to_duration_ns(seconds: float) -> int:
 
 @dataclass
 class Scheduled:
-    """A batch as it starts: its requests' state then (what the predictor and the batch's effects need)."""
+    """A batch as it starts: its requests' state then (what the predictor and the batch's effects need).
+
+    Lists of Python ints with one entry per request, in batch order. Batches are small (median 5-7
+    requests on the conversation trace), and a numpy call (about a microsecond) would cost more than
+    its arithmetic.
+    """
 
     engine: int
     batch: Batch
-    kv_tokens: np.ndarray  # each request's KV tokens before the batch (the predictor's kv_tokens)
-    generated: np.ndarray  # output tokens each had emitted before the batch
-    pending: np.ndarray  # tokens each had to compute before emitting its next one
+    request_ids: list[int]
+    num_tokens: list[int]  # tokens each computes in this batch
+    kv_tokens: list[int]  # each request's KV tokens before the batch (the predictor's kv_tokens)
+    generated: list[int]  # output tokens each had emitted before the batch
+    output: list[int]  # output tokens each emits in all
+    pending: list[int]  # tokens each had to compute before emitting its next one
     num_decode: int  # requests that decode (compute the one token they emitted last)
     kv_blocks_used: int  # on the whole replica, after the policy's allocations
     stage_ns: np.ndarray | None = None  # time on each pipeline stage (pp > 1)
 
     @property
     def num_prefill_tokens(self) -> int:
-        return int(self.batch.num_tokens.sum()) - self.num_decode
+        return sum(self.num_tokens) - self.num_decode
 
 
 class Replica:
@@ -129,8 +136,8 @@ class Replica:
                 continue
             self._check_allocated(step)
             start = env.now
-            self._mark_first_scheduled(batch.request_ids, start)
-            seconds = self.predictor.stage_times_s(batch.num_tokens, step.kv_tokens)[0]
+            self._mark_first_scheduled(step.request_ids, start)
+            seconds = self.predictor.stage_times_s(batch.num_tokens, np.array(step.kv_tokens))[0]
             duration = second_to_duration_ns(seconds)
             self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
                                         step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
@@ -139,15 +146,16 @@ class Replica:
 
     def _decode_run(self, engine: Policy, step: Scheduled):
         """Decode iterations of the same requests until one finishes, blocks run short or a request comes."""
-        env, req = self.env, self.requests
-        start, ids, kv_tokens, generated = env.now, step.batch.request_ids, step.kv_tokens, step.generated
-        remaining = req.output_tokens[ids] - generated
-        max_steps = min(remaining.tolist())
-        steps, spare_slots = engine.kv.decode_run_steps(ids, kv_tokens, max_steps)
-        min_spare_slots = min(spare_slots.tolist())
-        if min_spare_slots < 1:  # the first step's slot was not allocated
+        env, req, kv = self.env, self.requests, engine.kv
+        start, ids = env.now, step.request_ids
+        remaining = [o - g for o, g in zip(step.output, step.generated)]  # tokens each has left to emit
+        max_steps = min(remaining)
+        spare_slots = kv.spare_slots(step.batch.request_ids, step.kv_tokens)
+        if min(spare_slots) < 1:  # the first step's slot was not allocated
             self._check_allocated(step)
-        step_ns = seconds_to_duration_ns(self.predictor.decode_run_stage_times_s(kv_tokens, steps)[:, 0])
+        steps = kv.decode_run_steps(spare_slots, max_steps)
+        step_s = self.predictor.decode_run_stage_times_s(np.array(step.kv_tokens), steps)[:, 0]
+        step_ns = seconds_to_duration_ns(step_s)
         ends = step_ns.cumsum()  # integer sums: exactly the instants stepping would reach
         ends += start
         self._in_decode_run = True
@@ -159,17 +167,13 @@ class Replica:
             steps = int(np.searchsorted(ends, env.now)) + 1
             ends, step_ns = ends[:steps], step_ns[:steps]
             yield env.timeout(int(ends[-1]) - env.now)
-        self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), engine.kv.used_blocks,
-                                     spare_slots)
-        kv_tokens = kv_tokens + steps
-        req.computed_tokens[ids] = kv_tokens
-        req.generated_tokens[ids] = generated + steps
-        # Requests take new blocks only past their spare slots: short runs (an arrival soon) take none.
-        if steps > min_spare_slots and not engine.kv.allocate_all(ids, kv_tokens):
-            raise AssertionError("KV blocks of a planned decode run did not fit")  # plan_decode_run is wrong
+        self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), kv.used_blocks, spare_slots)
+        req.computed_tokens[step.batch.request_ids] = [k + steps for k in step.kv_tokens]
+        req.generated_tokens[step.batch.request_ids] = [g + steps for g in step.generated]
+        kv.take_decode_run_blocks(ids, spare_slots, steps)
         self.recorder.emit_run(ids, ends)
         if steps == max_steps:
-            self._finish(engine, ids[remaining == steps], int(ends[-1]))
+            self._finish(engine, [r for r, left in zip(ids, remaining) if left == steps], int(ends[-1]))
 
     # --- pp > 1 -------------------------------------------------------------------------------------
 
@@ -182,8 +186,8 @@ class Replica:
                 continue
             step = self._scheduled(*picked)
             self._check_allocated(step)
-            self._mark_first_scheduled(step.batch.request_ids, env.now)
-            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens)
+            self._mark_first_scheduled(step.request_ids, env.now)
+            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, np.array(step.kv_tokens))
             step.stage_ns = seconds_to_duration_ns(stage_s)
             yield from self._hold_stage(0, step)
             self._queues[1].put(step)
@@ -224,59 +228,58 @@ class Replica:
     def _scheduled(self, engine: int, batch: Batch) -> Scheduled:
         """Snapshot the batch's requests as it starts."""
         req, ids = self.requests, batch.request_ids
-        kv_tokens, generated = req.computed_tokens[ids], req.generated_tokens[ids]
-        pending = req.prompt_tokens[ids] + generated - kv_tokens
+        kv_tokens, generated = req.computed_tokens[ids].tolist(), req.generated_tokens[ids].tolist()
+        pending = [p + g - k for p, g, k in zip(req.prompt_tokens[ids].tolist(), generated, kv_tokens)]
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
-        if len(ids) <= SMALL_BATCH:
-            num_decode = [p for p, g in zip(pending.tolist(), generated.tolist()) if g > 0].count(1)
-        else:
-            num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
+        num_decode = [p for p, g in zip(pending, generated) if g > 0].count(1)
         kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
             e.kv.used_blocks for e in self.engines)
-        return Scheduled(engine, batch, kv_tokens, generated, pending, num_decode, kv_used)
+        return Scheduled(engine, batch, ids.tolist(), batch.num_tokens.tolist(), kv_tokens, generated,
+                         req.output_tokens[ids].tolist(), pending, num_decode, kv_used)
 
     def _check_allocated(self, step: Scheduled) -> None:
         """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
         kv = self.engines[step.engine].kv
-        held_blocks = kv.blocks_held[step.batch.request_ids]
-        if len(held_blocks) <= SMALL_BATCH:
-            bs = kv.block_size
-            if all(k + n <= h * bs for k, n, h in zip(step.kv_tokens.tolist(), step.batch.num_tokens.tolist(),
-                                                      held_blocks.tolist())):
-                return
-        shortfall = step.kv_tokens + step.batch.num_tokens - held_blocks * kv.block_size
-        if max(shortfall.tolist()) > 0:
+        held_blocks = kv.blocks_held[step.batch.request_ids].tolist()
+        short = [r for r, k, n, held in zip(step.request_ids, step.kv_tokens, step.num_tokens, held_blocks)
+                 if k + n > held * kv.block_size]
+        if short:
             raise RuntimeError(
                 f"policy {type(self.engines[step.engine]).__name__} scheduled requests without allocating "
-                f"their KV blocks first (kv.allocate / admit / schedule_decodes): "
-                f"{step.batch.request_ids[shortfall > 0].tolist()}")
+                f"their KV blocks first (kv.allocate / admit / schedule_decodes): {short}")
 
-    def _mark_first_scheduled(self, ids: np.ndarray, now_ns: int) -> None:
-        req = self.requests
-        req.first_scheduled_ns[ids[req.first_scheduled_ns[ids] == NOT_YET]] = now_ns
+    def _mark_first_scheduled(self, request_ids: list[int], now_ns: int) -> None:
+        first_scheduled_ns = self.requests.first_scheduled_ns
+        for r in request_ids:
+            if first_scheduled_ns.item(r) == NOT_YET:
+                first_scheduled_ns[r] = now_ns
 
     def _apply(self, step: Scheduled, end_ns: int) -> None:
         """The batch's tokens are computed: requests that computed all their pending tokens emit the next."""
-        req, ids, num_tokens = self.requests, step.batch.request_ids, step.batch.num_tokens
-        req.computed_tokens[ids] = step.kv_tokens + num_tokens
-        emits = num_tokens == step.pending
-        emitted = ids[emits]
-        if len(emitted) == 0:
-            return
-        generated = step.generated[emits] + 1
-        req.generated_tokens[emitted] = generated
-        req.first_token_ns[emitted[generated == 1]] = end_ns
-        self.recorder.emit(emitted, end_ns)
-        self._finish(self.engines[step.engine], emitted[generated == req.output_tokens[emitted]], end_ns)
+        req = self.requests
+        req.computed_tokens[step.batch.request_ids] = [k + n for k, n in zip(step.kv_tokens, step.num_tokens)]
+        emitted, done = [], []
+        for r, n, p, g, o in zip(step.request_ids, step.num_tokens, step.pending, step.generated, step.output):
+            if n == p:  # it computed its last known token: it emits the next one
+                emitted.append(r)
+                req.generated_tokens[r] = g + 1
+                if g == 0:
+                    req.first_token_ns[r] = end_ns
+                if g + 1 == o:
+                    done.append(r)
+        if emitted:
+            self.recorder.emit(emitted, end_ns)
+            self._finish(self.engines[step.engine], done, end_ns)
 
-    def _finish(self, engine: Policy, done: np.ndarray, end_ns: int) -> None:
-        if len(done) == 0:
+    def _finish(self, engine: Policy, done: list[int], end_ns: int) -> None:
+        """These requests emitted their last token at end_ns: free their KV and take them off the policy."""
+        if not done:
             return
         req = self.requests
-        req.completed_ns[done] = end_ns
+        for r in done:
+            req.completed_ns[r] = end_ns
+            self.outstanding_tokens -= req.prompt_tokens.item(r) + req.output_tokens.item(r)
         engine.kv.free(done)
         engine.finish(done)
         self.outstanding_requests -= len(done)
-        self.outstanding_tokens -= sum(req.prompt_tokens[done].tolist()) + sum(
-            req.output_tokens[done].tolist())
         self.completed += len(done)

@@ -99,27 +99,28 @@ class PrefillReplica(Replica):
     def _scheduled(self, engine: int, batch: Batch) -> Scheduled:
         step = super()._scheduled(engine, batch)
         if self.on_last_prefill_started is not None:
-            req, ids = self.requests, batch.request_ids
-            last = (batch.num_tokens == step.pending) & (step.generated == 0) & (req.output_tokens[ids] > 1)
-            if last.any():
-                self.on_last_prefill_started(self, self.engines[engine], ids[last])
+            last = [r for r, n, p, g, o in zip(step.request_ids, step.num_tokens, step.pending, step.generated,
+                                               step.output) if n == p and g == 0 and o > 1]
+            if last:
+                self.on_last_prefill_started(self, self.engines[engine], last)
         return step
 
     def _apply(self, step: Scheduled, end_ns: int) -> None:
         super()._apply(step, end_ns)  # emits first tokens; one-token requests finish (and free) here
-        req, ids = self.requests, step.batch.request_ids
-        prefilled = ids[(req.generated_tokens[ids] == 1) & (req.completed_ns[ids] == NOT_YET)]
-        if len(prefilled) == 0:
+        req = self.requests
+        prefilled = [r for r in step.request_ids
+                     if req.generated_tokens.item(r) == 1 and req.completed_ns.item(r) == NOT_YET]
+        if not prefilled:
             return
         engine = self.engines[step.engine]
         engine.finish(prefilled)  # out of the scheduler; kv.free comes after the transfer
         self.outstanding_requests -= len(prefilled)
-        self.outstanding_tokens -= int((req.prompt_tokens[prefilled] + req.output_tokens[prefilled]).sum())
+        self.outstanding_tokens -= sum(req.prompt_tokens.item(r) + req.output_tokens.item(r) for r in prefilled)
         self.on_prefilled(self, engine, prefilled, end_ns)
 
     def release(self, engine: Policy, request_id: int) -> None:
         """The request's KV has left: free its blocks and let the scheduler use them."""
-        engine.kv.free(np.array([request_id], dtype=np.int64))
+        engine.kv.free([request_id])
         self._notify()
 
 
@@ -168,11 +169,10 @@ class DecodeReplica(Replica):
 
     def _decode_run(self, engine: Policy, step: Scheduled):
         # Note the blocks the run's planned steps need (the same plan Replica._decode_run makes).
-        req, ids = self.requests, step.batch.request_ids
-        max_steps = int((req.output_tokens[ids] - step.generated).min())
-        steps, spare_slots = engine.kv.decode_run_steps(ids, step.kv_tokens, max_steps)
-        new_blocks = np.maximum(-(-(steps - spare_slots) // engine.kv.block_size), 0)
-        self._run_reserve = (engine, int(new_blocks.sum()))
+        kv = engine.kv
+        spare_slots = kv.spare_slots(step.batch.request_ids, step.kv_tokens)
+        steps = kv.decode_run_steps(spare_slots, min(o - g for o, g in zip(step.output, step.generated)))
+        self._run_reserve = (engine, kv.decode_run_blocks(spare_slots, steps))
         try:
             yield from super()._decode_run(engine, step)
         finally:
@@ -198,9 +198,9 @@ class DecodeReplica(Replica):
         self.requests.replica_id[request_id] = self.replica_id
         self._notify()
 
-    def _finish(self, engine: Policy, done: np.ndarray, end_ns: int) -> None:
+    def _finish(self, engine: Policy, done: list[int], end_ns: int) -> None:
         super()._finish(engine, done, end_ns)
-        if len(done) and self._waiting_for_kv:
+        if done and self._waiting_for_kv:
             self._grant_kv()
 
 
@@ -221,16 +221,16 @@ class Handoff:
                                       kv_bytes=np.zeros(n, np.int64))
         self._prefill_done: dict[int, simpy.Event] = {}  # streaming: request -> its prefill's end
 
-    def prefilled(self, replica: PrefillReplica, engine: Policy, request_ids: np.ndarray, end_ns: int) -> None:
-        for r in request_ids.tolist():
+    def prefilled(self, replica: PrefillReplica, engine: Policy, request_ids: list[int], end_ns: int) -> None:
+        for r in request_ids:
             self.records.prefill_replica_id[r] = replica.replica_id
             if self.streaming_layers:
                 self._prefill_done.pop(r).succeed()
             else:
                 self.env.process(self._move(r, replica, engine, None))
 
-    def last_prefill_started(self, replica: PrefillReplica, engine: Policy, request_ids: np.ndarray) -> None:
-        for r in request_ids.tolist():
+    def last_prefill_started(self, replica: PrefillReplica, engine: Policy, request_ids: list[int]) -> None:
+        for r in request_ids:
             done = self.env.event()
             self._prefill_done[r] = done
             self.env.process(self._move(r, replica, engine, done))
