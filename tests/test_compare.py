@@ -148,6 +148,21 @@ def test_cli_writes_tables_report_and_figures(tmp_path, capsys):
         "fidelity_iterations.png", "fidelity_errors.png", "fidelity_cdf_splitwise_conv.png"}
 
 
+def test_run_to_run_table_compares_two_executions_of_a_cell(tmp_path):
+    cfg = linear_config()
+    run_execution(cfg, ScaledRunner(build_predictor(cfg), 1.0), tmp_path / "runs" / "a")
+    run_execution(cfg, ScaledRunner(build_predictor(cfg), 2.0), tmp_path / "again" / "a")
+    comparisons = [compare.compare_run(tmp_path / "runs" / "a")]
+    rows = compare.run_to_run_rows(comparisons, tmp_path / "again")
+    assert len(rows) == 1 and rows[0]["run"] == "a"
+    # The first execution is the simulator itself (scale 1): simulated == first, second is slower.
+    assert rows[0]["e2e_s_p50_simulated"] == pytest.approx(rows[0]["e2e_s_p50_first"])
+    assert rows[0]["e2e_s_p50_second"] > rows[0]["e2e_s_p50_first"]
+    table = compare.run_to_run_markdown(rows)
+    assert table.count("\n| a |") == 1
+    assert compare.run_to_run_rows(comparisons, tmp_path / "runs" / "missing") == []
+
+
 def test_missing_run_files_name_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="requests.parquet"):
