@@ -104,14 +104,14 @@ class Policy:
         does) and retry; a candidate that is itself the lowest is preempted. Returns the candidates that
         got their slot, in order.
         """
-        computed = self.requests.computed_tokens
-        if self.kv.allocate_all(candidates, [computed.item(r) + 1 for r in candidates]):
+        computed = self.requests.ints.computed_tokens
+        if self.kv.allocate_all(candidates, [computed[r] + 1 for r in candidates]):
             return list(candidates)  # the common case: everyone fits
         scheduled, preempted = [], set()
         for r in candidates:
             if r in preempted:
                 continue
-            while not self.kv.allocate(r, computed.item(r) + 1):
+            while not self.kv.allocate(r, computed[r] + 1):
                 victim = self.running[-1]
                 self.preempt(victim)
                 preempted.add(victim)

@@ -49,6 +49,9 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.blocks_held = blocks_held
+        # The same memory for one-element reads and writes: Python ints, about twice as fast as numpy's
+        # (see simulator.request.IntViews). blocks_held is only ever written in place.
+        self._held = memoryview(blocks_held)
         self.watermark_blocks = watermark_blocks
         self.free_blocks = num_blocks
 
@@ -70,12 +73,12 @@ class KVCache:
         An admission (a request entering the running set) must also leave the watermark free, as in vLLM,
         so that running requests have room to grow.
         """
-        needed = -(-num_tokens // self.block_size) - self.blocks_held.item(request_id)
+        needed = -(-num_tokens // self.block_size) - self._held[request_id]
         if needed <= 0:
             return True
         if self.free_blocks - needed < (self.watermark_blocks if admission else 0):
             return False
-        self.blocks_held[request_id] += needed
+        self._held[request_id] += needed
         self.free_blocks -= needed
         return True
 
@@ -85,13 +88,13 @@ class KVCache:
         Lists or int arrays of equal length. A plain Python loop: batches are small, and most requests
         already hold the room (a decode crosses into a new block once every block_size tokens).
         """
-        held, block_size = self.blocks_held, self.block_size
+        held, block_size = self._held, self.block_size
         growing, total = [], 0  # (request, blocks it will hold) of the requests that need more
         for r, n in zip(int_list(request_ids), int_list(num_tokens)):
             blocks = -(-n // block_size)
-            if blocks > held.item(r):
+            if blocks > held[r]:
                 growing.append((r, blocks))
-                total += blocks - held.item(r)
+                total += blocks - held[r]
         if total > self.free_blocks:
             return False
         for r, blocks in growing:
@@ -101,38 +104,44 @@ class KVCache:
 
     def free(self, request_ids) -> None:
         """Return all blocks of these requests (finished or preempted); a list or an int array."""
-        held = self.blocks_held
+        held = self._held
         for r in int_list(request_ids):
-            self.free_blocks += held.item(r)
+            self.free_blocks += held[r]
             held[r] = 0
 
     # --- runs of decodes (simulator/replica.py advances them in one step) ---------------------------
 
-    def spare_slots(self, request_ids: np.ndarray, kv_tokens: list[int]) -> list[int]:
-        """Token slots each request holds beyond its `kv_tokens`: how far it decodes before a new block."""
-        block_size = self.block_size
-        return [held * block_size - k for held, k in zip(self.blocks_held[request_ids].tolist(), kv_tokens)]
+    def decode_run_steps(self, request_ids: list[int], kv_tokens: list[int],
+                         max_steps: int) -> tuple[int, list[int]]:
+        """How many decode iterations of these requests fit in the free blocks (at most max_steps), and each
+        request's spare slots (held capacity - kv_tokens) at the start.
+
+        Step k (1-based) computes token kv_tokens + k - 1 and needs room for kv_tokens + k tokens; step 1
+        is already allocated by the policy. Nothing is allocated here: `take_decode_run_blocks` takes the
+        steps run, and `decode_run_blocks_used` gives the used-block count of each step.
+        """
+        block_size, held = self.block_size, self._held
+        spare = [held[r] * block_size - k for r, k in zip(request_ids, kv_tokens)]
+        # A request with a free slot needs at most ceil(max_steps / block_size) more blocks: when that fits
+        # for all of them, skip the per-request count (the usual case while the cache has room).
+        if len(spare) * -(-max_steps // block_size) <= self.free_blocks and min(spare) >= 1:
+            return max_steps, spare
+        if self.decode_run_blocks(spare, max_steps) <= self.free_blocks:
+            return max_steps, spare
+        added = decode_run_blocks_used(np.zeros(1, np.int64), np.array(spare, np.int64),
+                                       np.array([len(spare)]), np.array([max_steps]), block_size)
+        return int(np.searchsorted(added, self.free_blocks, side="right")), spare
 
     def decode_run_blocks(self, spare_slots: list[int], num_steps: int) -> int:
         """New blocks a run of `num_steps` decodes takes: a request with s spare slots needs room for
-        num_steps - s more tokens (step k, 1-based, needs room for kv_tokens + k tokens)."""
+        num_steps - s more tokens."""
         block_size = self.block_size
         return sum(-(-(num_steps - s) // block_size) for s in spare_slots if s < num_steps)
 
-    def decode_run_steps(self, spare_slots: list[int], max_steps: int) -> int:
-        """How many decode iterations of requests with these spare slots fit in the free blocks, at most
-        `max_steps`. Step 1 is already allocated by the policy. Nothing is allocated here:
-        `take_decode_run_blocks` takes the steps run, and `decode_run_blocks_used` gives the used-block
-        count of each step."""
-        if self.decode_run_blocks(spare_slots, max_steps) <= self.free_blocks:
-            return max_steps  # the common case: the whole run fits
-        added = decode_run_blocks_used(np.zeros(1, np.int64), np.array(spare_slots, np.int64),
-                                       np.array([len(spare_slots)]), np.array([max_steps]), self.block_size)
-        return int(np.searchsorted(added, self.free_blocks, side="right"))
-
     def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
-        """Give each request the blocks `num_steps` decodes took, as planned by `decode_run_steps` (they fit)."""
-        held, block_size = self.blocks_held, self.block_size
+        """Give each request the blocks `num_steps` decodes took, as planned by `decode_run_steps` (they fit).
+        A request with s spare slots takes a new block at steps s + 1, s + 1 + block_size, ..."""
+        held, block_size = self._held, self.block_size
         for r, s in zip(request_ids, spare_slots):
             if s < num_steps:
                 blocks = -(-(num_steps - s) // block_size)

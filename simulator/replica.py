@@ -16,7 +16,9 @@ All times are integer nanoseconds of simulated time.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 import simpy
@@ -27,15 +29,16 @@ from simulator.recorder import Recorder
 from simulator.request import NOT_YET, RequestState
 
 
-def seconds_to_duration_ns(seconds: np.ndarray) -> np.ndarray:
-    """Predicted seconds to whole nanoseconds, at least 1 so simulated time always moves forward."""
-    duration_ns = np.rint(np.asarray(seconds) * 1e9).astype(np.int64)
-    return np.maximum(duration_ns, 1, out=duration_ns)
-
-
 def second_to_duration_ns(seconds: float) -> int:
-    """`seconds_to_duration_ns` of one value, in plain Python (round() also rounds half to even)."""
+    """Predicted seconds to whole nanoseconds, at least 1 so simulated time always moves forward.
+    (round() rounds half to even, as np.rint does.)"""
     return max(round(float(seconds) * 1e9), 1)
+
+
+def seconds_to_duration_ns(seconds: np.ndarray) -> list[int]:
+    """`second_to_duration_ns` of each value. In plain Python: runs of decodes are short (median 12
+    steps on the conversation trace), where each numpy call would cost more than the arithmetic."""
+    return [max(round(t * 1e9), 1) for t in seconds.tolist()]
 
 
 @dataclass
@@ -52,12 +55,13 @@ class Scheduled:
     request_ids: list[int]
     num_tokens: list[int]  # tokens each computes in this batch
     kv_tokens: list[int]  # each request's KV tokens before the batch (the predictor's kv_tokens)
+    kv_tokens_array: np.ndarray  # the same as int64, for the predictor
     generated: list[int]  # output tokens each had emitted before the batch
     output: list[int]  # output tokens each emits in all
     pending: list[int]  # tokens each had to compute before emitting its next one
     num_decode: int  # requests that decode (compute the one token they emitted last)
     kv_blocks_used: int  # on the whole replica, after the policy's allocations
-    stage_ns: np.ndarray | None = None  # time on each pipeline stage (pp > 1)
+    stage_ns: list[int] | None = None  # time on each pipeline stage (pp > 1)
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -100,10 +104,10 @@ class Replica:
         engines = self.engines
         engine = engines[0] if len(engines) == 1 else min(engines, key=lambda e: e.num_unfinished)
         engine.add_request(request_id)
-        req = self.requests
-        req.replica_id[request_id] = self.replica_id
+        ints = self.requests.ints
+        ints.replica_id[request_id] = self.replica_id
         self.outstanding_requests += 1
-        self.outstanding_tokens += int(req.prompt_tokens[request_id] + req.output_tokens[request_id])
+        self.outstanding_tokens += ints.prompt_tokens[request_id] + ints.output_tokens[request_id]
         self._notify()
 
     def _notify(self) -> None:
@@ -131,13 +135,13 @@ class Replica:
                 yield from self._idle()
                 continue
             step = self._scheduled(0, batch)
-            if fast and step.num_decode == len(batch):
+            if fast and step.num_decode == len(step.request_ids):
                 yield from self._decode_run(engine, step)
                 continue
             self._check_allocated(step)
             start = env.now
             self._mark_first_scheduled(step.request_ids, start)
-            seconds = self.predictor.stage_times_s(batch.num_tokens, np.array(step.kv_tokens))[0]
+            seconds = self.predictor.stage_times_s(batch.num_tokens, step.kv_tokens_array)[0]
             duration = second_to_duration_ns(seconds)
             self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
                                         step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
@@ -150,30 +154,30 @@ class Replica:
         start, ids = env.now, step.request_ids
         remaining = [o - g for o, g in zip(step.output, step.generated)]  # tokens each has left to emit
         max_steps = min(remaining)
-        spare_slots = kv.spare_slots(step.batch.request_ids, step.kv_tokens)
+        steps, spare_slots = kv.decode_run_steps(ids, step.kv_tokens, max_steps)
         if min(spare_slots) < 1:  # the first step's slot was not allocated
             self._check_allocated(step)
-        steps = kv.decode_run_steps(spare_slots, max_steps)
-        step_s = self.predictor.decode_run_stage_times_s(np.array(step.kv_tokens), steps)[:, 0]
+        step_s = self.predictor.decode_run_stage_times_s(step.kv_tokens_array, steps)[:, 0]
         step_ns = seconds_to_duration_ns(step_s)
-        ends = step_ns.cumsum()  # integer sums: exactly the instants stepping would reach
-        ends += start
+        ends = list(accumulate(step_ns, initial=start))[1:]  # integer sums: the instants stepping reaches
         self._in_decode_run = True
         try:
-            yield env.timeout(int(ends[-1]) - start)
+            yield env.timeout(ends[-1] - start)
             self._in_decode_run = False
         except simpy.Interrupt:
             # A request arrived: finish the iteration in progress, then let the policy choose again.
-            steps = int(np.searchsorted(ends, env.now)) + 1
-            ends, step_ns = ends[:steps], step_ns[:steps]
-            yield env.timeout(int(ends[-1]) - env.now)
+            steps = bisect_left(ends, env.now) + 1
+            del ends[steps:], step_ns[steps:]
+            yield env.timeout(ends[-1] - env.now)
         self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), kv.used_blocks, spare_slots)
-        req.computed_tokens[step.batch.request_ids] = [k + steps for k in step.kv_tokens]
-        req.generated_tokens[step.batch.request_ids] = [g + steps for g in step.generated]
+        computed, generated = req.ints.computed_tokens, req.ints.generated_tokens
+        for r, k, g in zip(ids, step.kv_tokens, step.generated):
+            computed[r] = k + steps
+            generated[r] = g + steps
         kv.take_decode_run_blocks(ids, spare_slots, steps)
         self.recorder.emit_run(ids, ends)
         if steps == max_steps:
-            self._finish(engine, [r for r, left in zip(ids, remaining) if left == steps], int(ends[-1]))
+            self._finish(engine, [r for r, left in zip(ids, remaining) if left == steps], ends[-1])
 
     # --- pp > 1 -------------------------------------------------------------------------------------
 
@@ -187,7 +191,7 @@ class Replica:
             step = self._scheduled(*picked)
             self._check_allocated(step)
             self._mark_first_scheduled(step.request_ids, env.now)
-            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, np.array(step.kv_tokens))
+            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens_array)
             step.stage_ns = seconds_to_duration_ns(stage_s)
             yield from self._hold_stage(0, step)
             self._queues[1].put(step)
@@ -218,7 +222,7 @@ class Replica:
                 self._notify()
 
     def _hold_stage(self, stage: int, step: Scheduled):
-        duration = int(step.stage_ns[stage])
+        duration = step.stage_ns[stage]
         self.recorder.add_iteration(self.replica_id, stage, self.env.now, duration, len(step.batch),
                                     step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
         yield self.env.timeout(duration)
@@ -228,14 +232,15 @@ class Replica:
     def _scheduled(self, engine: int, batch: Batch) -> Scheduled:
         """Snapshot the batch's requests as it starts."""
         req, ids = self.requests, batch.request_ids
-        kv_tokens, generated = req.computed_tokens[ids].tolist(), req.generated_tokens[ids].tolist()
+        kv_tokens_array = req.computed_tokens[ids]
+        kv_tokens, generated = kv_tokens_array.tolist(), req.generated_tokens[ids].tolist()
         pending = [p + g - k for p, g, k in zip(req.prompt_tokens[ids].tolist(), generated, kv_tokens)]
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
         num_decode = [p for p, g in zip(pending, generated) if g > 0].count(1)
         kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
             e.kv.used_blocks for e in self.engines)
-        return Scheduled(engine, batch, ids.tolist(), batch.num_tokens.tolist(), kv_tokens, generated,
-                         req.output_tokens[ids].tolist(), pending, num_decode, kv_used)
+        return Scheduled(engine, batch, ids.tolist(), batch.num_tokens.tolist(), kv_tokens, kv_tokens_array,
+                         generated, req.output_tokens[ids].tolist(), pending, num_decode, kv_used)
 
     def _check_allocated(self, step: Scheduled) -> None:
         """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
@@ -249,22 +254,23 @@ class Replica:
                 f"their KV blocks first (kv.allocate / admit / schedule_decodes): {short}")
 
     def _mark_first_scheduled(self, request_ids: list[int], now_ns: int) -> None:
-        first_scheduled_ns = self.requests.first_scheduled_ns
+        first_scheduled_ns = self.requests.ints.first_scheduled_ns
         for r in request_ids:
-            if first_scheduled_ns.item(r) == NOT_YET:
+            if first_scheduled_ns[r] == NOT_YET:
                 first_scheduled_ns[r] = now_ns
 
     def _apply(self, step: Scheduled, end_ns: int) -> None:
         """The batch's tokens are computed: requests that computed all their pending tokens emit the next."""
-        req = self.requests
-        req.computed_tokens[step.batch.request_ids] = [k + n for k, n in zip(step.kv_tokens, step.num_tokens)]
+        ints = self.requests.ints
         emitted, done = [], []
-        for r, n, p, g, o in zip(step.request_ids, step.num_tokens, step.pending, step.generated, step.output):
+        for r, k, n, p, g, o in zip(step.request_ids, step.kv_tokens, step.num_tokens, step.pending,
+                                    step.generated, step.output):
+            ints.computed_tokens[r] = k + n
             if n == p:  # it computed its last known token: it emits the next one
                 emitted.append(r)
-                req.generated_tokens[r] = g + 1
+                ints.generated_tokens[r] = g + 1
                 if g == 0:
-                    req.first_token_ns[r] = end_ns
+                    ints.first_token_ns[r] = end_ns
                 if g + 1 == o:
                     done.append(r)
         if emitted:
@@ -275,10 +281,10 @@ class Replica:
         """These requests emitted their last token at end_ns: free their KV and take them off the policy."""
         if not done:
             return
-        req = self.requests
+        ints = self.requests.ints
         for r in done:
-            req.completed_ns[r] = end_ns
-            self.outstanding_tokens -= req.prompt_tokens.item(r) + req.output_tokens.item(r)
+            ints.completed_ns[r] = end_ns
+            self.outstanding_tokens -= ints.prompt_tokens[r] + ints.output_tokens[r]
         engine.kv.free(done)
         engine.finish(done)
         self.outstanding_requests -= len(done)

@@ -52,6 +52,9 @@ class RequestState:
     reject_reason: np.ndarray  # object, "" unless rejected
     max_model_len: int  # the model's context limit (prompt + output tokens)
 
+    def __post_init__(self) -> None:
+        self.ints = IntViews(self)
+
     @classmethod
     def create(cls, arrived_s, prompt_tokens, output_tokens, max_model_len: int) -> RequestState:
         """Fresh state for requests sorted by arrival (seconds), rejecting those the model cannot hold."""
@@ -94,9 +97,9 @@ class RequestState:
 
     def pending_tokens(self, request_id: int) -> int:
         """Tokens the request must compute before it emits its next token (1 while decoding)."""
-        # .item(): a Python int, whose arithmetic is several times cheaper than a numpy scalar's.
-        return (self.prompt_tokens.item(request_id) + self.generated_tokens.item(request_id)
-                - self.computed_tokens.item(request_id))
+        ints = self.ints
+        return (ints.prompt_tokens[request_id] + ints.generated_tokens[request_id]
+                - ints.computed_tokens[request_id])
 
     def pending_tokens_of(self, request_ids: np.ndarray) -> np.ndarray:
         """`pending_tokens` of each request in an int array."""
@@ -106,3 +109,23 @@ class RequestState:
     def is_decoding(self, request_ids: np.ndarray) -> np.ndarray:
         """True where a request has emitted a token and its next iteration computes just that token."""
         return (self.pending_tokens_of(request_ids) == 1) & (self.generated_tokens[request_ids] >= 1)
+
+
+class IntViews:
+    """A RequestState's int64 arrays as memoryviews: the same memory, indexed one element at a time.
+
+    Reading or writing one element of a memoryview costs about 35 ns and reads as a Python int; numpy's
+    `array[i]` costs about 60 ns and gives a numpy scalar whose arithmetic costs 100 ns more. The
+    simulator's per-request loops (every iteration, over batches of a few requests) use these; whole-array
+    work uses the arrays. The arrays are only ever written in place, so the views never go stale.
+    """
+
+    def __init__(self, state: RequestState):
+        self.prompt_tokens = memoryview(state.prompt_tokens)
+        self.output_tokens = memoryview(state.output_tokens)
+        self.computed_tokens = memoryview(state.computed_tokens)
+        self.generated_tokens = memoryview(state.generated_tokens)
+        self.replica_id = memoryview(state.replica_id)
+        self.first_scheduled_ns = memoryview(state.first_scheduled_ns)
+        self.first_token_ns = memoryview(state.first_token_ns)
+        self.completed_ns = memoryview(state.completed_ns)

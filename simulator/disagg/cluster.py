@@ -107,15 +107,15 @@ class PrefillReplica(Replica):
 
     def _apply(self, step: Scheduled, end_ns: int) -> None:
         super()._apply(step, end_ns)  # emits first tokens; one-token requests finish (and free) here
-        req = self.requests
+        ints = self.requests.ints
         prefilled = [r for r in step.request_ids
-                     if req.generated_tokens.item(r) == 1 and req.completed_ns.item(r) == NOT_YET]
+                     if ints.generated_tokens[r] == 1 and ints.completed_ns[r] == NOT_YET]
         if not prefilled:
             return
         engine = self.engines[step.engine]
         engine.finish(prefilled)  # out of the scheduler; kv.free comes after the transfer
         self.outstanding_requests -= len(prefilled)
-        self.outstanding_tokens -= sum(req.prompt_tokens.item(r) + req.output_tokens.item(r) for r in prefilled)
+        self.outstanding_tokens -= sum(ints.prompt_tokens[r] + ints.output_tokens[r] for r in prefilled)
         self.on_prefilled(self, engine, prefilled, end_ns)
 
     def release(self, engine: Policy, request_id: int) -> None:
@@ -170,8 +170,8 @@ class DecodeReplica(Replica):
     def _decode_run(self, engine: Policy, step: Scheduled):
         # Note the blocks the run's planned steps need (the same plan Replica._decode_run makes).
         kv = engine.kv
-        spare_slots = kv.spare_slots(step.batch.request_ids, step.kv_tokens)
-        steps = kv.decode_run_steps(spare_slots, min(o - g for o, g in zip(step.output, step.generated)))
+        max_steps = min(o - g for o, g in zip(step.output, step.generated))
+        steps, spare_slots = kv.decode_run_steps(step.batch.request_ids, step.kv_tokens, max_steps)
         self._run_reserve = (engine, kv.decode_run_blocks(spare_slots, steps))
         try:
             yield from super()._decode_run(engine, step)

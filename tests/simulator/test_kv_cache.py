@@ -67,12 +67,11 @@ def test_decode_run_steps_stop_before_blocks_run_out():
     kv = new_cache(num_blocks=6, block_size=4)
     ids, kv_tokens = np.array([0, 1]), np.array([8, 8])
     kv.allocate_all(ids, kv_tokens + 1)  # step 1: 3 blocks each, 0 free
-    spare = kv.spare_slots(ids, kv_tokens.tolist())
-    steps = kv.decode_run_steps(spare, max_steps=10)
+    steps, spare = kv.decode_run_steps(ids, kv_tokens.tolist(), max_steps=10)
     assert spare == [4, 4] and steps == 4  # step 5 needs token 13: a 4th block each
     kv2 = new_cache(num_blocks=7, block_size=4)
     kv2.allocate_all(ids, kv_tokens + 1)
-    assert kv2.decode_run_steps(spare, 10) == 4  # one free block is not enough for two
+    assert kv2.decode_run_steps(ids, kv_tokens.tolist(), 10)[0] == 4  # one free block is not enough for two
     assert kv2.decode_run_blocks(spare, 4) == 0 and kv2.decode_run_blocks(spare, 5) == 2
     kv2.take_decode_run_blocks(ids.tolist(), spare, 4)  # no new block: nothing changes
     assert kv2.blocks_held[:2].tolist() == [3, 3] and kv2.free_blocks == 1
@@ -87,7 +86,7 @@ def test_decode_run_blocks_used_matches_step_by_step_allocation():
         ids, tokens = np.arange(n), rng.integers(0, 50, n)
         kv.allocate_all(ids, tokens + 1)
         start_used, steps = kv.used_blocks, int(rng.integers(1, 40))
-        spare = kv.spare_slots(ids, tokens.tolist())
+        _, spare = kv.decode_run_steps(ids, tokens.tolist(), steps)
         planned = KVCache(10_000, block_size, kv.blocks_held.copy())
         planned.free_blocks = kv.free_blocks
         expected = []
