@@ -209,6 +209,12 @@ def request_table(records: RequestRecords) -> pd.DataFrame:
     return _request_columns(records, per_request_tbt=True)
 
 
+def request_latencies(records: RequestRecords) -> pd.DataFrame:
+    """request_table without the per-request TBT columns (tbt_max_s and tbt_p99_s are NaN): what the
+    summary and SLO checks read, without sorting every token gap."""
+    return _request_columns(records, per_request_tbt=False)
+
+
 def _request_columns(records: RequestRecords, per_request_tbt: bool) -> pd.DataFrame:
     """request_table; without per_request_tbt the (sort-heavy) tbt_max_s/tbt_p99_s columns are NaN."""
     check_records(records)
@@ -309,7 +315,7 @@ def latency_stats(values: np.ndarray, overwrite: bool = False) -> dict:
 
 
 def summarize(records: RequestRecords, iters: IterationRecords | None, simulated_s: float,
-              wall_s: float) -> dict:
+              wall_s: float, latencies: pd.DataFrame | None = None, tbt_gaps: np.ndarray | None = None) -> dict:
     """The run's headline numbers as a JSON-ready dict (floats rounded, NaN -> None).
 
     Latency blocks (ttft_s, tbt_s, tpot_s, e2e_s, normalized_e2e_s_per_token, queueing_delay_s)
@@ -318,8 +324,13 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
     output_tokens_per_s = output tokens of completed requests / makespan_s. offered_rps is the
     arrival rate, (requests - 1) / (last arrival - first arrival). Iteration numbers count stage-0
     rows (each batch once, whatever the pipeline depth).
+
+    A caller that already built `request_latencies(records)` or `tbt_gaps_s(records)` passes them
+    (`latencies`, `tbt_gaps`) to save building them again; the gaps are then reordered in place (their
+    values stay).
     """
-    table = _request_columns(records, per_request_tbt=False)
+    table = request_latencies(records) if latencies is None else latencies
+    gaps = tbt_gaps_s(records) if tbt_gaps is None else tbt_gaps
     rejected = table["rejected"].to_numpy()
     completed = ~rejected & table["completed_s"].notna().to_numpy()
     n = len(table)
@@ -339,7 +350,7 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
         "rejected": int(rejected.sum()),
         "rejected_by_reason": {str(r): int(c) for r, c in zip(reasons, reason_counts)},
         "ttft_s": latency_stats(table["ttft_s"]),
-        "tbt_s": latency_stats(tbt_gaps_s(records), overwrite=True),
+        "tbt_s": latency_stats(gaps, overwrite=True),
         "tpot_s": latency_stats(table["tpot_s"]),
         "e2e_s": latency_stats(table["e2e_s"]),
         "normalized_e2e_s_per_token": latency_stats(table["normalized_e2e_s_per_token"]),
