@@ -13,7 +13,7 @@ A space is a YAML file (see conf/sweep/ and docs/capacity_and_sweeps.md):
 
 Each point is a list of Hydra overrides. Results go to `<out>/results.jsonl`, one JSON line per
 finished point, appended as points finish, so an interrupted sweep resumes by skipping every point
-already there; `results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per
+already there (only under the same code and profiles: `fingerprint.json`, simulator/provenance.py); `results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per
 capacity-search trial) are rebuilt from it. A point that raises is recorded with its error and the
 sweep goes on.
 """
@@ -277,6 +277,28 @@ def _run_one(runner: PointRunner, point: SweepPoint, point_dir: str) -> dict:
     return record
 
 
+FINGERPRINT_JSON = "fingerprint.json"
+
+
+class StaleSweepError(ConfigError):
+    """A sweep directory holds points computed by other code or profiles."""
+
+
+def check_fingerprint(out_dir: Path, fingerprint: dict, finished_points: int) -> None:
+    """Record `fingerprint` in out_dir, or refuse when the points already there were computed under
+    another one (a directory from before fingerprints existed is adopted as it is)."""
+    path = Path(out_dir) / FINGERPRINT_JSON
+    if path.exists() and finished_points:
+        recorded = json.loads(path.read_text())
+        changed = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
+        if changed:
+            raise StaleSweepError(
+                f"{out_dir}: its {finished_points} finished points were computed with other "
+                f"{' and '.join(changed)} ({path}: {recorded}, now {fingerprint}); resuming would mix the two. "
+                f"Write to a new --out directory, or move {out_dir / RESULTS_JSONL} away to recompute here.")
+    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+
 @dataclass
 class SweepOutcome:
     """What one call of `run_sweep` did."""
@@ -299,6 +321,7 @@ def run_sweep(
     ray_address: str | None = None,
     retry_failed: bool = False,
     progress: bool = True,
+    fingerprint: dict | None = None,
 ) -> SweepOutcome:
     """Run `runner` on every point not already finished in `out_dir`.
 
@@ -306,11 +329,15 @@ def run_sweep(
     `executor` is "serial", "local" (a process pool of `workers`, 0 = all cores) or "ray"
     (tasks on the Ray cluster at `ray_address`; None starts a local Ray instance).
     Failed points from an earlier call are skipped unless `retry_failed`.
+    `fingerprint` (simulator.provenance.results_fingerprint()): what computes the points; a directory whose
+    finished points were computed under another fingerprint is refused (StaleSweepError), never mixed.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_records(out_dir)
+    if fingerprint is not None:
+        check_fingerprint(out_dir, fingerprint, finished_points=len(done))
     finished = set(DONE_STATUSES) | (set() if retry_failed else {"error"})
     infeasible = infeasible or {}
     todo, skipped = [], 0
@@ -511,8 +538,15 @@ def main(argv: list[str] | None = None) -> int:
             reason = infeasible.get(point.point_id)
             print(f"  {point.point_id}  {' '.join(point.overrides)}" + (f"\n      infeasible: {reason}" if reason else ""))
         return 0
-    outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
-                        workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed)
+    from simulator.provenance import results_fingerprint
+
+    try:
+        outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
+                            workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
+                            fingerprint=results_fingerprint())
+    except StaleSweepError as e:
+        print(f"servesim-sweep: {e}", file=sys.stderr)
+        return 2
     md_path, html_path = write_report(out_dir, outcome.table, outcome.trials, space.name, args.pareto_latency)
     print(f"ran {outcome.ran}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
           f"{len(infeasible)} infeasible; {outcome.wall_s:.1f} s\n  {out_dir / 'results.parquet'}\n  {md_path}\n  {html_path}")

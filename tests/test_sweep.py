@@ -108,6 +108,45 @@ def test_sweep_records_failures_then_resumes_without_rerunning(tmp_path):
     assert (fourth.ran, fourth.failed) == (1, 1)
 
 
+def test_a_sweep_never_resumes_points_computed_by_other_code_or_profiles(tmp_path):
+    from simulator.sweep import StaleSweepError
+
+    points = enumerate_points(parse_space(SPACE))
+    before = {"code": "aaaa", "profiles": "1111"}
+    run_sweep(points[:2], tmp_path, fake_runner, executor="serial", progress=False, fingerprint=before)
+    # Same code and profiles: resumes (skips the two finished points).
+    again = run_sweep(points[:3], tmp_path, fake_runner, executor="serial", progress=False, fingerprint=before)
+    assert (again.ran, again.skipped) == (1, 2)
+    # Re-profiled: refused, naming what changed; nothing recorded is touched.
+    lines = (tmp_path / RESULTS_JSONL).read_text()
+    with pytest.raises(StaleSweepError, match="3 finished points were computed with other profiles"):
+        run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False,
+                  fingerprint={"code": "aaaa", "profiles": "2222"})
+    assert (tmp_path / RESULTS_JSONL).read_text() == lines
+    # A fresh directory takes any fingerprint.
+    fresh = run_sweep(points[:1], tmp_path / "new", fake_runner, executor="serial", progress=False,
+                      fingerprint={"code": "bbbb", "profiles": "2222"})
+    assert fresh.ran == 1
+
+
+def test_results_fingerprint_follows_code_and_profiles(tmp_path):
+    from simulator.provenance import results_fingerprint
+
+    (tmp_path / "simulator").mkdir()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "simulator" / "a.py").write_text("x = 1\n")
+    profiles = tmp_path / "profiles"
+    (profiles / "h100").mkdir(parents=True)
+    (profiles / "h100" / "ops.csv").write_text("op,ms\n")
+    first = results_fingerprint(tmp_path, profiles)
+    assert results_fingerprint(tmp_path, profiles) == first
+    (profiles / "h100" / "ops.csv").write_text("op,ms\nqkv,1.0\n")
+    second = results_fingerprint(tmp_path, profiles)
+    assert second["code"] == first["code"] and second["profiles"] != first["profiles"]
+    (tmp_path / "policies" / "b.py").write_text("y = 2\n")
+    assert results_fingerprint(tmp_path, profiles)["code"] != second["code"]
+
+
 def test_infeasible_points_are_recorded_not_run(tmp_path):
     points = enumerate_points(parse_space(SPACE))[:2]
     outcome = run_sweep(points, tmp_path, fake_runner, infeasible={points[1].point_id: "too big"},
