@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import REPO_ROOT
+from simulator.provenance import StaleResultsError, check_fingerprint
 
 RESULTS_JSONL = "results.jsonl"
 DONE_STATUSES = ("ok", "infeasible_config")
@@ -277,28 +278,6 @@ def _run_one(runner: PointRunner, point: SweepPoint, point_dir: str) -> dict:
     return record
 
 
-FINGERPRINT_JSON = "fingerprint.json"
-
-
-class StaleSweepError(ConfigError):
-    """A sweep directory holds points computed by other code or profiles."""
-
-
-def check_fingerprint(out_dir: Path, fingerprint: dict, finished_points: int) -> None:
-    """Record `fingerprint` in out_dir, or refuse when the points already there were computed under
-    another one (a directory from before fingerprints existed is adopted as it is)."""
-    path = Path(out_dir) / FINGERPRINT_JSON
-    if path.exists() and finished_points:
-        recorded = json.loads(path.read_text())
-        changed = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
-        if changed:
-            raise StaleSweepError(
-                f"{out_dir}: its {finished_points} finished points were computed with other "
-                f"{' and '.join(changed)} ({path}: {recorded}, now {fingerprint}); resuming would mix the two. "
-                f"Write to a new --out directory, or move {out_dir / RESULTS_JSONL} away to recompute here.")
-    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
-
-
 @dataclass
 class SweepOutcome:
     """What one call of `run_sweep` did."""
@@ -330,14 +309,14 @@ def run_sweep(
     (tasks on the Ray cluster at `ray_address`; None starts a local Ray instance).
     Failed points from an earlier call are skipped unless `retry_failed`.
     `fingerprint` (simulator.provenance.results_fingerprint()): what computes the points; a directory whose
-    finished points were computed under another fingerprint is refused (StaleSweepError), never mixed.
+    finished points were computed under another fingerprint is refused (StaleResultsError), never mixed.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_records(out_dir)
     if fingerprint is not None:
-        check_fingerprint(out_dir, fingerprint, finished_points=len(done))
+        check_fingerprint(out_dir, fingerprint, finished=len(done), results_file=RESULTS_JSONL)
     finished = set(DONE_STATUSES) | (set() if retry_failed else {"error"})
     infeasible = infeasible or {}
     todo, skipped = [], 0
@@ -544,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
                             workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
                             fingerprint=results_fingerprint())
-    except StaleSweepError as e:
+    except StaleResultsError as e:
         print(f"servesim-sweep: {e}", file=sys.stderr)
         return 2
     md_path, html_path = write_report(out_dir, outcome.table, outcome.trials, space.name, args.pareto_latency)

@@ -109,7 +109,7 @@ def test_sweep_records_failures_then_resumes_without_rerunning(tmp_path):
 
 
 def test_a_sweep_never_resumes_points_computed_by_other_code_or_profiles(tmp_path):
-    from simulator.sweep import StaleSweepError
+    from simulator.provenance import StaleResultsError as StaleSweepError
 
     points = enumerate_points(parse_space(SPACE))
     before = {"code": "aaaa", "profiles": "1111"}

@@ -26,6 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from simulator.config import ConfigError
+from simulator.provenance import StaleResultsError, check_fingerprint, results_fingerprint
 
 
 @dataclass(frozen=True)
@@ -128,16 +129,20 @@ def load_experiment(path: str | Path) -> dict:
     return spec
 
 
-def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Attainment curves and goodput of every system x workload; resumes from out_dir's CSVs."""
+def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
+                   fingerprint: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attainment curves and goodput of every system x workload; resumes from out_dir's CSVs, only under
+    the same `fingerprint` (simulator.provenance.results_fingerprint(); None: no check)."""
     from simulator.capacity import compose_capacity_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps(spec, indent=2) + "\n")
     curve_path, goodput_path = out / "curve.csv", out / "goodput.csv"
     curve = pd.read_csv(curve_path) if curve_path.exists() else pd.DataFrame()
     goodput = pd.read_csv(goodput_path) if goodput_path.exists() else pd.DataFrame()
+    if fingerprint is not None:
+        check_fingerprint(out, fingerprint, finished=len(curve) + len(goodput), results_file="curve.csv")
+    (out / "experiment.json").write_text(json.dumps(spec, indent=2) + "\n")
     num_requests = int(spec.get("num_requests", 1000))
     target = float(spec.get("target", 0.9))
     trims = float(spec.get("warmup_fraction", 0.1)), float(spec.get("cooldown_fraction", 0.1))
@@ -192,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory (rerun to resume)")
     args = parser.parse_args(argv)
     spec = load_experiment(args.experiment)
-    _, goodput = run_experiment(spec, args.out)
+    try:
+        _, goodput = run_experiment(spec, args.out, fingerprint=results_fingerprint())
+    except StaleResultsError as e:
+        raise SystemExit(f"goodput: {e} (and goodput.csv)") from None
     print(goodput.to_string(index=False))
 
 
