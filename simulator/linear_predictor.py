@@ -73,7 +73,8 @@ class LinearPredictor:
         """Stage times of `num_steps` decode iterations of the same sequences, (num_steps, num_stages)."""
         batch = len(kv_tokens)
         kv_sum = sum(kv_tokens.tolist())
-        # float64 directly (exact: whole numbers below 2**53), so the formula needs no int-to-float cast.
-        kv_sums = np.arange(float(kv_sum), float(kv_sum + batch * num_steps), float(batch))[:num_steps]
-        t = self._stage_time_s(0, batch, kv_sums)
+        # Each step's KV term, plus the terms every step shares: the same float operations as
+        # _stage_time_s (x + y == y + x exactly), so each time equals stage_times_s's for that step.
+        t = np.arange(kv_sum, kv_sum + batch * num_steps, batch) * self.per_kv_token_s
+        t += self._stage_time_s(0, batch, 0)
         return np.repeat(t[:, None], self.num_stages, axis=1) if self.num_stages > 1 else t[:, None]

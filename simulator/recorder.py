@@ -47,14 +47,14 @@ class Recorder:
         self._rows.extend((replica_id, stage, start_ns, duration_ns, batch_size, num_prefill_tokens,
                            num_decode_tokens, kv_blocks_used))
 
-    def add_decode_run(self, replica_id: int, end_ns, duration_ns, batch_size: int, kv_blocks_used_at_start: int,
-                       spare_slots) -> None:
-        """Consecutive decode-only iterations of a pp=1 replica: the end and duration of each step, and the
-        spare KV slots of each request at the start (lists or int arrays). The blocks in use at each step
-        follow from those (kv_cache.decode_run_blocks_used)."""
+    def add_decode_run(self, replica_id: int, end_ns: np.ndarray, duration_ns: np.ndarray, batch_size: int,
+                       kv_blocks_used_at_start: int, spare_slots) -> None:
+        """Consecutive decode-only iterations of a pp=1 replica (int64 arrays with one entry per step). The
+        blocks in use at each step follow from the requests' spare slots (a list or an int array, one per
+        request; kv_cache.decode_run_blocks_used)."""
         self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start))
-        self._run_end_ns.fromlist(int_list(end_ns))
-        self._run_duration_ns.fromlist(int_list(duration_ns))
+        self._run_end_ns.frombytes(end_ns.tobytes())
+        self._run_duration_ns.frombytes(duration_ns.tobytes())
         self._run_spare_slots.fromlist(int_list(spare_slots))
 
     def emit(self, request_ids, time_ns: int) -> None:
@@ -64,13 +64,13 @@ class Recorder:
         self._emit_steps.append(1)
         self._emit_times_ns.append(time_ns)
 
-    def emit_run(self, request_ids, times_ns) -> None:
-        """Each of `request_ids` emitted one token at every instant of `times_ns` (ascending); lists or int
-        arrays."""
+    def emit_run(self, request_ids, times_ns: np.ndarray) -> None:
+        """Each of `request_ids` (a list or an int array) emitted one token at every instant of `times_ns`
+        (int64, ascending)."""
         self._emit_sizes.append(len(request_ids))
         self._emit_ids.fromlist(int_list(request_ids))
         self._emit_steps.append(len(times_ns))
-        self._emit_times_ns.fromlist(int_list(times_ns))
+        self._emit_times_ns.frombytes(times_ns.tobytes())
 
     def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Every emitted token's time (seconds), request after request, and CSR offsets (num_requests + 1).

@@ -16,9 +16,7 @@ All times are integer nanoseconds of simulated time.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import accumulate
 
 import numpy as np
 import simpy
@@ -29,16 +27,15 @@ from simulator.recorder import Recorder
 from simulator.request import NOT_YET, RequestState
 
 
+def seconds_to_duration_ns(seconds: np.ndarray) -> np.ndarray:
+    """Predicted seconds to whole nanoseconds, at least 1 so simulated time always moves forward."""
+    duration_ns = np.rint(seconds * 1e9).astype(np.int64)
+    return np.maximum(duration_ns, 1, out=duration_ns)
+
+
 def second_to_duration_ns(seconds: float) -> int:
-    """Predicted seconds to whole nanoseconds, at least 1 so simulated time always moves forward.
-    (round() rounds half to even, as np.rint does.)"""
+    """`seconds_to_duration_ns` of one value, in plain Python (round() also rounds half to even)."""
     return max(round(float(seconds) * 1e9), 1)
-
-
-def seconds_to_duration_ns(seconds: np.ndarray) -> list[int]:
-    """`second_to_duration_ns` of each value. In plain Python: runs of decodes are short (median 12
-    steps on the conversation trace), where each numpy call would cost more than the arithmetic."""
-    return [max(round(t * 1e9), 1) for t in seconds.tolist()]
 
 
 @dataclass
@@ -159,16 +156,19 @@ class Replica:
             self._check_allocated(step)
         step_s = self.predictor.decode_run_stage_times_s(step.kv_tokens_array, steps)[:, 0]
         step_ns = seconds_to_duration_ns(step_s)
-        ends = list(accumulate(step_ns, initial=start))[1:]  # integer sums: the instants stepping reaches
+        ends = step_ns.cumsum()  # integer sums: exactly the instants stepping would reach
+        ends += start
+        end = int(ends[-1])
         self._in_decode_run = True
         try:
-            yield env.timeout(ends[-1] - start)
+            yield env.timeout(end - start)
             self._in_decode_run = False
         except simpy.Interrupt:
             # A request arrived: finish the iteration in progress, then let the policy choose again.
-            steps = bisect_left(ends, env.now) + 1
-            del ends[steps:], step_ns[steps:]
-            yield env.timeout(ends[-1] - env.now)
+            steps = int(ends.searchsorted(env.now)) + 1
+            ends, step_ns = ends[:steps], step_ns[:steps]
+            end = int(ends[-1])
+            yield env.timeout(end - env.now)
         self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), kv.used_blocks, spare_slots)
         computed, generated = req.ints.computed_tokens, req.ints.generated_tokens
         for r, k, g in zip(ids, step.kv_tokens, step.generated):
@@ -177,7 +177,7 @@ class Replica:
         kv.take_decode_run_blocks(ids, spare_slots, steps)
         self.recorder.emit_run(ids, ends)
         if steps == max_steps:
-            self._finish(engine, [r for r, left in zip(ids, remaining) if left == steps], ends[-1])
+            self._finish(engine, [r for r, left in zip(ids, remaining) if left == steps], end)
 
     # --- pp > 1 -------------------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class Replica:
             self._check_allocated(step)
             self._mark_first_scheduled(step.request_ids, env.now)
             stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens_array)
-            step.stage_ns = seconds_to_duration_ns(stage_s)
+            step.stage_ns = seconds_to_duration_ns(stage_s).tolist()
             yield from self._hold_stage(0, step)
             self._queues[1].put(step)
 
