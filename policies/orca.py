@@ -8,8 +8,6 @@ preempts. Default batch cap 16, the Orca baseline Sarathi-Serve runs for Mistral
 """
 from __future__ import annotations
 
-import numpy as np
-
 from policies.base import POLICIES, Batch, Policy
 
 
@@ -28,10 +26,7 @@ class Orca(Policy):
 
     def running_batch(self) -> Batch | None:
         """Every running request computes all its pending tokens (whole prefills, or one decode)."""
-        if not self.running:
-            return None
-        running = np.array(self.running, dtype=np.int64)
-        return Batch(running, self.requests.pending_tokens_of(running))
+        return Batch.of(self.running, self.requests.pending_tokens_of(self.running))
 
 
 POLICIES["orca"] = Orca

@@ -20,7 +20,7 @@ class SarathiServe(Policy):
 
     def schedule(self, now_s: float) -> Batch | None:
         budget, cap = self.chunk_size, self.max_batch_size
-        pending = [self.requests.pending_tokens(r) for r in self.running]
+        pending = self.requests.pending_tokens_of(self.running)
         in_progress = [(r, n) for r, n in zip(self.running, pending) if n > 1]  # prefills already started
 
         # 1. Running decodes first, one token each (preempting the newest requests if blocks run out).

@@ -111,6 +111,11 @@ class KVCache:
 
     # --- runs of decodes (simulator/replica.py advances them in one step) ---------------------------
 
+    def capacity_tokens(self, request_ids: list[int]) -> list[int]:
+        """How many tokens the blocks of each request can hold."""
+        held, block_size = self._held, self.block_size
+        return [held[r] * block_size for r in request_ids]
+
     def decode_run_steps(self, request_ids: list[int], kv_tokens: list[int],
                          max_steps: int) -> tuple[int, list[int]]:
         """How many decode iterations of these requests fit in the free blocks (at most max_steps), and each
@@ -120,8 +125,8 @@ class KVCache:
         is already allocated by the policy. Nothing is allocated here: `take_decode_run_blocks` takes the
         steps run, and `decode_run_blocks_used` gives the used-block count of each step.
         """
-        block_size, held = self.block_size, self._held
-        spare = [held[r] * block_size - k for r, k in zip(request_ids, kv_tokens)]
+        block_size = self.block_size
+        spare = [capacity - k for capacity, k in zip(self.capacity_tokens(request_ids), kv_tokens)]
         # A request with a free slot needs at most ceil(max_steps / block_size) more blocks: when that fits
         # for all of them, skip the per-request count (the usual case while the cache has room).
         if len(spare) * -(-max_steps // block_size) <= self.free_blocks and min(spare) >= 1:

@@ -244,10 +244,8 @@ class Replica:
 
     def _check_allocated(self, step: Scheduled) -> None:
         """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""
-        kv = self.engines[step.engine].kv
-        held_blocks = kv.blocks_held[step.batch.request_ids].tolist()
-        short = [r for r, k, n, held in zip(step.request_ids, step.kv_tokens, step.num_tokens, held_blocks)
-                 if k + n > held * kv.block_size]
+        capacity = self.engines[step.engine].kv.capacity_tokens(step.request_ids)
+        short = [r for r, k, n, c in zip(step.request_ids, step.kv_tokens, step.num_tokens, capacity) if k + n > c]
         if short:
             raise RuntimeError(
                 f"policy {type(self.engines[step.engine]).__name__} scheduled requests without allocating "

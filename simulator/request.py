@@ -101,14 +101,17 @@ class RequestState:
         return (ints.prompt_tokens[request_id] + ints.generated_tokens[request_id]
                 - ints.computed_tokens[request_id])
 
-    def pending_tokens_of(self, request_ids: np.ndarray) -> np.ndarray:
-        """`pending_tokens` of each request in an int array."""
-        return (self.prompt_tokens[request_ids] + self.generated_tokens[request_ids]
-                - self.computed_tokens[request_ids])
+    def pending_tokens_of(self, request_ids: list[int]) -> list[int]:
+        """`pending_tokens` of each request in a list of ids."""
+        prompt, generated, computed = self.ints.prompt_tokens, self.ints.generated_tokens, self.ints.computed_tokens
+        return [prompt[r] + generated[r] - computed[r] for r in request_ids]
 
     def is_decoding(self, request_ids: np.ndarray) -> np.ndarray:
-        """True where a request has emitted a token and its next iteration computes just that token."""
-        return (self.pending_tokens_of(request_ids) == 1) & (self.generated_tokens[request_ids] >= 1)
+        """True where a request (of an int array) has emitted a token and its next iteration computes just
+        that token."""
+        generated = self.generated_tokens[request_ids]
+        pending = self.prompt_tokens[request_ids] + generated - self.computed_tokens[request_ids]
+        return (pending == 1) & (generated >= 1)
 
 
 class IntViews:
