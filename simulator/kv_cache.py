@@ -55,6 +55,13 @@ class KVCache:
         self.watermark_blocks = watermark_blocks
         self.free_blocks = num_blocks
 
+    def __getstate__(self) -> dict:  # memoryviews do not pickle or deep-copy: rebuilt from the array
+        return {k: v for k, v in self.__dict__.items() if k != "_held"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._held = memoryview(self.blocks_held)
+
     @property
     def used_blocks(self) -> int:
         return self.num_blocks - self.free_blocks

@@ -55,6 +55,13 @@ class RequestState:
     def __post_init__(self) -> None:
         self.ints = IntViews(self)
 
+    def __getstate__(self) -> dict:  # memoryviews do not pickle or deep-copy: rebuilt from the arrays
+        return {k: v for k, v in self.__dict__.items() if k != "ints"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.ints = IntViews(self)
+
     @classmethod
     def create(cls, arrived_s, prompt_tokens, output_tokens, max_model_len: int) -> RequestState:
         """Fresh state for requests sorted by arrival (seconds), rejecting those the model cannot hold."""
