@@ -9,6 +9,7 @@ from simulator.metrics import (
     RequestRecords,
     format_summary,
     latency_stats,
+    request_latencies,
     request_table,
     summarize,
     summary_json,
@@ -129,6 +130,18 @@ def test_summary_hand_computed():
     assert s["offered_rps"] == pytest.approx(2 / 0.7, rel=1e-6)
     assert (s["preemptions"], s["requests_preempted"]) == (1, 1)
     assert (s["simulated_s"], s["wall_s"], s["num_iterations"]) == (3.0, 0.25, 0)
+
+
+def test_summary_from_tables_the_caller_built_is_the_same():
+    records = two_requests_and_a_rejection()
+    gaps = tbt_gaps_s(records)
+    given = summarize(records, None, 3.0, 0.25, latencies=request_latencies(records), tbt_gaps=gaps)
+    assert given == summarize(records, None, 3.0, 0.25)
+    assert sorted(gaps.tolist()) == pytest.approx([0.1, 0.2, 0.3, 0.5])  # reordered at most, same values
+    latencies, full = request_latencies(records), request_table(records)
+    assert latencies["tbt_p99_s"].isna().all() and not full["tbt_p99_s"].iloc[:2].isna().any()
+    other = [c for c in full.columns if not c.startswith("tbt_")]
+    assert latencies[other].equals(full[other])
 
 
 def test_unfinished_requests_count_for_ttft_but_not_e2e():

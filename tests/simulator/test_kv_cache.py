@@ -100,3 +100,26 @@ def test_decode_run_blocks_used_matches_step_by_step_allocation():
         got = decode_run_blocks_used(np.array([start_used]), spare, np.array([n]), np.array([steps]),
                                      block_size)
         assert got.tolist() == expected
+
+
+def test_capacity_tokens_and_lists_or_arrays_alike():
+    kv = new_cache(num_blocks=10, block_size=4)
+    assert kv.allocate_all([0, 1], [5, 1])  # lists: 2 blocks and 1 block
+    assert kv.capacity_tokens([0, 1, 2]) == [8, 4, 0]
+    assert kv.allocate_all(np.array([1, 2]), np.array([8, 3]))  # int arrays: one more block each
+    assert kv.capacity_tokens([1, 2]) == [8, 4] and kv.free_blocks == 5
+    assert isinstance(kv.free_blocks, int)  # Python ints throughout, whatever the caller passed
+    kv.free([0])
+    kv.free(np.array([1, 2]))
+    assert kv.free_blocks == 10 and kv.blocks_held.tolist() == [0] * 8
+
+
+def test_a_copied_or_unpickled_cache_keeps_its_own_blocks():
+    import copy
+    import pickle
+
+    kv = new_cache(num_blocks=10, block_size=4)
+    kv.allocate(0, 5)
+    for twin in (copy.deepcopy(kv), pickle.loads(pickle.dumps(kv))):
+        assert twin.allocate(1, 8) and twin.capacity_tokens([0, 1]) == [8, 8] and twin.free_blocks == 6
+        assert kv.blocks_held[1] == 0 and kv.free_blocks == 8  # the original is untouched

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from simulator.config import ConfigError
+from simulator.metrics import iteration_table, request_table
 from simulator.paths import CONF_DIR, REPO_ROOT
 from simulator.run import SimulationConfig, run_simulation
 
@@ -45,6 +46,9 @@ def test_summary_reports_setup_and_slo_verdicts():
     assert s["slo"]["all_met"] is False and s["slo"]["objectives"][0]["name"] == "p90_ttft_s<=1e-06"
     assert len(result.requests) == 150
     assert result.iterations["num_prefill_tokens"].sum() == result.requests["prompt_tokens"].sum()
+    # The tables are built from the records when first read, then kept.
+    assert result.requests.equals(request_table(result.records)) and result.requests is result.requests
+    assert result.iterations.equals(iteration_table(result.iteration_records))
 
 
 @pytest.mark.parametrize("values, field", [
