@@ -306,7 +306,22 @@ def intermediate_compositions(limit_len: int, chunks: list, prefixes: list, batc
         for b in (1, 2):
             seqs = [(chunk, rng.randint(0, limit_len - chunk))]
             comps.append(tuple(seqs + [(1, rng.randint(1, limit_len - 1)) for _ in range(b)]))
+    # Chunked prefill as a serving engine runs it: a chunk (or two) next to many decodes whose contexts
+    # are mostly short (exponential around a mean drawn per launch, as iteration_compositions draws them).
+    for chunk in [c for c in (64, 256, 512, 1024, 2048) if c <= limit_len]:
+        for b in (8, 32, 64, 128, 256, 512):
+            comps.append(((chunk, rng.choice([0, rng.randint(0, limit_len - chunk)])),)
+                         + _short_decodes(rng, b, limit_len))
+    for chunk in [c for c in (256, 1024) if c <= limit_len]:
+        for b in (32, 128, 256):
+            comps.append(((chunk, 0), (chunk, rng.randint(0, limit_len - chunk))) + _short_decodes(rng, b, limit_len))
     return comps
+
+
+def _short_decodes(rng: random.Random, count: int, limit_len: int) -> tuple:
+    """`count` decodes with contexts exponential around a mean of 128 .. limit_len / 2 tokens."""
+    mean = rng.choice([128, 512, 1024, 2048, limit_len // 2])
+    return tuple((1, max(1, min(limit_len - 1, int(rng.expovariate(1 / mean)) + 1))) for _ in range(count))
 
 
 def hash_seed(*parts) -> int:
