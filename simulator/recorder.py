@@ -101,8 +101,10 @@ class Recorder:
             offsets[lo + 1: hi + 1] += offsets[lo]
             # Token j of a pair is emitted at its event's instant first + j.
             pair_start = np.cumsum(steps) - steps
-            instant = np.repeat(event_first[event] - pair_start, steps) + np.arange(int(steps.sum()))
-            token_times_s[offsets[lo]: offsets[hi]] = times_s[instant]
+            instant = np.repeat(event_first[event] - pair_start, steps)
+            instant += np.arange(len(instant))
+            # Straight into the output: no token-sized temporary for the gathered times.
+            np.take(times_s, instant, out=token_times_s[offsets[lo]: offsets[hi]])
         return token_times_s, offsets
 
     def pop_iteration_records(self) -> IterationRecords:
