@@ -21,6 +21,7 @@ from simulator.runtime.features import (
     ATTENTION_FEATURES,
     AttentionShape,
     batch_attention_features,
+    decode_list_bound,
     decode_run_attention_features,
     linear_combination,
     sparse_coefficients,
@@ -29,42 +30,75 @@ from simulator.runtime.features import (
 _COLUMN = {name: j for j, name in enumerate(ATTENTION_FEATURES)}
 # Features that vary in a decode-only launch (others are constants: launch = 1, num_decodes = n).
 _DECODE_VARIABLES = ("decode_kv_tokens", "sm_load_tokens", "unsplit_decode_critical", "split_decode_critical",
-                     "split_decode_blocks")
+                     "split_decode_blocks", "decode_list_bound")
+
+
+class _Trees:
+    """Exported oblivious trees (fit.export_attention) laid out for a vectorised evaluation."""
+
+    def __init__(self, trees: dict):
+        num_trees, depth = trees["features"].shape
+        self.shape = (num_trees, depth)
+        self.features = trees["features"].ravel()
+        self.thresholds = trees["thresholds"].ravel()
+        self.leaves = trees["leaf_values"].ravel()
+        self.offsets = np.arange(num_trees) * 2**depth
+        self.base = float(trees["base"][0])
+        self.powers = (2 ** np.arange(depth - 1, -1, -1)).astype(np.uint8)
+        self.shift = 8 - depth  # packbits fills a byte from its top bit
+        if depth > 8:
+            raise ValueError(f"trees deeper than 8 levels are not supported (got {depth})")
+
+    def factor(self, X: np.ndarray) -> np.ndarray:
+        """exp(boosted-tree correction) of attention feature rows X (rows, features)."""
+        goes_right = (X[:, self.features] > self.thresholds).view(np.uint8).reshape(len(X), *self.shape)
+        leaf = goes_right @ self.powers + self.offsets
+        return np.exp(self.base + self.leaves[leaf].sum(axis=1))
+
+    def factor_one(self, features: list) -> float:
+        """factor() of one feature row given as a list: the same leaves, summed in the same order, with
+        a third of the numpy calls (packbits turns each tree's comparisons into its leaf index)."""
+        goes_right = np.array(features, dtype=np.float64)[self.features] > self.thresholds
+        leaf = np.packbits(goes_right.reshape(self.shape), axis=1, bitorder="big")[:, 0] >> self.shift
+        return float(np.exp(self.base + self.leaves[leaf + self.offsets].sum()))
 
 
 class AttentionTime:
-    """Milliseconds of one layer's attention launch, from exported coefficients (and trees)."""
+    """Milliseconds of one layer's attention launch, from exported coefficients (and trees).
 
-    def __init__(self, coef: np.ndarray, shape: AttentionShape, trees: dict | None = None):
+    coef, trees: the model of launches with a prefill chunk (and of every launch when decode_coef is
+    None); decode_coef, decode_trees: the model fitted on decode-only launches alone.
+    """
+
+    def __init__(self, coef: np.ndarray, shape: AttentionShape, trees: dict | None = None,
+                 decode_coef: np.ndarray | None = None, decode_trees: dict | None = None):
         self.coef = np.asarray(coef, dtype=np.float64)
+        self.decode_coef = self.coef if decode_coef is None else np.asarray(decode_coef, dtype=np.float64)
+        if decode_coef is None:
+            decode_trees = trees
         self.shape = shape
         self._additive = sparse_coefficients(self.coef[0])
         self._branches = [sparse_coefficients(row) for row in self.coef[1:]]
+        self._decode_additive = sparse_coefficients(self.decode_coef[0])
+        self._decode_branches = [sparse_coefficients(row) for row in self.decode_coef[1:]]
         # Decode-only launches: per row (additive, then branches) the constant per launch, per sequence,
         # and (name, coefficient) of the varying features with a non-zero coefficient.
         self._decode_rows = []
-        for row in self.coef:
+        for row in self.decode_coef:
             variables = [(name, float(row[_COLUMN[name]])) for name in _DECODE_VARIABLES if row[_COLUMN[name]] != 0]
             self._decode_rows.append((float(row[_COLUMN["launch"]]), float(row[_COLUMN["num_decodes"]]), variables))
         # Fitted coefficients are non-negative (NNLS, bounded least squares) and so are the features:
         # then no time can be negative, the final clamp is skipped, and so are branches that are zero
         # for every decode-only launch (the prefill branches).
-        self._may_be_negative = bool((self.coef < 0).any())
+        self._may_be_negative = bool((self.decode_coef < 0).any())
         if not self._may_be_negative:
             branches = [row for row in self._decode_rows[1:] if row[0] or row[1] or row[2]]
             self._decode_rows = self._decode_rows[:1] + (branches or [(0.0, 0.0, [])])
         self._uses = {name for *_, variables in self._decode_rows for name, _ in variables}
         self._grouped = 0 < shape.kv_heads < shape.q_heads  # FA2 may split the KV only then
-        self._has_trees = trees is not None
-        if trees is not None:
-            num_trees, depth = trees["features"].shape
-            self._tree_shape = (num_trees, depth)
-            self._tree_feats = trees["features"].ravel()
-            self._tree_thr = trees["thresholds"].ravel()
-            self._tree_leaves = trees["leaf_values"].ravel()
-            self._tree_offsets = np.arange(num_trees) * 2**depth
-            self._tree_base = float(trees["base"][0])
-            self._tree_powers = (2 ** np.arange(depth - 1, -1, -1)).astype(np.uint8)
+        self._trees = None if trees is None else _Trees(trees)
+        self._decode_trees = None if decode_trees is None else _Trees(decode_trees)
+        self._has_trees = self._trees is not None
 
     # ------------------------------------------------------------------ launches with a chunk
 
@@ -76,7 +110,7 @@ class AttentionTime:
         features = batch_attention_features(q_tokens, kv_tokens, self.shape)
         t = self.chunked_ms(features)
         if self._has_trees:
-            t = t * float(self._tree_factor(np.array([features], dtype=np.float64))[0])
+            t = t * self._trees.factor_one(features)
         return t, num_tokens
 
     def chunked_ms(self, features: list) -> float:
@@ -92,7 +126,7 @@ class AttentionTime:
 
     def decode_ms(self, kv_tokens: np.ndarray) -> float:
         """Milliseconds of one decode-only launch at contexts kv_tokens."""
-        if self._has_trees:
+        if self._decode_trees is not None:
             return float(self._generic_decode_run_ms(kv_tokens, 1)[0])
         n = len(kv_tokens)
         streamed = int(np.add.reduce(kv_tokens)) + n
@@ -106,11 +140,13 @@ class AttentionTime:
         else:
             values["split_decode_critical"] = min(longest, split_tokens)
             values["split_decode_blocks"] = n * splits
+        if "decode_list_bound" in self._uses:
+            values["decode_list_bound"] = decode_list_bound(n, streamed, longest, splits, self.shape)
         return self._decode_combination(n, values, max)
 
     def decode_run_ms(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Milliseconds of `num_steps` decode-only launches, step k at contexts kv_tokens + k: (num_steps,)."""
-        if self._has_trees:
+        if self._decode_trees is not None:
             return self._generic_decode_run_ms(kv_tokens, num_steps)
         n = len(kv_tokens)
         steps = np.arange(num_steps, dtype=np.int64)
@@ -131,6 +167,9 @@ class AttentionTime:
             values["unsplit_decode_critical"] = np.where(split, 0, longest)
             values["split_decode_critical"] = np.where(split, np.minimum(longest, split_tokens), 0)
             values["split_decode_blocks"] = np.where(split, n * splits, 0)
+        if "decode_list_bound" in self._uses:
+            values["decode_list_bound"] = decode_list_bound(
+                n, streamed, longest, 1 if splits is None else splits, self.shape)
         t = self._decode_combination(n, values, np.maximum)
         return t if isinstance(t, np.ndarray) else np.full(num_steps, t)
 
@@ -192,16 +231,10 @@ class AttentionTime:
 
     def _generic_decode_run_ms(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         features = decode_run_attention_features(kv_tokens, num_steps, self.shape)
-        limits = [linear_combination(branch, features) for branch in self._branches]
+        limits = [linear_combination(branch, features) for branch in self._decode_branches]
         slowest = limits[0]
         for limit in limits[1:]:
             slowest = np.maximum(slowest, limit)
-        t = linear_combination(self._additive, features) + slowest
+        t = linear_combination(self._decode_additive, features) + slowest
         X = np.column_stack([np.broadcast_to(np.asarray(f, dtype=np.float64), (num_steps,)) for f in features])
-        return np.maximum(t * self._tree_factor(X), 0.0)
-
-    def _tree_factor(self, X: np.ndarray) -> np.ndarray:
-        """exp(boosted-tree correction) of attention feature rows X (rows, features)."""
-        goes_right = (X[:, self._tree_feats] > self._tree_thr).view(np.uint8).reshape(len(X), *self._tree_shape)
-        leaf = goes_right @ self._tree_powers + self._tree_offsets
-        return np.exp(self._tree_base + self._tree_leaves[leaf].sum(axis=1))
+        return np.maximum(t * self._decode_trees.factor(X), 0.0)

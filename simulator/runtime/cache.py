@@ -47,12 +47,17 @@ def save(fitted: FittedRuntime, key: str, version: str, directory: Path | None =
     arrays.update({f"op__{name}": values for name, values in fitted.op_ms.items()})
     if fitted.attention_trees is not None:
         arrays.update({f"trees__{name}": values for name, values in fitted.attention_trees.items()})
+    if fitted.decode_attention_coef is not None:
+        arrays["decode_attention_coef"] = fitted.decode_attention_coef
+    if fitted.decode_attention_trees is not None:
+        arrays.update({f"decode_trees__{name}": values for name, values in fitted.decode_attention_trees.items()})
     npz_path = directory / f"{key}.npz"
     _atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
     meta = {
         "key": key, "version": version, "npz_sha256": hashlib.sha256(npz_path.read_bytes()).hexdigest(),
         "model_name": fitted.model_name, "hardware_profile": fitted.hardware_profile, "tp": fitted.tp,
-        "attention_family": fitted.attention_family, "attention_q_heads": fitted.attention_q_heads,
+        "attention_family": fitted.attention_family, "decode_attention_family": fitted.decode_attention_family,
+        "attention_q_heads": fitted.attention_q_heads,
         "attention_kv_heads": fitted.attention_kv_heads,
         "attention_block_m": fitted.attention_block_m, "num_sms": fitted.num_sms,
         "chosen": fitted.chosen, "fit_seconds": fitted.fit_seconds,
@@ -78,13 +83,16 @@ def load(key: str, version: str, directory: Path | None = None) -> FittedRuntime
             arrays = {name: data[name] for name in data.files}
         ops = {name[4:]: arrays[name] for name in arrays if name.startswith("op__")}
         trees = {name[7:]: arrays[name] for name in arrays if name.startswith("trees__")} or None
+        decode_trees = {name[14:]: arrays[name] for name in arrays if name.startswith("decode_trees__")} or None
         return FittedRuntime(
             model_name=meta["model_name"], hardware_profile=meta["hardware_profile"], tp=int(meta["tp"]),
             grid_tokens=arrays["grid_tokens"], op_ms=ops, attention_family=meta["attention_family"],
             attention_coef=arrays["attention_coef"], attention_trees=trees,
             attention_q_heads=int(meta["attention_q_heads"]),
             attention_kv_heads=int(meta["attention_kv_heads"]), attention_block_m=int(meta["attention_block_m"]),
-            num_sms=int(meta["num_sms"]), chosen=dict(meta["chosen"]), fit_seconds=float(meta["fit_seconds"]),
+            num_sms=int(meta["num_sms"]), decode_attention_family=meta["decode_attention_family"],
+            decode_attention_coef=arrays.get("decode_attention_coef"), decode_attention_trees=decode_trees,
+            chosen=dict(meta["chosen"]), fit_seconds=float(meta["fit_seconds"]),
             calibration_scale=float(meta["calibration_scale"]),
             calibration_layer_ms=float(meta["calibration_layer_ms"]), calibration_rows=int(meta["calibration_rows"]),
             scores={op: {fam: FamilyScore(**s) for fam, s in fams.items()} for op, fams in meta["scores"].items()},

@@ -42,10 +42,19 @@ ATTENTION_FEATURES = [
     "split_decode_critical",     # decode-only launch with KV splits: KV tokens of one split of the longest
     "split_decode_blocks",       # decode-only launch with KV splits: thread blocks (their partial results
                                  # are combined by a second kernel)
+    "decode_list_bound",         # decode-only launch without KV splits whose thread blocks (sequences x
+                                 # heads) outnumber the SMs' slots: longest + blocks' KV tokens / slots
+    "chunk_list_bound",          # launch with a chunk whose query blocks (128 rows x query heads) outnumber
+                                 # the SMs: longest + query blocks' KV reads / SMs
 ]
-PREFILL_TERMS = ("prefill_pairs", "prefill_kv_reads", "prefill_q_tokens", "num_prefills", "max_prefill_context")
+# The list-scheduling bounds: the GPU starts thread blocks in launch order as slots free up, so when a
+# launch has more blocks than slots its time is at most (and with contexts of different lengths close
+# to) the longest block plus the total work over the slots (Graham's bound for list scheduling), not
+# the larger of the two: a long sequence's blocks may start only after a first wave has run.
+PREFILL_TERMS = ("prefill_pairs", "prefill_kv_reads", "prefill_q_tokens", "num_prefills", "max_prefill_context",
+                 "chunk_list_bound")
 DECODE_TERMS = ("decode_kv_tokens", "num_decodes", "mixed_decode_kv_tokens", "unsplit_decode_critical",
-                "max_mixed_decode_context", "split_decode_critical", "split_decode_blocks")
+                "max_mixed_decode_context", "split_decode_critical", "split_decode_blocks", "decode_list_bound")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,17 @@ class AttentionShape:
     block_m: int = 128  # query rows per thread block (FlashAttention-2 forward, head_dim 128)
     num_sms: int = 132  # streaming multiprocessors (H100 SXM / H200: 132)
     split_block_n: int = 128  # KV tokens per block of FlashAttention-2's split-KV kernel (head_dim 128)
+
+    @property
+    def decode_blocks_per_sequence(self) -> int:
+        """Thread blocks per sequence of an unsplit decode-only launch: one per KV head when FA2 packs
+        grouped query heads, else one per query head."""
+        return self.kv_heads if 0 < self.kv_heads < self.q_heads else self.q_heads
+
+    @property
+    def decode_slots(self) -> int:
+        """Decode thread blocks resident at once (FA2's split heuristic counts 2 per SM)."""
+        return 2 * self.num_sms
 
     def decode_split(self, num_seqs: int, max_context: int) -> tuple[int, int]:
         """(KV splits, KV tokens per split) FlashAttention-2 picks for a decode-only launch."""
@@ -119,8 +139,9 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
         splits, split_tokens = shape.decode_split(n, longest)
         return [1.0, 0, kv_sum + n, 0, 0, n, 0, 0, max(longest, shape.q_heads * work2 / (2 * shape.num_sms)),
                 0, longest if splits == 1 else 0, 0, min(longest, split_tokens) if splits > 1 else 0,
-                n * splits if splits > 1 else 0]
+                n * splits if splits > 1 else 0, decode_list_bound(n, kv_sum + n, longest, splits, shape), 0]
     pairs = reads2 = prefill_q = prefill_kv = prefill_work2 = max_prefill = max_prefill_kv = num_prefills = 0
+    query_blocks = 0
     if few:
         chunks = [(q, kv) for q, kv in zip(q_list, kv_list) if q > 1]
     else:
@@ -129,6 +150,7 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     for q, kv in chunks:
         max_prefill_kv = max(max_prefill_kv, kv)
         blocks = -(-q // shape.block_m)
+        query_blocks += blocks
         pairs += q * kv + q * (q + 1) // 2
         reads2 += blocks * (2 * kv + q)
         prefill_q += q
@@ -147,10 +169,25 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
     work2 = 2 * decode_kv + prefill_work2
     # In a launch with a chunk, a decode is a one-token chunk to the kernel: one query block walking
     # its kv + 1 keys. It adds to the chunk terms; the mixed_* terms let the fit adjust on top.
-    return [1.0, pairs + decode_kv, 0, (reads2 + 2 * decode_kv - num_decodes) / 2, prefill_q, num_decodes,
-            num_prefills, max(max_prefill, max_decode),
+    kv_reads = (reads2 + 2 * decode_kv - num_decodes) / 2
+    longest = max(max_prefill, max_decode)
+    many_blocks = (query_blocks + num_decodes) * shape.q_heads > shape.num_sms
+    return [1.0, pairs + decode_kv, 0, kv_reads, prefill_q, num_decodes, num_prefills, longest,
             max(max_prefill, max_decode, shape.q_heads * work2 / (2 * shape.num_sms)),
-            decode_kv, 0, max_decode, 0, 0]
+            decode_kv, 0, max_decode, 0, 0, 0, longest + shape.q_heads * kv_reads / shape.num_sms if many_blocks else 0]
+
+
+def decode_list_bound(num_seqs: int, streamed_tokens, longest, splits, shape: AttentionShape):
+    """decode_list_bound of decode-only launches (Python numbers or arrays alike, same operations in the
+    same order): longest + streamed x blocks per sequence / slots when the launch is unsplit and its
+    blocks outnumber the slots, else 0."""
+    blocks_per_sequence = shape.decode_blocks_per_sequence
+    if num_seqs * blocks_per_sequence <= shape.decode_slots:
+        return 0 if isinstance(longest, int) else np.zeros_like(longest)
+    bound = longest + streamed_tokens * blocks_per_sequence / shape.decode_slots
+    if isinstance(splits, int):
+        return bound if splits == 1 else 0
+    return np.where(splits == 1, bound, 0)
 
 
 def decode_run_attention_features(kv_tokens: np.ndarray, num_steps: int, shape: AttentionShape) -> list:
@@ -171,7 +208,7 @@ def decode_run_attention_features(kv_tokens: np.ndarray, num_steps: int, shape: 
     split = splits > 1
     return [1.0, 0, kv_sum + n, 0, 0, n, 0, 0, np.maximum(longest, shape.q_heads * work2 / (2 * shape.num_sms)),
             0, np.where(split, 0, longest), 0, np.where(split, np.minimum(longest, split_tokens), 0),
-            np.where(split, n * splits, 0)]
+            np.where(split, n * splits, 0), decode_list_bound(n, kv_sum + n, longest, splits, shape), 0]
 
 
 def attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape: AttentionShape) -> np.ndarray:
@@ -209,7 +246,7 @@ def attention_feature_table(compositions, shape: AttentionShape) -> np.ndarray:
 
 # ---------------------------------------------------------------- token-wise ops
 
-TOKEN_FEATURES = ["num_tokens", "flops", "bytes", "roofline_ms", "padded_flops", "waves"]
+TOKEN_FEATURES = ["num_tokens", "flops", "bytes", "roofline_ms", "padded_flops", "waves", "serial_index_rows"]
 
 
 @dataclass(frozen=True)
@@ -266,12 +303,16 @@ class Peaks:
 
 
 def token_features(num_tokens: np.ndarray, work: AffineWork, peaks: Peaks, out_features: int = 0,
-                   tile_tokens: int = 128) -> pd.DataFrame:
+                   tile_tokens: int = 128, serial_index_limit: int = 0) -> pd.DataFrame:
     """Feature frame of a token-wise op at each token count.
 
     padded_flops: FLOPs with n rounded up to whole `tile_tokens` tiles (GEMMs compute whole tiles);
     waves: for a GEMM with `out_features` output columns, its 128x128 output tiles over the SMs,
     rounded up (a partly filled last wave costs a full one); 0 for other ops.
+    serial_index_rows: n where n <= serial_index_limit, else 0. PyTorch's index_select (the embedding
+    lookup) runs a kernel in which every thread walks all indices when there are at most 16 of them
+    (indexSelectSmallIndex), and one thread per element beyond: measured on H100, 0.36 us per index up
+    to 16 (7.7 us), then 1.5 us at 17.
     """
     n = np.asarray(num_tokens, dtype=np.float64)
     flops = work.flops(n)
@@ -283,5 +324,6 @@ def token_features(num_tokens: np.ndarray, work: AffineWork, peaks: Peaks, out_f
     else:
         waves = np.zeros_like(n)
     roofline_ms = np.maximum(flops / peaks.flops_per_s, bytes_ / peaks.bytes_per_s) * 1e3
+    serial = np.where(n <= serial_index_limit, n, 0.0)
     return pd.DataFrame({"num_tokens": n, "flops": flops, "bytes": bytes_, "roofline_ms": roofline_ms,
-                         "padded_flops": work.flops(padded), "waves": waves})
+                         "padded_flops": work.flops(padded), "waves": waves, "serial_index_rows": serial})

@@ -19,6 +19,7 @@ from scipy.optimize import nnls
 from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 
+from profiler.grid import COARSE_TOKEN_LADDER
 from profiler.schema import OP_NAMES
 from simulator.config import HardwareConfig, ModelConfig
 from simulator.runtime import features as F
@@ -41,9 +42,15 @@ TARGET_MEDIAN_PCT = 3.0
 TARGET_P95_PCT = 10.0
 
 GEMM_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down", "lm_head")
-# Families the hot path can evaluate in a few microseconds (attention is evaluated per iteration).
-FAST_ATTENTION_FAMILIES = ("roofline_linear", "roofline_max", "roofline_sum_max", "roofline_max_x_boosted_trees",
-                           "roofline_sum_max_x_boosted_trees")
+# Families the hot path can evaluate in microseconds (attention is evaluated per iteration). Decode-only
+# launches are also predicted a whole run at a time (decode_run_stage_times_s), in closed form only
+# without trees (with them, one decode costs ~170 us on the development machine instead of ~9 us).
+FAST_ATTENTION_FAMILIES = {
+    "chunk": ("roofline_linear", "roofline_max", "roofline_sum_max", "roofline_max_x_boosted_trees",
+              "roofline_sum_max_x_boosted_trees"),
+    "decode": ("roofline_linear", "roofline_max", "roofline_sum_max"),
+}
+FAST_ATTENTION_FAMILIES["all"] = FAST_ATTENTION_FAMILIES["decode"]
 
 # Files whose code determines a cached fit (the calibration is computed through the predictor); their
 # bytes are part of the cache key.
@@ -61,10 +68,16 @@ def code_version() -> str:
 
 def token_op_families() -> dict:
     """Candidate families for a token-wise op (X = features.TOKEN_FEATURES columns)."""
-    linear = [1, 2, 3, 4, 5]  # flops, bytes, roofline_ms, padded_flops, waves (+ intercept)
+    linear = [1, 2, 3, 4, 5, 6]  # flops, bytes, roofline_ms, padded_flops, waves, serial_index_rows (+ intercept)
     return {
         "roofline_linear": RooflineLinearRegressor(columns=linear),
         "roofline_x_interpolation": ResidualInterpolatedRegressor(column=0, linear_columns=linear),
+        # The same through a running median of 5 or 9 neighbouring measured corrections: isolated
+        # cuBLAS kernel picks (3-10 % of GEMM counts are >10 % off both neighbours) stay out of the trend.
+        "roofline_x_median5_interpolation": ResidualInterpolatedRegressor(column=0, linear_columns=linear,
+                                                                          median_window=5),
+        "roofline_x_median9_interpolation": ResidualInterpolatedRegressor(column=0, linear_columns=linear,
+                                                                          median_window=9),
         "roofline_x_boosted_trees": ResidualBoostedRegressor(linear_columns=linear, tree_columns=[0],
                                                              n_estimators=60, depth=3),
         "random_forest": TreeRegressor(kind="random_forest", n_estimators=15),
@@ -72,13 +85,19 @@ def token_op_families() -> dict:
     }
 
 
-ATTENTION_ADDITIVE = ("launch", "num_decodes", "num_prefills", "prefill_q_tokens")
+ATTENTION_ADDITIVE = ("launch", "num_decodes", "num_prefills", "prefill_q_tokens", "split_decode_blocks")
 ATTENTION_COMPUTE = ("prefill_pairs",)
-ATTENTION_ADDITIVE = ATTENTION_ADDITIVE + ("split_decode_blocks",)
 ATTENTION_MEMORY = ("decode_kv_tokens", "prefill_kv_reads", "mixed_decode_kv_tokens")
-# One critical path per kind of thread block: a launch is at least as slow as its slowest block.
+# One critical path per kind of thread block: a launch is at least as slow as its slowest block; and
+# the list-scheduling bound of launches with a chunk and more query blocks than SMs. (The decode-only
+# bound, features.decode_list_bound, is left to the linear and tree families: as a branch of its own
+# it let the fit extrapolate decode runs beyond the profiled contexts too steeply.)
 ATTENTION_CRITICAL = (("max_prefill_context",), ("unsplit_decode_critical",), ("max_mixed_decode_context",),
-                      ("split_decode_critical",))
+                      ("split_decode_critical",), ("chunk_list_bound",))
+# Decode-only launches run FA2's decode path (query heads packed, KV split); launches with a prefill
+# chunk walk 128-row query blocks. Each kind gets its own fit.
+ATTENTION_KINDS = ("decode", "chunk")
+KEPT_PER_KIND = "kept per launch kind"  # scores["attention"] key: each kind's kept family, errors pooled
 
 
 def attention_families() -> dict:
@@ -106,6 +125,12 @@ def attention_families() -> dict:
         "random_forest": TreeRegressor(kind="random_forest", n_estimators=40),
         "gradient_boosting": TreeRegressor(kind="gradient_boosting", n_estimators=200),
     }
+
+
+def attention_kind_masks(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Rows of each launch kind: 'decode' (every sequence computes one token), 'chunk' (the rest)."""
+    decode = (frame["kind"] == "decode").to_numpy()
+    return {"decode": decode, "chunk": ~decode}
 
 
 def percent_errors(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -137,13 +162,18 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, 
     return predicted
 
 
+def family_score(errors: np.ndarray) -> FamilyScore:
+    return FamilyScore(float(np.median(errors)), float(np.percentile(errors, 95)), len(errors))
+
+
+def cv_errors(families: dict, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Held-out absolute percentage errors of every family, per row, under region cross-validation."""
+    return {name: percent_errors(cross_validate(estimator, X, y, groups), y) for name, estimator in families.items()}
+
+
 def score_families(families: dict, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, FamilyScore]:
     """FamilyScore of every family under region-held-out cross-validation."""
-    scores = {}
-    for name, estimator in families.items():
-        errors = percent_errors(cross_validate(estimator, X, y, groups), y)
-        scores[name] = FamilyScore(float(np.median(errors)), float(np.percentile(errors, 95)), len(y))
-    return scores
+    return {name: family_score(errors) for name, errors in cv_errors(families, X, y, groups).items()}
 
 
 def token_range_groups(num_tokens: np.ndarray, points_per_region: int = 4) -> np.ndarray:
@@ -154,6 +184,20 @@ def token_range_groups(num_tokens: np.ndarray, points_per_region: int = 4) -> np
     num_regions = max(2, -(-len(distinct) // points_per_region))
     block_of = {n: min(i * num_regions // len(distinct), num_regions - 1) for i, n in enumerate(distinct)}
     return np.array([block_of[n] for n in num_tokens])
+
+
+def coarse_region_groups(num_tokens: np.ndarray, coarse_ladder=COARSE_TOKEN_LADDER,
+                         points_per_region: int = 4) -> np.ndarray:
+    """Group label per row: held-out regions as wide as token_range_groups made them on the first, coarse
+    ladder (4 of its points, e.g. 640..1024). Every profiled count belongs to the block of the largest
+    coarse count at or below it, so holding out the block of 640..1024 also holds out 1040..1264 and is
+    predicted from counts up to 624 and from 1280 on: the gap the coarse profiles had, whatever the
+    grid's density."""
+    n = np.asarray(num_tokens)
+    coarse = np.array([c for c in coarse_ladder if c <= n.max()] or [n.min()])
+    coarse_groups = token_range_groups(coarse, points_per_region)
+    below = np.clip(np.searchsorted(coarse, n, side="right") - 1, 0, len(coarse) - 1)
+    return coarse_groups[below]
 
 
 def attention_region_groups(frame: pd.DataFrame) -> np.ndarray:
@@ -203,6 +247,11 @@ class FittedRuntime:
     attention_kv_heads: int
     attention_block_m: int
     num_sms: int
+    # The model of decode-only launches when fitted apart (attention_* above then covers the launches
+    # with a prefill chunk); None: attention_* covers every launch.
+    decode_attention_family: str = ""
+    decode_attention_coef: np.ndarray | None = None
+    decode_attention_trees: dict[str, np.ndarray] | None = None
     # measured whole iteration ~= calibration_scale x (sum of kernel times) + calibration_layer_ms x layers
     # (see fit_iteration_calibration); 1 and 0 when no iterations were measured.
     calibration_scale: float = 1.0
@@ -233,33 +282,35 @@ def token_op_data(rows: pd.DataFrame, op: str, source: str, peaks: F.Peaks, out_
         work = F.affine_work(n, sub["flops"].to_numpy(), sub["bytes"].to_numpy(), f"{source} op={op}")
     except ValueError as e:
         raise ProfileError(str(e)) from None
-    X = F.token_features(n, work, peaks, out_features).to_numpy()
+    X = op_features(op, n, work, peaks, out_features)
     return X, sub["time_ms"].to_numpy(dtype=np.float64), work
 
 
-INTERPOLATED = "kept_x_log_interpolation"  # scores key of the rejected variant (see through_measured_points)
+# Ops that run PyTorch's index_select, whose kernel changes above this many indices (features.token_features).
+SERIAL_INDEX_LIMIT = {"embedding": 16}
 
 
-def through_measured_points(estimator) -> ResidualInterpolatedRegressor:
-    """`estimator` times a correction interpolated linearly in log tokens through every measured point.
+def op_features(op: str, num_tokens: np.ndarray, work: F.AffineWork, peaks: F.Peaks, out_features: int) -> np.ndarray:
+    """TOKEN_FEATURES matrix of `op` at `num_tokens`."""
+    return F.token_features(num_tokens, work, peaks, out_features,
+                            serial_index_limit=SERIAL_INDEX_LIMIT.get(op, 0)).to_numpy()
 
-    Scored (scores[INTERPOLATED]) but not used between profiled counts: a kernel-selection step (cuBLAS's
-    slow pick at mlp_up_gate n=448 on H100) is a step, not a slope, and interpolating it into the
-    neighbouring gaps made whole-iteration predictions worse (docs/runtime_accuracy.md)."""
-    return ResidualInterpolatedRegressor(column=0, base=estimator)
+
+COARSE = "coarse_regions"  # scores key: the kept family, regions as wide as on the coarse ladder
 
 
 def fit_token_op(X: np.ndarray, y: np.ndarray, families: dict) -> tuple[str, object, dict[str, FamilyScore]]:
     """Score families by token-range CV, keep the best and refit it on all rows (and score the kept
-    family interpolated through the measured points, for the report)."""
+    family on regions as wide as the coarse ladder's, for the report)."""
     groups = token_range_groups(X[:, 0])
     if len(np.unique(groups)) < 2:
         name = "roofline_linear"
         return name, clone(families[name]).fit(X, y), {}
     scores = score_families(families, X, y, groups)
     name = min(scores, key=lambda k: scores[k].score)
-    scores[INTERPOLATED] = score_families({INTERPOLATED: through_measured_points(families[name])}, X, y,
-                                          groups)[INTERPOLATED]
+    coarse = coarse_region_groups(X[:, 0])
+    if len(np.unique(coarse)) >= 2:
+        scores[COARSE] = score_families({COARSE: families[name]}, X, y, coarse)[COARSE]
     return name, clone(families[name]).fit(X, y), scores
 
 
@@ -337,28 +388,62 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
     for op in tqdm(OP_NAMES, desc=f"fit {model.name} {hardware.profile} tp={tp}", disable=not progress):
         X, y, work = token_op_data(ops, op, str(files.ops_csv), peaks, out_features.get(op, 0))
         name, estimator, op_scores = fit_token_op(X, y, token_op_families())
-        trend_ms = estimator.predict(F.token_features(grid, work, peaks, out_features.get(op, 0)).to_numpy())
+        trend_ms = estimator.predict(op_features(op, grid, work, peaks, out_features.get(op, 0)))
         op_ms[op] = exact_at_measured_counts(grid, trend_ms, X[:, 0], y)
         chosen[op], scores[op] = name, op_scores
 
     shape = F.AttentionShape(q_heads=model.num_q_heads // tp, kv_heads=model.kv_heads_per_gpu(tp),
                              num_sms=peaks.num_sms)
     X, y = attention_data(attention, shape)
-    families = attention_families()
-    groups = attention_region_groups(attention)
-    if len(np.unique(groups)) >= 2:
-        scores["attention"] = score_families(families, X, y, groups)
-        fast = {k: v for k, v in scores["attention"].items() if k in FAST_ATTENTION_FAMILIES}
-        name = min(fast, key=lambda k: fast[k].score)
+    kept, attention_scores = fit_attention(X, y, attention_region_groups(attention), attention_kind_masks(attention))
+    scores.update(attention_scores)
+    if "all" in kept:
+        chosen["attention"] = kept["all"][0]
     else:
-        name = "roofline_linear"
-    estimator = clone(families[name]).fit(X, y)
-    chosen["attention"] = name
+        chosen.update({f"attention_{kind}": name for kind, (name, _) in kept.items()}, attention=KEPT_PER_KIND)
+    decode = {}
+    if "decode" in kept:
+        coef, trees = export_attention(kept["decode"][1])
+        decode = dict(decode_attention_family=kept["decode"][0], decode_attention_coef=coef,
+                      decode_attention_trees=trees)
+    name, estimator = kept.get("chunk", kept.get("all"))
     coef, trees = export_attention(estimator)
     return FittedRuntime(
         model_name=model.name, hardware_profile=hardware.profile, tp=tp, grid_tokens=grid, op_ms=op_ms,
         attention_family=name, attention_coef=coef, attention_trees=trees,
         attention_q_heads=shape.q_heads, attention_kv_heads=shape.kv_heads, attention_block_m=shape.block_m,
-        num_sms=shape.num_sms,
+        num_sms=shape.num_sms, **decode,
         chosen=chosen, scores=scores, fit_seconds=time.perf_counter() - start,
     )
+
+
+def fit_attention(X: np.ndarray, y: np.ndarray, groups: np.ndarray, masks: dict[str, np.ndarray],
+                  min_rows: int = 10) -> tuple[dict, dict]:
+    """Fit attention per launch kind: ({'decode': (family, fitted estimator), 'chunk': ...}, scores).
+
+    Each kind's families are scored by region cross-validation on that kind's rows, and the best one
+    the hot path can evaluate fast (FAST_ATTENTION_FAMILIES) is refitted on them. scores holds 'attention_<kind>' (family ->
+    FamilyScore) and 'attention' (every family fitted per kind, errors pooled over all launches, plus
+    KEPT_PER_KIND). With too few rows or regions of a kind, one model is fitted on every launch and
+    returned as 'all' (the decode-only model then falls back to it)."""
+    families = attention_families()
+    if any(mask.sum() < min_rows or len(np.unique(groups[mask])) < 2 for mask in masks.values()):
+        if len(np.unique(groups)) < 2:
+            return {"all": ("roofline_linear", clone(families["roofline_linear"]).fit(X, y))}, {}
+        scores = {"attention": score_families(families, X, y, groups)}
+        fast = {k: v for k, v in scores["attention"].items() if k in FAST_ATTENTION_FAMILIES["all"]}
+        name = min(fast, key=lambda k: fast[k].score)
+        return {"all": (name, clone(families[name]).fit(X, y))}, scores
+    kept, scores, errors = {}, {}, {}
+    for kind in ATTENTION_KINDS:
+        mask = masks[kind]
+        errors[kind] = cv_errors(families, X[mask], y[mask], groups[mask])
+        scores[f"attention_{kind}"] = {name: family_score(e) for name, e in errors[kind].items()}
+        fast = {k: v for k, v in scores[f"attention_{kind}"].items() if k in FAST_ATTENTION_FAMILIES[kind]}
+        name = min(fast, key=lambda k: fast[k].score)
+        kept[kind] = (name, clone(families[name]).fit(X[mask], y[mask]))
+    pooled = {name: family_score(np.concatenate([errors[kind][name] for kind in ATTENTION_KINDS]))
+              for name in families}
+    pooled[KEPT_PER_KIND] = family_score(np.concatenate([errors[kind][kept[kind][0]] for kind in ATTENTION_KINDS]))
+    scores["attention"] = pooled
+    return kept, scores

@@ -117,7 +117,8 @@ class RuntimePredictor:
         self.cpu = cpu
         self.stage_layers = layers_per_stage(model.num_layers, pp)
         self._coef = np.asarray(fitted.attention_coef, dtype=np.float64)
-        self.attention = AttentionTime(self._coef, fitted.attention_shape(), fitted.attention_trees)
+        self.attention = AttentionTime(self._coef, fitted.attention_shape(), fitted.attention_trees,
+                                       fitted.decode_attention_coef, fitted.decode_attention_trees)
 
         grid, ops = fitted.grid_tokens, fitted.op_ms
         activation_bytes = grid * model.hidden_size * model.dtype_bytes  # N tokens x hidden

@@ -166,20 +166,32 @@ def test_hot_path_equals_the_estimator_and_decode_runs_for_every_family(make_pre
     base = make_predictor()
     frame = read_attention(profiles_dir / "testgpu" / TINY_MODEL.name / "attention.csv", 1)
     X, y = attention_data(frame, base.fitted.attention_shape())
-    estimator = attention_families()[family].fit(X, y)
-    coef, trees = export_attention(estimator)
-    fitted = dataclasses.replace(base.fitted, attention_coef=coef, attention_trees=trees)
-    predictor = RuntimePredictor(fitted, TINY_MODEL, 1, base.cpu)
-    batches = BATCHES + [[[1, int(k)] for k in range(5, 800, 37)]]
-    shape = fitted.attention_shape()
-    for composition in batches:
-        q, kv = split(composition)
-        expected = estimator.predict(attention_feature_table([composition], shape))[0]
-        assert predictor._batch_attention_ms(q, kv) == pytest.approx((expected, q.sum()), rel=1e-9)
-    kv = np.random.default_rng(5).integers(1, 3000, size=20)
-    run = predictor.decode_run_stage_times_s(kv, 120)
-    steps = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(120)])
-    np.testing.assert_array_equal(run, steps)
+    decode = (frame["kind"] == "decode").to_numpy()
+    one = attention_families()[family].fit(X, y)
+    per_kind = {"decode": attention_families()[family].fit(X[decode], y[decode]),
+                "chunk": attention_families()[family].fit(X[~decode], y[~decode])}
+    coef, trees = export_attention(one)
+    chunk_coef, chunk_trees = export_attention(per_kind["chunk"])
+    decode_coef, decode_trees = export_attention(per_kind["decode"])
+    variants = [  # one model for every launch; a model per launch kind
+        (dataclasses.replace(base.fitted, attention_coef=coef, attention_trees=trees, decode_attention_coef=None,
+                             decode_attention_trees=None), {"decode": one, "chunk": one}),
+        (dataclasses.replace(base.fitted, attention_coef=chunk_coef, attention_trees=chunk_trees,
+                             decode_attention_coef=decode_coef, decode_attention_trees=decode_trees), per_kind),
+    ]
+    batches = BATCHES + [[[1, int(k)] for k in range(5, 800, 37)], [[1, 3000]] * 200]
+    for fitted, estimators in variants:
+        predictor = RuntimePredictor(fitted, TINY_MODEL, 1, base.cpu)
+        shape = fitted.attention_shape()
+        for composition in batches:
+            q, kv = split(composition)
+            estimator = estimators["decode" if (q == 1).all() else "chunk"]
+            expected = estimator.predict(attention_feature_table([composition], shape))[0]
+            assert predictor._batch_attention_ms(q, kv) == pytest.approx((expected, q.sum()), rel=1e-9)
+        for kv in (np.random.default_rng(5).integers(1, 3000, size=20), np.full(300, 7)):
+            run = predictor.decode_run_stage_times_s(kv, 120)
+            steps = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(120)])
+            np.testing.assert_array_equal(run, steps)
 
 
 def test_token_op_tables_pass_through_every_measured_point(make_predictor, profiles_dir):
