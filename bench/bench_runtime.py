@@ -150,7 +150,8 @@ def bench(model_name: str, hardware_name: str, iterations: int) -> dict:
         runs[steps] = (time.perf_counter() - start) / (reps * steps) * 1e6
     return {"model": model_name, "hardware": hardware_name, "fit_s": fit_s, "cached_load_s": load_s,
             "stage_times_us": per_call_us, "decode_only_share": decode_only / len(batches),
-            "attention_family": predictor.fitted.chosen["attention"],
+            "attention_family": " / ".join(predictor.fitted.chosen.get(f"attention_{kind}", predictor.fitted.chosen["attention"])
+                                           for kind in ("decode", "chunk")),
             "decode_run_16_us_per_step": runs[16], "decode_run_256_us_per_step": runs[256]}
 
 
@@ -168,7 +169,7 @@ def main() -> int:
         return 1
     rows = [bench(m, args.hardware, args.iterations) for m in models]
     print(f"{'model':<12} {'hw':<5} {'fit s':>6} {'load s':>7} {'us/iteration':>13} {'decode share':>13} "
-          f"{'us/step run16':>14} {'us/step run256':>15}  attention family")
+          f"{'us/step run16':>14} {'us/step run256':>15}  attention family (decode-only / with a chunk)")
     for r in rows:
         print(f"{r['model']:<12} {r['hardware']:<5} {r['fit_s']:6.1f} {r['cached_load_s']:7.2f} "
               f"{r['stage_times_us']:13.1f} {r['decode_only_share']:13.2f} {r['decode_run_16_us_per_step']:14.2f} "
