@@ -21,7 +21,6 @@ from simulator.runtime.features import (
     ATTENTION_FEATURES,
     AttentionShape,
     batch_attention_features,
-    decode_list_bound,
     decode_run_attention_features,
     linear_combination,
     sparse_coefficients,
@@ -95,6 +94,10 @@ class AttentionTime:
             branches = [row for row in self._decode_rows[1:] if row[0] or row[1] or row[2]]
             self._decode_rows = self._decode_rows[:1] + (branches or [(0.0, 0.0, [])])
         self._uses = {name for *_, variables in self._decode_rows for name, _ in variables}
+        self._list_bound_used = "decode_list_bound" in self._uses
+        self._blocks_per_sequence = shape.decode_blocks_per_sequence
+        self._slots = shape.decode_slots
+        self._steps = np.arange(256, dtype=np.int64)  # step indices of a run, sliced (never written)
         self._grouped = 0 < shape.kv_heads < shape.q_heads  # FA2 may split the KV only then
         self._trees = None if trees is None else _Trees(trees)
         self._decode_trees = None if decode_trees is None else _Trees(decode_trees)
@@ -140,8 +143,9 @@ class AttentionTime:
         else:
             values["split_decode_critical"] = min(longest, split_tokens)
             values["split_decode_blocks"] = n * splits
-        if "decode_list_bound" in self._uses:
-            values["decode_list_bound"] = decode_list_bound(n, streamed, longest, splits, self.shape)
+        if self._list_bound_used and splits == 1 and n * self._blocks_per_sequence > self._slots:
+            # As features.decode_list_bound; where that is 0 the term is skipped (adding 0 changes no bit).
+            values["decode_list_bound"] = longest + streamed * self._blocks_per_sequence / self._slots
         return self._decode_combination(n, values, max)
 
     def decode_run_ms(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
@@ -149,7 +153,9 @@ class AttentionTime:
         if self._decode_trees is not None:
             return self._generic_decode_run_ms(kv_tokens, num_steps)
         n = len(kv_tokens)
-        steps = np.arange(num_steps, dtype=np.int64)
+        if num_steps > len(self._steps):
+            self._steps = np.arange(max(num_steps, 2 * len(self._steps)), dtype=np.int64)
+        steps = self._steps[:num_steps]
         # Exact integer sums, as in features.decode_run_attention_features.
         streamed = n * steps + (int(np.add.reduce(kv_tokens)) + n)  # sum of kv + 1 at step k
         longest = steps + (int(np.maximum.reduce(kv_tokens)) + 1)
@@ -167,9 +173,10 @@ class AttentionTime:
             values["unsplit_decode_critical"] = np.where(split, 0, longest)
             values["split_decode_critical"] = np.where(split, np.minimum(longest, split_tokens), 0)
             values["split_decode_blocks"] = np.where(split, n * splits, 0)
-        if "decode_list_bound" in self._uses:
-            values["decode_list_bound"] = decode_list_bound(
-                n, streamed, longest, 1 if splits is None else splits, self.shape)
+        # The bound needs more blocks than slots, which for packed heads is past FA2's splitting
+        # threshold: it occurs in unsplit runs only.
+        if self._list_bound_used and splits is None and n * self._blocks_per_sequence > self._slots:
+            values["decode_list_bound"] = longest + streamed * self._blocks_per_sequence / self._slots
         t = self._decode_combination(n, values, np.maximum)
         return t if isinstance(t, np.ndarray) else np.full(num_steps, t)
 
