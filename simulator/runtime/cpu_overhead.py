@@ -19,11 +19,13 @@ H100, 24 fidelity runs, 53,205 CUDA-graph decode iterations; data/validation/h10
 host time the GPU waits for per iteration (schedule 0.04 + prepare inputs 0.17 + graph launch 0.11 +
 apply outputs 0.03 ms at the median), fitted as 0.350 ms + 0.0015 ms per sequence. With it the simulator
 meets the per-iteration fidelity target in 24 of 24 measured runs (docs/fidelity.md). Its eager-launch
-floor, from the same runs (cpu_overhead.json, "eager_floor_ms"): 15.631 ms of GPU span for a 32-layer
-forward pass whose kernels take less than the host's median launch time (14.5 ms), i.e. 0.4885 ms per layer
-(simulator.compare.measured_eager_floor_s). The exponent p = 6 minimises the median error of the GPU span
-of the 2,314 eager iterations of those runs (4.6 %, mean -1.6 %; a hard maximum, p = infinity: 6.0 %,
-mean -4.6 %; p = 4 / 8: 5.7 / 4.7 %). CUDA graphs are captured up to 256 sequences, as vLLM does.
+floor, from the same runs: 15.631 ms of GPU span for a 32-layer forward pass whose kernels take less than
+the host's median launch time (14.5 ms), i.e. 0.4885 ms per layer (simulator.compare.measured_eager_floor_s;
+which iterations count as launch-bound depends on the runtime model's kernel times: with the dense-ladder
+profiles it reads 15.665 ms, cpu_overhead.json's "eager_floor_ms", 0.2 % more, left as it was). The exponent p = 6 minimises the median error of the GPU span
+of the 2,314 eager iterations of those runs (3.1 %, mean -1.6 %; no floor: 5.0 %, mean -10.0 %; a hard
+maximum, p = infinity: 4.5 %, mean -4.4 %; p = 4 / 8: 4.8 / 3.4 %; runtime model of the dense-ladder
+H100 profiles). CUDA graphs are captured up to 256 sequences, as vLLM does.
 
 VLLM_V0_CPU_OVERHEAD: a least-squares line through Vidur's published vLLM measurements on one A100 with
 Llama-2-7B at TP1 (microsoft/vidur, data/profiling/a100/cpu_overheads.csv, medians of SCHEDULE +
