@@ -191,7 +191,7 @@ def capacity_figures(table: pd.DataFrame, trials: pd.DataFrame, out_dir: Path) -
     ok = table[table["status"] == "ok"] if "status" in table else table
     if ok.empty or "capacity_qps" not in ok:
         return written
-    ok = ok.assign(slo=ok["slo_name"] if "slo_name" in ok else "SLOs")
+    ok = ok.assign(slo=ok.get("slo_name", "SLOs"))
     if "chunk_size" in ok and ok["chunk_size"].notna().any():
         written.append(save_figure(capacity_vs_chunk_figure(ok), out_dir / "capacity_vs_chunk.png"))
     written.append(save_figure(capacity_bar_figure(ok), out_dir / "capacity_by_policy.png"))

@@ -42,7 +42,7 @@ def reproduction_table(results: pd.DataFrame) -> pd.DataFrame:
     size and at its best chunk size, and Sarathi's ratios over the baselines."""
     rows = []
     for (model, workload, slo), group in results.groupby(["model", "workload", "slo_name"], sort=True):
-        def capacity(policy, chunk=None):
+        def capacity(policy, chunk=None, group=group):
             rows_ = group[group["policy"] == policy]
             if chunk is not None:
                 rows_ = rows_[rows_["chunk_size"] == chunk]
@@ -83,8 +83,8 @@ def table_markdown(table: pd.DataFrame) -> str:
             return "-"
         return "inf" if np.isinf(x) else f"{x:.{digits}f}"
 
-    lines = ["| model (GPUs) | workload | P99 TBT SLO | Orca | vLLM | Sarathi-Serve | Sarathi / vLLM | "
-             "Sarathi / Orca | Sarathi, best chunk |",
+    lines = [("| model (GPUs) | workload | P99 TBT SLO | Orca | vLLM | Sarathi-Serve | Sarathi / vLLM | "
+             "Sarathi / Orca | Sarathi, best chunk |"),
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in table.to_dict("records"):
         lines.append(

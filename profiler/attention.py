@@ -16,6 +16,7 @@ Backends, in order of preference (the first importable one that passes `check_ba
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -153,12 +154,12 @@ def check_backend(backend: str, device, dtype, q_heads=4, kv_heads=2, head_dim=6
     cases = [(c, q_heads, kv_heads, head_dim) for c in CHECK_COMPOSITIONS]
     if torch.device(device).type == "cuda":
         cases += [(c, 32, 8, 128) for c in CHECK_COMPOSITIONS_LARGE]
-    for comp, q_heads, kv_heads, head_dim in cases:
+    for comp, heads_q, heads_kv, dim in cases:
         batch = make_batch(comp, device)
-        q = torch.randn((batch.total_q, q_heads, head_dim), generator=gen, device=device).to(dtype)
-        k = torch.randn((batch.total_k, kv_heads, head_dim), generator=gen, device=device).to(dtype)
-        v = torch.randn((batch.total_k, kv_heads, head_dim), generator=gen, device=device).to(dtype)
-        scale = head_dim ** -0.5
+        q = torch.randn((batch.total_q, heads_q, dim), generator=gen, device=device).to(dtype)
+        k = torch.randn((batch.total_k, heads_kv, dim), generator=gen, device=device).to(dtype)
+        v = torch.randn((batch.total_k, heads_kv, dim), generator=gen, device=device).to(dtype)
+        scale = dim ** -0.5
         out = attention(backend, q, k, v, batch, scale)
         errors.append(relative_error(out, reference_attention(q, k, v, batch, scale)))
     worst = max(errors)
@@ -171,11 +172,8 @@ def candidate_backends(device) -> list[str]:
     if torch.device(device).type != "cuda":
         return ["sdpa_masked"]
     names = []
-    try:
-        import flash_attn
+    if importlib.util.find_spec("flash_attn") is not None:
         names.append("flash_attn")
-    except ImportError:
-        pass
     return names + ["torch_flash", "sdpa_masked"]
 
 

@@ -210,7 +210,8 @@ def _write_meta(path, gpu, world, device, check, graphs_ok, repeats, seconds_by_
     old = read_json(path)
     env = environment(device)
     try:
-        topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
+        topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20,
+                              check=False).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
         topo = f"unavailable: {e}"
     nccl = ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None

@@ -41,7 +41,7 @@ def _nvidia_smi() -> dict:
     query = "name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit"
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+                             capture_output=True, text=True, timeout=20, check=False).stdout.strip().splitlines()
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": str(e)}
     if not out:

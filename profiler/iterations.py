@@ -109,7 +109,7 @@ def run_iterations(model: ModelConfig, tp: int, out_dir: Path, gpu: str, device:
             break
         step = make_step(comp, device)
         ids = torch.randint(0, model.vocab_size, (step.batch.total_q,), device=device, generator=gen)
-        graph_stats, eager_stats = time_step(lambda: shard.step(ids, step, kv), device, eager_repeats,
+        graph_stats, eager_stats = time_step(lambda ids=ids, step=step: shard.step(ids, step, kv), device, eager_repeats,
                                              graph_repeats)
         stats = graph_stats or eager_stats
         table.append({

@@ -136,7 +136,7 @@ class ProfileRequest:
     attention: bool = True
     tiny: bool = False
     max_tokens: int | None = None      # ops grid top; default max(16384, max_model_len)
-    settings: TimingSettings = TimingSettings()
+    settings: TimingSettings = field(default_factory=TimingSettings)
     backend: str | None = None
     repeat_sample: int = 40            # points re-timed for the repeatability check
     time_limit_s: float | None = None  # stop cleanly (meta marked incomplete) after this long

@@ -159,8 +159,8 @@ def measured_requests(requests: pd.DataFrame, warmup_fraction: float, cooldown_f
     order. Warm-up requests see an empty system; cool-down requests see it draining."""
     ordered = requests.sort_values(["arrived_s", "request_id"], kind="stable")
     n = len(ordered)
-    first = int(math.floor(n * warmup_fraction))
-    last = n - int(math.floor(n * cooldown_fraction))
+    first = math.floor(n * warmup_fraction)
+    last = n - math.floor(n * cooldown_fraction)
     return ordered.iloc[first:last]
 
 
@@ -185,7 +185,7 @@ def _metric_values(measured: pd.DataFrame, tbt_gaps_s: np.ndarray) -> tuple[dict
     served = measured[~rejected]
     unfinished = int(served["completed_s"].isna().sum())
     counts = {
-        "num_measured": int(len(measured)),
+        "num_measured": len(measured),
         "rejected_fraction": float(rejected.mean()) if len(measured) else 0.0,
         "unfinished": unfinished,
     }

@@ -271,7 +271,7 @@ def _run_one(runner: PointRunner, point: SweepPoint, point_dir: str) -> dict:
         Path(point_dir).mkdir(parents=True, exist_ok=True)
         result = runner(point, Path(point_dir))
         record = {**base, "status": "ok", "error": "", **result}
-    except Exception as e:  # a failing point must not stop the sweep
+    except Exception as e:  # noqa: BLE001 - a failing point must not stop the sweep
         record = {**base, "status": "error", "error": f"{type(e).__name__}: {e}",
                   "traceback": traceback.format_exc(limit=8)}
     record["point_wall_s"] = time.perf_counter() - start
@@ -449,7 +449,7 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
                     except ConfigError as e:  # missing or unreadable profiles: no trial could run
                         predictor_errors[key] = f"no iteration-time predictor: {e}"
                 reason = predictor_errors[key]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any composition error makes the point infeasible, named
             reason = f"{type(e).__name__}: {e}"
         if reason:
             reasons[point.point_id] = reason

@@ -29,7 +29,7 @@ def threshold_evaluator(threshold_qps, calls):
 
 
 def search(**overrides):
-    settings = dict(initial_rate_qps=1.0, growth_factor=2.0, tolerance=0.02, min_rate_qps=0.01, max_rate_qps=1000)
+    settings = {"initial_rate_qps": 1.0, "growth_factor": 2.0, "tolerance": 0.02, "min_rate_qps": 0.01, "max_rate_qps": 1000}
     settings.update(overrides)
     return SearchConfig(**settings)
 

@@ -43,8 +43,7 @@ def test_capacity_markdown_states_the_result_and_every_trial():
     assert "# Capacity: sarathi c512 b128 h100 mistral-7b" in text
     assert "**capacity: 4 requests/s** (to within 2%: 8 req/s failed)" in text
     assert "$0.5 per million tokens" in text
-    trial_lines = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| 4 |")
-                   or line.startswith("| 8 |")]
+    trial_lines = [line for line in text.splitlines() if line.startswith(("| 2 |", "| 4 |", "| 8 |"))]
     assert len(trial_lines) == 3
     assert "inf" in trial_lines[2] and "p99_tbt_s<=0.1" in trial_lines[2]
 
@@ -82,7 +81,7 @@ def test_sweep_report_best_per_slo_cost_and_pareto():
     cheapest = next(s for s in sections if s.startswith("Cheapest"))
     assert "sarathi c2048 b128 x2" in cheapest and "| 0.4 |" in cheapest
     front = next(s for s in sections if s.startswith("Pareto frontier, SLO set strict"))
-    front_rows = [line for line in front.splitlines() if line.startswith("| sarathi") or line.startswith("| vllm")]
+    front_rows = [line for line in front.splitlines() if line.startswith(("| sarathi", "| vllm"))]
     # Every row shares model and GPU, so labels leave them out.
     assert [r.split(" | ")[0] for r in front_rows] == ["| sarathi c2048 b128", "| sarathi c512 b128"]
     failures = next(s for s in sections if s.startswith("Configurations without"))

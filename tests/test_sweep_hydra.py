@@ -18,14 +18,14 @@ def test_compose_adds_the_search_group_and_takes_slos_from_the_slo_group():
                                                   "search.max_trials=7"])
     assert simulation.policy.name == "vllm"
     assert (search.num_requests, search.tolerance, search.max_trials) == (1000, 0.05, 7)
-    assert [(s.metric, s.max_s) for s in search.slos][0] == ("tbt_s", 0.1)
+    assert next((s.metric, s.max_s) for s in search.slos) == ("tbt_s", 0.1)
     _, default = compose_capacity_config([])
     assert (default.num_requests, default.tolerance) == (2048, 0.02)
 
 
 def test_list_valued_slo_override_from_a_space_file():
     space = parse_space({"grid": {"slo.slos": ["[{metric:tbt_s,percentile:99,max_s:0.2}]"]}})
-    simulation, search = compose_capacity_config(enumerate_points(space)[0].overrides)
+    _simulation, search = compose_capacity_config(enumerate_points(space)[0].overrides)
     assert len(search.slos) == 1 and search.slos[0].max_s == 0.2
 
 

@@ -122,7 +122,7 @@ def run_plan(args, log) -> int:
             shutil.rmtree(cell_dir, ignore_errors=True)
             skipped.append(cell["name"])
             continue
-        except Exception:
+        except Exception:  # noqa: BLE001 - one failing cell must not lose the plan's other cells
             log(f"FAILED {cell['name']}:\n{traceback.format_exc()}")
             runner.release(runner.slot_holders)
             shutil.rmtree(cell_dir, ignore_errors=True)

@@ -120,7 +120,7 @@ class AttentionTime:
         """Milliseconds of a launch with a prefill chunk, from its ATTENTION_FEATURES (no trees)."""
         t = linear_combination(self._additive, features) + max(
             [linear_combination(branch, features) for branch in self._branches])
-        return t if t > 0.0 else 0.0
+        return t if t > 0.0 else 0.0  # noqa: FURB136 - hot path: a conditional is cheaper than max()
 
     # ------------------------------------------------------------------ decode-only launches
     # Two implementations of one formula: Python numbers for a single launch (a few microseconds), numpy

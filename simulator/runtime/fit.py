@@ -404,8 +404,8 @@ def fit_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: Pr
     decode = {}
     if "decode" in kept:
         coef, trees = export_attention(kept["decode"][1])
-        decode = dict(decode_attention_family=kept["decode"][0], decode_attention_coef=coef,
-                      decode_attention_trees=trees)
+        decode = {"decode_attention_family": kept["decode"][0], "decode_attention_coef": coef,
+                      "decode_attention_trees": trees}
     name, estimator = kept.get("chunk", kept.get("all"))
     coef, trees = export_attention(estimator)
     return FittedRuntime(

@@ -124,9 +124,8 @@ class RuntimePredictor:
         activation_bytes = grid * model.hidden_size * model.dtype_bytes  # N tokens x hidden
         zeros = np.zeros_like(grid)
         all_reduce = send = None
-        if fitted.tp > 1 or pp > 1:
-            if comm_frame is None:
-                raise ConfigError("tp > 1 or pp > 1 needs the communication tables (comm.csv)")
+        if (fitted.tp > 1 or pp > 1) and comm_frame is None:
+            raise ConfigError("tp > 1 or pp > 1 needs the communication tables (comm.csv)")
         if fitted.tp > 1:
             all_reduce = comm_curve(comm_frame, comm_path, "all_reduce", fitted.tp)
         if pp > 1:

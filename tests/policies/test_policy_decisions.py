@@ -57,7 +57,7 @@ def test_sarathi_spends_the_token_budget_decodes_first():
 
 
 def test_sarathi_caps_the_batch_size():
-    policy, req = setup("sarathi", [4] * 6, [5] * 6, chunk_size=512, max_batch_size=4)
+    policy, _req = setup("sarathi", [4] * 6, [5] * 6, chunk_size=512, max_batch_size=4)
     assert len(policy.schedule(0.0)) == 4
     assert list(policy.waiting) == [4, 5]
 
@@ -92,7 +92,7 @@ def test_orca_admits_up_to_its_batch_and_mixes_prefill_with_decodes():
 
 
 def test_faster_transformer_waits_for_the_whole_batch():
-    policy, req = setup("faster_transformer", [10, 20, 30], [5, 5, 5], max_batch_size=2)
+    policy, _req = setup("faster_transformer", [10, 20, 30], [5, 5, 5], max_batch_size=2)
     assert as_pairs(policy.schedule(0.0)) == [(0, 10), (1, 20)]
     policy.kv.free(np.array([0]))
     policy.finish(np.array([0]))
@@ -105,5 +105,5 @@ def test_faster_transformer_waits_for_the_whole_batch():
 def test_docs_show_the_example_policy_in_full():
     source = (REPO / "policies" / "shortest_prompt_first.py").read_text()
     doc = (REPO / "docs" / "policies.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
     assert source in blocks, "docs/policies.md must show policies/shortest_prompt_first.py verbatim"

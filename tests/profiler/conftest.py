@@ -4,8 +4,8 @@ import yaml
 
 from simulator.config import ModelConfig
 
-TINY = dict(name="tiny-llama", num_layers=2, hidden_size=64, num_q_heads=4, num_kv_heads=2, head_dim=16,
-            intermediate_size=96, vocab_size=200, max_model_len=128)
+TINY = {"name": "tiny-llama", "num_layers": 2, "hidden_size": 64, "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 16,
+            "intermediate_size": 96, "vocab_size": 200, "max_model_len": 128}
 
 
 @pytest.fixture

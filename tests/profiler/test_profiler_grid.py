@@ -1,4 +1,6 @@
 """What the profiler measures: grids, dedupe keys, composition bookkeeping."""
+import itertools
+
 import pytest
 
 from profiler.grid import (
@@ -29,7 +31,7 @@ def test_token_counts_stop_at_max_and_include_it():
 def test_dense_ladder_keeps_every_coarse_point_and_its_steps():
     assert set(COARSE_TOKEN_LADDER) <= set(TOKEN_LADDER)
     ladder = token_counts(32768)
-    steps = dict(zip(ladder[1:], (b - a for a, b in zip(ladder, ladder[1:]))))
+    steps = dict(zip(ladder[1:], (b - a for a, b in itertools.pairwise(ladder))))
     assert steps[17] == 1 and steps[100] == 4 and steps[448] == 8 and steps[1024] == 16
     assert all(step <= n / 8 for n, step in steps.items() if n > 32)  # never sparser than 1/8 of the count
 
@@ -37,7 +39,7 @@ def test_dense_ladder_keeps_every_coarse_point_and_its_steps():
 def test_intermediate_attention_points_keep_the_first_grid():
     m = load_model_config("llama-3-8b")
     dense = {p.composition for p in attention_grid(m, 1, kv_capacity=10**6, max_layer_kv_tokens=10**6)}
-    import profiler.grid as grid
+    from profiler import grid
     first = grid.intermediate_compositions
     try:
         grid.intermediate_compositions = lambda *args: []

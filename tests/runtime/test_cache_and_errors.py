@@ -65,7 +65,7 @@ def test_editing_a_profile_file_refits(own_profiles, monkeypatch, make_predictor
 
 def damage_entry(cache, how):
     """Damage the tp=1 cache entry in `cache` the way `how` says."""
-    entry = [p for p in sorted(cache.glob("*.npz")) if json.loads(p.with_suffix(".json").read_text())["tp"] == 1][0]
+    entry = next(p for p in sorted(cache.glob("*.npz")) if json.loads(p.with_suffix(".json").read_text())["tp"] == 1)
     meta_path = entry.with_suffix(".json")
     if how == "truncate_npz":
         entry.write_bytes(entry.read_bytes()[:100])
@@ -85,8 +85,8 @@ def damage_entry(cache, how):
 @pytest.mark.parametrize("how", ["truncate_npz", "edit_json_version", "garbage_json", "flip_a_byte"])
 def test_corrupt_or_foreign_cache_entries_are_rejected(own_profiles, how):
     _, cache_directory = own_profiles
-    entry = [p for p in sorted(cache_directory.glob("*.npz"))
-             if json.loads(p.with_suffix(".json").read_text())["tp"] == 1][0]
+    entry = next(p for p in sorted(cache_directory.glob("*.npz"))
+             if json.loads(p.with_suffix(".json").read_text())["tp"] == 1)
     version = json.loads(entry.with_suffix(".json").read_text())["version"]
     assert cache.load(entry.stem, version, cache_directory) is not None
     key = damage_entry(cache_directory, how)

@@ -44,7 +44,7 @@ def test_every_op_is_accurate_on_held_out_grid_regions(shipped):
 
 
 def test_whole_iterations_match_measurements(shipped):
-    model, hardware, predictor = shipped
+    model, _hardware, predictor = shipped
     path = DATA_DIR / "validation" / "h100" / model.name / "iterations.csv"
     if not path.exists():
         pytest.skip(f"{path} not committed yet")

@@ -30,14 +30,14 @@ def test_fast_path_equals_slow_path(policy, kv_blocks):
 
 def test_tight_kv_case_preempts_and_fast_path_actually_skips_events():
     """The tight case exercises preemption for vLLM, and the fast path takes fewer scheduling decisions."""
-    fast, slow = both_paths("vllm", 120, block_size=8)
+    fast, _slow = both_paths("vllm", 120, block_size=8)
     assert fast.records.preemptions.sum() > 0
     decisions = {}
     for label, flag in (("fast", True), ("slow", False)):
         import policies.vllm as vllm_module
         calls = []
         original = vllm_module.VLLMv0.schedule
-        vllm_module.VLLMv0.schedule = lambda self, now, _o=original: calls.append(now) or _o(self, now)
+        vllm_module.VLLMv0.schedule = lambda self, now, _o=original, _calls=calls: _calls.append(now) or _o(self, now)
         try:
             arrivals, prompts, outputs = random_workload(300, seed=7, rate_qps=30)
             run("vllm", arrivals, prompts, outputs, predictor=linear(kv_ms=0.01), kv_blocks=120, block_size=8,

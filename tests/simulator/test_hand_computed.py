@@ -80,7 +80,7 @@ def test_kv_tokens_reach_the_predictor():
 
 
 def test_latency_fields_follow_from_token_times():
-    a, b, out = timelines("vllm")
+    _a, _b, out = timelines("vllm")
     r = out.records
     assert r.first_token_s.tolist() == pytest.approx([0.018, 0.034])
     assert r.completed_s.tolist() == pytest.approx([0.072, 0.048])
