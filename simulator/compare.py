@@ -456,12 +456,12 @@ RUN_TO_RUN_HEADER = ("| run | TTFT p50 ms first / second | second vs first | sim
 def run_to_run_rows(comparisons: list[RunComparison], repeat_root: Path) -> list[dict]:
     """For every compared run with a repeat of the same name under repeat_root: the target metrics of both
     executions and the simulation."""
+    repeats = {d.name: d for d in find_runs([repeat_root])}
     rows = []
     for c in comparisons:
-        repeat_dir = next((d for d in find_runs([repeat_root]) if d.name == c.name), None)
-        if repeat_dir is None:
+        if c.name not in repeats:
             continue
-        repeat = read_run(repeat_dir)
+        repeat = read_run(repeats[c.name])
         second = latency_metrics(repeat["requests"], repeat["token_times"])
         rows.append({"run": c.name, **{f"{key}_{which}": values[key] for key in TARGET_METRICS
                                        for which, values in (("first", c.measured), ("second", second),
@@ -506,11 +506,15 @@ def host_terms(cpu_option: str, floor_option: str, runs: list[Path], predictors:
     """(what compare_run simulates with, a sentence saying what that is) from the two CLI options."""
     from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD, CpuOverhead, cpu_overhead
 
+    default = DEFAULT_CPU_OVERHEAD
+    default_cpu = f"{default.fixed_s * 1e3:.3f} ms + {default.per_sequence_s * 1e3:.4f} ms per sequence"
     if cpu_option == "default" and floor_option == "default":
-        return "config", ("the runtime model's default host terms (simulator/runtime/cpu_overhead.py): CPU "
-                          "overhead 0.350 ms + 0.0015 ms per sequence, eager-launch floor 0.4885 ms per layer (soft maximum, p = 6)")
+        return "config", (f"the runtime model's default host terms (simulator/runtime/cpu_overhead.py): CPU "
+                          f"overhead {default_cpu}, eager-launch floor "
+                          f"{default.eager_floor_s_per_layer * 1e3:.4f} ms per layer (soft maximum, "
+                          f"p = {default.eager_overlap_exponent:g})")
     if cpu_option == "default":
-        cpu, setting = DEFAULT_CPU_OVERHEAD, "the default CPU overhead (0.350 ms + 0.0015 ms per sequence)"
+        cpu, setting = default, f"the default CPU overhead ({default_cpu})"
     elif cpu_option == "measured":
         fixed = measured_cpu_overhead_s(runs)
         cpu, setting = CpuOverhead(fixed), f"the measured CPU overhead, {fixed * 1e3:.3f} ms per iteration"
@@ -520,9 +524,10 @@ def host_terms(cpu_option: str, floor_option: str, runs: list[Path], predictors:
         except ValueError:
             raise SystemExit(f"--cpu-overhead {cpu_option!r}: expected default, measured, vllm_v0 or "
                              f"seconds") from None
-        setting = f"a CPU overhead of {cpu.fixed_s * 1e3:.3f} ms + {cpu.per_sequence_s * 1e3:.4f} ms per sequence"
+        setting = (f"a CPU overhead of {cpu.fixed_s * 1e3:.3f} ms + {cpu.per_sequence_s * 1e3:.4f} ms "
+                   f"per sequence")
     if floor_option == "default":
-        floor = DEFAULT_CPU_OVERHEAD.eager_floor_s_per_layer
+        floor = default.eager_floor_s_per_layer
     elif floor_option == "measured":
         layers = {json.loads((Path(r) / "config.json").read_text())["model"]["num_layers"] for r in runs}
         if len(layers) != 1:

@@ -40,9 +40,9 @@ class StaleResultsError(ConfigError):
     """A results directory holds results computed by other code or profiles."""
 
 
-def check_fingerprint(out_dir: Path, fingerprint: dict, finished: int, results_file: str) -> None:
+def check_fingerprint(out_dir: Path, fingerprint: dict, finished: int, results_files: tuple[str, ...]) -> None:
     """Record `fingerprint` in out_dir, or refuse when the `finished` results already there (in
-    `results_file`) were computed under another one. A directory from before fingerprints is adopted."""
+    `results_files`) were computed under another one. A directory from before fingerprints is adopted."""
     path = Path(out_dir) / FINGERPRINT_JSON
     if path.exists() and finished:
         recorded = json.loads(path.read_text())
@@ -51,5 +51,6 @@ def check_fingerprint(out_dir: Path, fingerprint: dict, finished: int, results_f
             raise StaleResultsError(
                 f"{out_dir}: its {finished} finished points were computed with other "
                 f"{' and '.join(changed)} ({path}: {recorded}, now {fingerprint}); resuming would mix the two. "
-                f"Write to a new --out directory, or move {Path(out_dir) / results_file} away to recompute here.")
+                f"Write to a new --out directory, or move {' and '.join(results_files)} out of {out_dir} to "
+                f"recompute there.")
     path.write_text(json.dumps(fingerprint, indent=2) + "\n")

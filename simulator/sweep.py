@@ -316,7 +316,7 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     done = read_records(out_dir)
     if fingerprint is not None:
-        check_fingerprint(out_dir, fingerprint, finished=len(done), results_file=RESULTS_JSONL)
+        check_fingerprint(out_dir, fingerprint, finished=len(done), results_files=(RESULTS_JSONL,))
     finished = set(DONE_STATUSES) | (set() if retry_failed else {"error"})
     infeasible = infeasible or {}
     todo, skipped = [], 0

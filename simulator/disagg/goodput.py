@@ -141,7 +141,8 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
     curve = pd.read_csv(curve_path) if curve_path.exists() else pd.DataFrame()
     goodput = pd.read_csv(goodput_path) if goodput_path.exists() else pd.DataFrame()
     if fingerprint is not None:
-        check_fingerprint(out, fingerprint, finished=len(curve) + len(goodput), results_file="curve.csv")
+        check_fingerprint(out, fingerprint, finished=len(curve) + len(goodput),
+                          results_files=(curve_path.name, goodput_path.name))
     (out / "experiment.json").write_text(json.dumps(spec, indent=2) + "\n")
     num_requests = int(spec.get("num_requests", 1000))
     target = float(spec.get("target", 0.9))
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _, goodput = run_experiment(spec, args.out, fingerprint=results_fingerprint())
     except StaleResultsError as e:
-        raise SystemExit(f"goodput: {e} (and goodput.csv)") from None
+        raise SystemExit(f"goodput: {e}") from None
     print(goodput.to_string(index=False))
 
 

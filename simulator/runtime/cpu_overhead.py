@@ -22,10 +22,11 @@ meets the per-iteration fidelity target in 24 of 24 measured runs (docs/fidelity
 floor, from the same runs: 15.631 ms of GPU span for a 32-layer forward pass whose kernels take less than
 the host's median launch time (14.5 ms), i.e. 0.4885 ms per layer (simulator.compare.measured_eager_floor_s;
 which iterations count as launch-bound depends on the runtime model's kernel times: with the dense-ladder
-profiles it reads 15.665 ms, cpu_overhead.json's "eager_floor_ms", 0.2 % more, left as it was). The exponent p = 6 minimises the median error of the GPU span
-of the 2,314 eager iterations of those runs (3.1 %, mean -1.6 %; no floor: 5.0 %, mean -10.0 %; a hard
-maximum, p = infinity: 4.5 %, mean -4.4 %; p = 4 / 8: 4.8 / 3.4 %; runtime model of the dense-ladder
-H100 profiles). CUDA graphs are captured up to 256 sequences, as vLLM does.
+profiles it reads 15.665 ms, cpu_overhead.json's "eager_floor_ms", 0.2 % more, left as it was). The
+exponent p = 6 minimises the median error of the GPU span of the 2,314 eager iterations of those runs
+(3.1 %, mean -1.6 %; no floor: 5.0 %, mean -10.0 %; a hard maximum, p = infinity: 4.5 %, mean -4.4 %;
+p = 4 / 8: 4.8 / 3.4 %; runtime model of the dense-ladder H100 profiles). CUDA graphs are captured up to
+256 sequences, as vLLM does.
 
 VLLM_V0_CPU_OVERHEAD: a least-squares line through Vidur's published vLLM measurements on one A100 with
 Llama-2-7B at TP1 (microsoft/vidur, data/profiling/a100/cpu_overheads.csv, medians of SCHEDULE +

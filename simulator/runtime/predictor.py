@@ -158,7 +158,7 @@ class RuntimePredictor:
         self._stage_tokens, self._stage_seqs, self._stage_attention = [], [], []
         # Host terms (simulator/runtime/cpu_overhead.py): the eager-launch floor of each stage's GPU time
         # and the CPU overhead, which stage 0 pays before its GPU work.
-        self._stage_floor_s = [float(layers) * cpu.eager_floor_s_per_layer for layers in self.stage_layers]
+        self._stage_floor_s = self.stage_layers * cpu.eager_floor_s_per_layer
         self._has_floor = cpu.eager_floor_s_per_layer > 0
         for s, layers in enumerate(self.stage_layers):
             tokens_ms = per_layer * layers + (v["send"] if s < last else 0.0)
@@ -194,7 +194,7 @@ class RuntimePredictor:
         gpu_s = np.array([(tokens.at(num_tokens) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
                           in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
         if eager:
-            gpu_s = self.cpu.eager_gpu_s(gpu_s, np.asarray(self._stage_floor_s))
+            gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s)
         gpu_s[0] += self.cpu.seconds(n)
         return gpu_s
 
@@ -219,7 +219,7 @@ class RuntimePredictor:
         gpu_s = np.column_stack([(tokens.at(n) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
                                  in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
         if eager:
-            gpu_s = self.cpu.eager_gpu_s(gpu_s, np.asarray(self._stage_floor_s))
+            gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s)
         gpu_s[:, 0] += self.cpu.seconds(n)
         return gpu_s
 
