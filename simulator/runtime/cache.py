@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.paths import REPO_ROOT
-from simulator.runtime.fit import FamilyScore, FittedRuntime
+from simulator.runtime.fitted import FamilyScore, FittedRuntime
 
 CACHE_ENV = "SERVESIM_CACHE_DIR"
 

@@ -8,10 +8,7 @@ coefficients and oblivious trees), so it can be cached as .npz without pickle an
 """
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +20,15 @@ from profiler.grid import COARSE_TOKEN_LADDER
 from profiler.schema import OP_NAMES
 from simulator.config import HardwareConfig, ModelConfig
 from simulator.runtime import features as F
+from simulator.runtime.fitted import (  # noqa: F401 - fit's results, re-exported
+    GRID_DENSE_TOKENS,
+    GRID_MAX_TOKENS,
+    TARGET_MEDIAN_PCT,
+    TARGET_P95_PCT,
+    FamilyScore,
+    FittedRuntime,
+    code_version,
+)
 from simulator.runtime.model import (
     ResidualBoostedRegressor,
     ResidualInterpolatedRegressor,
@@ -31,15 +37,6 @@ from simulator.runtime.model import (
     TreeRegressor,
 )
 from simulator.runtime.tables import ProfileError, ProfileFiles, read_attention, read_meta, read_ops
-
-# Token grid the op times are tabulated on: every count up to GRID_DENSE_TOKENS, then log-spaced.
-GRID_DENSE_TOKENS = 32768
-GRID_MAX_TOKENS = 1 << 22
-
-# Error targets of issue 4 (held-out absolute percentage error); families are ranked by how far
-# they are from them: score = max(median / 3 %, p95 / 10 %).
-TARGET_MEDIAN_PCT = 3.0
-TARGET_P95_PCT = 10.0
 
 GEMM_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down", "lm_head")
 # Families the hot path can evaluate in microseconds (attention is evaluated per iteration). Decode-only
@@ -51,20 +48,6 @@ FAST_ATTENTION_FAMILIES = {
     "decode": ("roofline_linear", "roofline_max", "roofline_sum_max"),
 }
 FAST_ATTENTION_FAMILIES["all"] = FAST_ATTENTION_FAMILIES["decode"]
-
-# Files whose code determines a cached fit (the calibration is computed through the predictor); their
-# bytes are part of the cache key.
-_CODE_FILES = ("features.py", "model.py", "fit.py", "tables.py", "predictor.py", "attention_time.py")
-
-
-def code_version() -> str:
-    """sha256 of the fitting code, so a cache written by other code is never reused."""
-    here = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in _CODE_FILES:
-        digest.update((here / name).read_bytes())
-    return digest.hexdigest()[:16]
-
 
 def token_op_families() -> dict:
     """Candidate families for a token-wise op (X = features.TOKEN_FEATURES columns)."""
@@ -136,19 +119,6 @@ def attention_kind_masks(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 def percent_errors(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """Absolute percentage errors."""
     return np.abs(np.asarray(predicted) / np.asarray(measured) - 1.0) * 100.0
-
-
-@dataclass
-class FamilyScore:
-    """Held-out accuracy of one family on one op."""
-
-    median_pct: float
-    p95_pct: float
-    num_points: int
-
-    @property
-    def score(self) -> float:
-        return max(self.median_pct / TARGET_MEDIAN_PCT, self.p95_pct / TARGET_P95_PCT)
 
 
 def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int = 5) -> np.ndarray:
@@ -229,41 +199,6 @@ def gemm_out_features(model: ModelConfig, tp: int) -> dict[str, int]:
         "mlp_down": model.hidden_size,
         "lm_head": -(-model.vocab_size // tp),
     }
-
-
-@dataclass
-class FittedRuntime:
-    """Everything the predictor needs, as arrays: the fitted model of one (model, GPU, tp)."""
-
-    model_name: str
-    hardware_profile: str
-    tp: int
-    grid_tokens: np.ndarray  # (G,) token counts
-    op_ms: dict[str, np.ndarray]  # op name -> (G,) predicted ms of one launch at each grid count
-    attention_family: str
-    attention_coef: np.ndarray  # (1 + branches, features): time_ms = a.x + max_g(b_g.x)
-    attention_trees: dict[str, np.ndarray] | None  # oblivious-tree arrays, or None (linear only)
-    attention_q_heads: int
-    attention_kv_heads: int
-    attention_block_m: int
-    num_sms: int
-    # The model of decode-only launches when fitted apart (attention_* above then covers the launches
-    # with a prefill chunk); None: attention_* covers every launch.
-    decode_attention_family: str = ""
-    decode_attention_coef: np.ndarray | None = None
-    decode_attention_trees: dict[str, np.ndarray] | None = None
-    # measured whole iteration ~= calibration_scale x (sum of kernel times) + calibration_layer_ms x layers
-    # (see fit_iteration_calibration); 1 and 0 when no iterations were measured.
-    calibration_scale: float = 1.0
-    calibration_layer_ms: float = 0.0
-    calibration_rows: int = 0
-    chosen: dict[str, str] = field(default_factory=dict)  # op -> family kept
-    scores: dict[str, dict[str, FamilyScore]] = field(default_factory=dict)  # op -> family -> score
-    fit_seconds: float = 0.0
-
-    def attention_shape(self) -> F.AttentionShape:
-        return F.AttentionShape(q_heads=self.attention_q_heads, kv_heads=self.attention_kv_heads,
-                                block_m=self.attention_block_m, num_sms=self.num_sms)
 
 
 def peaks_for(hardware: HardwareConfig, meta: dict) -> F.Peaks:

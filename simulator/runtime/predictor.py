@@ -42,13 +42,7 @@ from simulator.runtime.attention_time import AttentionTime
 from simulator.runtime.comm import comm_curve
 from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
 from simulator.runtime.features import batch_attention_features
-from simulator.runtime.fit import (
-    GRID_DENSE_TOKENS,
-    FittedRuntime,
-    code_version,
-    fit_iteration_calibration,
-    fit_runtime,
-)
+from simulator.runtime.fitted import GRID_DENSE_TOKENS, FittedRuntime, code_version
 from simulator.runtime.tables import (
     ProfileFiles,
     file_digest,
@@ -109,7 +103,9 @@ class RuntimePredictor:
     """IterationTimePredictor (simulator/predictor.py) backed by a FittedRuntime."""
 
     def __init__(self, fitted: FittedRuntime, model: ModelConfig, pp: int, cpu: CpuOverhead,
-                 comm_frame=None, comm_path: Path | None = None):
+                 comm_frame=None, comm_path: Path | None = None, communication: bool = True):
+        """communication=False leaves the all-reduces and sends out: kernel times of one GPU's shard only
+        (what a whole-iteration validation run measures, see kernel_sum_ms)."""
         self.fitted = fitted
         self.model = model
         self.tp = fitted.tp
@@ -124,11 +120,11 @@ class RuntimePredictor:
         activation_bytes = grid * model.hidden_size * model.dtype_bytes  # N tokens x hidden
         zeros = np.zeros_like(grid)
         all_reduce = send = None
-        if (fitted.tp > 1 or pp > 1) and comm_frame is None:
+        if communication and (fitted.tp > 1 or pp > 1) and comm_frame is None:
             raise ConfigError("tp > 1 or pp > 1 needs the communication tables (comm.csv)")
-        if fitted.tp > 1:
+        if communication and fitted.tp > 1:
             all_reduce = comm_curve(comm_frame, comm_path, "all_reduce", fitted.tp)
-        if pp > 1:
+        if communication and pp > 1:
             send = comm_curve(comm_frame, comm_path, "send_recv", 2)
         layer_comm = 2 * all_reduce.ms(activation_bytes) if all_reduce else zeros
         # All-gather of per-rank logits shards (n x vocab/tp) moves as many bytes per rank as an
@@ -287,6 +283,8 @@ def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files:
     ])
     fitted = cache.load(key, version, cache_directory)
     if fitted is None:
+        from simulator.runtime.fit import fit_runtime  # scikit-learn and SciPy: only when fitting
+
         fitted = fit_runtime(model, hardware, tp, files, progress=progress)
         if validation is not None and validation.exists():
             calibrate(fitted, model, read_iterations(validation))
@@ -297,21 +295,32 @@ def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files:
     return fitted
 
 
+def kernel_sum_ms(fitted: FittedRuntime, model: ModelConfig, iterations) -> np.ndarray:
+    """The uncalibrated sum of kernel times of each measured whole iteration (rows of read_iterations):
+    what fit_iteration_calibration scales. No CPU overhead, and no communication: a validation run times
+    one TP shard's forward on one GPU (docs/profiler.md)."""
+    raw = dataclasses.replace(fitted, calibration_scale=1.0, calibration_layer_ms=0.0)
+    predictors: dict[int, RuntimePredictor] = {}
+    summed = np.empty(len(iterations))
+    for i, row in enumerate(iterations.itertuples()):
+        layers = int(row.num_layers)  # a validation run may time fewer layers than the model has
+        if layers not in predictors:
+            predictors[layers] = RuntimePredictor(raw, dataclasses.replace(model, num_layers=layers), 1,
+                                                  CpuOverhead(0.0), communication=False)
+        summed[i] = predictors[layers].stage_times_s(row.composition[:, 0], row.composition[:, 1]).sum() * 1e3
+    return summed
+
+
 def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations) -> None:
     """Set fitted's calibration from measured whole iterations of the same TP degree (else none)."""
+    from simulator.runtime.fit import fit_iteration_calibration  # SciPy: only when fitting
+
     rows = iterations[iterations["tp"] == fitted.tp]
     if len(rows) < 10:
         return
-    summed, layers = [], []
-    for row in rows.itertuples():
-        shaped = dataclasses.replace(model, num_layers=int(row.num_layers))
-        raw = RuntimePredictor(dataclasses.replace(fitted, calibration_scale=1.0, calibration_layer_ms=0.0),
-                               shaped, 1, CpuOverhead(0.0))
-        q, kv = row.composition[:, 0], row.composition[:, 1]
-        summed.append(raw.stage_times_s(q, kv).sum() * 1e3)
-        layers.append(int(row.num_layers))
     fitted.calibration_scale, fitted.calibration_layer_ms = fit_iteration_calibration(
-        np.array(summed), rows["time_ms"].to_numpy(dtype=float), np.array(layers, dtype=float))
+        kernel_sum_ms(fitted, model, rows), rows["time_ms"].to_numpy(dtype=float),
+        rows["num_layers"].to_numpy(dtype=float))
     fitted.calibration_rows = len(rows)
 
 

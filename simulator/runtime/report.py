@@ -11,7 +11,6 @@ forward passes of data/validation/<gpu>/<model>/iterations.csv.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,6 @@ from sklearn.base import clone
 from profiler.schema import OP_NAMES
 from simulator.config import HardwareConfig, ModelConfig, load_hardware_config, load_model_config
 from simulator.paths import DATA_DIR, PROFILES_DIR, REPO_ROOT
-from simulator.runtime import features as F
-from simulator.runtime.cpu_overhead import CpuOverhead
 from simulator.runtime.fit import (
     COARSE,
     KEPT_PER_KIND,
@@ -43,7 +40,7 @@ from simulator.runtime.fit import (
     token_op_data,
     token_op_families,
 )
-from simulator.runtime.predictor import RuntimePredictor, build_predictor
+from simulator.runtime.predictor import build_predictor, fitted_runtime, kernel_sum_ms
 from simulator.runtime.tables import (
     profile_files,
     read_attention,
@@ -139,24 +136,17 @@ def attention_detail(fitted: FittedRuntime, attention: pd.DataFrame) -> list[str
     return lines
 
 
-def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path) -> tuple[list[str], dict]:
-    """Predicted vs measured whole iterations (CPU overhead 0): the bottom-up sum of kernel times, and
-    the same calibrated (fit_iteration_calibration) with 5-fold cross-validation over the rows."""
+def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path, tp: int = 1) -> tuple[list[str], dict]:
+    """Predicted vs measured whole iterations of one TP shard (CPU overhead and communication 0): the
+    bottom-up sum of kernel times, and the same calibrated (fit_iteration_calibration) with 5-fold
+    cross-validation over the rows."""
     from sklearn.model_selection import KFold
 
     frame = read_iterations(path)
-    frame = frame[frame["tp"] == 1].reset_index(drop=True)
-    fitted = build_predictor(model, hardware, 1, 1, cpu_overhead_s=0.0).fitted
-    raw_fit = dataclasses.replace(fitted, calibration_scale=1.0, calibration_layer_ms=0.0)
-    summed = np.empty(len(frame))
+    frame = frame[frame["tp"] == tp].reset_index(drop=True)
+    fitted = fitted_runtime(model, hardware, tp, profile_files(model, hardware))
+    summed = kernel_sum_ms(fitted, model, frame)
     layers = frame["num_layers"].to_numpy(dtype=float)
-    predictors: dict[int, RuntimePredictor] = {}
-    for i, row in enumerate(frame.itertuples()):
-        if row.num_layers not in predictors:  # validation may run fewer layers than the model
-            shaped = dataclasses.replace(model, num_layers=int(row.num_layers))
-            predictors[row.num_layers] = RuntimePredictor(raw_fit, shaped, 1, CpuOverhead(0.0))
-        q, kv = F.composition_arrays(row.composition)
-        summed[i] = predictors[row.num_layers].stage_times_s(q, kv).sum() * 1e3
     measured = frame["time_ms"].to_numpy(dtype=float)
     calibrated = np.empty(len(frame))
     for train, test in KFold(n_splits=5, shuffle=True, random_state=0).split(summed):
@@ -230,9 +220,11 @@ def model_section(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Pa
         vmeta = read_meta(path.parent / "meta.json")
         what = vmeta.get("time_ms") or vmeta.get("what") or "time_ms column (see its meta.json)"
         lines += [(f"`{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`: {what}. "
-                  "Predicted with CPU overhead 0 (the measurement is GPU time only)."), ""]
-        table, _ = iteration_table(model, hardware, path)
-        lines += table
+                  "Predicted with CPU overhead 0 (the measurement is GPU time only) and, for a TP shard, "
+                  "without its all-reduces (the run times one GPU's shard)."), ""]
+        for tp in sorted(set(read_iterations(path)["tp"].tolist())):
+            table, _ = iteration_table(model, hardware, path, tp)
+            lines += [f"#### tp={tp}", "", *table, ""]
     else:
         lines.append(f"No whole-iteration measurements yet ({path} does not exist).")
     return lines + [""]

@@ -9,7 +9,7 @@ from synthetic import NO_PROFILE_GPU, TEST_GPU, TINY_MODEL, write_profiles
 
 from simulator.config import ConfigError, load_hardware_config, load_model_config
 from simulator.runtime import ProfileError, build_predictor, cache
-from simulator.runtime import predictor as predictor_module
+from simulator.runtime import fit as fit_module  # the predictor imports fit_runtime from here when it fits
 
 
 @pytest.fixture()
@@ -25,13 +25,13 @@ def count_fits(monkeypatch, make_predictor=None):
     """Record calls to fit_runtime. With `make_predictor`, answer them with the session's fit instead of
     fitting again (these tests are about when a fit happens, not what it learns)."""
     calls = []
-    real = predictor_module.fit_runtime
+    real = fit_module.fit_runtime
 
     def counting(*args, **kwargs):
         calls.append(args)
         return make_predictor().fitted if make_predictor else real(*args, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "fit_runtime", counting)
+    monkeypatch.setattr(fit_module, "fit_runtime", counting)
     return calls
 
 
@@ -141,3 +141,14 @@ def test_malformed_table_names_file_and_line(tmp_path):
     frame.to_csv(attention, index=False)
     with pytest.raises(ProfileError, match=r"attention\.csv, line 4: time_ms"):
         build_predictor(TINY_MODEL, TEST_GPU, 1, 1, profiles_dir=profiles, cache_directory=tmp_path / "c")
+
+
+def test_a_cached_fit_loads_without_scikit_learn_or_scipy():
+    """Start-up of a simulation whose fit is cached: fitting code (scikit-learn, SciPy) stays unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import simulator.runtime, simulator.run; "
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
