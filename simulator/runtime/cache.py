@@ -62,7 +62,7 @@ def save(fitted: FittedRuntime, key: str, version: str, directory: Path | None =
         "attention_block_m": fitted.attention_block_m, "num_sms": fitted.num_sms,
         "chosen": fitted.chosen, "fit_seconds": fitted.fit_seconds,
         "calibration_scale": fitted.calibration_scale, "calibration_layer_ms": fitted.calibration_layer_ms,
-        "calibration_rows": fitted.calibration_rows,
+        "calibration_rows": fitted.calibration_rows, "calibration_source": fitted.calibration_source,
         "scores": {op: {fam: asdict(s) for fam, s in fams.items()} for op, fams in fitted.scores.items()},
     }
     _atomic_write(directory / f"{key}.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
@@ -95,6 +95,7 @@ def load(key: str, version: str, directory: Path | None = None) -> FittedRuntime
             chosen=dict(meta["chosen"]), fit_seconds=float(meta["fit_seconds"]),
             calibration_scale=float(meta["calibration_scale"]),
             calibration_layer_ms=float(meta["calibration_layer_ms"]), calibration_rows=int(meta["calibration_rows"]),
+            calibration_source=str(meta["calibration_source"]),
             scores={op: {fam: FamilyScore(**s) for fam, s in fams.items()} for op, fams in meta["scores"].items()},
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):

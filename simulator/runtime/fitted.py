@@ -76,6 +76,9 @@ class FittedRuntime:
     calibration_scale: float = 1.0
     calibration_layer_ms: float = 0.0
     calibration_rows: int = 0
+    # Where the calibration comes from: "" (none), "measured" (this model and TP degree), or "borrowed from
+    # <model> tp=<n>, ..." (none measured here: predictor.borrow_calibration).
+    calibration_source: str = ""
     chosen: dict[str, str] = field(default_factory=dict)  # op -> family kept
     scores: dict[str, dict[str, FamilyScore]] = field(default_factory=dict)  # op -> family -> score
     fit_seconds: float = 0.0

@@ -226,7 +226,9 @@ def model_section(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Pa
             table, _ = iteration_table(model, hardware, path, tp)
             lines += [f"#### tp={tp}", "", *table, ""]
     else:
-        lines.append(f"No whole-iteration measurements yet ({path} does not exist).")
+        lines.append(f"No whole-iteration measurements yet ({path} does not exist). The predictor's calibration "
+                     f"is {fitted.calibration_source or 'none'}: measured ~= {fitted.calibration_scale:.4f} x summed "
+                     f"kernel times + {fitted.calibration_layer_ms * 1e3:.1f} us per layer.")
     return lines + [""]
 
 

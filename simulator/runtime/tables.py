@@ -155,6 +155,11 @@ def validation_csv(model: ModelConfig, hardware: HardwareConfig, data_dir: Path 
     return Path(data_dir) / "validation" / hardware.profile / model.name / "iterations.csv"
 
 
+def validation_csvs(hardware: HardwareConfig, data_dir: Path = DATA_DIR) -> list[Path]:
+    """Every data/validation/<gpu>/<model>/iterations.csv of `hardware`'s GPU, sorted by model."""
+    return sorted((Path(data_dir) / "validation" / hardware.profile).glob("*/iterations.csv"))
+
+
 def read_iterations(path: Path) -> pd.DataFrame:
     """Whole-iteration measurements with compositions parsed."""
     frame = _read_csv(path, ITERATION_COLUMNS)
