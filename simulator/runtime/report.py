@@ -183,6 +183,11 @@ def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path, tp
     return lines, summary
 
 
+def _shown(path: Path) -> Path:
+    """A path as the report prints it: relative to the repository when inside it."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def _batch_kind(comp: np.ndarray) -> str:
     decodes = int((comp[:, 0] == 1).sum())
     return "decode" if decodes == len(comp) else "prefill" if decodes == 0 else "mixed"
@@ -197,7 +202,7 @@ def model_section(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Pa
     meta = read_meta(files.meta_json)
     backend = meta.get("attention_backend") or meta.get("backend") or "see meta.json"
     lines = [f"## {model.name} on {hardware.name} (tp=1)", "",
-             (f"Profile: `{files.profile_dir.relative_to(REPO_ROOT) if files.profile_dir.is_relative_to(REPO_ROOT) else files.profile_dir}` "
+             (f"Profile: `{_shown(files.profile_dir)}` "
              f"(attention backend: {backend}). Fit time {fitted.fit_seconds:.1f} s "
              f"(this build {time.perf_counter() - start:.1f} s, cached fits load in well under a second)."), "",
              "### Per op, held out by grid region", "",
@@ -219,14 +224,14 @@ def model_section(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Pa
     if path.exists():
         vmeta = read_meta(path.parent / "meta.json")
         what = vmeta.get("time_ms") or vmeta.get("what") or "time_ms column (see its meta.json)"
-        lines += [(f"`{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`: {what}. "
+        lines += [(f"`{_shown(path)}`: {what}. "
                   "Predicted with CPU overhead 0 (the measurement is GPU time only) and, for a TP shard, "
                   "without its all-reduces (the run times one GPU's shard)."), ""]
         for tp in sorted(set(read_iterations(path)["tp"].tolist())):
             table, _ = iteration_table(model, hardware, path, tp)
             lines += [f"#### tp={tp}", "", *table, ""]
     else:
-        lines.append(f"No whole-iteration measurements yet ({path} does not exist). The predictor's calibration "
+        lines.append(f"No whole-iteration measurements yet ({_shown(path)} does not exist). The predictor's calibration "
                      f"is {fitted.calibration_source or 'none'}: measured ~= {fitted.calibration_scale:.4f} x summed "
                      f"kernel times + {fitted.calibration_layer_ms * 1e3:.1f} us per layer.")
     return lines + [""]
