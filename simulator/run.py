@@ -223,7 +223,8 @@ def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int,
         "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": cfg.cluster.num_replicas,
         "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
         "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
-        "predictor": type(predictor).__name__, "seed": cfg.seed,
+        "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
+        "seed": cfg.seed,
         "kv_blocks_per_engine": kv_blocks_per_engine, "kv_block_size": cfg.cluster.block_size,
     }
 

@@ -170,6 +170,13 @@ class RuntimePredictor:
             self._stage_seqs.append(TokenTable(grid, seqs_ms * 1e-3))
             self._stage_attention.append(self._scale * float(layers) * 1e-3)
 
+    @property
+    def calibration(self) -> dict:
+        """How kernel times are mapped to whole forwards (docs/runtime_model.md), for run summaries."""
+        f = self.fitted
+        return {"scale": f.calibration_scale, "per_layer_ms": f.calibration_layer_ms,
+                "source": f.calibration_source or "none", "measured_rows": f.calibration_rows}
+
     # ------------------------------------------------------------------ protocol
 
     def stage_times_s(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:

@@ -78,3 +78,8 @@ def test_nothing_measured_leaves_the_fit_uncalibrated(monkeypatch):
     monkeypatch.setattr(predictor_module, "validation_csvs", lambda hardware: [])
     fitted = borrow("yi-34b", 2)
     assert (fitted.calibration_scale, fitted.calibration_layer_ms, fitted.calibration_source) == (1.0, 0.0, "")
+
+
+def test_the_predictor_reports_its_calibration_for_run_summaries(make_predictor):
+    predictor = make_predictor()  # synthetic profiles, nothing measured on their GPU
+    assert predictor.calibration == {"scale": 1.0, "per_layer_ms": 0.0, "source": "none", "measured_rows": 0}
