@@ -24,7 +24,7 @@ def bare_fit(model_name: str, tp: int) -> FittedRuntime:
 def measured_gpu(monkeypatch, tmp_path):
     """Validation files for MEASURED (12 rows each) plus one too short to calibrate; fits answered from MEASURED."""
     paths = []
-    for (name, tp), _ in MEASURED.items():
+    for name, tp in MEASURED:
         path = tmp_path / name / "iterations.csv"
         path.parent.mkdir(exist_ok=True)
         pd.DataFrame({"tp": [tp] * 12}).to_csv(path, index=False)
