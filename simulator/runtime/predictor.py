@@ -312,9 +312,8 @@ def borrow_calibration(fitted: FittedRuntime, hardware: HardwareConfig, files: P
     """Calibrate a fit whose model and TP degree have no measured whole iterations from those measured
     on the same GPU: the same model at another TP degree (the nearest), else the mean over the other
     models. The calibration is a property of the GPU and of running a forward pass kernel after kernel
-    (fit_iteration_calibration); measured, it differs little between models (H100: x1.067 llama-2-7b,
-    x1.058 llama-3-8b; H200: x1.047 and x1.024, + 7-10 us per layer), while no calibration at all
-    leaves every prediction about 6 % fast."""
+    (fit_iteration_calibration): measured, it differs by 1-2 % between models of one GPU, while none at
+    all leaves every prediction about 6 % fast (docs/runtime_model.md)."""
     sources = []  # (model, tp) measured on this GPU with enough rows to calibrate
     for path in validation_csvs(hardware):
         counts = read_iterations(path)["tp"].value_counts()
