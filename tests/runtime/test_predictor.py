@@ -206,3 +206,25 @@ def test_token_op_tables_pass_through_every_measured_point(make_predictor, profi
         measured = rows.groupby("num_tokens")["time_ms"].apply(lambda t: np.exp(np.log(t).mean()))
         at = np.searchsorted(grid, measured.index.to_numpy(dtype=float))
         np.testing.assert_allclose(fitted.op_ms[op][at], measured.to_numpy(), rtol=1e-9, err_msg=op)
+
+
+def test_one_row_tree_factor_equals_the_vectorised_one(make_predictor, profiles_dir):
+    """The hot path's factor_one (one batch with a chunk) and factor (feature rows of a decode run)
+    evaluate the same exported trees to the same bits."""
+    from simulator.runtime.attention_time import _Trees
+    from simulator.runtime.features import attention_feature_table
+    from simulator.runtime.fit import attention_data, attention_families, export_attention
+    from simulator.runtime.tables import read_attention
+
+    base = make_predictor()
+    frame = read_attention(profiles_dir / "testgpu" / TINY_MODEL.name / "attention.csv", 1)
+    X, y = attention_data(frame, base.fitted.attention_shape())
+    _, trees = export_attention(attention_families()["roofline_max_x_boosted_trees"].fit(X, y))
+    evaluate = _Trees(trees)
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        q = rng.integers(1, 2048, size=int(rng.integers(1, 12)))
+        q[1:] = np.where(rng.random(len(q) - 1) < 0.7, 1, q[1:])
+        row = attention_feature_table([np.column_stack([q, rng.integers(0, 4000, size=len(q))])],
+                                      base.fitted.attention_shape())
+        assert evaluate.factor_one(row[0].tolist()) == evaluate.factor(row)[0]
