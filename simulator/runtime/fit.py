@@ -20,15 +20,7 @@ from profiler.grid import COARSE_TOKEN_LADDER
 from profiler.schema import OP_NAMES
 from simulator.config import HardwareConfig, ModelConfig
 from simulator.runtime import features as F
-from simulator.runtime.fitted import (  # noqa: F401 - fit's results, re-exported
-    GRID_DENSE_TOKENS,
-    GRID_MAX_TOKENS,
-    TARGET_MEDIAN_PCT,
-    TARGET_P95_PCT,
-    FamilyScore,
-    FittedRuntime,
-    code_version,
-)
+from simulator.runtime.fitted import GRID_DENSE_TOKENS, GRID_MAX_TOKENS, FamilyScore, FittedRuntime
 from simulator.runtime.model import (
     ResidualBoostedRegressor,
     ResidualInterpolatedRegressor,

@@ -25,9 +25,6 @@ from simulator.paths import DATA_DIR, PROFILES_DIR, REPO_ROOT
 from simulator.runtime.fit import (
     COARSE,
     KEPT_PER_KIND,
-    TARGET_MEDIAN_PCT,
-    TARGET_P95_PCT,
-    FittedRuntime,
     attention_data,
     attention_families,
     attention_kind_masks,
@@ -40,6 +37,7 @@ from simulator.runtime.fit import (
     token_op_data,
     token_op_families,
 )
+from simulator.runtime.fitted import TARGET_MEDIAN_PCT, TARGET_P95_PCT, FittedRuntime
 from simulator.runtime.predictor import build_predictor, fitted_runtime, kernel_sum_ms
 from simulator.runtime.tables import (
     profile_files,
