@@ -50,6 +50,10 @@ def format_table(result) -> str:
     for key in BREAKDOWN_KEYS:
         lines.append(f"  {key:<16}{result.breakdown_ms[key]:10.3f} ms")
     lines.append("stages           " + "  ".join(f"{ms:.3f}" for ms in result.stage_ms) + " ms")
+    if result.calibration:
+        c = result.calibration
+        lines.append(f"kernel times calibrated x{c['scale']:.4f} + {c['per_layer_ms'] * 1e3:.1f} us per layer "
+                     f"({c['source']}; docs/runtime_model.md)")
     return "\n".join(lines)
 
 

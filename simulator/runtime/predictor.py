@@ -96,6 +96,7 @@ class Breakdown:
     total_ms: float
     breakdown_ms: dict
     stage_ms: list
+    calibration: dict | None = None  # RuntimePredictor.calibration (printed by the CLI, not in as_json)
 
     def as_json(self) -> dict:
         return {"total_ms": self.total_ms, "breakdown_ms": self.breakdown_ms, "stage_ms": self.stage_ms}
@@ -274,7 +275,8 @@ class RuntimePredictor:
         }
         # Host time beyond the CPU term: the GPU waiting for an op-by-op launch (the eager-launch floor).
         out["cpu_overhead"] += max(0.0, float(stage_ms.sum()) - sum(out.values()))
-        return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist())
+        return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist(),
+                         calibration=self.calibration)
 
 
 # ---------------------------------------------------------------------- building
