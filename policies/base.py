@@ -17,25 +17,26 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
 from simulator.kv_cache import KVCache
 from simulator.request import RequestState, int_list
 
 
 @dataclass
 class Batch:
-    """One iteration's work: request i computes num_tokens[i] tokens (a prefill chunk, or 1 to decode)."""
+    """One iteration's work: request i computes num_tokens[i] tokens (a prefill chunk, or 1 to decode).
 
-    request_ids: np.ndarray  # int64
-    num_tokens: np.ndarray  # int64, same length
+    Plain lists of ints: batches hold a handful of requests, and the replica reads them one by one.
+    """
+
+    request_ids: list[int]
+    num_tokens: list[int]  # same length
 
     @classmethod
-    def of(cls, request_ids: list[int], num_tokens: list[int]) -> Batch | None:
-        """A batch from two lists; None when they are empty (nothing to run)."""
-        if not request_ids:
+    def of(cls, request_ids, num_tokens) -> Batch | None:
+        """A batch from two lists (or int arrays), copied; None when they are empty (nothing to run)."""
+        if len(request_ids) == 0:
             return None
-        return cls(np.array(request_ids, dtype=np.int64), np.array(num_tokens, dtype=np.int64))
+        return cls(list(int_list(request_ids)), list(int_list(num_tokens)))
 
     def __len__(self) -> int:
         return len(self.request_ids)

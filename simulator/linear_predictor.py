@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.config import HardwareConfig, LinearPredictorConfig, ModelConfig
+from simulator.request import int_list
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,15 @@ class LinearPredictor:
 
     def stage_times_s(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds each stage spends on the batch, shape (num_stages,)."""
-        q = np.asarray(q_tokens).tolist()  # Python sums: faster than numpy's for typical batch sizes
+        q = int_list(q_tokens)  # Python sums: faster than numpy's for typical batch sizes
         decode_tokens = q.count(1)
-        t = self._stage_time_s(sum(q) - decode_tokens, decode_tokens, sum(np.asarray(kv_tokens).tolist()))
+        t = self._stage_time_s(sum(q) - decode_tokens, decode_tokens, sum(int_list(kv_tokens)))
         return np.array([t] * self.num_stages)
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage times of `num_steps` decode iterations of the same sequences, (num_steps, num_stages)."""
         batch = len(kv_tokens)
-        kv_sum = sum(kv_tokens.tolist())
+        kv_sum = sum(int_list(kv_tokens))
         # Each step's KV term, plus the terms every step shares: the same float operations as
         # _stage_time_s (x + y == y + x exactly), so each time equals stage_times_s's for that step.
         t = np.arange(kv_sum, kv_sum + batch * num_steps, batch) * self.per_kv_token_s

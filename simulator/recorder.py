@@ -29,11 +29,10 @@ class Recorder:
     def __init__(self, kv_block_size: int):
         self.kv_block_size = kv_block_size
         self._rows = array("q")  # single iterations: ITERATION_COLUMNS values each
-        # Decode runs: 4 values per run (replica_id, batch_size, steps, KV blocks used at the start), the end
-        # and duration of every step, and the spare KV slots of every request at the start.
+        # Decode runs: 5 values per run (replica_id, batch_size, steps, KV blocks used at the start, start
+        # instant), the end of every step, and the spare KV slots of every request at the start.
         self._runs = array("q")
         self._run_end_ns = array("q")
-        self._run_duration_ns = array("q")
         self._run_spare_slots = array("q")
         # Token emissions, per event: how many requests emitted (and which), and at how many instants (when).
         self._emit_sizes = array("q")
@@ -47,14 +46,14 @@ class Recorder:
         self._rows.extend((replica_id, stage, start_ns, duration_ns, batch_size, num_prefill_tokens,
                            num_decode_tokens, kv_blocks_used))
 
-    def add_decode_run(self, replica_id: int, end_ns: np.ndarray, duration_ns: np.ndarray, batch_size: int,
+    def add_decode_run(self, replica_id: int, start_ns: int, end_ns, batch_size: int,
                        kv_blocks_used_at_start: int, spare_slots) -> None:
-        """Consecutive decode-only iterations of a pp=1 replica (int64 arrays with one entry per step). The
+        """Consecutive decode-only iterations of a pp=1 replica, the first starting at start_ns and each
+        starting when the previous ends (end_ns: one end instant per step, a list or an int array). The
         blocks in use at each step follow from the requests' spare slots (a list or an int array, one per
         request; kv_cache.decode_run_blocks_used)."""
-        self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start))
-        self._run_end_ns.frombytes(end_ns.tobytes())
-        self._run_duration_ns.frombytes(duration_ns.tobytes())
+        self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start, start_ns))
+        _append(self._run_end_ns, end_ns)
         self._run_spare_slots.fromlist(int_list(spare_slots))
 
     def emit(self, request_ids, time_ns: int) -> None:
@@ -64,13 +63,13 @@ class Recorder:
         self._emit_steps.append(1)
         self._emit_times_ns.append(time_ns)
 
-    def emit_run(self, request_ids, times_ns: np.ndarray) -> None:
+    def emit_run(self, request_ids, times_ns) -> None:
         """Each of `request_ids` (a list or an int array) emitted one token at every instant of `times_ns`
-        (int64, ascending)."""
+        (ascending; a list or an int array)."""
         self._emit_sizes.append(len(request_ids))
         self._emit_ids.fromlist(int_list(request_ids))
         self._emit_steps.append(len(times_ns))
-        self._emit_times_ns.frombytes(times_ns.tobytes())
+        _append(self._emit_times_ns, times_ns)
 
     def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
         """Every emitted token's time (seconds), request after request, and CSR offsets (num_requests + 1).
@@ -111,21 +110,24 @@ class Recorder:
         """All iteration rows, sorted by start time. Empties the iteration
         buffers, so that their memory is free before the token times are built."""
         columns = {name: [] for name in ITERATION_COLUMNS}
-        rows = runs = ends = durations = spare_slots = None
+        rows = runs = ends = starts = spare_slots = None
         if self._rows:
             rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS))
             for i, name in enumerate(ITERATION_COLUMNS):
                 columns[name].append(rows[:, i])
         if self._runs:
-            runs = np.frombuffer(self._runs, np.int64).reshape(-1, 4)
+            runs = np.frombuffer(self._runs, np.int64).reshape(-1, 5)
             steps = runs[:, 2]
             replica, batch = np.repeat(runs[:, 0], steps), np.repeat(runs[:, 1], steps)
             ends = np.frombuffer(self._run_end_ns, np.int64)
-            durations = np.frombuffer(self._run_duration_ns, np.int64)
+            # A step starts when the one before it ends; the first step of a run at the run's start.
+            starts = np.empty_like(ends)
+            starts[1:] = ends[:-1]
+            starts[np.cumsum(steps) - steps] = runs[:, 4]
             columns["replica_id"].append(replica)
             columns["stage"].append(np.zeros(len(replica), np.int64))
-            columns["start_ns"].append(ends - durations)
-            columns["duration_ns"].append(durations)
+            columns["start_ns"].append(starts)
+            columns["duration_ns"].append(ends - starts)
             columns["batch_size"].append(batch)
             columns["num_prefill_tokens"].append(np.zeros(len(replica), np.int64))
             columns["num_decode_tokens"].append(batch)
@@ -134,9 +136,8 @@ class Recorder:
                 decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps, self.kv_block_size))
         cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64)
                 for name, parts in columns.items()}
-        del columns, rows, runs, ends, durations, spare_slots  # release the buffers' views, then them
-        self._rows, self._runs, self._run_end_ns, self._run_duration_ns, self._run_spare_slots = (
-            array("q") for _ in range(5))
+        del columns, rows, runs, ends, starts, spare_slots  # release the buffers' views, then them
+        self._rows, self._runs, self._run_end_ns, self._run_spare_slots = (array("q") for _ in range(4))
         # Both row groups are nearly in time order already: a stable sort merges them quickly.
         order = np.argsort(cols["start_ns"], kind="stable")
         for name in cols:
@@ -167,3 +168,11 @@ class Recorder:
             rejected=requests.rejected, reject_reason=requests.reject_reason.copy(),
             token_times_s=token_times_s, token_offsets=token_offsets,
         )
+
+
+def _append(buffer: array, values) -> None:
+    """Append int values (a list, as the replica passes them, or an int array) to an int64 buffer."""
+    if isinstance(values, list):
+        buffer.fromlist(values)
+    else:
+        buffer.frombytes(np.ascontiguousarray(values, dtype=np.int64).tobytes())

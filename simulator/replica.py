@@ -16,6 +16,7 @@ All times are integer nanoseconds of simulated time.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,18 @@ def second_to_duration_ns(seconds: float) -> int:
     return max(round(float(seconds) * 1e9), 1)
 
 
+def step_ends_ns(seconds: np.ndarray, start_ns: int) -> list[int]:
+    """End instants of back-to-back steps lasting `seconds` each, the first starting at start_ns.
+
+    Each duration is rounded as `seconds_to_duration_ns` does, and the sums are integer sums, so these are
+    exactly the instants that stepping one iteration at a time reaches. A list: the caller reads a few of
+    them one at a time.
+    """
+    ends = seconds_to_duration_ns(seconds)
+    ends[0] += start_ns
+    return ends.cumsum().tolist()
+
+
 @dataclass
 class Scheduled:
     """A batch as it starts: its requests' state then (what the predictor and the batch's effects need).
@@ -52,7 +65,6 @@ class Scheduled:
     request_ids: list[int]
     num_tokens: list[int]  # tokens each computes in this batch
     kv_tokens: list[int]  # each request's KV tokens before the batch (the predictor's kv_tokens)
-    kv_tokens_array: np.ndarray  # the same as int64, for the predictor
     generated: list[int]  # output tokens each had emitted before the batch
     output: list[int]  # output tokens each emits in all
     pending: list[int]  # tokens each had to compute before emitting its next one
@@ -138,7 +150,7 @@ class Replica:
             self._check_allocated(step)
             start = env.now
             self._mark_first_scheduled(step.request_ids, start)
-            seconds = self.predictor.stage_times_s(batch.num_tokens, step.kv_tokens_array)[0]
+            seconds = self.predictor.stage_times_s(batch.num_tokens, step.kv_tokens)[0]
             duration = second_to_duration_ns(seconds)
             self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
                                         step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
@@ -154,22 +166,19 @@ class Replica:
         steps, spare_slots = kv.decode_run_steps(ids, step.kv_tokens, max_steps)
         if min(spare_slots) < 1:  # the first step's slot was not allocated
             self._check_allocated(step)
-        step_s = self.predictor.decode_run_stage_times_s(step.kv_tokens_array, steps)[:, 0]
-        step_ns = seconds_to_duration_ns(step_s)
-        ends = step_ns.cumsum()  # integer sums: exactly the instants stepping would reach
-        ends += start
-        end = int(ends[-1])
+        ends = step_ends_ns(self.predictor.decode_run_stage_times_s(step.kv_tokens, steps)[:, 0], start)
+        end = ends[-1]
         self._in_decode_run = True
         try:
             yield env.timeout(end - start)
             self._in_decode_run = False
         except simpy.Interrupt:
             # A request arrived: finish the iteration in progress, then let the policy choose again.
-            steps = int(ends.searchsorted(env.now)) + 1
-            ends, step_ns = ends[:steps], step_ns[:steps]
-            end = int(ends[-1])
+            steps = bisect_left(ends, env.now) + 1
+            del ends[steps:]
+            end = ends[-1]
             yield env.timeout(end - env.now)
-        self.recorder.add_decode_run(self.replica_id, ends, step_ns, len(ids), kv.used_blocks, spare_slots)
+        self.recorder.add_decode_run(self.replica_id, start, ends, len(ids), kv.used_blocks, spare_slots)
         computed, generated = req.ints.computed_tokens, req.ints.generated_tokens
         for r, k, g in zip(ids, step.kv_tokens, step.generated):
             computed[r] = k + steps
@@ -191,7 +200,7 @@ class Replica:
             step = self._scheduled(*picked)
             self._check_allocated(step)
             self._mark_first_scheduled(step.request_ids, env.now)
-            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens_array)
+            stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens)
             step.stage_ns = seconds_to_duration_ns(stage_s).tolist()
             yield from self._hold_stage(0, step)
             self._queues[1].put(step)
@@ -231,16 +240,18 @@ class Replica:
 
     def _scheduled(self, engine: int, batch: Batch) -> Scheduled:
         """Snapshot the batch's requests as it starts."""
-        req, ids = self.requests, batch.request_ids
-        kv_tokens_array = req.computed_tokens[ids]
-        kv_tokens, generated = kv_tokens_array.tolist(), req.generated_tokens[ids].tolist()
-        pending = [p + g - k for p, g, k in zip(req.prompt_tokens[ids].tolist(), generated, kv_tokens)]
+        ints, ids = self.requests.ints, batch.request_ids
+        computed, generated_tokens, prompt = ints.computed_tokens, ints.generated_tokens, ints.prompt_tokens
+        kv_tokens = [computed[r] for r in ids]
+        generated = [generated_tokens[r] for r in ids]
+        pending = [prompt[r] + g - k for r, g, k in zip(ids, generated, kv_tokens)]
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
         num_decode = [p for p, g in zip(pending, generated) if g > 0].count(1)
         kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
             e.kv.used_blocks for e in self.engines)
-        return Scheduled(engine, batch, ids.tolist(), batch.num_tokens.tolist(), kv_tokens, kv_tokens_array,
-                         generated, req.output_tokens[ids].tolist(), pending, num_decode, kv_used)
+        output = ints.output_tokens
+        return Scheduled(engine, batch, ids, batch.num_tokens, kv_tokens, generated,
+                         [output[r] for r in ids], pending, num_decode, kv_used)
 
     def _check_allocated(self, step: Scheduled) -> None:
         """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""

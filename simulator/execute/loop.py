@@ -191,7 +191,7 @@ class _Loop:
             if preemptions != preemptions_seen:  # preempted requests lost their KV: free their slots
                 preemptions_seen = preemptions
                 self.runner.release([r for r in self.runner.slot_holders if engine.kv.blocks_held[r] == 0])
-            ids, num_tokens = batch.request_ids, batch.num_tokens
+            ids, num_tokens = np.array(batch.request_ids, np.int64), np.array(batch.num_tokens, np.int64)
             kv_tokens, generated = req.computed_tokens[ids], req.generated_tokens[ids]
             pending = req.prompt_tokens[ids] + generated - kv_tokens
             self._check_allocated(ids, num_tokens, kv_tokens)

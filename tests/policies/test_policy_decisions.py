@@ -24,14 +24,14 @@ def setup(policy_name, prompts, outputs, num_blocks=1000, block_size=16, max_mod
 
 def apply(batch: Batch, requests: RequestState) -> None:
     """What a replica does after a batch: compute the tokens, emit where the last known token was computed."""
-    for r, n in zip(batch.request_ids.tolist(), batch.num_tokens.tolist()):
+    for r, n in zip(batch.request_ids, batch.num_tokens):
         requests.computed_tokens[r] += n
         if requests.computed_tokens[r] == requests.prompt_tokens[r] + requests.generated_tokens[r]:
             requests.generated_tokens[r] += 1
 
 
 def as_pairs(batch):
-    return list(zip(batch.request_ids.tolist(), batch.num_tokens.tolist()))
+    return list(zip(batch.request_ids, batch.num_tokens))
 
 
 def test_registry_holds_every_policy_with_a_paper_docstring():

@@ -25,7 +25,7 @@ def test_iteration_rows_and_decode_runs_are_merged_in_time_order():
     rec = Recorder(kv_block_size=4)
     rec.add_iteration(0, 0, 0, 100, 2, 30, 0, 5)
     # Two requests with 1 and 4 spare slots: at the run's steps 2 and 5 they need new blocks.
-    rec.add_decode_run(0, np.array([200, 300, 400, 500, 600]), np.array([100] * 5), 2, 5, np.array([1, 4]))
+    rec.add_decode_run(0, 100, np.array([200, 300, 400, 500, 600]), 2, 5, np.array([1, 4]))
     rec.add_iteration(1, 0, 50, 100, 1, 7, 0, 1)
     it = rec.pop_iteration_records()
     assert (it.start_s * 1e9).round().astype(int).tolist() == [0, 50, 100, 200, 300, 400, 500]
