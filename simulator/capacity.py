@@ -20,12 +20,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    # A trial's requests table: simulator.metrics.request_latencies' columns (name -> numpy array), or a
+    # request_table DataFrame; the functions below read either through table[column].
+    RequestTable = Mapping[str, np.ndarray] | pd.DataFrame
 
 # Per-request latency columns of the simulator's requests table that an SLO can bound, plus "tbt_s",
 # which is taken over every inter-token gap of the measured requests (not a per-request statistic).
@@ -154,14 +161,17 @@ class CapacityResult:
 # --- SLO evaluation on one trial's tables (pure) -------------------------------------------------
 
 
-def measured_requests(requests: pd.DataFrame, warmup_fraction: float, cooldown_fraction: float) -> pd.DataFrame:
+def measured_requests(requests: RequestTable, warmup_fraction: float, cooldown_fraction: float) -> RequestTable:
     """Requests left after dropping the first `warmup_fraction` and last `cooldown_fraction` by arrival
-    order. Warm-up requests see an empty system; cool-down requests see it draining."""
-    ordered = requests.sort_values(["arrived_s", "request_id"], kind="stable")
+    order (ties by request_id), in that order. Warm-up requests see an empty system; cool-down requests
+    see it draining. A DataFrame gives a DataFrame (its rows, index kept), columns give columns."""
+    # lexsort is stable and sorts by its last key first: arrival, then request_id.
+    ordered = np.lexsort((np.asarray(requests["request_id"]), np.asarray(requests["arrived_s"])))
     n = len(ordered)
-    first = math.floor(n * warmup_fraction)
-    last = n - math.floor(n * cooldown_fraction)
-    return ordered.iloc[first:last]
+    kept = ordered[math.floor(n * warmup_fraction): n - math.floor(n * cooldown_fraction)]
+    if isinstance(requests, Mapping):
+        return {name: np.asarray(column)[kept] for name, column in requests.items()}
+    return requests.iloc[kept]
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -176,17 +186,19 @@ def percentile(values: np.ndarray, q: float) -> float:
     return float("inf") if result >= finite_cap / 2 else result
 
 
-def _metric_values(measured: pd.DataFrame, tbt_gaps_s: np.ndarray) -> tuple[dict, dict]:
+def _metric_values(measured: RequestTable, tbt_gaps_s: np.ndarray) -> tuple[dict, dict]:
     """Counts of one trial and, per SLO metric, the array of values (inf for unfinished requests)."""
+    completed_s = np.asarray(measured["completed_s"], dtype=float)
+    num_measured = len(completed_s)
     if "rejected" in measured:
-        rejected = measured["rejected"].to_numpy(dtype=bool)
+        rejected = np.asarray(measured["rejected"], dtype=bool)
     else:
-        rejected = np.zeros(len(measured), dtype=bool)
-    served = measured[~rejected]
-    unfinished = int(served["completed_s"].isna().sum())
+        rejected = np.zeros(num_measured, dtype=bool)
+    served = ~rejected
+    unfinished = int(np.isnan(completed_s[served]).sum())
     counts = {
-        "num_measured": len(measured),
-        "rejected_fraction": float(rejected.mean()) if len(measured) else 0.0,
+        "num_measured": num_measured,
+        "rejected_fraction": float(rejected.mean()) if num_measured else 0.0,
         "unfinished": unfinished,
     }
     # An unfinished request's missing tokens are gaps of unbounded length.
@@ -195,19 +207,19 @@ def _metric_values(measured: pd.DataFrame, tbt_gaps_s: np.ndarray) -> tuple[dict
         gaps = np.append(gaps, np.full(unfinished, np.inf))
     values = {"tbt_s": gaps}
     for name in REQUEST_METRICS:
-        if name in served:
-            column = served[name].to_numpy(dtype=float, na_value=np.nan)
+        if name in measured:
+            column = np.asarray(measured[name], dtype=float)[served]
             values[name] = np.where(np.isnan(column), np.inf, column)
     return counts, values
 
 
-def trial_metrics(measured: pd.DataFrame, tbt_gaps_s: np.ndarray, slos: Sequence[SLO] = ()) -> dict:
+def trial_metrics(measured: RequestTable, tbt_gaps_s: np.ndarray, slos: Sequence[SLO] = ()) -> dict:
     """Percentiles of every SLO metric over the measured requests, as flat keys like 'ttft_s_p99'
     (P50, P90, P99, plus any percentile an SLO in `slos` asks for).
 
-    `measured` is the requests table after trimming; `tbt_gaps_s` holds every inter-token gap
-    (seconds) of those same requests. Rejected requests are left out of latencies and counted in
-    'rejected_fraction'; a request that never completed counts as infinitely late.
+    `measured` is the requests table after trimming (columns or a DataFrame); `tbt_gaps_s` holds every
+    inter-token gap (seconds) of those same requests. Rejected requests are left out of latencies and
+    counted in 'rejected_fraction'; a request that never completed counts as infinitely late.
     """
     metrics, values = _metric_values(measured, tbt_gaps_s)
     wanted = {(name, float(q)) for name in values for q in REPORTED_PERCENTILES}
@@ -217,7 +229,7 @@ def trial_metrics(measured: pd.DataFrame, tbt_gaps_s: np.ndarray, slos: Sequence
     return metrics
 
 
-def check_slos(measured: pd.DataFrame, tbt_gaps_s: np.ndarray, search: SearchConfig) -> tuple[dict, list[str]]:
+def check_slos(measured: RequestTable, tbt_gaps_s: np.ndarray, search: SearchConfig) -> tuple[dict, list[str]]:
     """Metrics of one trial and the list of violated objectives (empty when the trial passes)."""
     metrics = trial_metrics(measured, tbt_gaps_s, search.slos)
     violations = []
@@ -478,15 +490,17 @@ def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capaci
 
     def evaluate(rate_qps: float) -> Trial:
         result = run_simulation(with_rate(cfg, rate_qps, search.num_requests, trace_rate))
-        measured = measured_requests(result.requests, search.warmup_fraction, search.cooldown_fraction)
-        gaps = metrics.tbt_gaps_s(result.records, measured["request_id"].to_numpy())
+        # The SLOs read latencies only: the requests' columns serve, without per-request TBT or pandas.
+        requests = metrics.request_latencies(result.records)
+        measured = measured_requests(requests, search.warmup_fraction, search.cooldown_fraction)
+        gaps = metrics.tbt_gaps_s(result.records, measured["request_id"])
         trial_values, violations = check_slos(measured, gaps, search)
         summary = result.summary
         trial_values.update({
             "throughput_rps": summary.get("throughput_rps"), "output_tokens_per_s": summary.get("output_tokens_per_s"),
             "preemptions": summary.get("preemptions"), "simulated_s": summary.get("simulated_s"),
-            "mean_prompt_tokens": float(result.requests["prompt_tokens"].mean()),
-            "mean_output_tokens": float(result.requests["output_tokens"].mean()),
+            "mean_prompt_tokens": float(requests["prompt_tokens"].mean()),
+            "mean_output_tokens": float(requests["output_tokens"].mean()),
         })
         feasible = not violations
         if feasible and rate_qps >= best.get("rate_qps", -1.0):

@@ -16,16 +16,25 @@ requests where it is defined: TTFT/queueing those that got that far, E2E/TPOT co
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from simulator.perfetto import iteration_kinds, write_chrome_trace
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 PERCENTILES = (50, 90, 99)
 SIGNIFICANT_DIGITS = 7  # summary floats are rounded to this many, so JSON is short and stable
+
+# A per-request table as plain columns: name -> numpy array with one entry per request. The summary and
+# the SLO checks read it as it is; only the tables handed to users become pandas DataFrames, which keeps
+# pandas (a third of a second to import) out of a simulation that writes no files.
+RequestColumns = dict[str, np.ndarray]
 
 
 @dataclass
@@ -206,17 +215,20 @@ def request_table(records: RequestRecords) -> pd.DataFrame:
     extra_columns if any (disaggregated runs: docs/disaggregation.md).
     Latencies are NaN where undefined (rejected, unfinished, or a single output token for TPOT/TBT).
     """
-    return _request_columns(records, per_request_tbt=True)
+    import pandas as pd
+
+    return pd.DataFrame(_request_columns(records, per_request_tbt=True))
 
 
-def request_latencies(records: RequestRecords) -> pd.DataFrame:
-    """request_table without the per-request TBT columns (tbt_max_s and tbt_p99_s are NaN): what the
-    summary and SLO checks read, without sorting every token gap."""
+def request_latencies(records: RequestRecords) -> RequestColumns:
+    """request_table's columns as numpy arrays, without the per-request TBT ones (tbt_max_s and tbt_p99_s
+    are NaN): what the summary and SLO checks read, without sorting every token gap or building a
+    DataFrame."""
     return _request_columns(records, per_request_tbt=False)
 
 
-def _request_columns(records: RequestRecords, per_request_tbt: bool) -> pd.DataFrame:
-    """request_table; without per_request_tbt the (sort-heavy) tbt_max_s/tbt_p99_s columns are NaN."""
+def _request_columns(records: RequestRecords, per_request_tbt: bool) -> RequestColumns:
+    """request_table's columns; without per_request_tbt the (sort-heavy) tbt_max_s/tbt_p99_s are NaN."""
     check_records(records)
     arrived = np.asarray(records.arrived_s, dtype=np.float64)
     completed = np.asarray(records.completed_s, dtype=np.float64)
@@ -227,8 +239,8 @@ def _request_columns(records: RequestRecords, per_request_tbt: bool) -> pd.DataF
     if per_request_tbt:
         tbt_max, tbt_p99 = _per_request_tbt(records)
     else:
-        tbt_max = tbt_p99 = np.full(len(arrived), np.nan)
-    table = pd.DataFrame({
+        tbt_max, tbt_p99 = np.full(len(arrived), np.nan), np.full(len(arrived), np.nan)
+    table = {
         "request_id": np.asarray(records.request_id, dtype=np.int64),
         "replica_id": np.asarray(records.replica_id, dtype=np.int64),
         "arrived_s": arrived,
@@ -248,12 +260,13 @@ def _request_columns(records: RequestRecords, per_request_tbt: bool) -> pd.DataF
         "rejected": rejected,
         "reject_reason": np.asarray(records.reject_reason, dtype=object),
         **{name: np.asarray(column) for name, column in records.extra_columns.items()},
-    })
-    # A rejected request has no latency, whatever partial times it may carry.
-    latency_columns = ["ttft_s", "tpot_s", "e2e_s", "normalized_e2e_s_per_token", "queueing_delay_s",
-                       "tbt_max_s", "tbt_p99_s"]
+    }
+    # A rejected request has no latency, whatever partial times it may carry. (Every latency column is
+    # an array computed above, so no record is written to.)
     if rejected.any():
-        table.loc[rejected, latency_columns] = np.nan
+        for name in ("ttft_s", "tpot_s", "e2e_s", "normalized_e2e_s_per_token", "queueing_delay_s",
+                     "tbt_max_s", "tbt_p99_s"):
+            table[name][rejected] = np.nan
     return table
 
 
@@ -271,6 +284,8 @@ def _tpot_s(records: RequestRecords, completed: np.ndarray) -> np.ndarray:
 def iteration_table(iters: IterationRecords) -> pd.DataFrame:
     """One row per stage iteration: replica_id, stage, start_s, duration_s, end_s, kind
     (prefill/decode/mixed/empty), batch_size, num_prefill_tokens, num_decode_tokens, kv_blocks_used."""
+    import pandas as pd
+
     start = np.asarray(iters.start_s, dtype=np.float64)
     duration = np.asarray(iters.duration_s, dtype=np.float64)
     return pd.DataFrame({
@@ -314,8 +329,9 @@ def latency_stats(values: np.ndarray, overwrite: bool = False) -> dict:
     return {k: _round(v) for k, v in zip(keys, numbers)}
 
 
-def summarize(records: RequestRecords, iters: IterationRecords | None, simulated_s: float,
-              wall_s: float, latencies: pd.DataFrame | None = None, tbt_gaps: np.ndarray | None = None) -> dict:
+def summarize(records: RequestRecords, iters: IterationRecords | None, simulated_s: float, wall_s: float,
+              latencies: Mapping[str, np.ndarray] | pd.DataFrame | None = None,
+              tbt_gaps: np.ndarray | None = None) -> dict:
     """The run's headline numbers as a JSON-ready dict (floats rounded, NaN -> None).
 
     Latency blocks (ttft_s, tbt_s, tpot_s, e2e_s, normalized_e2e_s_per_token, queueing_delay_s)
@@ -326,22 +342,23 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
     rows (each batch once, whatever the pipeline depth).
 
     A caller that already built `request_latencies(records)` or `tbt_gaps_s(records)` passes them
-    (`latencies`, `tbt_gaps`) to save building them again; the gaps are then reordered in place (their
-    values stay).
+    (`latencies`, `tbt_gaps`; a request_table DataFrame will do too) to save building them again; the
+    gaps are then reordered in place (their values stay).
     """
     table = request_latencies(records) if latencies is None else latencies
     gaps = tbt_gaps_s(records) if tbt_gaps is None else tbt_gaps
-    rejected = table["rejected"].to_numpy()
-    completed = ~rejected & table["completed_s"].notna().to_numpy()
-    n = len(table)
-    arrived = table["arrived_s"].to_numpy()
+    rejected = np.asarray(table["rejected"], dtype=bool)
+    completed_s = np.asarray(table["completed_s"], dtype=np.float64)
+    completed = ~rejected & ~np.isnan(completed_s)
+    arrived = np.asarray(table["arrived_s"], dtype=np.float64)
+    n = len(arrived)
 
-    reasons, reason_counts = np.unique(table["reject_reason"].to_numpy()[rejected].astype(str), return_counts=True)
-    last_completion = table["completed_s"].to_numpy()[completed].max() if completed.any() else np.nan
+    reasons, reason_counts = np.unique(np.asarray(table["reject_reason"])[rejected].astype(str), return_counts=True)
+    last_completion = completed_s[completed].max() if completed.any() else np.nan
     makespan_s = last_completion - arrived.min() if completed.any() else np.nan
-    output_tokens_done = int(table["output_tokens"].to_numpy()[completed].sum())
+    output_tokens_done = int(np.asarray(table["output_tokens"])[completed].sum())
     arrival_span_s = arrived.max() - arrived.min() if n else 0.0
-    preemptions = table["preemptions"].to_numpy()
+    preemptions = np.asarray(table["preemptions"])
 
     summary = {
         "num_requests": n,
@@ -394,6 +411,8 @@ def summary_json(summary: dict) -> str:
 def token_times_table(records: RequestRecords) -> pd.DataFrame:
     """Every output token: request_id, token_index (0 = first token), time_s. TBT gaps are the
     differences of time_s within a request_id."""
+    import pandas as pd
+
     counts = _tokens_per_request(records)
     offsets = np.asarray(records.token_offsets, dtype=np.int64)
     return pd.DataFrame({

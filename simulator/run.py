@@ -15,10 +15,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from simulator.config import (
     ClusterConfig,
@@ -33,6 +32,9 @@ from simulator.config import (
     load_model_config,
 )
 from simulator.workload import WorkloadConfig, load_workload
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PREDICTORS = ("fitted", "linear")
 
@@ -229,8 +231,11 @@ def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int,
     }
 
 
-def evaluate_slos(slo: SLOConfig, request_table: pd.DataFrame, tbt_gaps_s: np.ndarray) -> dict:
-    """Each objective's measured percentile and whether it holds, over all non-rejected requests."""
+def evaluate_slos(slo: SLOConfig, request_table: Mapping[str, np.ndarray] | pd.DataFrame,
+                  tbt_gaps_s: np.ndarray) -> dict:
+    """Each objective's measured percentile and whether it holds, over all non-rejected requests.
+
+    `request_table` is metrics.request_latencies' columns or a request_table DataFrame."""
     from simulator.capacity import slos_from_config, trial_metrics
 
     objectives = slos_from_config(slo.slos)

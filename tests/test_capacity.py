@@ -126,6 +126,26 @@ def test_trimming_drops_warmup_and_cooldown_by_arrival_order():
     assert list(kept["request_id"]) == list(range(2, 15))
 
 
+def test_columns_and_dataframes_trim_and_check_alike():
+    # The search passes metrics.request_latencies' columns (name -> array); a DataFrame works the same.
+    rejected = np.zeros(40, bool)
+    rejected[[3, 17]] = True
+    table = requests_table(np.linspace(0.1, 2.0, 40), rejected=rejected)
+    table.loc[30, ["completed_s", "e2e_s"]] = np.nan  # one unfinished request
+    table["arrived_s"] = np.repeat(np.arange(20.0), 2)[::-1]  # arrival ties, broken by request_id
+    columns = {name: table[name].to_numpy() for name in table.columns}
+    kept_frame = measured_requests(table, warmup_fraction=0.1, cooldown_fraction=0.2)
+    kept_columns = measured_requests(columns, warmup_fraction=0.1, cooldown_fraction=0.2)
+    assert isinstance(kept_frame, pd.DataFrame) and isinstance(kept_columns, dict)
+    assert kept_columns["request_id"].tolist() == kept_frame["request_id"].tolist()
+    assert kept_frame["request_id"].tolist()[:4] == [34, 35, 32, 33]  # arrivals 2, 2, 3, 3 s
+    gaps = np.linspace(0.01, 0.2, 300)
+    settings = SearchConfig(slos=[SLO("ttft_s", 90, 1.5), SLO("e2e_s", 50, 2.0), SLO("tbt_s", 99, 0.1)])
+    from_frame, from_columns = check_slos(kept_frame, gaps, settings), check_slos(kept_columns, gaps, settings)
+    assert from_frame == from_columns
+    assert from_columns[0]["unfinished"] == 1 and from_columns[0]["num_measured"] == 28
+
+
 def test_percentile_matches_numpy_and_treats_unfinished_as_infinite():
     values = np.array([1.0, 2.0, 3.0, 4.0])
     assert percentile(values, 50) == pytest.approx(2.5)

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from simulator.metrics import (
@@ -138,10 +139,14 @@ def test_summary_from_tables_the_caller_built_is_the_same():
     given = summarize(records, None, 3.0, 0.25, latencies=request_latencies(records), tbt_gaps=gaps)
     assert given == summarize(records, None, 3.0, 0.25)
     assert sorted(gaps.tolist()) == pytest.approx([0.1, 0.2, 0.3, 0.5])  # reordered at most, same values
+    # request_latencies: request_table's columns as numpy arrays, with the per-request TBT ones left NaN.
     latencies, full = request_latencies(records), request_table(records)
-    assert latencies["tbt_p99_s"].isna().all() and not full["tbt_p99_s"].iloc[:2].isna().any()
+    assert list(latencies) == list(full.columns)
+    assert np.isnan(latencies["tbt_p99_s"]).all() and not full["tbt_p99_s"].iloc[:2].isna().any()
     other = [c for c in full.columns if not c.startswith("tbt_")]
-    assert latencies[other].equals(full[other])
+    assert pd.DataFrame(latencies)[other].equals(full[other])
+    # The full table (a DataFrame) summarises the same.
+    assert summarize(records, None, 3.0, 0.25, latencies=full) == given
 
 
 def test_unfinished_requests_count_for_ttft_but_not_e2e():

@@ -111,3 +111,43 @@ def test_trace_errors_are_config_errors(tmp_path):
     path = write(tmp_path, HEADER + "0,10,0\n")
     with pytest.raises(ConfigError, match="line 2, column num_decode_tokens"):
         load_workload(WorkloadConfig(trace=str(path)), seed=0)
+
+
+def test_azure_timestamps_keep_sub_microsecond_digits_and_zones(tmp_path):
+    # The 2023 traces write seven digits of a second; the seventh (100 ns) still counts.
+    path = write(tmp_path, (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n"
+        "2023-11-16 18:15:46.6805901,396,109\n"
+        "2023-11-16T18:15:47Z,10,1\n"  # an explicit UTC zone, like a naive time
+        "2023-11-16 19:15:48+01:00,10,1\n"  # another zone: one hour ahead, so 18:15:48 UTC
+    ))
+    assert read_trace(str(path)).arrived_s.tolist() == [0.0, 100 / 1e9, 0 + 319410000 / 1e9, 1 + 319410000 / 1e9]
+
+
+@pytest.mark.parametrize("rows,line,column,problem", [
+    ("0,10,3\n1,NA,4\n", 3, "num_prefill_tokens", "missing value"),  # pandas' missing-value words
+    ("0,10,3\n1,nan,4\n", 3, "num_prefill_tokens", "missing value"),
+    ("0,10,3\n1,1_000,4\n", 3, "num_prefill_tokens", "'1_000' is not a whole number"),
+    ("0,10,3\n1,20,inf\n", 3, "num_decode_tokens", "'inf' is not a whole number"),
+    ("0,10,3\n2,20,4\n1,30,5\n", 4, "arrived_at", "'1' is earlier than the previous row's '2'"),  # whole seconds
+])
+def test_more_bad_values_read_as_before(tmp_path, rows, line, column, problem):
+    path = write(tmp_path, HEADER + rows)
+    message = error_of(path)
+    assert message.startswith(f"{path}, line {line}, column {column}: ")
+    assert problem in message
+
+
+def test_whole_number_text_forms_and_csv_details(tmp_path):
+    # Quoted fields, a byte-order mark, padded and float-written whole numbers, Windows line ends.
+    path = tmp_path / "t.csv"
+    path.write_bytes(("\ufeff" + HEADER + '0,"10",3\r\n1.5, 20 ,4.0\r\n2,1e3,+5\r\n').encode())
+    trace = read_trace(str(path))
+    assert trace.arrived_s.tolist() == [0.0, 1.5, 2.0]
+    assert trace.prompt_tokens.tolist() == [10, 20, 1000] and trace.output_tokens.tolist() == [3, 4, 5]
+    assert trace.prompt_tokens.dtype == np.int64 and trace.arrived_s.dtype == np.float64
+
+    extra_field = write(tmp_path, HEADER + "0,10,3\n1,20,4,5\n", "extra.csv")
+    assert "line 3 has 4 fields, the header 3" in error_of(extra_field)
+    assert "not a readable CSV trace" in error_of(write(tmp_path, "", "blank.csv"))
