@@ -9,11 +9,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from simulator.runtime.tables import ProfileError
+
+if TYPE_CHECKING:  # pandas loads only where a table is read or built (it takes ~0.3 s to import)
+    import pandas as pd
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas loads only where a table is read or built (it takes ~0.3 s to import)
+    import pandas as pd
 
 # Columns of the attention feature matrix, in order (see batch_attention_features).
 # A launch of decodes only (every q = 1) runs FlashAttention's decode path (grouped query heads packed
@@ -314,6 +317,8 @@ def token_features(num_tokens: np.ndarray, work: AffineWork, peaks: Peaks, out_f
     (indexSelectSmallIndex), and one thread per element beyond: measured on H100, 0.36 us per index up
     to 16 (7.7 us), then 1.5 us at 17.
     """
+    import pandas as pd
+
     n = np.asarray(num_tokens, dtype=np.float64)
     flops = work.flops(n)
     bytes_ = work.bytes(n)

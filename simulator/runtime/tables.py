@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from profiler.schema import ATTENTION_COLUMNS, COMM_COLUMNS, ITERATION_COLUMNS, OP_NAMES, OPS_COLUMNS
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import DATA_DIR, PROFILES_DIR
+
+if TYPE_CHECKING:  # pandas loads only where a table is read or built (it takes ~0.3 s to import)
+    import pandas as pd
 
 
 class ProfileError(ConfigError):
@@ -70,6 +73,8 @@ def profile_files(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Pa
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.exists():
         raise ProfileError(f"missing profile table {path}; {PROFILE_HOWTO}")
     try:
