@@ -201,7 +201,7 @@ class Replica:
             self._check_allocated(step)
             self._mark_first_scheduled(step.request_ids, env.now)
             stage_s = self.predictor.stage_times_s(step.batch.num_tokens, step.kv_tokens)
-            step.stage_ns = seconds_to_duration_ns(stage_s).tolist()
+            step.stage_ns = [second_to_duration_ns(s) for s in stage_s.tolist()]  # a few stages: plain Python
             yield from self._hold_stage(0, step)
             self._queues[1].put(step)
 
