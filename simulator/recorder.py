@@ -98,17 +98,10 @@ class Recorder:
             counts = np.bincount(request - lo, weights=steps, minlength=hi - lo).astype(np.int64)
             np.cumsum(counts, out=offsets[lo + 1: hi + 1])
             offsets[lo + 1: hi + 1] += offsets[lo]
-            # Token j of a pair is emitted at its event's instant first + j: a running sum of steps of 1
-            # that jumps to each pair's first instant where the pair begins. One int32 array in place
-            # (instants number one per iteration, far below 2**31): the token-sized temporaries are most
-            # of this function's time, as first touches of fresh memory.
-            first = event_first[event]
-            instant = np.ones(int(steps.sum()), np.int32)
-            if len(first):
-                pair_start = np.cumsum(steps) - steps
-                instant[pair_start[1:]] = first[1:] - (first[:-1] + steps[:-1] - 1)
-                instant[0] = first[0]
-            np.cumsum(instant, out=instant)
+            # Token j of a pair is emitted at its event's instant first + j.
+            pair_start = np.cumsum(steps) - steps
+            instant = np.repeat(event_first[event] - pair_start, steps)
+            instant += np.arange(len(instant))
             # Straight into the output: no token-sized temporary for the gathered times.
             np.take(times_s, instant, out=token_times_s[offsets[lo]: offsets[hi]])
         return token_times_s, offsets
