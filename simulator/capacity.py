@@ -28,11 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    # A trial's requests table: simulator.metrics.request_latencies' columns (name -> numpy array), or a
-    # request_table DataFrame; the functions below read either through table[column].
-    RequestTable = Mapping[str, np.ndarray] | pd.DataFrame
+    from simulator.metrics import RequestTable  # a trial's requests: columns or a DataFrame
 
 # Per-request latency columns of the simulator's requests table that an SLO can bound, plus "tbt_s",
 # which is taken over every inter-token gap of the measured requests (not a per-request statistic).

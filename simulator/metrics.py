@@ -28,6 +28,10 @@ from simulator.perfetto import iteration_kinds, write_chrome_trace
 if TYPE_CHECKING:
     import pandas as pd
 
+    # What the summary and the SLO checks read: request_latencies' columns or a request_table DataFrame,
+    # both through table[column].
+    RequestTable = Mapping[str, np.ndarray] | pd.DataFrame
+
 PERCENTILES = (50, 90, 99)
 SIGNIFICANT_DIGITS = 7  # summary floats are rounded to this many, so JSON is short and stable
 
@@ -330,7 +334,7 @@ def latency_stats(values: np.ndarray, overwrite: bool = False) -> dict:
 
 
 def summarize(records: RequestRecords, iters: IterationRecords | None, simulated_s: float, wall_s: float,
-              latencies: Mapping[str, np.ndarray] | pd.DataFrame | None = None,
+              latencies: RequestTable | None = None,
               tbt_gaps: np.ndarray | None = None) -> dict:
     """The run's headline numbers as a JSON-ready dict (floats rounded, NaN -> None).
 

@@ -36,6 +36,8 @@ from simulator.workload import WorkloadConfig, load_workload
 if TYPE_CHECKING:
     import pandas as pd
 
+    from simulator.metrics import RequestTable
+
 PREDICTORS = ("fitted", "linear")
 
 
@@ -231,7 +233,7 @@ def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int,
     }
 
 
-def evaluate_slos(slo: SLOConfig, request_table: Mapping[str, np.ndarray] | pd.DataFrame,
+def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
                   tbt_gaps_s: np.ndarray) -> dict:
     """Each objective's measured percentile and whether it holds, over all non-rejected requests.
 
