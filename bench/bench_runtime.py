@@ -1,14 +1,14 @@
 """Benchmark of the fitted runtime model: fit time, per-iteration prediction cost, decode-run cost.
 
-    python bench/bench_runtime.py                       # llama-3-8b and llama-2-7b on h100, as profiled
+    python bench/bench_runtime.py                       # every model profiled on h100
     python bench/bench_runtime.py --models llama-3-8b --hardware h100 --iterations 20000
 
 Two measurements of the prediction cost:
 * standalone: `stage_times_s` on the batch stream a Sarathi-Serve-like scheduler (chunked prefills
   under a 512-token budget, up to 128 running sequences) produces on the splitwise conversation trace's
   prompt and output lengths (nearly every batch carries a prefill chunk: the hardest case);
-* inside a simulation: the whole conversation trace (19,366 requests, one H100, vLLM and Sarathi
-  policies) simulated with the fitted predictor, every predictor call timed; the cost per simulated
+* inside a simulation: the whole conversation trace (19,366 requests, one replica of the smallest
+  tensor-parallel degree the model fits in, vLLM and Sarathi policies) simulated with the fitted predictor, every predictor call timed; the cost per simulated
   iteration is the predictor's total time over all iterations, the decode-run steps included.
 Targets (issue 4): fit <= 30 s per model and GPU on this 2-core machine; <= 20 us per prediction
 (per simulated iteration, on average).
@@ -99,26 +99,34 @@ class TimedPredictor:
 def in_simulation(model_name: str, hardware_name: str, policy: str) -> dict:
     """Predictor microseconds per simulated iteration over the conversation trace (see the docstring)."""
     from simulator.cluster import simulate
+    from simulator.config import ConfigError
     from simulator.kv_cache import kv_cache_blocks_per_gpu
     from simulator.request import RequestState
     from simulator.run import SimulationConfig, policy_factory
     from simulator.run import build_predictor as build_for_config
     from simulator.workload import load_workload
 
-    cfg = SimulationConfig.from_dict({
-        "model": model_name, "hardware": hardware_name, "predictor": "fitted", "policy": {"name": policy},
-        "workload": {"trace": "data/traces/splitwise_conv.csv", "arrival": "trace", "lengths": "trace"}})
+    for tp in (1, 2, 4, 8):  # the smallest tensor-parallel degree the model fits in
+        cfg = SimulationConfig.from_dict({
+            "model": model_name, "hardware": hardware_name, "predictor": "fitted", "policy": {"name": policy},
+            "cluster": {"tp": tp},
+            "workload": {"trace": "data/traces/splitwise_conv.csv", "arrival": "trace", "lengths": "trace"}})
+        try:
+            num_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
+            break
+        except ConfigError:
+            continue
     timed = TimedPredictor(build_for_config(cfg))
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len)
     start = time.perf_counter()
-    out = simulate(requests, policy_factory(cfg.policy), timed, kv_cache_blocks_per_gpu(cfg.model, cfg.hardware,
-                   cfg.cluster), block_size=cfg.cluster.block_size, seed=cfg.seed)
+    out = simulate(requests, policy_factory(cfg.policy), timed, num_blocks, block_size=cfg.cluster.block_size,
+                   seed=cfg.seed)
     simulate_s = time.perf_counter() - start
     # A decode run interrupted by an arrival predicts steps that are never simulated: count what ran.
     iterations = len(out.iterations)
-    return {"policy": policy, "iterations": iterations, "predicted_steps": timed.iterations,
+    return {"policy": policy, "tp": tp, "iterations": iterations, "predicted_steps": timed.iterations,
             "predictor_s": timed.seconds, "simulate_s": simulate_s,
             "us_per_iteration": timed.seconds / max(iterations, 1) * 1e6}
 
@@ -177,12 +185,12 @@ def main() -> int:
     policies = [p for p in args.policies.split(",") if p]
     if policies:
         print(f"\ninside a simulation (conversation trace, 1 x {args.hardware}, fitted predictor):")
-        print(f"{'model':<12} {'policy':<8} {'iterations':>11} {'predicted':>11} {'predictor s':>12} {'simulate s':>11} "
+        print(f"{'model':<12} {'tp':>2} {'policy':<8} {'iterations':>11} {'predicted':>11} {'predictor s':>12} {'simulate s':>11} "
               f"{'us/iteration':>13}")
         for m in models:
             for policy in policies:
                 r = in_simulation(m, args.hardware, policy)
-                print(f"{m:<12} {policy:<8} {r['iterations']:>11,} {r['predicted_steps']:>11,} {r['predictor_s']:12.2f} {r['simulate_s']:11.2f} "
+                print(f"{m:<12} {r['tp']:>2} {policy:<8} {r['iterations']:>11,} {r['predicted_steps']:>11,} {r['predictor_s']:12.2f} {r['simulate_s']:11.2f} "
                       f"{r['us_per_iteration']:13.2f}")
     return 0
 
