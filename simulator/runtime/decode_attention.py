@@ -154,6 +154,8 @@ class DecodeAttention:
     def run_ms(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Milliseconds of `num_steps` decode-only launches, step k at contexts kv_tokens + k: (num_steps,)."""
         n = len(kv_tokens)
+        if num_steps == 0:
+            return np.zeros(0)
         if num_steps > len(self._steps):
             self._steps = np.arange(max(num_steps, 2 * len(self._steps)), dtype=np.int64)
         streamed = int(np.add.reduce(kv_tokens)) + n

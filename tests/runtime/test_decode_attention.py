@@ -46,6 +46,7 @@ def test_runs_equal_single_launches_bit_for_bit(negative, rows):
         attention = DecodeAttention(coef, shape)
         kv = rng.integers(0, longest, size=n)
         kv[0] = longest - 1
+        assert attention.run_ms(kv, 0).shape == (0,)
         for steps in (1, 5, 130, 300):
             run = attention.run_ms(kv, steps)
             singles = np.array([attention.ms(kv + k) for k in range(steps)])
