@@ -79,9 +79,10 @@ class AttentionTime:
 
     # ------------------------------------------------------------------ launches with a chunk
 
-    def batch_ms(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> tuple[float, int]:
-        """(milliseconds, tokens in the batch) of one launch of any composition (q, kv: (n,) int arrays)."""
-        num_tokens = int(np.add.reduce(q_tokens))
+    def batch_ms(self, q_tokens, kv_tokens) -> tuple[float, int]:
+        """(milliseconds, tokens in the batch) of one launch of any composition (q, kv: (n,) int arrays, or
+        lists of a few ints as the simulator passes them)."""
+        num_tokens = sum(q_tokens) if isinstance(q_tokens, list) else int(np.add.reduce(q_tokens))
         if num_tokens == len(q_tokens):
             return self.decode_ms(kv_tokens), num_tokens
         features = batch_attention_features(q_tokens, kv_tokens, self.shape)

@@ -139,11 +139,14 @@ class DecodeAttention:
         self._grouped = 0 < shape.kv_heads < shape.q_heads  # FA2 may split the KV only then
         self._steps = np.arange(256, dtype=np.int64)  # step indices of a run, sliced (never written)
 
-    def ms(self, kv_tokens: np.ndarray) -> float:
-        """Milliseconds of one decode-only launch at contexts kv_tokens (an int array)."""
+    def ms(self, kv_tokens) -> float:
+        """Milliseconds of one decode-only launch at contexts kv_tokens (an int array or list)."""
         n = len(kv_tokens)
-        streamed = int(np.add.reduce(kv_tokens)) + n
-        longest = int(np.maximum.reduce(kv_tokens)) + 1
+        if isinstance(kv_tokens, list):
+            streamed, longest = sum(kv_tokens) + n, max(kv_tokens) + 1
+        else:
+            streamed = int(np.add.reduce(kv_tokens)) + n
+            longest = int(np.maximum.reduce(kv_tokens)) + 1
         splits, split_tokens = self._split(n, longest)
         args = (n, streamed, longest, splits, split_tokens, self._list_bound(n, splits))
         t = self.additive.ms(*args)

@@ -120,17 +120,24 @@ def fa2_num_splits(batch_heads_mblocks: int, num_sm_slots: int, num_n_blocks: in
 # single-batch path and the vectorised decode-run path give bit-identical features.
 
 
-def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape: AttentionShape) -> list:
-    """ATTENTION_FEATURES of one launch (q_tokens, kv_tokens: (n,) int arrays), as Python numbers.
+# Up to this many sequences a launch's features are summed over Python lists (the simulator passes
+# lists, and numpy's per-call overhead exceeds the arithmetic); beyond, with numpy reductions.
+FEW_SEQUENCES = 64
+
+
+def batch_attention_features(q_tokens, kv_tokens, shape: AttentionShape) -> list:
+    """ATTENTION_FEATURES of one launch (q_tokens, kv_tokens: (n,) int arrays or lists), as Python numbers.
 
     On the simulator's hot path for batches with a chunk: a handful of numpy reductions (or Python
     sums over a few sequences), then scalar arithmetic over the (few) prefill chunks only. The batch's token count is features[4] + features[5] (chunk tokens plus
     one per decode).
     """
     n = len(q_tokens)
-    few = n <= 64  # few sequences: Python lists beat numpy's per-call overhead
+    few = n <= FEW_SEQUENCES  # few sequences: Python lists beat numpy's per-call overhead
+    if isinstance(q_tokens, list) and not few:
+        q_tokens, kv_tokens = np.asarray(q_tokens), np.asarray(kv_tokens)
     if few:
-        q_list, kv_list = q_tokens.tolist(), kv_tokens.tolist()
+        q_list, kv_list = (q_tokens, kv_tokens) if isinstance(q_tokens, list) else (q_tokens.tolist(), kv_tokens.tolist())
         num_tokens, kv_sum, kv_max = sum(q_list), sum(kv_list), max(kv_list)
     else:
         num_tokens = int(np.add.reduce(q_tokens))
@@ -167,6 +174,8 @@ def batch_attention_features(q_tokens: np.ndarray, kv_tokens: np.ndarray, shape:
         max_decode = 0
     elif kv_max > max_prefill_kv:  # the longest cached context is a decode's: no second pass needed
         max_decode = kv_max + 1
+    elif few:
+        max_decode = max(kv for q, kv in zip(q_list, kv_list) if q == 1) + 1
     else:
         max_decode = int(np.maximum.reduce(kv_tokens[q_tokens == 1])) + 1
     work2 = 2 * decode_kv + prefill_work2

@@ -41,7 +41,7 @@ from simulator.runtime import cache
 from simulator.runtime.attention_time import AttentionTime
 from simulator.runtime.comm import comm_curve
 from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
-from simulator.runtime.features import batch_attention_features
+from simulator.runtime.features import FEW_SEQUENCES, batch_attention_features
 from simulator.runtime.fitted import GRID_DENSE_TOKENS, FittedRuntime, code_version
 from simulator.runtime.tables import (
     ProfileFiles,
@@ -182,12 +182,19 @@ class RuntimePredictor:
 
     def stage_times_s(self, q_tokens: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds each pipeline stage spends on this batch, shape (num_stages,)."""
-        q = q_tokens if isinstance(q_tokens, np.ndarray) else np.asarray(q_tokens)
-        kv = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.asarray(kv_tokens)
-        n = len(q)
-        if q.shape != kv.shape or q.ndim != 1 or n == 0:
-            raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty 1-D arrays, "
-                             f"got shapes {q.shape} and {kv.shape}")
+        if isinstance(q_tokens, list) and isinstance(kv_tokens, list) and len(q_tokens) <= FEW_SEQUENCES:
+            q, kv = q_tokens, kv_tokens  # the simulator's lists: summed in Python, no array conversions
+            n = len(q)
+            if len(kv) != n or n == 0:
+                raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty sequences, "
+                                 f"got lengths {n} and {len(kv)}")
+        else:
+            q = q_tokens if isinstance(q_tokens, np.ndarray) else np.asarray(q_tokens)
+            kv = kv_tokens if isinstance(kv_tokens, np.ndarray) else np.asarray(kv_tokens)
+            n = len(q)
+            if q.shape != kv.shape or q.ndim != 1 or n == 0:
+                raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty 1-D arrays, "
+                                 f"got shapes {q.shape} and {kv.shape}")
         # Decode-only batches take the same arithmetic as decode_run_stage_times_s (bit for bit).
         attention_ms, num_tokens = self.attention.batch_ms(q, kv)
         eager = self._has_floor and self.cpu.launched_eagerly(num_tokens, n)

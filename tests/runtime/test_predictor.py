@@ -234,3 +234,28 @@ def test_one_row_tree_factor_equals_the_vectorised_one(make_predictor, profiles_
         row = attention_feature_table([np.column_stack([q, rng.integers(0, 4000, size=len(q))])],
                                       base.fitted.attention_shape())
         assert evaluate.factor_one(row[0].tolist()) == evaluate.factor(row)[0]
+
+
+def test_lists_as_the_simulator_passes_them_give_the_arrays_bits(make_predictor):
+    """Batches of up to FEW_SEQUENCES are summed over the simulator's lists without array conversions:
+    the same times bit for bit, for decode-only and mixed batches, and when the longest cached context
+    is a chunk's (the features' second pass over the decodes)."""
+    from simulator.runtime.features import ATTENTION_FEATURES, FEW_SEQUENCES, batch_attention_features
+
+    predictor = make_predictor(cpu_overhead_s=None)
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 7, FEW_SEQUENCES, FEW_SEQUENCES + 1, 150):
+        for chunk_share in (0.0, 0.2, 1.0):
+            q = np.where(rng.random(n) < chunk_share, rng.integers(2, 2000, n), 1)
+            kv = rng.integers(0, 3000, n)
+            if chunk_share and (q > 1).any():
+                kv[np.argmax(q > 1)] = 4000  # the longest context belongs to a chunk
+            expected = predictor.stage_times_s(q, kv)
+            np.testing.assert_array_equal(predictor.stage_times_s(q.tolist(), kv.tolist()), expected)
+            shape = predictor.attention.shape
+            features = batch_attention_features(q.tolist(), kv.tolist(), shape)
+            assert features == batch_attention_features(q, kv, shape)
+            if 1 in q and (q > 1).any():  # the longest decode's context, found past the chunk's longer one
+                assert features[ATTENTION_FEATURES.index("max_mixed_decode_context")] == kv[q == 1].max() + 1
+    with pytest.raises(ValueError, match="equal-length"):
+        predictor.stage_times_s([1, 1], [5])
