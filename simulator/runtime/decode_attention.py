@@ -82,9 +82,8 @@ class DecodeTerms:
 
     @property
     def is_zero(self) -> bool:
-        return not any(getattr(self, name) for name in ("launch", "per_sequence", "streamed", "unsplit_longest",
-                                                        "list_longest", "list_streamed", "split_blocks",
-                                                        "split_longest", "sm_longest", "sm_streamed"))
+        """Every coefficient is zero (the min/max choices aside)."""
+        return not any(value for value in vars(self).values() if isinstance(value, float))
 
     def linear(self, n: int, splits: int, list_bound: bool) -> tuple[float, float, float]:
         """(constant, coefficient of S, coefficient of L) of this row's linear terms for a launch of n
