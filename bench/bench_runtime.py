@@ -114,8 +114,10 @@ def in_simulation(model_name: str, hardware_name: str, policy: str) -> dict:
         try:
             num_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
             break
-        except ConfigError:
-            continue
+        except ConfigError as error:
+            too_big = error
+    else:
+        raise too_big  # not even on 8 GPUs
     timed = TimedPredictor(build_for_config(cfg))
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
