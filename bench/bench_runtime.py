@@ -186,7 +186,7 @@ def main() -> int:
               f"{r['decode_run_256_us_per_step']:15.2f}  {r['attention_family']}")
     policies = [p for p in args.policies.split(",") if p]
     if policies:
-        print(f"\ninside a simulation (conversation trace, 1 x {args.hardware}, fitted predictor):")
+        print(f"\ninside a simulation (conversation trace, one {args.hardware} replica of tp GPUs, fitted predictor):")
         print(f"{'model':<12} {'tp':>2} {'policy':<8} {'iterations':>11} {'predicted':>11} {'predictor s':>12} {'simulate s':>11} "
               f"{'us/iteration':>13}")
         for m in models:
