@@ -182,17 +182,21 @@ class DecodeAttention:
         """features.decode_list_bound applies: an unsplit launch whose blocks outnumber the slots."""
         return splits == 1 and n * self.shape.decode_blocks_per_sequence > self.shape.decode_slots
 
+    def _may_split(self, n: int) -> bool:
+        """FA2 splits the KV only with grouped queries and a grid (sequences x KV heads) that fills under
+        80 % of the SM slots."""
+        return self._grouped and n * self.shape.kv_heads < 0.8 * 2 * self.shape.num_sms
+
     def _split(self, n: int, longest: int) -> tuple[int, int]:
         """FA2's (splits, KV tokens per split) of one decode-only launch; (1, longest) when it cannot split."""
-        # FA2 splits only when the grid (sequences x KV heads) fills under 80 % of the SM slots.
-        if not self._grouped or n * self.shape.kv_heads >= 0.8 * 2 * self.shape.num_sms:
+        if not self._may_split(n):
             return 1, longest
         return self.shape.decode_split(n, longest)
 
     def _segments(self, n: int, longest: int, num_steps: int) -> list[tuple[int, int, int, int]]:
         """(first step, end step, splits, KV tokens per split) of the run's stretches with one split choice.
         The choice depends on the longest context's KV blocks only, so it changes at most once a block."""
-        if not self._grouped or n * self.shape.kv_heads >= 0.8 * 2 * self.shape.num_sms:
+        if not self._may_split(n):
             return [(0, num_steps, 1, 0)]
         block = self.shape.split_block_n
         segments, first = [], 0
