@@ -2,6 +2,7 @@
 
     python bench/bench_simulator.py                  # conversation trace (19,366 requests), vLLM and Sarathi
     python bench/bench_simulator.py --predictor fitted           # the fitted runtime model (data/profiles/)
+    python bench/bench_simulator.py --predictor fitted --engine servesim_execute   # priced as another engine
     python bench/bench_simulator.py --synthetic 1000000 --policies sarathi   # memory at 1M requests
     python bench/bench_simulator.py --slow           # also step one iteration at a time (no decode runs)
     python bench/bench_simulator.py --repeat 3       # best of 3 runs each (a shared machine's noise)
@@ -43,7 +44,7 @@ def child(args: argparse.Namespace) -> None:
         workload = {"trace": "data/traces/splitwise_conv.csv", "arrival": "trace", "lengths": "trace"}
     cfg = SimulationConfig.from_dict({
         "model": args.model, "hardware": "h100", "predictor": args.predictor, "workload": workload,
-        "policy": {"name": args.policy},
+        "policy": {"name": args.policy}, "engine": args.engine,
         "cluster": {"num_replicas": args.replicas, "router": "least_outstanding_requests"},
         "fast_decode_runs": not args.no_fast_path,
     })
@@ -61,7 +62,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(args: argparse.Namespace, policy: str, fast: bool) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", "--policy", policy, "--model", args.model,
+    cmd = [sys.executable, __file__, "--child", "--policy", policy, "--model", args.model, "--engine", args.engine,
            "--predictor", args.predictor, "--synthetic", str(args.synthetic),
            "--replicas", str(args.replicas), "--rate", str(args.rate)] + ([] if fast else ["--no-fast-path"])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--policies", default="vllm,sarathi")
     parser.add_argument("--model", default="llama-2-7b")
     parser.add_argument("--predictor", default="linear", choices=("linear", "fitted"))
+    parser.add_argument("--engine", default="vllm_v1", help="conf/engine profile the fitted predictor prices with")
     parser.add_argument("--synthetic", type=int, default=0, help="N synthetic requests instead of the trace")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--rate", type=float, default=20.0, help="synthetic arrivals per second per replica")

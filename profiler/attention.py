@@ -9,6 +9,11 @@ Layout: queries packed as [total_q, q_heads, head_dim]; keys/values packed per s
 its new tokens) as [total_k, kv_heads, head_dim], with cumulative offsets cu_q / cu_k (int32). GQA:
 kv_heads may divide q_heads.
 
+How an engine launches one layer's attention (simulator/engine.py, `attention_launch`):
+  fused_varlen  one varlen launch over every sequence (`attention`)
+  split         the prefill chunks in one launch and the decodes in another (`split_attention`): the
+                layout puts chunk sequences first, so each launch reads a contiguous run of q and k rows
+
 Backends, in order of preference (the first importable one that passes `check_backend` on the device):
   flash_attn   flash_attn.flash_attn_varlen_func (the flash-attn package)
   torch_flash  torch.ops.aten._flash_attention_forward: the FA2 varlen kernel inside PyTorch
@@ -17,6 +22,7 @@ Backends, in order of preference (the first importable one that passes `check_ba
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -55,6 +61,50 @@ def make_batch(composition, device) -> VarlenBatch:
     cu_q = torch.tensor([0, *_cumsum(q_lens)], dtype=torch.int32, device=device)
     cu_k = torch.tensor([0, *_cumsum(k_lens)], dtype=torch.int32, device=device)
     return VarlenBatch(q_lens, prefix_lens, cu_q, cu_k, max(q_lens), max(k_lens))
+
+
+@dataclass(frozen=True)
+class SplitBatch:
+    """A batch laid out chunks first (q > 1), then decodes, launched as two varlen calls.
+
+    prefill / decode: the launches' offsets relative to their own first q and k row (None when the batch
+    has no sequence of that kind); prefill_q / prefill_k: the q and k rows the chunk sequences take.
+    """
+
+    prefill: VarlenBatch | None
+    decode: VarlenBatch | None
+    prefill_q: int
+    prefill_k: int
+
+
+def chunks_first(composition) -> list[int]:
+    """Indices of `composition` ((q, prefix), ...) with prefill chunks (q > 1) first, then decodes, each in
+    their original order: the layout a split launch needs."""
+    return sorted(range(len(composition)), key=lambda i: int(composition[i][0]) == 1)
+
+
+def make_split_batch(composition, device) -> SplitBatch:
+    """SplitBatch of a composition already ordered chunks first (see chunks_first)."""
+    kinds = [int(q) > 1 for q, _ in composition]
+    if any(later and not earlier for earlier, later in itertools.pairwise(kinds)):
+        raise ValueError("a split launch needs its prefill chunks before its decodes (see chunks_first)")
+    num_chunks = sum(kinds)
+    chunks, decodes = composition[:num_chunks], composition[num_chunks:]
+    return SplitBatch(make_batch(chunks, device) if chunks else None,
+                      make_batch(decodes, device) if decodes else None,
+                      sum(int(q) for q, _ in chunks), sum(int(q) + int(p) for q, p in chunks))
+
+
+def split_attention(backend: str, q, k, v, split: SplitBatch, scale: float) -> torch.Tensor:
+    """`attention` of a chunks-first batch as two launches, chunks then decodes (as vLLM V0 with
+    FlashAttention-2 and FlashInfer run a mixed batch). One launch when the batch has one kind only."""
+    pq, pk = split.prefill_q, split.prefill_k
+    if split.decode is None:
+        return attention(backend, q, k, v, split.prefill, scale)
+    if split.prefill is None:
+        return attention(backend, q, k, v, split.decode, scale)
+    return torch.cat([attention(backend, q[:pq], k[:pk], v[:pk], split.prefill, scale),
+                      attention(backend, q[pq:], k[pk:], v[pk:], split.decode, scale)])
 
 
 def _cumsum(values):

@@ -4,6 +4,7 @@
   servesim-profile profile --models llama-3-8b mistral-7b ops.csv/attention.csv/meta.json per model
   servesim-profile iterations --models llama-3-8b --tp 1  whole-forward validation timings
   servesim-profile comm                                   NCCL all_reduce / send_recv (all visible GPUs)
+  servesim-profile probe-attention --out probe.json       which kernels launch mixed batches, and their cost
 
 Every command resumes: rerun it after an interruption and finished rows are skipped.
 Only torch, numpy, pandas, yaml and simulator.config/paths are imported (the GPU machine has no hydra/simpy).
@@ -100,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--kv-capacity-tokens", type=int, default=None,
                    help="KV-cache size (default: GPU memory left after weights and 10 GiB headroom)")
+    p.add_argument("--attention-launch", default="fused_varlen", choices=["fused_varlen", "split"],
+                   help="one varlen attention launch per layer, or a prefill and a decode launch "
+                        "(iterations_split.csv, with piecewise-graph timings too)")
+    p.add_argument("--piecewise-max-tokens", type=int, default=512,
+                   help="split runs: largest piecewise CUDA-graph capture size (0: no piecewise timing)")
+
+    p = sub.add_parser("probe-attention", help="mixed-batch attention kernels on this GPU (profiler/attention_probe.py)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", type=Path, required=True, help="JSON report")
 
     p = sub.add_parser("comm", help="NCCL all_reduce and send_recv over all visible GPUs")
     p.add_argument("--out", type=Path, default=PROFILES_DIR)
@@ -120,7 +130,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = "servesim-profile " + shlex.join(argv)
     try:
-        return {"check": _check, "profile": _profile, "iterations": _iterations, "comm": _comm}[args.command](
+        return {"check": _check, "profile": _profile, "iterations": _iterations, "comm": _comm,
+                "probe-attention": _probe_attention}[args.command](
             args, command)
     except ConfigError as e:
         raise SystemExit(f"error: {e}")
@@ -191,11 +202,19 @@ def _iterations(args, command) -> int:
         run = run_iterations(load_model(name), args.tp, args.out, _label(args, device), device, count=args.count,
                              seed=args.seed, dtype=dtype, backend=args.backend, num_layers=args.num_layers,
                              max_batch_tokens=args.max_batch_tokens, kv_capacity_tokens=args.kv_capacity_tokens,
-                             time_limit_s=left, command=command)
+                             time_limit_s=left, command=command, attention_launch=args.attention_launch,
+                             piecewise_max_tokens=args.piecewise_max_tokens)
         complete = complete and run["complete"]
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return 0 if complete else 3
+
+
+def _probe_attention(args, command) -> int:
+    from profiler.attention_probe import probe
+
+    probe(torch.device(args.device), args.out)
+    return 0
 
 
 def _comm(args, command) -> int:

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from profiler.attention import VarlenBatch, attention, make_batch
+from profiler.attention import (
+    SplitBatch,
+    VarlenBatch,
+    attention,
+    chunks_first,
+    make_batch,
+    make_split_batch,
+    split_attention,
+)
 from profiler.ops import apply_rope, embed, linear, residual_add, rms_norm, rope_cache, sample, silu_and_mul
 from simulator.config import ModelConfig
 
@@ -59,10 +67,27 @@ class StepInputs:
     write_index: torch.Tensor   # [total_q] KV-cache slot of each new token
     last_index: torch.Tensor    # [num_seqs] row of each sequence's last new token (LM head input)
     temperature: torch.Tensor   # [num_seqs]
+    split: SplitBatch | None = None  # set: attention runs as a prefill launch and a decode launch
+
+    def attention(self, backend: str, q, k, v, scale: float) -> torch.Tensor:
+        """One layer's attention of this step over packed k, v (fused, or split when `split` is set)."""
+        if self.split is not None:
+            return split_attention(backend, q, k, v, self.split, scale)
+        return attention(backend, q, k, v, self.batch, scale)
 
 
-def make_step(composition, device) -> StepInputs:
-    """StepInputs for ((q_tokens, prefix_tokens), ...) in the back-to-back cache layout."""
+def make_step(composition, device, attention_launch: str = "fused_varlen") -> StepInputs:
+    """StepInputs for ((q_tokens, prefix_tokens), ...) in the back-to-back cache layout.
+
+    attention_launch "split" lays the sequences out chunks first (profiler.attention.chunks_first) and
+    launches attention as two calls; "fused_varlen" keeps the given order and one call.
+    """
+    if attention_launch not in ("fused_varlen", "split"):
+        raise ValueError(f"attention_launch={attention_launch!r}: the profiler launches fused_varlen or split")
+    split = None
+    if attention_launch == "split":
+        composition = [composition[i] for i in chunks_first(composition)]
+        split = make_split_batch(composition, device)
     batch = make_batch(composition, device)
     positions, write_index, last_index = [], [], []
     k_start = q_start = 0
@@ -77,7 +102,7 @@ def make_step(composition, device) -> StepInputs:
         return torch.tensor(values, dtype=torch.long, device=device)
 
     return StepInputs(batch, ints(positions), ints(write_index), ints(last_index),
-                      torch.full((len(composition),), 0.8, device=device))
+                      torch.full((len(composition),), 0.8, device=device), split)
 
 
 class LlamaShard:
@@ -147,7 +172,7 @@ class LlamaShard:
             q, k = apply_rope(q.view(n, self.q_heads, d), k.view(n, self.kv_heads, d), step.positions, self.rope)
             kv.k[i].index_copy_(0, step.write_index, k)
             kv.v[i].index_copy_(0, step.write_index, v.view(n, self.kv_heads, d))
-            o = attention(self.backend, q, kv.k[i][:total_k], kv.v[i][:total_k], step.batch, self.scale)
+            o = step.attention(self.backend, q, kv.k[i][:total_k], kv.v[i][:total_k], self.scale)
             hidden = residual_add(linear(o.reshape(n, self.q_heads * d), w.out), residual)
             residual = hidden
             x = rms_norm(hidden, w.post_norm)

@@ -8,6 +8,7 @@ Layout on disk:
   data/profiles/<gpu>/comm/comm.csv           NCCL all_reduce and send_recv (model independent)
   data/profiles/<gpu>/comm/meta.json
   data/validation/<gpu>/<model>/iterations.csv  whole-model forward passes of random batch compositions
+                                              (iterations_split.csv: the same with split attention launches)
 
 All times are milliseconds on one GPU (one TP shard): median over repeats, with p10/p90 spread.
 """
@@ -57,3 +58,13 @@ ITERATION_COLUMNS = [
     "model", "tp", "num_layers", "composition", "batch_size", "q_tokens_total", "kv_tokens_total",
     *TIMING_COLUMNS, "eager_time_ms",
 ]
+# Whole forwards launched as an engine profile says (profiler/iterations.py): split attention adds the
+# time of the same step launched as piecewise CUDA graphs (NaN past the largest capture size).
+SPLIT_ITERATION_COLUMNS = [*ITERATION_COLUMNS, "piecewise_time_ms", "piecewise_tokens"]
+
+
+def iteration_file_names(attention_launch: str) -> tuple[str, str]:
+    """(iterations table, meta file) of an attention launch mode inside data/validation/<gpu>/<model>/."""
+    if attention_launch == "fused_varlen":
+        return "iterations.csv", "meta.json"
+    return f"iterations_{attention_launch}.csv", f"meta_{attention_launch}.json"

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
+from simulator.engine import EngineProfile
 from simulator.paths import CONF_DIR
 
 APP_CONFIG_NAME = "servesim"
@@ -42,7 +43,8 @@ def register_configs() -> None:
     from simulator.run import SimulationConfig
 
     hints = typing.get_type_hints(SimulationConfig)
-    mutable = {"model": _mutable_schema(ModelConfig), "hardware": _mutable_schema(HardwareConfig)}
+    mutable = {"model": _mutable_schema(ModelConfig), "hardware": _mutable_schema(HardwareConfig),
+               "engine": _mutable_schema(EngineProfile)}
     specs = []
     for f in dataclasses.fields(SimulationConfig):
         if f.name in mutable:
@@ -98,7 +100,8 @@ def describe(summary: dict) -> str:
     header = (f"{setup['model']} on {setup['num_replicas']} x {setup['hardware']} "
               f"(tp={setup['tp']}, pp={setup['pp']}), policy {setup['policy']}"
               + (f" ({params})" if params else "")
-              + f", workload {setup['workload']}, predictor {setup['predictor']}, "
+              + f", workload {setup['workload']}, predictor {setup['predictor']}"
+              + (f" (engine {setup['engine']})" if setup.get("engine") else "") + ", "
               f"{setup['kv_blocks_per_engine']:,} KV blocks of {setup['kv_block_size']} tokens")
     from simulator.metrics import format_summary
 

@@ -6,8 +6,12 @@ and compares:
   latency     median, P90, P99 of TTFT, TBT (every inter-token gap) and end-to-end latency
   throughput  completed requests and output tokens per second over the makespan
   iterations  matched one to one: each executed batch (its exact composition) is replayed through the
-              runtime model; predicted vs measured iteration time (with the model's CPU-overhead term) and
-              predicted GPU time (no CPU term) vs the measured GPU span
+              runtime model; predicted vs measured iteration time (with the engine profile's host terms)
+              and predicted GPU time (no host terms) vs the measured GPU span
+The simulator prices iterations as the run's engine ran them (config.json's `engine`; runs recorded
+before engine profiles existed ran servesim_execute). With --held-out the host terms (CPU overhead per
+iteration, launch floors) are fitted on the other runs only (leave one run out), so the table is out of
+sample.
 Errors are signed, (simulated - measured) / measured in %; "abs" columns are their magnitudes.
 
     servesim-compare data/validation/h100/fidelity/runs --markdown docs/fidelity_results.md \\
@@ -15,6 +19,8 @@ Errors are signed, (simulated - measured) / measured in %; "abs" columns are the
     # + how far two executions of the same cells are from each other (run-to-run table):
     servesim-compare data/validation/h100/fidelity/runs --repeats data/validation/h100/fidelity/repeat/runs \\
         --markdown docs/fidelity_results/default.md
+    servesim-compare data/validation/h100/fidelity/piecewise/runs --held-out \\
+        --markdown docs/fidelity_results/piecewise.md
 """
 from __future__ import annotations
 
@@ -209,8 +215,19 @@ def run_labels(run_dir: Path, config: dict) -> dict:
             "capacity_qps": float("nan")}
 
 
+RECORDED_BEFORE_ENGINE_PROFILES = "servesim_execute"
+
+
+def run_config(config: dict):
+    """The SimulationConfig a run executed. Runs recorded before engine profiles existed have no `engine`
+    in config.json: they ran servesim_execute (fused varlen attention, decode-only CUDA graphs)."""
+    from simulator.run import SimulationConfig
+
+    return SimulationConfig.from_dict({"engine": RECORDED_BEFORE_ENGINE_PROFILES, **config})
+
+
 class PredictorCache:
-    """One fitted predictor per (model, hardware, CPU overhead) - fits are the slow part."""
+    """One fitted predictor per (model, hardware, engine profile, CPU overhead) - fits are the slow part."""
 
     def __init__(self):
         self._cache = {}
@@ -218,7 +235,7 @@ class PredictorCache:
     def get(self, cfg, cpu_overhead_s):
         from simulator.run import build_predictor
 
-        key = (cfg.model.name, cfg.hardware.name, cfg.predictor, cpu_overhead_s)
+        key = (cfg.model.name, cfg.hardware.name, cfg.predictor, cfg.engine, cpu_overhead_s)
         if key not in self._cache:
             self._cache[key] = build_predictor(dataclasses.replace(cfg, cpu_overhead_s=cpu_overhead_s))
         return self._cache[key]
@@ -267,26 +284,79 @@ def measured_cpu_overhead_s(run_dirs: list[Path]) -> float:
     return float(np.median(values))
 
 
-def measured_eager_floor_s(run_dirs: list[Path], predictors: PredictorCache) -> float:
-    """GPU span of an eager (op-by-op) iteration that launching bounds: the median span of the eager
-    iterations the runtime model predicts shorter than the median host launch time of one forward pass."""
-    from simulator.run import SimulationConfig
+@dataclass
+class HostSamples:
+    """What one run shows of its engine's host terms (simulator/runtime/cpu_overhead.py).
 
-    spans, predicted, launches = [], [], []
-    for run_dir in run_dirs:
-        run = read_run(Path(run_dir))
-        gpu_only = predictors.get(SimulationConfig.from_dict(run["config"]), 0.0)
-        eager = run["steps"][run["steps"]["path"] == "eager"]
-        comp = run["compositions"][run["compositions"]["iteration"].isin(eager["iteration"])]
-        replay = iteration_replay(comp, lambda q, kv, p=gpu_only: p.stage_times_s(q, kv)[0])
-        spans.append(eager["gpu_s"].to_numpy())
-        predicted.append(replay[eager["iteration"].to_numpy()])
-        launches.append(eager["launch_s"].to_numpy())
-    spans, predicted, launches = (np.concatenate(x) for x in (spans, predicted, launches))
+    graph_batch, graph_exposed_s: batch size and exposed host time (iteration - GPU span) of every decode
+    iteration replayed from a full CUDA graph; launched[path] for "eager" and "piecewise": the GPU span,
+    the runtime model's kernel time (no host terms) and the host's launch time of every such iteration."""
+
+    num_layers: int
+    graph_batch: np.ndarray
+    graph_exposed_s: np.ndarray
+    launched: dict
+
+
+def host_samples(run_dir: Path, predictors: PredictorCache) -> HostSamples:
+    run = read_run(Path(run_dir))
+    cfg = run_config(run["config"])
+    gpu_only = predictors.get(cfg, 0.0)
+    steps = run["steps"]
+    graph = steps[steps["path"] == "graph"]
+    launched = {}
+    for path in ("eager", "piecewise"):
+        rows = steps[steps["path"] == path]
+        predicted = np.empty(0)
+        if len(rows):
+            comp = run["compositions"][run["compositions"]["iteration"].isin(rows["iteration"])]
+            replay = iteration_replay(comp, lambda q, kv, p=gpu_only: p.stage_times_s(q, kv)[0])
+            predicted = replay[rows["iteration"].to_numpy()]
+        launched[path] = (rows["gpu_s"].to_numpy(), predicted, rows["launch_s"].to_numpy())
+    return HostSamples(cfg.model.num_layers, graph["batch_size"].to_numpy(dtype=float),
+                       (graph["duration_s"] - graph["gpu_s"]).to_numpy(), launched)
+
+
+def launch_floor_s(samples: list[HostSamples], path: str) -> float | None:
+    """GPU span of a forward pass that launching bounds, on `path`: the median span of the iterations the
+    runtime model predicts shorter than the median host launch time of one forward pass; None when no
+    iteration is launch-bound."""
+    spans, predicted, launches = (np.concatenate([s.launched[path][i] for s in samples]) for i in range(3))
+    if len(spans) == 0:
+        return None
     bound = predicted < np.median(launches)
-    if not bound.any():
+    return float(np.median(spans[bound])) if bound.any() else None
+
+
+def measured_eager_floor_s(run_dirs: list[Path], predictors: PredictorCache) -> float:
+    """The eager (op-by-op) launch floor of a forward pass these runs show (launch_floor_s)."""
+    floor = launch_floor_s([host_samples(r, predictors) for r in run_dirs], "eager")
+    if floor is None:
         raise ValueError("no launch-bound eager iterations in these runs: cannot measure an eager floor")
-    return float(np.median(spans[bound]))
+    return floor
+
+
+def fit_host_terms(samples: list[HostSamples]) -> dict:
+    """An engine profile's host terms (milliseconds, EngineProfile field names) fitted on these runs:
+    exposed host time = fixed + per sequence x batch over decode graph iterations (least squares), and the
+    launch floor per layer of each launch path that shows launch-bound iterations (0 where none does)."""
+    layers = {s.num_layers for s in samples}
+    if len(layers) != 1:
+        raise ValueError(f"host terms need runs of one layer count, got {sorted(layers)}")
+    num_layers = layers.pop()
+    batch = np.concatenate([s.graph_batch for s in samples])
+    exposed = np.concatenate([s.graph_exposed_s for s in samples])
+    ok = np.isfinite(exposed)
+    if ok.sum() < 3 or len(np.unique(batch[ok])) < 2:
+        raise ValueError("fewer than 3 decode graph iterations of two batch sizes: cannot fit the CPU overhead")
+    design = np.column_stack([np.ones(int(ok.sum())), batch[ok]])
+    (fixed, per_sequence), *_ = np.linalg.lstsq(design, exposed[ok], rcond=None)
+    terms = {"cpu_overhead_ms": max(0.0, float(fixed) * 1e3),
+             "cpu_overhead_per_sequence_ms": max(0.0, float(per_sequence) * 1e3)}
+    for path, name in (("eager", "eager_launch_ms_per_layer"), ("piecewise", "piecewise_launch_ms_per_layer")):
+        floor = launch_floor_s(samples, path)
+        terms[name] = 0.0 if floor is None else floor / num_layers * 1e3
+    return terms
 
 
 def simulate(cfg, predictor):
@@ -311,19 +381,15 @@ def simulate(cfg, predictor):
 
 
 def compare_run(run_dir: str | Path, predictors: PredictorCache | None = None,
-                cpu_overhead_s="config") -> RunComparison:
-    """Simulate the run's config and compare (see the module docstring). cpu_overhead_s: "config" keeps
-    the saved config's host terms (None there = the runtime model's default CPU overhead and eager-launch
-    floor); anything simulator.runtime.cpu_overhead.cpu_overhead accepts (seconds, a name, a CpuOverhead)
-    replaces them."""
-    from simulator.run import SimulationConfig
-
+                host_terms: dict | None = None) -> RunComparison:
+    """Simulate the run's config and compare (see the module docstring). host_terms: None keeps the host
+    terms of the engine profile the run executed; a dict of EngineProfile host fields replaces them."""
     run_dir = Path(run_dir)
     predictors = predictors or PredictorCache()
     run = read_run(run_dir)
-    cfg = SimulationConfig.from_dict(run["config"])
-    if not (isinstance(cpu_overhead_s, str) and cpu_overhead_s == "config"):
-        cfg = dataclasses.replace(cfg, cpu_overhead_s=cpu_overhead_s)
+    cfg = run_config(run["config"])
+    if host_terms:
+        cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, **host_terms))
     predictor = predictors.get(cfg, cfg.cpu_overhead_s)
     gpu_only = predictors.get(cfg, 0.0)
     sim_requests, sim_tokens, sim_iteration_s = simulate(cfg, predictor)
@@ -503,47 +569,58 @@ def targets_summary(table: pd.DataFrame) -> dict:
 
 
 def host_terms(cpu_option: str, floor_option: str, runs: list[Path], predictors: PredictorCache):
-    """(what compare_run simulates with, a sentence saying what that is) from the two CLI options."""
-    from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD, CpuOverhead, cpu_overhead
-
-    default = DEFAULT_CPU_OVERHEAD
-    default_cpu = f"{default.fixed_s * 1e3:.3f} ms + {default.per_sequence_s * 1e3:.4f} ms per sequence"
+    """(host fields replacing each run's engine profile's, or None to keep them; a sentence saying what
+    they are) from the two CLI options."""
     if cpu_option == "default" and floor_option == "default":
-        return "config", (f"the runtime model's default host terms (simulator/runtime/cpu_overhead.py): CPU "
-                          f"overhead {default_cpu}, eager-launch floor "
-                          f"{default.eager_floor_s_per_layer * 1e3:.4f} ms per layer (soft maximum, "
-                          f"p = {default.eager_overlap_exponent:g})")
-    if cpu_option == "default":
-        cpu, setting = default, f"the default CPU overhead ({default_cpu})"
-    elif cpu_option == "measured":
+        return None, "the host terms of the engine profile each run executed (conf/engine/)"
+    terms, setting = {}, "each run's engine profile's CPU overhead"
+    if cpu_option == "measured":
         fixed = measured_cpu_overhead_s(runs)
-        cpu, setting = CpuOverhead(fixed), f"the measured CPU overhead, {fixed * 1e3:.3f} ms per iteration"
-    else:
-        try:
-            cpu = cpu_overhead(cpu_option if cpu_option == "vllm_v0" else float(cpu_option))
-        except ValueError:
-            raise SystemExit(f"--cpu-overhead {cpu_option!r}: expected default, measured, vllm_v0 or "
-                             f"seconds") from None
-        setting = (f"a CPU overhead of {cpu.fixed_s * 1e3:.3f} ms + {cpu.per_sequence_s * 1e3:.4f} ms "
-                   f"per sequence")
-    if floor_option == "default":
-        floor = default.eager_floor_s_per_layer
-    elif floor_option == "measured":
+        terms = {"cpu_overhead_ms": fixed * 1e3, "cpu_overhead_per_sequence_ms": 0.0}
+        setting = f"the measured CPU overhead, {fixed * 1e3:.3f} ms per iteration"
+    elif cpu_option != "default":
+        if cpu_option in ("vllm_v0", "servesim_execute"):
+            from simulator.engine import load_engine_profile
+
+            named = load_engine_profile(cpu_option)
+            terms = {"cpu_overhead_ms": named.cpu_overhead_ms,
+                     "cpu_overhead_per_sequence_ms": named.cpu_overhead_per_sequence_ms}
+        else:
+            try:
+                terms = {"cpu_overhead_ms": float(cpu_option) * 1e3, "cpu_overhead_per_sequence_ms": 0.0}
+            except ValueError:
+                raise SystemExit(f"--cpu-overhead {cpu_option!r}: expected default, measured, vllm_v0, "
+                                 f"servesim_execute or seconds") from None
+        setting = (f"a CPU overhead of {terms['cpu_overhead_ms']:.3f} ms + "
+                   f"{terms['cpu_overhead_per_sequence_ms']:.4f} ms per sequence")
+    if floor_option == "measured":
         layers = {json.loads((Path(r) / "config.json").read_text())["model"]["num_layers"] for r in runs}
         if len(layers) != 1:
             raise SystemExit(f"--eager-floor measured needs runs of one layer count, got {sorted(layers)}")
-        floor = measured_eager_floor_s(runs, predictors) / layers.pop()
+        terms["eager_launch_ms_per_layer"] = measured_eager_floor_s(runs, predictors) / layers.pop() * 1e3
     elif floor_option == "none":
-        floor = 0.0
-    else:
+        terms["eager_launch_ms_per_layer"] = terms["piecewise_launch_ms_per_layer"] = 0.0
+    elif floor_option != "default":
         try:
-            floor = float(floor_option)
+            terms["eager_launch_ms_per_layer"] = float(floor_option) * 1e3
         except ValueError:
             raise SystemExit(f"--eager-floor {floor_option!r}: expected default, measured, none or "
                              f"seconds per layer") from None
-    setting += (f", and an eager-launch floor of {floor * 1e3:.4f} ms per layer for batches launched op by op"
-                if floor > 0 else ", and no eager-launch floor")
-    return dataclasses.replace(cpu, eager_floor_s_per_layer=floor), setting
+    floor = terms.get("eager_launch_ms_per_layer")
+    if floor is None:
+        setting += ", and the engine profile's launch floors"
+    elif floor > 0:
+        setting += f", and an eager-launch floor of {floor:.4f} ms per layer for batches launched op by op"
+    else:
+        setting += ", and no launch floors"
+    return terms, setting
+
+
+def held_out_host_terms(runs: list[Path], predictors: PredictorCache) -> dict:
+    """Each run's host terms fitted on every other run (leave one run out), so that no run is scored with
+    host terms measured on itself."""
+    samples = {run: host_samples(run, predictors) for run in runs}
+    return {run: fit_host_terms([s for other, s in samples.items() if other != run]) for run in runs}
 
 
 def main(argv=None) -> int:
@@ -555,12 +632,15 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the accuracy tables (Markdown) here")
     parser.add_argument("--figures", type=Path, help="write the fidelity figures (PNG) here")
     parser.add_argument("--cpu-overhead", default="default",
-                        help="CPU overhead per iteration the simulator uses: 'default' (the runtime model's, "
+                        help="CPU overhead per iteration the simulator uses: 'default' (the engine profile's, "
                              "as in the runs' configs), 'measured' (the median the executions show on decode "
                              "iterations), 'vllm_v0' (Vidur's vLLM v0 line), or seconds")
     parser.add_argument("--repeats", type=Path,
                         help="a folder of second executions of some of the same cells (same run names): adds "
                              "a run-to-run table to the Markdown report")
+    parser.add_argument("--held-out", action="store_true",
+                        help="fit the host terms (CPU overhead, launch floors) of each run on the other runs "
+                             "(leave one run out) instead of taking the engine profile's")
     parser.add_argument("--eager-floor", default="default",
                         help="least GPU time of a batch launched op by op (one with prefill tokens): "
                              "'default' (the runtime model's, 0.4885 ms per layer), 'measured' (from these "
@@ -572,11 +652,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"no servesim-execute runs (config.json + steps.parquet) under "
                          f"{[str(r) for r in args.runs]}")
     predictors = PredictorCache()
-    host, setting = host_terms(args.cpu_overhead, args.eager_floor, runs, predictors)
+    if args.held_out:
+        per_run = held_out_host_terms(runs, predictors)
+        setting = ("host terms (CPU overhead, launch floors) fitted for each run on the other runs "
+                   "(leave one run out; simulator.compare.fit_host_terms)")
+    else:
+        host, setting = host_terms(args.cpu_overhead, args.eager_floor, runs, predictors)
+        per_run = dict.fromkeys(runs, host)
     print(f"simulating with {setting}")
     comparisons = []
     for run_dir in runs:
-        comparisons.append(compare_run(run_dir, predictors, host))
+        comparisons.append(compare_run(run_dir, predictors, per_run[run_dir]))
         e = comparisons[-1].errors()
         it = comparisons[-1].iteration_errors()["total"]
         print(f"{run_dir.name}: TTFT p50 {e['ttft_s_p50']:+.1f} %, TBT p99 {e['tbt_s_p99']:+.1f} %, "
@@ -594,11 +680,14 @@ def main(argv=None) -> int:
         targets = {"cpu_overhead": setting, **targets_summary(table)}
         (args.out / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
         if (np.asarray([s["gpu_s"].notna().any() for s in (c.iterations for c in comparisons)])).all():
-            try:
-                floor_s = measured_eager_floor_s(runs, predictors)
-            except ValueError:  # no launch-bound eager iterations in these runs
-                floor_s = None
-            cpu = pooled_cpu_overhead(runs, floor_s)
+            samples = [host_samples(r, predictors) for r in runs]
+            cpu = pooled_cpu_overhead(runs, launch_floor_s(samples, "eager"))
+            try:  # what an engine profile of these runs would hold (fitted on all of them)
+                cpu["engine_host_terms"] = fit_host_terms(samples)
+            except ValueError as e:
+                cpu["engine_host_terms"] = f"not fitted: {e}"
+            if args.held_out:
+                cpu["held_out_host_terms"] = {r.name: terms for r, terms in per_run.items()}
             (args.out / "cpu_overhead.json").write_text(json.dumps(cpu, indent=2) + "\n")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from simulator.config import (
     load_hardware_config,
     load_model_config,
 )
+from simulator.engine import EngineProfile, load_engine_profile
 from simulator.workload import WorkloadConfig, load_workload
 
 if TYPE_CHECKING:
@@ -39,21 +40,28 @@ if TYPE_CHECKING:
     from simulator.metrics import RequestTable
 
 PREDICTORS = ("fitted", "linear")
+DEFAULT_ENGINE = "vllm_v1"  # what a user on an H100 runs today (conf/config.yaml names the same)
 
 
 @dataclass
 class SimulationConfig:
-    """Everything one simulation needs. Groups mirror conf/ (model, hardware, cluster, policy, workload, slo).
+    """Everything one simulation needs. Groups mirror conf/ (model, hardware, engine, cluster, policy,
+    workload, slo).
+
+    engine            how the serving engine launches a batch and what its host costs (simulator/engine.py;
+                      a conf/engine name or its fields); the fitted predictor prices iterations through it
 
     predictor         "fitted" (simulator.runtime's model fitted to GPU profiles) or "linear"
                       (simulator.linear_predictor, coefficients in `linear_predictor`)
-    cpu_overhead_s    per-iteration CPU overhead for the fitted predictor (None: its documented default)
+    cpu_overhead_s    None: the engine profile's host terms; seconds: that constant per iteration instead
+                      (and no launch floors; 0 = no host terms at all)
     fast_decode_runs  advance runs of decode-only iterations in one step (identical results, faster)
     output_dir        where result files go ("" = none from Python; the CLI uses Hydra's run directory)
     """
 
     model: ModelConfig
     hardware: HardwareConfig
+    engine: EngineProfile = field(default_factory=lambda: load_engine_profile(DEFAULT_ENGINE))
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -75,8 +83,11 @@ class SimulationConfig:
         if unknown:
             raise ConfigError(f"unknown top-level config field(s) {sorted(unknown)}")
         for name, loader, kind in (("model", load_model_config, ModelConfig),
-                                   ("hardware", load_hardware_config, HardwareConfig)):
+                                   ("hardware", load_hardware_config, HardwareConfig),
+                                   ("engine", load_engine_profile, EngineProfile)):
             if name not in values:
+                if name == "engine":
+                    continue
                 raise ConfigError(f"config field '{name}' is missing")
             if isinstance(values[name], str):
                 values[name] = loader(values[name])
@@ -157,7 +168,7 @@ def build_predictor(cfg: SimulationConfig):
         from simulator.runtime import build_predictor as build_fitted
 
         try:
-            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s)
+            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine)
         except ProfileError as e:
             # Never swap in uncalibrated times silently: say what is missing and how to choose otherwise.
             raise ConfigError(f"predictor=fitted: {e}. Profile that GPU/model (docs/profiler.md) or run with "
@@ -228,6 +239,8 @@ def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int,
         "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
         "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
         "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
+        # The fitted predictor prices iterations as this engine launches them (the linear one ignores it).
+        "engine": cfg.engine.name if cfg.predictor == "fitted" else None,
         "seed": cfg.seed,
         "kv_blocks_per_engine": kv_blocks_per_engine, "kv_block_size": cfg.cluster.block_size,
     }

@@ -441,7 +441,7 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
             if reason is None:
                 cluster.validate(simulation.model)
                 key = (simulation.predictor, simulation.model, simulation.hardware, cluster.tp, cluster.pp,
-                       simulation.cpu_overhead_s, repr(simulation.linear_predictor))
+                       simulation.engine, simulation.cpu_overhead_s, repr(simulation.linear_predictor))
                 if key not in predictor_errors:
                     try:
                         build_predictor(simulation)

@@ -1,6 +1,7 @@
 """servesim-compare: metrics and errors on hand-made tables, and a golden end-to-end comparison."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -170,21 +171,46 @@ def test_missing_run_files_name_the_file(tmp_path):
 
 
 def test_host_terms_from_the_cli_options(tmp_path):
-    from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD
-
     cache = compare.PredictorCache()
-    assert compare.host_terms("default", "default", [], cache)[0] == "config"  # the runs' own configs
+    assert compare.host_terms("default", "default", [], cache)[0] is None  # the runs' own engine profiles
     host, setting = compare.host_terms("0.001", "none", [], cache)
-    assert (host.fixed_s, host.per_sequence_s, host.eager_floor_s_per_layer) == (0.001, 0.0, 0.0)
-    assert "no eager-launch floor" in setting
+    assert host == {"cpu_overhead_ms": 1.0, "cpu_overhead_per_sequence_ms": 0.0, "eager_launch_ms_per_layer": 0.0,
+                    "piecewise_launch_ms_per_layer": 0.0}
+    assert "no launch floors" in setting
     host, _ = compare.host_terms("vllm_v0", "0.0002", [], cache)
-    assert host.per_sequence_s > 0 and host.eager_floor_s_per_layer == 0.0002
+    assert host["cpu_overhead_per_sequence_ms"] > 0 and host["eager_launch_ms_per_layer"] == pytest.approx(0.2)
     host, _ = compare.host_terms("default", "none", [], cache)
-    assert host.fixed_s == DEFAULT_CPU_OVERHEAD.fixed_s and host.eager_floor_s_per_layer == 0.0
+    assert "cpu_overhead_ms" not in host and host["eager_launch_ms_per_layer"] == 0.0
     with pytest.raises(SystemExit, match="--eager-floor 'soon'"):
         compare.host_terms("default", "soon", [], cache)
     with pytest.raises(SystemExit, match="--cpu-overhead 'lots'"):
         compare.host_terms("lots", "default", [], cache)
+
+
+def test_runs_recorded_before_engine_profiles_ran_servesim_execute():
+    config = json.loads(json.dumps(dataclasses.asdict(linear_config())))
+    old = {k: v for k, v in config.items() if k != "engine"}
+    assert compare.run_config(old).engine.name == "servesim_execute"
+    assert compare.run_config({**config, "engine": "vllm_v0"}).engine.name == "vllm_v0"
+
+
+def test_held_out_host_terms_never_use_the_run_they_score():
+    """Two runs with different exposed host times: each run's fitted CPU overhead is the other's."""
+    def samples(fixed_s):
+        batch = np.array([1.0, 2.0, 4.0, 8.0])
+        eager = (np.array([0.02, 0.03]), np.array([0.001, 0.05]), np.array([0.015, 0.015]))
+        empty = (np.empty(0),) * 3
+        return compare.HostSamples(32, batch, fixed_s + 1e-5 * batch, {"eager": eager, "piecewise": empty})
+
+    a, b = samples(0.3e-3), samples(0.5e-3)
+    terms = compare.fit_host_terms([b])
+    assert terms["cpu_overhead_ms"] == pytest.approx(0.5) and terms["cpu_overhead_per_sequence_ms"] == pytest.approx(0.01)
+    # One eager iteration is predicted shorter than the median launch (15 ms): its 20 ms span is the floor.
+    assert terms["eager_launch_ms_per_layer"] == pytest.approx(20.0 / 32)
+    assert terms["piecewise_launch_ms_per_layer"] == 0.0  # no piecewise iterations: no floor measured
+    assert compare.fit_host_terms([a])["cpu_overhead_ms"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="one layer count"):
+        compare.fit_host_terms([a, compare.HostSamples(2, a.graph_batch, a.graph_exposed_s, a.launched)])
 
 
 def test_pooled_cpu_overhead_over_runs(tmp_path):

@@ -223,6 +223,37 @@ def test_slot_cache_holds_real_keys_and_values():
     assert torch.allclose(decode_logits, full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("engine", ["servesim_execute_piecewise", "sglang"])
+def test_split_and_piecewise_launches_compute_what_the_fused_launch_computes(engine, monkeypatch):
+    """The same batches (prefills, a mixed batch, decodes) through servesim's fused engine and through a
+    split-attention engine (piecewise graph pieces, or eager) pick the same tokens and write the same K/V
+    into each request's slot."""
+    import simulator.execute.runner as runner_module
+    from simulator.engine import load_engine_profile
+
+    monkeypatch.setattr(runner_module, "sample", lambda logits, temperature: logits.argmax(-1))  # deterministic
+    fused = TorchModelRunner(tiny_model(), "cpu", capacity_tokens=600)
+    other = TorchModelRunner(tiny_model(), "cpu", capacity_tokens=600, engine=load_engine_profile(engine))
+    assert other.split_attention and (other.pieces is not None) == (engine == "servesim_execute_piecewise")
+    steps = [  # ids, new tokens, cached tokens, prompt, generated
+        ([1], [20], [0], [37], [0]),
+        ([1, 2], [17, 9], [20, 0], [37, 9], [0, 0]),          # chunk of 1 + whole prompt of 2
+        ([3, 2, 1], [40, 1, 1], [0, 9, 37], [40, 9, 37], [0, 1, 1]),  # a prefill with two decodes
+        ([2, 1, 3], [1, 1, 1], [10, 38, 40], [9, 37, 40], [2, 2, 1]),  # decodes only
+    ]
+    for ids, new, cached, prompt, generated in steps:
+        args = [np.array(a) for a in (ids, new, cached, prompt, generated)] + [np.array(prompt) + 10]
+        a, b = fused.execute(*args), other.execute(*args)
+        assert {r: fused.last_token[r] for r in ids} == {r: other.last_token[r] for r in ids}
+        assert b.path == ("piecewise" if other.pieces is not None else "eager") and a.path == "eager"
+    assert fused.slot_start == other.slot_start
+    written = {1: 39, 2: 11, 3: 41}  # tokens each request has in its slot after the last step
+    for r, start in fused.slot_start.items():
+        rows = slice(start, start + written[r])
+        for layer in range(2):
+            assert torch.allclose(fused.kv.k[layer][rows], other.kv.k[layer][rows], atol=1e-5)
+
+
 def test_slot_attention_check_and_graph_shapes():
     runner = TorchModelRunner(tiny_model(), "cpu", capacity_tokens=100)
     assert runner.check_slot_attention() < 1e-4

@@ -8,7 +8,7 @@ One run:
 A fidelity plan (simulator/execute/plan.py writes it; cells run in the plan's order, each skipped when
 its predicted time would pass the deadline, the results packed after every cell):
     servesim-execute --plan data/validation/h100/fidelity/plan.json --out runs/fidelity \\
-        --deadline-s 540 --pack $OUT/fidelity.tar.gz
+        --deadline-s 540 --pack results/fidelity.tar.gz
 
 Then compare with the simulator: servesim-compare runs/fidelity (see docs/fidelity.md).
 """
@@ -48,7 +48,7 @@ def config_from_args(args):
     from simulator.run import SimulationConfig
 
     if args.config:
-        return SimulationConfig.from_dict(json.loads(Path(args.config).read_text()))
+        return with_engine(SimulationConfig.from_dict(json.loads(Path(args.config).read_text())), args.engine)
     from simulator.config import _load_yaml
     from simulator.workload import load_workload_config
 
@@ -57,7 +57,7 @@ def config_from_args(args):
         workload.num_requests = args.num_requests
     _, cluster = _load_yaml("cluster", args.cluster)
     cfg = SimulationConfig.from_dict({
-        "model": args.model, "hardware": args.hardware, "cluster": cluster,
+        "model": args.model, "hardware": args.hardware, "cluster": cluster, "engine": args.engine or "servesim_execute",
         "policy": {"name": args.policy, **parse_pairs(args.policy_param, "--policy-param")},
         "workload": workload, "seed": args.seed,
     })
@@ -66,6 +66,18 @@ def config_from_args(args):
 
         cfg = with_rate(cfg, args.rate_qps, cfg.workload.num_requests, native_rate_qps(cfg))
     return cfg
+
+
+def with_engine(cfg, engine: str | None):
+    """cfg launched as conf/engine/<engine>.yaml says (unchanged when engine is None); the run's saved
+    config.json then names that engine, so servesim-compare simulates the engine that ran."""
+    if engine is None:
+        return cfg
+    import dataclasses
+
+    from simulator.engine import load_engine_profile
+
+    return dataclasses.replace(cfg, engine=load_engine_profile(engine))
 
 
 def pack(results: Path, archive: Path) -> None:
@@ -89,7 +101,7 @@ def run_plan(args, log) -> int:
         cells = [c for c in cells if c["name"].startswith(wanted)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = [SimulationConfig.from_dict(c["config"]) for c in cells]
+    configs = [with_engine(SimulationConfig.from_dict(c["config"]), args.engine) for c in cells]
     runner = build_runner(configs[0], args.device, args.num_layers, not args.no_cuda_graphs,
                           args.kv_capacity_tokens, log=log)
     warm_s = warm_up(runner)
@@ -204,6 +216,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-layers", type=int, help="build fewer layers (tests; not the model's timings)")
     parser.add_argument("--kv-capacity-tokens", type=int,
                         help="KV slot rows on the device (default: the simulated cache's size, or what fits)")
+    parser.add_argument("--engine", help="launch batches as conf/engine/<ENGINE>.yaml says (attention launch, "
+                        "CUDA graphs); executable: servesim_execute (default for one run), "
+                        "servesim_execute_piecewise; in plan mode it overrides the cells' engine")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode batches eagerly too")
     parser.add_argument("--keep-trace", action="store_true", help="plan mode: keep each cell's trace.json")
     parser.add_argument("--progress", action="store_true")

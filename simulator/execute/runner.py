@@ -6,10 +6,17 @@ slots.py): every request owns one contiguous range of token rows per layer, so a
 sequence's K/V in place with FlashAttention-2's varlen kernel (torch's `_flash_attention_forward`, the
 kernel attention.csv timed) by passing slot starts as `cu_seqlens_k` and lengths as `seqused_k`.
 
-As in vLLM, decode-only batches replay CUDA graphs captured per padded batch size (1, 2, 4, 8, then
-multiples of 8) and per power-of-two bound on the context length (the kernel's max_seqlen_k); batches
-with prefill tokens run eagerly. Graph capture happens the first time a shape is needed and its time is
-reported apart (`StepTiming.excluded_s`) so that it never counts as serving time.
+How a batch is launched follows an engine profile (simulator/engine.py):
+* attention_launch "fused_varlen": one varlen launch over every sequence per layer; "split": the prefill
+  chunks in one launch and the decodes in another (sequences ordered chunks first, each kind by slot);
+* cuda_graphs "decode_only" (as vLLM V0): decode-only batches of up to graph_max_decode_batch sequences
+  replay CUDA graphs captured per padded batch size (1, 2, 4, 8, then multiples of 8) and per power-of-two
+  bound on the context length (the kernel's max_seqlen_k); other batches run eagerly, op by op;
+  "piecewise" (as vLLM V1): those decode graphs, and every other batch of up to graph_max_tokens tokens
+  runs as piecewise graphs padded to vLLM's capture sizes with attention launched between the pieces
+  (profiler/piecewise.py); "none": everything eager.
+Graph capture happens the first time a shape is needed and its time is reported apart
+(`StepTiming.excluded_s`) so that it never counts as serving time.
 """
 from __future__ import annotations
 
@@ -22,7 +29,9 @@ import torch
 from profiler.attention import bottom_right_causal_mask, make_batch, reference_attention, relative_error
 from profiler.model import KVCache, LlamaShard
 from profiler.ops import apply_rope, embed, linear, residual_add, rms_norm, sample, silu_and_mul
+from profiler.piecewise import PiecewiseForward
 from simulator.config import ModelConfig
+from simulator.engine import EngineProfile
 from simulator.execute.slots import SlotAllocator
 
 TEMPERATURE = 0.8  # sampling temperature of every request (the work is the same at any value)
@@ -40,8 +49,9 @@ class StepTiming:
     sync_s      waiting until the sampled tokens are back on the host
     gpu_s       CUDA-event span from the first kernel to the end of sampling (NaN on a CPU); when the
                 host cannot launch kernels as fast as the GPU runs them, this span includes those gaps
-    path        "graph" (decode CUDA graph), "eager" or "predicted"
-    padded_batch sequences the GPU ran (graph batches are padded up to their captured size)
+    path        "graph" (decode CUDA graph), "piecewise", "eager" or "predicted"
+    padded_batch sequences the GPU ran (graph batches are padded up to their captured size; piecewise
+                batches: the tokens of their capture size)
     excluded_s  host time spent capturing a new CUDA graph for this step: not serving time
     duration_s  set only by runners that do no real work (PredictorRunner): the iteration's time
     """
@@ -97,9 +107,23 @@ def slot_attention(backend: str, q, k_cache, v_cache, a: SlotAttention, scale: f
                      f"use torch_flash or sdpa_masked")
 
 
-def forward(shard: LlamaShard, kv: KVCache, ids, positions, write_index, last_index, attn: SlotAttention):
+def launch_attention(backend: str, q, k_cache, v_cache, attn, scale: float) -> torch.Tensor:
+    """One layer's attention: `attn` is a SlotAttention (one launch) or a tuple of them whose query rows
+    follow one another (a split launch: the chunks' launch, then the decodes')."""
+    if isinstance(attn, SlotAttention):
+        return slot_attention(backend, q, k_cache, v_cache, attn, scale)
+    outs, start = [], 0
+    for part in attn:
+        rows = sum(part.q_lens)
+        outs.append(slot_attention(backend, q[start:start + rows], k_cache, v_cache, part, scale))
+        start += rows
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def forward(shard: LlamaShard, kv: KVCache, ids, positions, write_index, last_index, attn):
     """LlamaShard's forward pass (same ops, same order) with the slot KV layout -> logits of each
-    sequence's last new token [num_seqs, vocab]. Writes the new tokens' K/V into their slots."""
+    sequence's last new token [num_seqs, vocab]. Writes the new tokens' K/V into their slots.
+    attn: what launch_attention takes."""
     n, d, hq, hk = ids.shape[0], shard.head_dim, shard.q_heads, shard.kv_heads
     hidden = embed(ids, shard.embedding, 0, False)
     for i, w in enumerate(shard.layers):
@@ -109,7 +133,7 @@ def forward(shard: LlamaShard, kv: KVCache, ids, positions, write_index, last_in
         q, k = apply_rope(q.view(n, hq, d), k.view(n, hk, d), positions, shard.rope)
         kv.k[i].index_copy_(0, write_index, k)
         kv.v[i].index_copy_(0, write_index, v.view(n, hk, d))
-        o = slot_attention(shard.backend, q, kv.k[i], kv.v[i], attn, shard.scale)
+        o = launch_attention(shard.backend, q, kv.k[i], kv.v[i], attn, shard.scale)
         hidden = residual_add(linear(o.reshape(n, hq * d), w.out), residual)
         residual = hidden
         x = rms_norm(hidden, w.post_norm)
@@ -175,11 +199,14 @@ class TorchModelRunner:
 
     model            conf/model shapes (all layers unless num_layers is given)
     capacity_tokens  KV rows per layer (slot space); SCRATCH_TOKENS more are reserved for graph padding
-    cuda_graphs      replay captured graphs for decode-only batches (CUDA only), as vLLM does by default
+    cuda_graphs      False: no CUDA graphs at all, whatever the engine profile says
+    engine           how batches are launched (attention_launch, cuda_graphs, graph limits); None: fused
+                     varlen attention and decode-only graphs of up to 256 sequences (servesim's engine)
     """
 
     def __init__(self, model: ModelConfig, device, capacity_tokens: int, dtype=None,
-                 num_layers: int | None = None, cuda_graphs: bool = True, seed: int = 0):
+                 num_layers: int | None = None, cuda_graphs: bool = True, seed: int = 0,
+                 engine: EngineProfile | None = None):
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
@@ -192,8 +219,20 @@ class TorchModelRunner:
         self.slot_start: dict[int, int] = {}  # request id -> first row of its slot (after the scratch rows)
         self.slot_size: dict[int, int] = {}
         self.last_token: dict[int, int] = {}  # request id -> its last sampled token id
-        self.cuda_graphs = cuda_graphs and on_gpu
+        if engine is not None and engine.attention_launch not in ("fused_varlen", "split"):
+            raise ValueError(f"engine {engine.name}: attention_launch={engine.attention_launch!r} cannot be "
+                             f"executed (fused_varlen and split can)")
+        self.engine = engine
+        self.split_attention = engine is not None and engine.attention_launch == "split"
+        graph_mode = "decode_only" if engine is None else engine.cuda_graphs
+        self.graph_max_batch = GRAPH_MAX_BATCH if engine is None else engine.graph_max_decode_batch
+        self.cuda_graphs = cuda_graphs and on_gpu and graph_mode != "none"
         self.graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        # Piecewise graphs: the padding rows write their K/V into scratch row 0 (never a slot's).
+        self.pieces = None
+        if cuda_graphs and graph_mode == "piecewise" and engine.graph_max_tokens > 0:
+            self.pieces = PiecewiseForward(self.shard, self.kv, engine.graph_max_tokens, 0, graphs=on_gpu,
+                                           pool=self.graph_pool)
         self.graphs: dict[tuple[int, int], _DecodeGraph] = {}
         self.graph_capture_s = 0.0
         self.temperature = torch.full((1024,), TEMPERATURE, device=self.device)
@@ -236,7 +275,8 @@ class TorchModelRunner:
         """
         t0 = time.perf_counter()
         starts = self._slots_for(ids, reserve_tokens)
-        order = np.argsort(starts, kind="stable")
+        # Slot order; a split launch takes the chunks first (each kind in slot order).
+        order = np.lexsort((starts, num_tokens == 1)) if self.split_attention else np.argsort(starts, kind="stable")
         ids, q, p, starts = ids[order], num_tokens[order], kv_tokens[order], starts[order]
         prompt, generated = prompt_tokens[order], generated_tokens[order]
         total_q = int(q.sum())
@@ -251,7 +291,7 @@ class TorchModelRunner:
             token_ids[fed_back] = [self.last_token.get(r, 0) for r in ids[owner[fed_back]].tolist()]
         write_index = starts[owner] + positions
         k_lens = p + q
-        use_graph = (self.cuda_graphs and total_q == len(ids) and len(ids) <= GRAPH_MAX_BATCH
+        use_graph = (self.cuda_graphs and total_q == len(ids) and len(ids) <= self.graph_max_batch
                      and int(k_lens.max()) <= self.model.max_model_len)
         if use_graph:
             timing, tokens = self._run_graph(t0, token_ids, positions, write_index, starts, k_lens)
@@ -263,21 +303,28 @@ class TorchModelRunner:
     def _run_eager(self, t0, token_ids, positions, write_index, q, starts, k_lens):
         n = len(q)
         cu_q = np.concatenate([[0], np.cumsum(q)])
-        longs = torch.from_numpy(np.concatenate([token_ids, positions, write_index, cu_q[1:] - 1]))
-        ints = np.concatenate([cu_q, starts, [self.capacity_tokens], k_lens]).astype(np.int32)
-        ints = torch.from_numpy(ints)
-        longs, ints = longs.to(self.device), ints.to(self.device)
+        longs = torch.from_numpy(np.concatenate([token_ids, positions, write_index, cu_q[1:] - 1])).to(self.device)
         total_q = len(token_ids)
         ids_d, pos_d, write_d, last_d = longs[:total_q], longs[total_q:2 * total_q], \
             longs[2 * total_q:3 * total_q], longs[3 * total_q:]
-        attn = SlotAttention(ints[: n + 1], ints[n + 1: 2 * n + 2], ints[2 * n + 2:], int(q.max()),
-                             int(k_lens.max()), tuple(q.tolist()), tuple(starts.tolist()),
-                             tuple(k_lens.tolist()))
+        attn = self._attention_launch(q, starts, k_lens)
+        pieces = self.pieces if self.pieces is not None and total_q <= self.pieces.max_tokens else None
+        excluded = 0.0
+        if pieces is not None:  # capture a new size before the clock starts: capture is not serving time
+            c0 = time.perf_counter()
+            pieces.prepare(total_q)
+            excluded = time.perf_counter() - c0
+            self.graph_capture_s += excluded
         events = self._events()
         t1 = time.perf_counter()
         if events:
             events[0].record()
-        logits = forward(self.shard, self.kv, ids_d, pos_d, write_d, last_d, attn)
+        if pieces is not None:
+            hidden = pieces.forward(ids_d, pos_d, write_d, lambda layer, q_rows: launch_attention(
+                self.shard.backend, q_rows, self.kv.k[layer], self.kv.v[layer], attn, self.shard.scale))
+            logits = linear(hidden.index_select(0, last_d), self.shard.lm_head)
+        else:
+            logits = forward(self.shard, self.kv, ids_d, pos_d, write_d, last_d, attn)
         if n > len(self.temperature):
             self.temperature = torch.full((2 * n,), TEMPERATURE, device=self.device)
         tokens_d = sample(logits, self.temperature[:n])
@@ -287,7 +334,31 @@ class TorchModelRunner:
         tokens = tokens_d.tolist()  # waits for the GPU
         t3 = time.perf_counter()
         gpu_s = events[0].elapsed_time(events[1]) / 1e3 if events else float("nan")
+        if pieces is not None:
+            return StepTiming(t1 - t0 - excluded, t2 - t1, t3 - t2, gpu_s, "piecewise",
+                              pieces.capture_size(total_q), excluded), tokens
         return StepTiming(t1 - t0, t2 - t1, t3 - t2, gpu_s, "eager", n), tokens
+
+    def _attention_launch(self, q, starts, k_lens):
+        """The SlotAttention of this batch, or (chunks', decodes') SlotAttentions of a split launch, from
+        host arrays; their int32 offsets reach the device in one copy."""
+        n = len(q)
+        chunks = int((q > 1).sum())
+        parts = [(0, n)] if not self.split_attention or chunks in (0, n) else [(0, chunks), (chunks, n)]
+        host, layout = [], []
+        for lo, hi in parts:
+            offset = sum(len(h) for h in host)
+            qs = q[lo:hi]
+            host += [np.concatenate([[0], np.cumsum(qs)]), starts[lo:hi], [self.capacity_tokens], k_lens[lo:hi]]
+            layout.append((offset, hi - lo))
+        ints = torch.from_numpy(np.concatenate(host).astype(np.int32)).to(self.device)
+        launches = []
+        for (lo, hi), (offset, m) in zip(parts, layout):
+            launches.append(SlotAttention(
+                ints[offset: offset + m + 1], ints[offset + m + 1: offset + 2 * m + 2],
+                ints[offset + 2 * m + 2: offset + 3 * m + 2], int(q[lo:hi].max()), int(k_lens[lo:hi].max()),
+                tuple(q[lo:hi].tolist()), tuple(starts[lo:hi].tolist()), tuple(k_lens[lo:hi].tolist())))
+        return launches[0] if len(launches) == 1 else tuple(launches)
 
     def _run_graph(self, t0, token_ids, positions, write_index, starts, k_lens):
         n = len(token_ids)

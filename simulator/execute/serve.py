@@ -48,18 +48,21 @@ def build_runner(cfg, device: str, num_layers: int | None = None, cuda_graphs: b
         blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
         kv_capacity_tokens = blocks * cfg.cluster.block_size
         if torch.device(device).type == "cuda":
-            fits = kv_rows_that_fit(cfg.model, device)
+            # Piecewise graphs keep their pieces' outputs for every capture size used: more headroom.
+            headroom = (12 if cfg.engine.cuda_graphs == "piecewise" else 6) * GIB
+            fits = kv_rows_that_fit(cfg.model, device, headroom)
             if fits < kv_capacity_tokens:
                 log(f"the GPU holds {fits} KV tokens, fewer than the simulated cache's {kv_capacity_tokens}; "
                     f"slots come from the smaller space (the policy still accounts the simulated size)")
                 kv_capacity_tokens = fits
     runner = TorchModelRunner(cfg.model, device, kv_capacity_tokens, num_layers=num_layers,
-                              cuda_graphs=cuda_graphs, seed=cfg.seed)
+                              cuda_graphs=cuda_graphs, seed=cfg.seed, engine=cfg.engine)
     runner.attention_check_error = runner.check_slot_attention()
     runner.build_s = time.perf_counter() - started
     log(f"{cfg.model.name}: {runner.shard.num_layers} layers on {device}, "
         f"KV slots for {kv_capacity_tokens} tokens, "
         f"attention {runner.shard.backend} (check error {runner.attention_check_error:.2g}), "
+        f"engine {cfg.engine.name} ({cfg.engine.attention_launch} attention, {cfg.engine.cuda_graphs} graphs), "
         f"built in {runner.build_s:.1f} s")
     return runner
 
@@ -133,6 +136,8 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
         "attention_backend": getattr(shard, "backend", None),
         "attention_check_error": getattr(runner, "attention_check_error", None),
         "cuda_graphs": getattr(runner, "cuda_graphs", False),
+        "engine": cfg.engine.describe(),
+        "piecewise_capture_sizes": sorted(getattr(getattr(runner, "pieces", None), "sizes", {})),
         "graphs_captured_total": len(getattr(runner, "graphs", {})),
         "graph_capture_s_this_run": getattr(runner, "graph_capture_s", 0.0) - capture_before,
         "kv_slot_tokens": getattr(getattr(runner, "slots", None), "capacity_tokens", None),
@@ -140,6 +145,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
         "wall_s": wall_s,
         "iterations": len(out.steps),
         "graph_iterations": int((out.steps["path"] == "graph").sum()),
+        "piecewise_iterations": int((out.steps["path"] == "piecewise").sum()),
         "mean_exposed_cpu_ms": float(np.nanmean(out.steps["duration_s"] - out.steps["gpu_s"]) * 1e3)
         if len(out.steps) and out.steps["gpu_s"].notna().any() else None,
     }

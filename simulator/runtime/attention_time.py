@@ -91,6 +91,33 @@ class AttentionTime:
             t = t * self._trees.factor_one(features)
         return t, num_tokens
 
+    def split_batch_ms(self, q_tokens, kv_tokens, gap_ms: float = 0.0) -> tuple[float, int]:
+        """(milliseconds, tokens in the batch) of a batch launched split: its prefill chunks in one launch and
+        its decodes in another, each priced as measured alone, plus `gap_ms` when both launch."""
+        if isinstance(q_tokens, list):
+            num_tokens = sum(q_tokens)
+            if num_tokens == len(q_tokens):
+                return self.decode_ms(kv_tokens), num_tokens
+            chunk_q = [q for q in q_tokens if q > 1]
+            chunk_kv = [kv for q, kv in zip(q_tokens, kv_tokens) if q > 1]
+            decode_kv = [kv for q, kv in zip(q_tokens, kv_tokens) if q == 1]
+        else:
+            num_tokens = int(np.add.reduce(q_tokens))
+            if num_tokens == len(q_tokens):
+                return self.decode_ms(kv_tokens), num_tokens
+            chunks = q_tokens > 1
+            chunk_q, chunk_kv, decode_kv = q_tokens[chunks], kv_tokens[chunks], kv_tokens[~chunks]
+        t = self.chunks_ms(chunk_q, chunk_kv)
+        if len(decode_kv):
+            t += self.decode_ms(decode_kv) + gap_ms
+        return t, num_tokens
+
+    def chunks_ms(self, q_tokens, kv_tokens) -> float:
+        """Milliseconds of one launch holding prefill chunks only (every q > 1)."""
+        features = batch_attention_features(q_tokens, kv_tokens, self.shape)
+        t = self.chunked_ms(features)
+        return t * self._trees.factor_one(features) if self._has_trees else t
+
     def chunked_ms(self, features: list) -> float:
         """Milliseconds of a launch with a prefill chunk, from its ATTENTION_FEATURES (no trees)."""
         t = linear_combination(self._additive, features) + max(

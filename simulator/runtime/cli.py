@@ -2,9 +2,11 @@
 
     servesim-predict model=llama-2-7b hardware=h100 batch="[[4096,0],[1,1024]]"
     servesim-predict model=llama-3-8b hardware=h100 tp=2 pp=2 cpu_overhead_ms=0 batch="[[1,512]]" --json
+    servesim-predict model=llama-3-8b hardware=h100 engine=vllm_v0 batch="[[256,0],[1,2048]]"
 
 batch: JSON list of [q_tokens, kv_tokens] per sequence (tokens computed this iteration, tokens already
-cached). tp, pp default to 1; cpu_overhead_ms defaults to the documented default (0 = none).
+cached). tp, pp default to 1; engine (conf/engine: how the batch is launched, its host terms) defaults to
+vllm_v1; cpu_overhead_ms replaces the engine's host terms by a constant (0 = none).
 profiles_dir= reads tables from another directory than data/profiles; cache_dir= keeps fitted models
 elsewhere than .cache/runtime.
 """
@@ -18,8 +20,9 @@ from simulator.config import ConfigError
 from simulator.runtime.predictor import BREAKDOWN_KEYS, predict_batch
 
 USAGE = ('usage: servesim-predict model=NAME hardware=NAME batch="[[q,kv],...]" '
-         "[tp=1] [pp=1] [cpu_overhead_ms=X] [--json]")
+         "[tp=1] [pp=1] [engine=vllm_v1] [cpu_overhead_ms=X] [--json]")
 KEYS = {"model": str, "hardware": str, "batch": json.loads, "tp": int, "pp": int, "cpu_overhead_ms": float,
+        "engine": str,
         "profiles_dir": Path, "cache_dir": Path}
 
 
@@ -46,7 +49,7 @@ def parse_args(argv: list[str]) -> tuple[dict, bool]:
 
 def format_table(result) -> str:
     """Human-readable total, breakdown and stages (ms)."""
-    lines = [f"total            {result.total_ms:10.3f} ms"]
+    lines = [f"engine           {result.engine}", f"total            {result.total_ms:10.3f} ms"]
     for key in BREAKDOWN_KEYS:
         lines.append(f"  {key:<16}{result.breakdown_ms[key]:10.3f} ms")
     lines.append("stages           " + "  ".join(f"{ms:.3f}" for ms in result.stage_ms) + " ms")

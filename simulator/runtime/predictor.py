@@ -9,9 +9,16 @@ One iteration of a batch (q_tokens[i] new tokens, kv_tokens[i] cached, per seque
   gather of the logits when tp > 1),
   every stage but the last: the send of N x hidden activations to the next stage.
 Layers are split evenly over stages, earlier stages taking one more when they do not divide.
-A batch launched op by op (one with prefill tokens, or more decodes than the largest CUDA graph) takes, per
-stage, the soft maximum of its kernel time and the eager-launch floor (its layers x the host's launch time
-per layer; simulator/runtime/cpu_overhead.py); the CPU overhead comes on top.
+How the batch becomes GPU work follows an engine profile (simulator/engine.py, conf/engine/):
+  attention   fused_varlen: one launch over every sequence (the fitted model of launches with a chunk, or
+              of decode-only launches); split: the chunks' launch plus the decodes' launch, each priced as
+              measured alone, plus the profile's gap; packed_gqa needs a profile table no GPU here has;
+  graphs      a batch replayed from a full CUDA graph (decode-only, up to the profile's limit) or from
+              piecewise graphs runs its token-wise kernels at the padded capture size; a batch launched op
+              by op (or piecewise) takes, per stage, the soft maximum of its kernel time and the profile's
+              launch floor (its layers x the host's launch time per layer; simulator/runtime/cpu_overhead.py);
+  host        the profile's host time per iteration comes on top of stage 0's GPU time, or overlaps it
+              (max of the two) with async scheduling.
 
 Hot path: everything but attention is tabulated per stage at build time as two lists indexed by the
 token count and the sequence count, so an iteration costs two list look-ups plus one attention time
@@ -36,14 +43,16 @@ from simulator.config import (
     load_hardware_config,
     load_model_config,
 )
+from simulator.engine import EngineProfile, load_engine_profile
 from simulator.paths import PROFILES_DIR
 from simulator.runtime import cache
 from simulator.runtime.attention_time import AttentionTime
 from simulator.runtime.comm import comm_curve
-from simulator.runtime.cpu_overhead import CpuOverhead, cpu_overhead
+from simulator.runtime.cpu_overhead import kernels_only, launch_bound_s, with_cpu_overhead
 from simulator.runtime.features import FEW_SEQUENCES, batch_attention_features
 from simulator.runtime.fitted import GRID_DENSE_TOKENS, FittedRuntime, code_version
 from simulator.runtime.tables import (
+    ProfileError,
     ProfileFiles,
     file_digest,
     profile_files,
@@ -58,7 +67,7 @@ LINEAR_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down")
 LAYER_OTHER_OPS = {"rope": 1, "act": 1, "rmsnorm": 2, "residual_add": 2}
 MIN_CALIBRATION_ROWS = 10  # measured whole iterations needed to fit a calibration
 BREAKDOWN_KEYS = ("attention_prefill", "attention_decode", "linear", "other_ops", "communication",
-                  "lm_head_sampling", "cpu_overhead")
+                  "lm_head_sampling", "launch_wait", "cpu_overhead")
 
 
 def layers_per_stage(num_layers: int, pp: int) -> np.ndarray:
@@ -97,23 +106,28 @@ class Breakdown:
     breakdown_ms: dict
     stage_ms: list
     calibration: dict | None = None  # RuntimePredictor.calibration (printed by the CLI, not in as_json)
+    engine: str = ""  # the engine profile the batch was priced under
 
     def as_json(self) -> dict:
-        return {"total_ms": self.total_ms, "breakdown_ms": self.breakdown_ms, "stage_ms": self.stage_ms}
+        return {"total_ms": self.total_ms, "breakdown_ms": self.breakdown_ms, "stage_ms": self.stage_ms,
+                "engine": self.engine}
 
 
 class RuntimePredictor:
     """IterationTimePredictor (simulator/predictor.py) backed by a FittedRuntime."""
 
-    def __init__(self, fitted: FittedRuntime, model: ModelConfig, pp: int, cpu: CpuOverhead,
+    def __init__(self, fitted: FittedRuntime, model: ModelConfig, pp: int, engine: EngineProfile,
                  comm_frame=None, comm_path: Path | None = None, communication: bool = True):
-        """communication=False leaves the all-reduces and sends out: kernel times of one GPU's shard only
+        """engine: how batches are launched and what the host costs (simulator/engine.py).
+        communication=False leaves the all-reduces and sends out: kernel times of one GPU's shard only
         (what a whole-iteration validation run measures, see kernel_sum_ms)."""
+        if engine.attention_launch == "packed_gqa":  # build_predictor says which profile table is missing
+            raise ConfigError(f"engine {engine.name}: attention_launch=packed_gqa has no profile data")
         self.fitted = fitted
         self.model = model
         self.tp = fitted.tp
         self.num_stages = pp
-        self.cpu = cpu
+        self.engine = engine
         self.stage_layers = layers_per_stage(model.num_layers, pp)
         self._coef = np.asarray(fitted.attention_coef, dtype=np.float64)
         self.attention = AttentionTime(self._coef, fitted.attention_shape(), fitted.attention_trees,
@@ -155,10 +169,7 @@ class RuntimePredictor:
         per_layer = (v["linear"] + v["layer_other"]) * self._scale + self._layer_extra_ms + v["layer_comm"]
         last = pp - 1
         self._stage_tokens, self._stage_seqs, self._stage_attention = [], [], []
-        # Host terms (simulator/runtime/cpu_overhead.py): the eager-launch floor of each stage's GPU time
-        # and the CPU overhead, which stage 0 pays before its GPU work.
-        self._stage_floor_s = self.stage_layers * cpu.eager_floor_s_per_layer
-        self._has_floor = cpu.eager_floor_s_per_layer > 0
+        self._set_engine_terms(engine)
         for s, layers in enumerate(self.stage_layers):
             tokens_ms = per_layer * layers + (v["send"] if s < last else 0.0)
             seqs_ms = np.zeros_like(grid)
@@ -196,20 +207,53 @@ class RuntimePredictor:
                 raise ValueError(f"q_tokens and kv_tokens must be equal-length non-empty 1-D arrays, "
                                  f"got shapes {q.shape} and {kv.shape}")
         # Decode-only batches take the same arithmetic as decode_run_stage_times_s (bit for bit).
-        attention_ms, num_tokens = self.attention.batch_ms(q, kv)
-        eager = self._has_floor and self.cpu.launched_eagerly(num_tokens, n)
+        if self._split_attention:
+            attention_ms, num_tokens = self.attention.split_batch_ms(q, kv, self._split_gap_ms)
+        else:
+            attention_ms, num_tokens = self.attention.batch_ms(q, kv)
+        padded, floor_s = self._launch(num_tokens, n)
         if self.num_stages == 1:
-            gpu_s = (self._stage_tokens[0].at(num_tokens) + self._stage_seqs[0].at(n)) \
+            gpu_s = (self._stage_tokens[0].at(padded) + self._stage_seqs[0].at(n)) \
                 + attention_ms * self._stage_attention[0]
-            if eager:
-                gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s[0])
-            return np.array([gpu_s + self.cpu.seconds(n)])
-        gpu_s = np.array([(tokens.at(num_tokens) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
+            if floor_s is not None:
+                gpu_s = launch_bound_s(gpu_s, floor_s[0], self._overlap_exponent)
+            host_s = self._host_fixed_s + self._host_per_sequence_s * n
+            if self._async:
+                return np.array([gpu_s if gpu_s > host_s else host_s])  # noqa: FURB136 - hot path
+            return np.array([gpu_s + host_s])
+        gpu_s = np.array([(tokens.at(padded) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
                           in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
-        if eager:
-            gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s)
-        gpu_s[0] += self.cpu.seconds(n)
+        if floor_s is not None:
+            gpu_s = launch_bound_s(gpu_s, floor_s, self._overlap_exponent)
+        host_s = self._host_fixed_s + self._host_per_sequence_s * n
+        gpu_s[0] = max(gpu_s[0], host_s) if self._async else gpu_s[0] + host_s
         return gpu_s
+
+    def _set_engine_terms(self, engine: EngineProfile) -> None:
+        """Precompute the engine profile's launch and host terms for the hot path."""
+        self._split_attention = engine.attention_launch == "split"
+        self._split_gap_ms = engine.split_launch_gap_us * 1e-3
+        self._graph_decode_max = engine.graph_max_decode_batch if engine.cuda_graphs != "none" else 0
+        self._piecewise_max = engine.graph_max_tokens if engine.cuda_graphs == "piecewise" else 0
+        limit = max(self._graph_decode_max, self._piecewise_max)
+        # Token count each graph-replayed count runs at (index: real count).
+        self._padded = [engine.padded_tokens(t, t if t <= self._graph_decode_max else 1) for t in range(limit + 1)]
+        self._eager_floor_s = self.stage_layers * (engine.eager_launch_ms_per_layer * 1e-3) \
+            if engine.eager_launch_ms_per_layer > 0 else None
+        self._piecewise_floor_s = self.stage_layers * (engine.piecewise_launch_ms_per_layer * 1e-3) \
+            if engine.piecewise_launch_ms_per_layer > 0 else None
+        self._overlap_exponent = engine.eager_overlap_exponent
+        self._host_fixed_s = engine.cpu_overhead_ms * 1e-3
+        self._host_per_sequence_s = engine.cpu_overhead_per_sequence_ms * 1e-3
+        self._async = engine.async_scheduling
+
+    def _launch(self, num_tokens: int, num_sequences: int):
+        """(tokens the token-wise kernels run at, per-stage launch floor in seconds or None) of a batch."""
+        if num_tokens == num_sequences and num_sequences <= self._graph_decode_max:
+            return self._padded[num_tokens], None  # a full CUDA graph: no launch floor
+        if num_tokens <= self._piecewise_max:
+            return self._padded[num_tokens], self._piecewise_floor_s
+        return num_tokens, self._eager_floor_s
 
     def decode_run_stage_times_s(self, kv_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         """Stage seconds of `num_steps` decode-only iterations, step k at contexts kv_tokens + k,
@@ -222,23 +266,21 @@ class RuntimePredictor:
         if num_steps == 0:
             return np.zeros((0, self.num_stages))
         attention_ms = self.attention.decode_run_ms(kv, num_steps)
-        eager = self._has_floor and self.cpu.launched_eagerly(n, n)  # only past the largest graph
+        padded, floor_s = self._launch(n, n)  # the same for every step of the run
+        host_s = self._host_fixed_s + self._host_per_sequence_s * n
         if self.num_stages == 1:
-            fixed = self._stage_tokens[0].at(n) + self._stage_seqs[0].at(n)
+            fixed = self._stage_tokens[0].at(padded) + self._stage_seqs[0].at(n)
             gpu_s = fixed + attention_ms * self._stage_attention[0]
-            if eager:
-                gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s[0])
-            return (gpu_s + self.cpu.seconds(n)).reshape(num_steps, 1)
-        gpu_s = np.column_stack([(tokens.at(n) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
+            if floor_s is not None:
+                gpu_s = launch_bound_s(gpu_s, floor_s[0], self._overlap_exponent)
+            total_s = np.maximum(gpu_s, host_s) if self._async else gpu_s + host_s
+            return total_s.reshape(num_steps, 1)
+        gpu_s = np.column_stack([(tokens.at(padded) + seqs.at(n)) + attention_ms * weight for tokens, seqs, weight
                                  in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
-        if eager:
-            gpu_s = self.cpu.eager_gpu_s(gpu_s, self._stage_floor_s)
-        gpu_s[:, 0] += self.cpu.seconds(n)
+        if floor_s is not None:
+            gpu_s = launch_bound_s(gpu_s, floor_s, self._overlap_exponent)
+        gpu_s[:, 0] = np.maximum(gpu_s[:, 0], host_s) if self._async else gpu_s[:, 0] + host_s
         return gpu_s
-
-    def _batch_attention_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, int]:
-        """(attention milliseconds of one layer, tokens in the batch) for one batch."""
-        return self.attention.batch_ms(q, kv)
 
     # ------------------------------------------------------------------ breakdown
 
@@ -252,68 +294,104 @@ class RuntimePredictor:
         stage_ms = self.stage_times_s(q, kv) * 1e3
         n, seqs = int(q.sum()), len(q)
         layers = float(self.stage_layers.sum())
-        attention, _ = self._batch_attention_ms(q, kv)
-        # Attribute the launch to prefill and decode by the chunks' share of its own terms (fixed and
-        # throughput): the chunks' terms computed as if launched alone, over the whole launch's.
-        own = self._coef.sum(axis=0)
-        chunks = q > 1
-        if not chunks.any():
-            prefill_share = 0.0
-        elif chunks.all():
-            prefill_share = 1.0
-        else:
-            whole = float(np.asarray(batch_attention_features(q, kv, self.attention.shape)) @ own)
-            alone = float(np.asarray(batch_attention_features(q[chunks], kv[chunks], self.attention.shape)) @ own)
-            prefill_share = min(1.0, alone / whole) if whole > 0 else float(chunks.mean())
+        prefill_ms, decode_ms = self._attention_parts_ms(q, kv)
+        attention = prefill_ms + decode_ms
+        padded, floor_s = self._launch(n, seqs)  # graph-replayed batches run their kernels padded
         t = self._tables
-        tables_ms = {name: table.ms(seqs if name in ("lm_head_sampling", "logits_comm") else n)
+        tables_ms = {name: table.ms(seqs if name in ("lm_head_sampling", "logits_comm") else padded)
                      for name, table in t.items()}
-        k = self._scale  # kernel times are calibrated; communication and CPU are not
+        k = self._scale  # kernel times are calibrated; communication and host terms are not
         out = {
-            "attention_prefill": k * attention * prefill_share * layers,
-            "attention_decode": k * attention * (1 - prefill_share) * layers,
+            "attention_prefill": k * prefill_ms * layers,
+            "attention_decode": k * decode_ms * layers,
             "linear": k * tables_ms["linear"] * layers,
             "other_ops": k * (tables_ms["layer_other"] * layers + tables_ms["embedding"] + tables_ms["final_norm"])
             + self._layer_extra_ms * layers,
             "communication": tables_ms["layer_comm"] * layers + tables_ms["embedding_comm"]
             + tables_ms["logits_comm"] + tables_ms["send"] * (self.num_stages - 1),
             "lm_head_sampling": k * tables_ms["lm_head_sampling"],
-            "cpu_overhead": self.cpu.seconds(seqs) * 1e3,
         }
-        # Host time beyond the CPU term: the GPU waiting for an op-by-op launch (the eager-launch floor).
-        out["cpu_overhead"] += max(0.0, float(stage_ms.sum()) - sum(out.values()))
+        # The engine profile's host terms, each once: the GPU waiting for a launch from the host beyond its
+        # kernels (the launch floor), and the host time of the iteration that the GPU does not hide.
+        kernels_s = np.array([tokens.at(padded) + seq.at(seqs) + attention * weight for tokens, seq, weight
+                              in zip(self._stage_tokens, self._stage_seqs, self._stage_attention)])
+        gpu_s = kernels_s if floor_s is None else launch_bound_s(kernels_s, floor_s, self._overlap_exponent)
+        host_s = self._host_fixed_s + self._host_per_sequence_s * seqs
+        out["launch_wait"] = float((gpu_s - kernels_s).sum()) * 1e3
+        out["cpu_overhead"] = (max(0.0, host_s - float(gpu_s[0])) if self._async else host_s) * 1e3
         return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist(),
-                         calibration=self.calibration)
+                         calibration=self.calibration, engine=self.engine.name)
+
+    def _attention_parts_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, float]:
+        """(prefill, decode) milliseconds of one layer's attention of the batch, as the engine launches it."""
+        chunks = q > 1
+        if not chunks.any():
+            return 0.0, self.attention.decode_ms(kv)
+        if self._split_attention:
+            decodes = kv[~chunks]
+            decode_ms = self.attention.decode_ms(decodes) + self._split_gap_ms if len(decodes) else 0.0
+            return self.attention.chunks_ms(q[chunks], kv[chunks]), decode_ms
+        whole, _ = self.attention.batch_ms(q, kv)
+        if chunks.all():
+            return whole, 0.0
+        # One fused launch: attribute it to prefill and decode by the chunks' share of its own terms (fixed
+        # and throughput), the chunks' terms computed as if launched alone, over the whole launch's.
+        own = self._coef.sum(axis=0)
+        all_terms = float(np.asarray(batch_attention_features(q, kv, self.attention.shape)) @ own)
+        alone = float(np.asarray(batch_attention_features(q[chunks], kv[chunks], self.attention.shape)) @ own)
+        share = min(1.0, alone / all_terms) if all_terms > 0 else float(chunks.mean())
+        return whole * share, whole * (1 - share)
 
 
 # ---------------------------------------------------------------------- building
 
 
 def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: ProfileFiles,
-                   cache_directory: Path | None = None, progress: bool = False) -> FittedRuntime:
-    """The FittedRuntime of (model, hardware, tp): from the on-disk cache when it is valid, else fitted
-    (then cached). The cache key covers the profile files' bytes, every whole-iteration measurement of
-    the GPU (a fit may borrow another model's calibration), the configs, tp and the code."""
+                   cache_directory: Path | None = None, progress: bool = False,
+                   attention_launch: str = "fused_varlen") -> FittedRuntime:
+    """The FittedRuntime of (model, hardware, tp), calibrated for `attention_launch`: from the on-disk cache
+    when it is valid, else fitted (then cached). The fit itself is cached apart from its calibration, so a
+    second launch mode only recalibrates. The keys cover the profile files' bytes, the configs, tp and the
+    code; the calibrated entry also the launch mode and every whole-iteration measurement of the GPU (a fit
+    may borrow another model's calibration)."""
     version = code_version()
-    measured = validation_csvs(hardware)
-    key = cache.cache_key([
+    base_key = cache.cache_key([
         version, file_digest([files.ops_csv, files.attention_csv, files.meta_json]),
-        *(f"{path.parent.name}:{file_digest([path])}" for path in measured),
         json.dumps(model.__dict__, sort_keys=True), json.dumps(hardware.__dict__, sort_keys=True), str(tp),
     ])
+    launches = ["fused_varlen"] + ([attention_launch] if attention_launch != "fused_varlen" else [])
+    measured = [path for launch in launches for path in validation_csvs(hardware, attention_launch=launch)]
+    key = cache.cache_key([base_key, attention_launch,
+                           *(f"{path.parent.name}/{path.name}:{file_digest([path])}" for path in measured)])
     fitted = cache.load(key, version, cache_directory)
+    if fitted is not None:
+        return fitted
+    fitted = cache.load(base_key, version, cache_directory)
     if fitted is None:
         from simulator.runtime.fit import fit_runtime  # scikit-learn and SciPy: only when fitting
 
         fitted = fit_runtime(model, hardware, tp, files, progress=progress)
-        validation = validation_csv(model, hardware)
-        if not (validation.exists() and calibrate(fitted, model, read_iterations(validation))):
-            borrow_calibration(fitted, hardware, files, cache_directory, progress)
-        try:
-            cache.save(fitted, key, version, cache_directory)
-        except OSError:
-            pass  # a read-only cache directory only costs a refit next time
+        _save(fitted, base_key, version, cache_directory)
+    fitted = dataclasses.replace(fitted)
+    calibrated = False
+    for launch in reversed(launches):  # this launch mode's own forwards first, then the fused ones
+        validation = validation_csv(model, hardware, attention_launch=launch)
+        if validation.exists() and calibrate(fitted, model, read_iterations(validation), launch):
+            if launch != attention_launch:
+                fitted.calibration_source = f"measured ({launch} forwards)"
+            calibrated = True
+            break
+    if not calibrated:
+        borrow_calibration(fitted, hardware, files, cache_directory, progress)
+    _save(fitted, key, version, cache_directory)
     return fitted
+
+
+def _save(fitted: FittedRuntime, key: str, version: str, cache_directory: Path | None) -> None:
+    try:
+        cache.save(fitted, key, version, cache_directory)
+    except OSError:
+        pass  # a read-only cache directory only costs a refit next time
 
 
 def borrow_calibration(fitted: FittedRuntime, hardware: HardwareConfig, files: ProfileFiles,
@@ -348,10 +426,12 @@ def borrow_calibration(fitted: FittedRuntime, hardware: HardwareConfig, files: P
         fitted.calibration_source = "borrowed from " + ", ".join(used)
 
 
-def kernel_sum_ms(fitted: FittedRuntime, model: ModelConfig, iterations) -> np.ndarray:
-    """The uncalibrated sum of kernel times of each measured whole iteration (rows of read_iterations):
-    what fit_iteration_calibration scales. No CPU overhead, and no communication: a validation run times
-    one TP shard's forward on one GPU (docs/profiler.md)."""
+def kernel_sum_ms(fitted: FittedRuntime, model: ModelConfig, iterations,
+                  attention_launch: str = "fused_varlen") -> np.ndarray:
+    """The uncalibrated sum of kernel times of each measured whole iteration (rows of read_iterations),
+    attention launched as `attention_launch`: what fit_iteration_calibration scales. No host terms, no
+    graph padding and no communication: a validation run replays one TP shard's forward from one CUDA
+    graph on one GPU (docs/profiler.md)."""
     raw = dataclasses.replace(fitted, calibration_scale=1.0, calibration_layer_ms=0.0)
     predictors: dict[int, RuntimePredictor] = {}
     summed = np.empty(len(iterations))
@@ -359,21 +439,22 @@ def kernel_sum_ms(fitted: FittedRuntime, model: ModelConfig, iterations) -> np.n
         layers = int(row.num_layers)  # a validation run may time fewer layers than the model has
         if layers not in predictors:
             predictors[layers] = RuntimePredictor(raw, dataclasses.replace(model, num_layers=layers), 1,
-                                                  CpuOverhead(0.0), communication=False)
+                                                  kernels_only(attention_launch), communication=False)
         summed[i] = predictors[layers].stage_times_s(row.composition[:, 0], row.composition[:, 1]).sum() * 1e3
     return summed
 
 
-def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations) -> bool:
-    """Set fitted's calibration from measured whole iterations of the same TP degree; False (and no
-    change) when fewer than MIN_CALIBRATION_ROWS were measured."""
+def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations, attention_launch: str = "fused_varlen") -> bool:
+    """Set fitted's calibration from measured whole iterations of the same TP degree (their attention
+    launched as `attention_launch`); False (and no change) when fewer than MIN_CALIBRATION_ROWS were
+    measured."""
     from simulator.runtime.fit import fit_iteration_calibration  # SciPy: only when fitting
 
     rows = iterations[iterations["tp"] == fitted.tp]
     if len(rows) < MIN_CALIBRATION_ROWS:
         return False
     fitted.calibration_scale, fitted.calibration_layer_ms = fit_iteration_calibration(
-        kernel_sum_ms(fitted, model, rows), rows["time_ms"].to_numpy(dtype=float),
+        kernel_sum_ms(fitted, model, rows, attention_launch), rows["time_ms"].to_numpy(dtype=float),
         rows["num_layers"].to_numpy(dtype=float))
     fitted.calibration_rows = len(rows)
     fitted.calibration_source = "measured"
@@ -381,21 +462,30 @@ def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations) -> bool:
 
 
 def build_predictor(model: ModelConfig, hardware: HardwareConfig, tp: int, pp: int,
-                    cpu_overhead_s: float | None = None, *, profiles_dir: Path = PROFILES_DIR,
-                    cache_directory: Path | None = None, progress: bool = False) -> RuntimePredictor:
-    """The iteration-time predictor of `model` on `hardware` with `tp` x `pp` GPUs per replica.
+                    cpu_overhead_s: float | None = None, *, engine: EngineProfile | str = "vllm_v1",
+                    profiles_dir: Path = PROFILES_DIR, cache_directory: Path | None = None,
+                    progress: bool = False) -> RuntimePredictor:
+    """The iteration-time predictor of `model` on `hardware` with `tp` x `pp` GPUs per replica, pricing
+    batches as `engine` (an EngineProfile or a conf/engine name) launches them.
 
-    cpu_overhead_s: None = the documented default (simulator/runtime/cpu_overhead.py), 0 = none,
-    else seconds added to every iteration. Raises ProfileError (a ConfigError) naming the missing
-    directory or file when the GPU, model, TP degree or communication tables were not profiled.
+    cpu_overhead_s: None = the engine profile's host terms; seconds = that constant per iteration instead
+    (and no launch floors; 0 = none). Raises ProfileError (a ConfigError) naming the missing directory or
+    file when the GPU, model, TP degree, communication tables or the engine's attention mode were not
+    profiled.
     """
     model.validate_tp(tp)
     if pp < 1:
         raise ConfigError(f"cluster.pp={pp} must be >= 1")
+    engine = with_cpu_overhead(load_engine_profile(engine), cpu_overhead_s)
     files = profile_files(model, hardware, profiles_dir)
+    if engine.attention_launch == "packed_gqa":
+        raise ProfileError(
+            f"engine {engine.name}: attention_launch=packed_gqa needs {files.profile_dir / 'attention_packed_gqa.csv'} "
+            f"(launches of a varlen kernel that packs grouped-query heads), which was not profiled: torch exposes "
+            f"no such kernel on the profiled GPUs (docs/engine_profiles.md); use attention_launch=split")
     comm_frame = read_comm(files.comm_csv) if tp > 1 or pp > 1 else None
-    fitted = fitted_runtime(model, hardware, tp, files, cache_directory, progress)
-    return RuntimePredictor(fitted, model, pp, cpu_overhead(cpu_overhead_s), comm_frame, files.comm_csv)
+    fitted = fitted_runtime(model, hardware, tp, files, cache_directory, progress, engine.attention_launch)
+    return RuntimePredictor(fitted, model, pp, engine, comm_frame, files.comm_csv)
 
 
 def _config(cls, loader, name_or_path: str):
@@ -411,11 +501,12 @@ def _config(cls, loader, name_or_path: str):
 
 
 def predict_batch(model: str, hardware: str, batch, tp: int = 1, pp: int = 1,
-                  cpu_overhead_ms: float | None = None, **kwargs) -> Breakdown:
+                  cpu_overhead_ms: float | None = None, engine: str = "vllm_v1", **kwargs) -> Breakdown:
     """Predict one batch by config names, e.g. predict_batch("llama-2-7b", "h100", [[4096, 0], [1, 1024]]).
 
-    model, hardware: conf/ names, or paths of YAML files with the config's fields.
-    batch: [[q_tokens, kv_tokens], ...] per sequence. cpu_overhead_ms: None = default, 0 = none.
+    model, hardware, engine: conf/ names, or paths of YAML files with the config's fields.
+    batch: [[q_tokens, kv_tokens], ...] per sequence. cpu_overhead_ms: None = the engine's host terms,
+    0 = none.
     Returns a Breakdown (milliseconds).
     """
     pairs = np.asarray(batch, dtype=np.int64) if np.ndim(batch) == 2 else np.zeros((0, 2), dtype=np.int64)
@@ -423,6 +514,7 @@ def predict_batch(model: str, hardware: str, batch, tp: int = 1, pp: int = 1,
         raise ValueError(f"batch must be a non-empty list of [q_tokens >= 1, kv_tokens >= 0], got {batch!r}")
     predictor = build_predictor(
         _config(ModelConfig, load_model_config, model), _config(HardwareConfig, load_hardware_config, hardware), tp, pp,
-        None if cpu_overhead_ms is None else cpu_overhead_ms / 1e3, **kwargs,
+        None if cpu_overhead_ms is None else cpu_overhead_ms / 1e3,
+        engine=_config(EngineProfile, load_engine_profile, engine), **kwargs,
     )
     return predictor.breakdown(pairs[:, 0], pairs[:, 1])

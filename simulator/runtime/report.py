@@ -6,8 +6,10 @@
 Per op: held-out absolute percentage error (median, P95) of every model family under cross-validation
 by grid region (whole token ranges; attention: regions of chunk length x context x batch kind), and
 which family was kept. Mixed batches: attention fitted on prefill-only and decode-only launches, then
-asked about the measured mixed launches. Per iteration: predicted (CPU overhead 0) vs measured whole
-forward passes of data/validation/<gpu>/<model>/iterations.csv.
+asked about the measured mixed launches. Per iteration: predicted (no host terms) vs measured whole
+forward passes of data/validation/<gpu>/<model>/iterations.csv (one fused attention launch per layer) and
+iterations_split.csv (a prefill launch and a decode launch), each with the runtime model in that launch
+mode, and the split forwards' piecewise-graph launches against an engine with piecewise graphs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from profiler.schema import OP_NAMES
+from profiler.schema import OP_NAMES, iteration_file_names
 from simulator.config import HardwareConfig, ModelConfig, load_hardware_config, load_model_config
 from simulator.paths import DATA_DIR, PROFILES_DIR, REPO_ROOT
 from simulator.runtime.fit import (
@@ -134,16 +136,17 @@ def attention_detail(fitted: FittedRuntime, attention: pd.DataFrame) -> list[str
     return lines
 
 
-def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path, tp: int = 1) -> tuple[list[str], dict]:
-    """Predicted vs measured whole iterations of one TP shard (CPU overhead and communication 0): the
-    bottom-up sum of kernel times, and the same calibrated (fit_iteration_calibration) with 5-fold
-    cross-validation over the rows."""
+def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path, tp: int = 1,
+                    attention_launch: str = "fused_varlen") -> tuple[list[str], dict]:
+    """Predicted vs measured whole iterations of one TP shard (no host terms, no communication), attention
+    launched as `attention_launch`: the bottom-up sum of kernel times, and the same calibrated
+    (fit_iteration_calibration) with 5-fold cross-validation over the rows."""
     from sklearn.model_selection import KFold
 
     frame = read_iterations(path)
     frame = frame[frame["tp"] == tp].reset_index(drop=True)
-    fitted = fitted_runtime(model, hardware, tp, profile_files(model, hardware))
-    summed = kernel_sum_ms(fitted, model, frame)
+    fitted = fitted_runtime(model, hardware, tp, profile_files(model, hardware), attention_launch=attention_launch)
+    summed = kernel_sum_ms(fitted, model, frame, attention_launch)
     layers = frame["num_layers"].to_numpy(dtype=float)
     measured = frame["time_ms"].to_numpy(dtype=float)
     calibrated = np.empty(len(frame))
@@ -169,6 +172,8 @@ def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path, tp
             summary[(label, kind)] = (med, p95)
             lines.append(f"| {label} | {kind} | {mask.sum()} | {med:.2f} | {p95:.2f} | {errors[mask].max():.1f} | "
                          f"{signed:+.2f} | {_mark(med, p95, 5.0, 12.0) if kind == 'all' else ''} |")
+    if "piecewise_time_ms" in frame.columns:
+        lines += piecewise_rows(model, fitted, frame, summary)
     errors = percent_errors(calibrated, measured)
     worst = np.argsort(errors)[-5:][::-1]
     lines += ["", "Worst five (calibrated, held out):", "",
@@ -179,6 +184,38 @@ def iteration_table(model: ModelConfig, hardware: HardwareConfig, path: Path, tp
         lines.append(f"| {comp[:3].tolist()} | {len(comp)} | {int(comp[:, 0].sum())} | {measured[i]:.3f} | "
                      f"{calibrated[i]:.3f} | {errors[i]:.1f} |")
     return lines, summary
+
+
+def piecewise_rows(model: ModelConfig, fitted: FittedRuntime, frame, summary: dict) -> list[str]:
+    """Rows of the forwards also launched as piecewise CUDA graphs (iterations_split.csv): the calibrated
+    prediction of the graph replay, its token-wise kernels at the padded capture size, against the measured
+    piecewise launch (host launches included, so the launch floor shows as the mean signed error)."""
+    import dataclasses
+
+    from simulator.engine import EngineProfile
+    from simulator.runtime.predictor import RuntimePredictor
+
+    rows = np.isfinite(frame["piecewise_time_ms"].to_numpy(dtype=float))
+    if not rows.any():
+        return []
+    engine = EngineProfile(name="piecewise_kernels", attention_launch="split", cuda_graphs="piecewise",
+                           graph_max_decode_batch=0, graph_max_tokens=int(frame.loc[rows, "piecewise_tokens"].max()))
+    measured = frame.loc[rows, "piecewise_time_ms"].to_numpy(dtype=float)
+    predicted = np.empty(int(rows.sum()))
+    predictors = {}
+    for i, row in enumerate(frame[rows].itertuples()):
+        layers = int(row.num_layers)
+        if layers not in predictors:
+            predictors[layers] = RuntimePredictor(fitted, dataclasses.replace(model, num_layers=layers), 1, engine,
+                                                  communication=False)
+        predicted[i] = predictors[layers].stage_times_s(row.composition[:, 0], row.composition[:, 1]).sum() * 1e3
+    errors = percent_errors(predicted, measured)
+    med, p95 = _pct(errors)
+    signed = float(np.mean(predicted / measured - 1) * 100)
+    summary[("piecewise launch", "all")] = (med, p95)
+    return [(f"| piecewise CUDA graphs, launched from the host (calibration on all rows) | up to "
+             f"{engine.graph_max_tokens} tokens | {rows.sum()} | {med:.2f} | {p95:.2f} | {errors.max():.1f} | "
+             f"{signed:+.2f} | |")]
 
 
 def _shown(path: Path) -> Path:
@@ -220,14 +257,19 @@ def model_section(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Pa
     path = validation_csv(model, hardware, data_dir)
     lines += ["", "### Whole iterations, predicted vs measured", ""]
     if path.exists():
-        vmeta = read_meta(path.parent / "meta.json")
-        what = vmeta.get("time_ms") or vmeta.get("what") or "time_ms column (see its meta.json)"
-        lines += [(f"`{_shown(path)}`: {what}. "
-                  "Predicted with CPU overhead 0 (the measurement is GPU time only) and, for a TP shard, "
-                  "without its all-reduces (the run times one GPU's shard)."), ""]
-        for tp in sorted(set(read_iterations(path)["tp"].tolist())):
-            table, _ = iteration_table(model, hardware, path, tp)
-            lines += [f"#### tp={tp}", "", *table, ""]
+        for launch in ATTENTION_LAUNCHES_MEASURED:
+            launch_path = validation_csv(model, hardware, data_dir, launch)
+            if not launch_path.exists():
+                continue
+            vmeta = read_meta(launch_path.parent / iteration_file_names(launch)[1])
+            what = vmeta.get("what") or "time_ms column (see its meta.json)"
+            lines += [(f"Attention launched **{launch}**. `{_shown(launch_path)}`: {what}. "
+                       "Predicted with no host terms (the measurement is a CUDA-graph replay: GPU time only) and, "
+                       "for a TP shard, without its all-reduces (the run times one GPU's shard)."), ""]
+            for tp in sorted(set(read_iterations(launch_path)["tp"].tolist())):
+                table, summary = iteration_table(model, hardware, launch_path, tp, launch)
+                ITERATION_SUMMARY[(model.name, tp, launch)] = summary
+                lines += [f"#### tp={tp}, {launch}", "", *table, ""]
     else:
         lines.append(f"No whole-iteration measurements yet ({_shown(path)} does not exist). The predictor's calibration "
                      f"is {fitted.calibration_source or 'none'}: measured ~= {fitted.calibration_scale:.4f} x summed "
@@ -283,6 +325,39 @@ WHY_MISSED = [
 ]
 
 
+ATTENTION_LAUNCHES_MEASURED = ("fused_varlen", "split")
+ITERATION_SUMMARY: dict = {}  # (model, tp, launch) -> {(prediction, batches): (median %, P95 %)}
+ENGINE_TARGET = (3.0, 8.0)  # issue 15: whole forwards per engine mode, median / P95 %
+
+
+def engine_summary() -> list[str]:
+    """One table of the calibrated, held-out whole-forward errors per model and launch mode, mixed batches
+    apart from decode-only and prefill-only ones (issue 15's targets)."""
+    if not ITERATION_SUMMARY:
+        return []
+    lines = ["## Whole forwards per attention launch mode (calibrated, 5-fold held out)", "",
+             (f"Median / P95 absolute % error. Target per engine mode: median <= {ENGINE_TARGET[0]:g} %, "
+              f"P95 <= {ENGINE_TARGET[1]:g} % (bold where missed)."), "",
+             "| model | tp | launch | all | mixed | decode-only | prefill-only | piecewise launch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, tp, launch), summary in sorted(ITERATION_SUMMARY.items()):
+        cells = []
+        for kind in ("all", "mixed", "decode", "prefill"):
+            value = summary.get(("calibrated, 5-fold held out", kind))
+            cells.append(_target_cell(value))
+        cells.append(_target_cell(summary.get(("piecewise launch", "all")), target=False))
+        lines.append(f"| {name} | {tp} | {launch} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _target_cell(value, target: bool = True) -> str:
+    if value is None:
+        return "-"
+    text = f"{value[0]:.2f} / {value[1]:.1f}"
+    missed = target and (value[0] > ENGINE_TARGET[0] or value[1] > ENGINE_TARGET[1])
+    return f"**{text}**" if missed else text
+
+
 def write_report(hardware_name: str = "h100", model_names: list[str] | None = None,
                  out: Path = REPO_ROOT / "docs" / "runtime_accuracy.md") -> Path:
     hardware = load_hardware_config(hardware_name)
@@ -296,8 +371,10 @@ def write_report(hardware_name: str = "h100", model_names: list[str] | None = No
     lines += WHY_MISSED
     if not model_names:
         lines.append(f"No profiles under {gpu_dir} yet.")
+    sections = []
     for name in model_names:
-        lines += model_section(load_model_config(name), hardware)
+        sections += model_section(load_model_config(name), hardware)
+    lines += engine_summary() + sections
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from profiler.schema import ATTENTION_COLUMNS, COMM_COLUMNS, ITERATION_COLUMNS, OP_NAMES, OPS_COLUMNS
+from profiler.schema import (
+    ATTENTION_COLUMNS,
+    COMM_COLUMNS,
+    ITERATION_COLUMNS,
+    OP_NAMES,
+    OPS_COLUMNS,
+    iteration_file_names,
+)
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import DATA_DIR, PROFILES_DIR
 
@@ -155,14 +162,18 @@ def read_meta(path: Path) -> dict:
         raise ProfileError(f"{path}: not valid JSON ({e})") from None
 
 
-def validation_csv(model: ModelConfig, hardware: HardwareConfig, data_dir: Path = DATA_DIR) -> Path:
-    """data/validation/<gpu>/<model>/iterations.csv (may not exist)."""
-    return Path(data_dir) / "validation" / hardware.profile / model.name / "iterations.csv"
+def validation_csv(model: ModelConfig, hardware: HardwareConfig, data_dir: Path = DATA_DIR,
+                   attention_launch: str = "fused_varlen") -> Path:
+    """data/validation/<gpu>/<model>/iterations.csv, or iterations_<launch>.csv (may not exist)."""
+    name = iteration_file_names(attention_launch)[0]
+    return Path(data_dir) / "validation" / hardware.profile / model.name / name
 
 
-def validation_csvs(hardware: HardwareConfig, data_dir: Path = DATA_DIR) -> list[Path]:
-    """Every data/validation/<gpu>/<model>/iterations.csv of `hardware`'s GPU, sorted by model."""
-    return sorted((Path(data_dir) / "validation" / hardware.profile).glob("*/iterations.csv"))
+def validation_csvs(hardware: HardwareConfig, data_dir: Path = DATA_DIR,
+                    attention_launch: str = "fused_varlen") -> list[Path]:
+    """Every whole-iteration table of `hardware`'s GPU for one attention launch mode, sorted by model."""
+    name = iteration_file_names(attention_launch)[0]
+    return sorted((Path(data_dir) / "validation" / hardware.profile).glob(f"*/{name}"))
 
 
 def read_iterations(path: Path) -> pd.DataFrame:

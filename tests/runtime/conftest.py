@@ -34,8 +34,9 @@ def cache_dir(synthetic_root) -> Path:
 def make_predictor(profiles_dir, cache_dir):
     """build_predictor on the synthetic tables, sharing one fit per tp through the session's cache."""
 
-    def make(tp: int = 1, pp: int = 1, cpu_overhead_s: float | None = 0.0, model=TINY_MODEL):
-        return build_predictor(model, TEST_GPU, tp, pp, cpu_overhead_s, profiles_dir=profiles_dir,
+    def make(tp: int = 1, pp: int = 1, cpu_overhead_s: float | None = 0.0, model=TINY_MODEL,
+             engine="servesim_execute"):
+        return build_predictor(model, TEST_GPU, tp, pp, cpu_overhead_s, engine=engine, profiles_dir=profiles_dir,
                                cache_directory=cache_dir)
 
     return make

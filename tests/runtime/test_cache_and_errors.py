@@ -36,7 +36,8 @@ def count_fits(monkeypatch, make_predictor=None):
 
 
 def build(profiles, cache):
-    return build_predictor(TINY_MODEL, TEST_GPU, 1, 1, 0.0, profiles_dir=profiles, cache_directory=cache)
+    return build_predictor(TINY_MODEL, TEST_GPU, 1, 1, 0.0, engine="servesim_execute", profiles_dir=profiles,
+                           cache_directory=cache)
 
 
 def test_cache_is_reused_and_gives_the_same_predictions(own_profiles, monkeypatch, make_predictor):
@@ -63,9 +64,10 @@ def test_editing_a_profile_file_refits(own_profiles, monkeypatch, make_predictor
     assert len(fits) == 1  # and the new fit is cached in turn
 
 
-def damage_entry(cache, how):
-    """Damage the tp=1 cache entry in `cache` the way `how` says."""
-    entry = next(p for p in sorted(cache.glob("*.npz")) if json.loads(p.with_suffix(".json").read_text())["tp"] == 1)
+def damage_entry(cache, how, entry=None):
+    """Damage a tp=1 cache entry in `cache` (the first, or `entry`) the way `how` says."""
+    entry = entry or next(p for p in sorted(cache.glob("*.npz"))
+                          if json.loads(p.with_suffix(".json").read_text())["tp"] == 1)
     meta_path = entry.with_suffix(".json")
     if how == "truncate_npz":
         entry.write_bytes(entry.read_bytes()[:100])
@@ -95,7 +97,9 @@ def test_corrupt_or_foreign_cache_entries_are_rejected(own_profiles, how):
 
 def test_a_rejected_cache_entry_is_refitted_and_rewritten(own_profiles, monkeypatch, make_predictor):
     profiles, cache_directory = own_profiles
-    damage_entry(cache_directory, "flip_a_byte")
+    # Both entries of the tp=1 fit: the fit itself and its calibration for the engine's launch mode.
+    for entry in [p for p in sorted(cache_directory.glob("*.npz")) if json.loads(p.with_suffix(".json").read_text())["tp"] == 1]:
+        damage_entry(cache_directory, "flip_a_byte", entry)
     fits = count_fits(monkeypatch, make_predictor)
     predictor = build(profiles, cache_directory)
     assert len(fits) == 1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from synthetic import TINY_MODEL, true_attention_ms, true_comm_ms, true_op_ms
 
-from simulator.runtime.cpu_overhead import DEFAULT_CPU_OVERHEAD
+from simulator.engine import load_engine_profile
 from simulator.runtime.predictor import BREAKDOWN_KEYS, layers_per_stage
 
 LAYER_OPS = {"qkv_proj": 1, "rope": 1, "attn_out_proj": 1, "mlp_up_gate": 1, "act": 1, "mlp_down": 1,
@@ -86,7 +86,7 @@ def test_short_decode_runs_equal_single_steps_whatever_fa2_splits(make_predictor
     if negative:
         coef[rng.random(coef.shape) < 0.3] *= -0.2
     predictor = RuntimePredictor(dataclasses.replace(base.fitted, attention_coef=coef, attention_trees=None),
-                                 TINY_MODEL, 1, base.cpu)
+                                 TINY_MODEL, 1, base.engine)
     shape = predictor.attention.shape
     split_choices = set()
     for n in (1, 2, 5, 20, 60):
@@ -119,7 +119,8 @@ def test_cpu_overhead_default_zero_and_constant(make_predictor):
     const = make_predictor(cpu_overhead_s=0.001).stage_times_s(q, kv)
     default = make_predictor(cpu_overhead_s=None).stage_times_s(q, kv)
     assert const[0] - none[0] == pytest.approx(0.001)
-    assert default[0] - none[0] == pytest.approx(DEFAULT_CPU_OVERHEAD.fixed_s + 10 * DEFAULT_CPU_OVERHEAD.per_sequence_s)
+    host = load_engine_profile("servesim_execute")  # the make_predictor fixture's engine
+    assert default[0] - none[0] == pytest.approx((host.cpu_overhead_ms + 10 * host.cpu_overhead_per_sequence_ms) * 1e-3)
 
 
 def test_pipeline_stages_split_layers_and_add_sends(make_predictor):
@@ -185,7 +186,7 @@ def test_hot_path_equals_the_estimator_and_decode_runs_for_every_family(make_pre
     ]
     batches = BATCHES + [[[1, int(k)] for k in range(5, 800, 37)], [[1, 3000]] * 200]
     for fitted, estimators in variants:
-        predictor = RuntimePredictor(fitted, TINY_MODEL, 1, base.cpu)
+        predictor = RuntimePredictor(fitted, TINY_MODEL, 1, base.engine)
         shape = fitted.attention_shape()
         for composition in batches:
             q, kv = split(composition)
@@ -193,7 +194,7 @@ def test_hot_path_equals_the_estimator_and_decode_runs_for_every_family(make_pre
             expected = estimator.predict(attention_feature_table([composition], shape))[0]
             # Decode-only launches use coefficients rounded to multiples of 2^-46 ms (decode_attention.py).
             rel = 1e-7 if (q == 1).all() else 1e-9
-            assert predictor._batch_attention_ms(q, kv) == pytest.approx((expected, q.sum()), rel=rel)
+            assert predictor.attention.batch_ms(q, kv) == pytest.approx((expected, q.sum()), rel=rel)
         for kv in (np.random.default_rng(5).integers(1, 3000, size=20), np.full(300, 7)):
             run = predictor.decode_run_stage_times_s(kv, 120)
             steps = np.array([predictor.stage_times_s(np.ones_like(kv), kv + k) for k in range(120)])
