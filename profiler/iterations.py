@@ -39,10 +39,11 @@ ACTIVATION_HEADROOM_BYTES = 10 << 30  # graph pools and activations of an 8192-t
 PIECEWISE_HEADROOM_BYTES = 4 << 30  # piecewise graphs of every capture size up to 512 tokens (32 layers)
 
 
-def time_events(fn, repeats: int) -> TimingStats:
+def time_events(fn, repeats: int, warm_up: bool = True) -> TimingStats:
     """Median CUDA-event span of `fn()` launched from the host, synchronised after each call (as a serving
-    loop that reads the sampled tokens back). One untimed call first."""
-    fn()
+    loop that reads the sampled tokens back). One untimed call first unless `warm_up` is False."""
+    if warm_up:
+        fn()
     torch.cuda.synchronize()
     samples = []
     for _ in range(repeats):
@@ -65,15 +66,7 @@ def time_step(fn, device: torch.device, eager_repeats: int, graph_repeats: int):
             fn()
             samples.append((time.perf_counter() - start) * 1e3)
         return None, summarize(samples)
-    torch.cuda.synchronize()
-    eager = []
-    for _ in range(eager_repeats):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()  # one step at a time, as a serving loop that reads the sampled tokens back
-        eager.append(s.elapsed_time(e))
+    eager = time_events(fn, eager_repeats, warm_up=False)
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -92,7 +85,7 @@ def time_step(fn, device: torch.device, eager_repeats: int, graph_repeats: int):
     torch.cuda.synchronize()
     stats = summarize(s.elapsed_time(e) for s, e in events)
     del graph
-    return stats, summarize(eager)
+    return stats, eager
 
 
 def run_iterations(model: ModelConfig, tp: int, out_dir: Path, gpu: str, device: torch.device,

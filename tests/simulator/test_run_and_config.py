@@ -90,6 +90,35 @@ def test_hydra_composes_groups_and_overrides():
     assert default.model.name == "llama-3-8b" and default.hardware.name == "h100"
     assert default.policy.name == "sarathi" and default.workload.trace.endswith("splitwise_conv.csv")
     assert default.predictor == "fitted" and default.fast_decode_runs
+    assert default.engine.name == "vllm_v1" and cfg.engine.name == "vllm_v1"
+
+
+def test_hydra_engine_group_and_field_overrides():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from simulator.cli import APP_CONFIG_NAME, config_from_hydra, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = config_from_hydra(compose(APP_CONFIG_NAME, ["engine=vllm_v0", "engine.cpu_overhead_ms=0.5"]))
+        with pytest.raises(Exception, match="engine"):
+            compose(APP_CONFIG_NAME, ["engine=vllm_v9"])
+        with pytest.raises(ConfigError, match="attention_launch='fused'"):
+            config_from_hydra(compose(APP_CONFIG_NAME, ["engine.attention_launch=fused"]))
+    assert cfg.engine.name == "vllm_v0" and cfg.engine.attention_launch == "split"
+    assert cfg.engine.cpu_overhead_ms == 0.5 and cfg.engine.cpu_overhead_per_sequence_ms == 0.092
+
+
+def test_fitted_run_summary_names_its_engine_and_the_engine_changes_mixed_batches():
+    """The summary names the engine profile; Sarathi's mixed batches take longer fused than split."""
+    fused = run_simulation(small_config(predictor="fitted", engine="servesim_execute"))
+    split = run_simulation(small_config(predictor="fitted", engine="vllm_v0", cpu_overhead_s=0.00035))
+    assert fused.summary["setup"]["engine"] == "servesim_execute" and split.summary["setup"]["engine"] == "vllm_v0"
+    assert split.summary["e2e_s"]["mean"] < fused.summary["e2e_s"]["mean"]
+    assert small_config().engine.name == "vllm_v1"  # the Python default, as the CLI's
+    assert run_simulation(small_config()).summary["setup"]["engine"] is None  # the linear predictor has none
 
 
 def test_cli_runs_and_writes_outputs(tmp_path):
