@@ -7,7 +7,7 @@ import torch
 
 import profiler.model_profile as mp
 from profiler.cli import load_model, main
-from profiler.schema import ATTENTION_COLUMNS, ITERATION_COLUMNS, OPS_COLUMNS
+from profiler.schema import ATTENTION_COLUMNS, ITERATION_COLUMNS, OPS_COLUMNS, SPLIT_ITERATION_COLUMNS
 from profiler.timing import TimingSettings
 
 OPS = ["rmsnorm", "qkv_proj", "lm_head"]
@@ -129,6 +129,18 @@ def test_cli_profile_and_iterations_on_cpu(tiny_yaml, tmp_path):
     it = pd.read_csv(tmp_path / "v" / "cpu" / "tiny-llama" / "iterations.csv")
     assert list(it.columns) == ITERATION_COLUMNS and len(it) == 3
     assert (it.q_tokens_total <= 64).all() and (it.time_ms > 0).all() and (it.num_layers == 2).all()
+    # The same compositions with split attention launches, and timed as piecewise graph pieces too.
+    rc = main(["iterations", "--device", "cpu", "--dtype", "float32", "--models", str(path), "--count", "3",
+               "--max-batch-tokens", "64", "--attention-launch", "split", "--piecewise-max-tokens", "16",
+               "--out", str(tmp_path / "v")])
+    assert rc == 0
+    split = pd.read_csv(tmp_path / "v" / "cpu" / "tiny-llama" / "iterations_split.csv")
+    assert list(split.columns) == SPLIT_ITERATION_COLUMNS and split.composition.tolist() == it.composition.tolist()
+    small = split.q_tokens_total <= 16
+    assert (split.piecewise_time_ms[small] > 0).all() and split.piecewise_time_ms[~small].isna().all()
+    assert (split.piecewise_tokens[small] >= split.q_tokens_total[small]).all()
+    meta = json.loads((tmp_path / "v" / "cpu" / "tiny-llama" / "meta_split.json").read_text())
+    assert meta["attention_launch"] == "split" and "piecewise_time_ms" in meta["timing"]
 
 
 def test_cli_errors_name_the_problem(tmp_path):
