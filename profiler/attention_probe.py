@@ -7,7 +7,7 @@ splitting the launch (vLLM V0 + FA2, FlashInfer) or by a kernel that packs group
 launches (FlashAttention-3's pack_gqa). This probe answers, for the runtime model's `packed_gqa` mode,
 whether this torch build exposes such a kernel, and times the candidates on the batches where it matters:
 
-  fused_varlen   torch's FA2 varlen kernel, one launch (today's profiles)
+  fused_varlen   torch's FA2 varlen kernel, one launch (the profiles' attention.csv)
   split          the same kernel, one launch for the chunks and one for the decodes
   fa3            FlashAttention-3 through torch.nn.attention's implementation switch (needs flash_attn_interface)
   flex           FlexAttention over the packed batch with a document + bottom-right causal block mask and
@@ -134,8 +134,11 @@ def _fa3_status() -> dict:
     return status
 
 
-def probe(device, out_path: Path, dtype=torch.bfloat16, hq=32, hk=8, d=128, log=print) -> dict:
-    """Run every candidate on PROBE_BATCHES; write and return the report."""
+def probe(device, out_path: Path, dtype=torch.bfloat16, hq=32, hk=8, d=128, log=print,
+          backend: str = "torch_flash", batches=None, flex: bool = True) -> dict:
+    """Run every candidate on `batches` (default PROBE_BATCHES); write and return the report. `backend`
+    launches the fused and split varlen attention (profiler.attention); flex=False skips FlexAttention."""
+    batches = PROBE_BATCHES if batches is None else batches
     started = time.perf_counter()
     scale = d ** -0.5
     settings = TimingSettings()
@@ -162,26 +165,29 @@ def probe(device, out_path: Path, dtype=torch.bfloat16, hq=32, hk=8, d=128, log=
         ordered = [comp[i] for i in order]
         # Reorder rows so chunks come first, run split, then put rows back in the original order.
         q_rows, k_rows = _row_order(comp, order)
-        out = split_attention("torch_flash", q[q_rows], k[k_rows], v[k_rows], make_split_batch(ordered, device), scale)
+        out = split_attention(backend, q[q_rows], k[k_rows], v[k_rows], make_split_batch(ordered, device), scale)
         back = torch.empty_like(out)
         back[q_rows] = out
         return back
 
-    checks = {
-        "fused_varlen": check("fused_varlen", lambda c, b, q, k, v: varlen_attention("torch_flash", q, k, v, b, scale)),
-        "split": check("split", split_fn),
-        "flex": check("flex", lambda c, b, q, k, v: _flex_runner(c, device)(q, k, v, scale)),
-    }
-    for name, comp in PROBE_BATCHES:
+    def save():  # after every step: a time limit cuts the probe short without losing what it measured
+        report["seconds"] = time.perf_counter() - started
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+    check("fused_varlen", lambda c, b, q, k, v: varlen_attention(backend, q, k, v, b, scale))
+    check("split", split_fn)
+    save()
+    for name, comp in batches:
         row = {}
         batch, q, k, v = _inputs(comp, hq, hk, d, device, dtype, seed=2)
         row["fused_varlen_ms"] = time_call(
-            lambda i, q=q, k=k, v=v, batch=batch: varlen_attention("torch_flash", q, k, v, batch, scale), 1, device,
+            lambda i, q=q, k=k, v=v, batch=batch: varlen_attention(backend, q, k, v, batch, scale), 1, device,
             settings).time_ms
         ordered = [comp[i] for i in chunks_first(comp)]
         split = make_split_batch(ordered, device)
         row["split_ms"] = time_call(lambda i, q=q, k=k, v=v, split=split: split_attention(
-            "torch_flash", q, k, v, split, scale), 1, device, settings).time_ms
+            backend, q, k, v, split, scale), 1, device, settings).time_ms
         for part, sub in (("prefill", split.prefill), ("decode", split.decode)):
             if sub is None:
                 continue
@@ -189,18 +195,8 @@ def probe(device, out_path: Path, dtype=torch.bfloat16, hq=32, hk=8, d=128, log=
             rows_k = slice(0, split.prefill_k) if part == "prefill" else slice(split.prefill_k, None)
             row[f"split_{part}_launch_ms"] = time_call(
                 lambda i, sub=sub, rq=rows_q, rk=rows_k, q=q, k=k, v=v: varlen_attention(
-                    "torch_flash", q[rq], k[rk], v[rk], sub, scale),
+                    backend, q[rq], k[rk], v[rk], sub, scale),
                 1, device, settings).time_ms
-        if checks["flex"] and name in FLEX_TIMED:  # each composition compiles anew (20-40 s): two suffice
-            try:
-                t0 = time.perf_counter()
-                run = _flex_runner(comp, device)
-                run(q, k, v, scale)
-                row["flex_compile_s"] = time.perf_counter() - t0
-                row["flex_ms"] = time_call(lambda i, run=run, q=q, k=k, v=v: run(q, k, v, scale), 1, device,
-                                           settings).time_ms
-            except Exception as e:  # noqa: BLE001
-                row["flex_error"] = f"{type(e).__name__}: {e}"[:400]
         decodes = [(qq, p) for qq, p in comp if qq == 1]
         if decodes:
             try:
@@ -210,9 +206,26 @@ def probe(device, out_path: Path, dtype=torch.bfloat16, hq=32, hk=8, d=128, log=
         report["batches"][name] = {"composition_summary": _summary(comp), **row}
         log(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in row.items()))
-    report["seconds"] = time.perf_counter() - started
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        save()
+    # FlexAttention last: every composition compiles anew (20-40 s), so two suffice.
+    if flex and check("flex", lambda c, b, q, k, v: _flex_runner(c, device)(q, k, v, scale)):
+        for name, comp in batches:
+            if name not in FLEX_TIMED:
+                continue
+            row = report["batches"][name]
+            batch, q, k, v = _inputs(comp, hq, hk, d, device, dtype, seed=2)
+            try:
+                t0 = time.perf_counter()
+                run = _flex_runner(comp, device)
+                run(q, k, v, scale)
+                row["flex_compile_s"] = time.perf_counter() - t0
+                row["flex_ms"] = time_call(lambda i, run=run, q=q, k=k, v=v: run(q, k, v, scale), 1, device,
+                                           settings).time_ms
+            except Exception as e:  # noqa: BLE001 - a kernel that does not run is a finding
+                row["flex_error"] = f"{type(e).__name__}: {e}"[:400]
+            log(f"{name}: flex {row.get('flex_ms', row.get('flex_error'))}")
+            save()
+    save()
     return report
 
 

@@ -98,3 +98,21 @@ def test_piecewise_refuses_batches_past_its_largest_capture_size(tiny_model):
     pieces = PiecewiseForward(shard, shard.new_kv_cache(8), max_tokens=8, scratch_row=7, graphs=False)
     with pytest.raises(ValueError, match="1..8 tokens"):
         pieces.capture_size(9)
+
+
+def test_attention_probe_report_on_the_cpu_path(tmp_path):
+    """The probe's bookkeeping on tiny shapes (CPU, sdpa backend): every timing recorded, the split
+    launch checked against the reference, a kernel missing here reported as an error, not a crash."""
+    import json
+
+    from profiler.attention_probe import probe
+
+    batches = [("chunk_with_decodes", [(9, 0), (1, 20), (1, 5)]), ("decodes_only", [(1, 7), (1, 30)])]
+    report = probe(torch.device("cpu"), tmp_path / "probe.json", dtype=torch.float32, hq=4, hk=2, d=16,
+                   log=lambda *_: None, backend="sdpa_masked", batches=batches, flex=False)
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["checks"]["split"]["passed"] and saved["checks"]["fused_varlen"]["passed"]
+    mixed = saved["batches"]["chunk_with_decodes"]
+    assert mixed["fused_varlen_ms"] > 0 and mixed["split_prefill_launch_ms"] > 0 and mixed["split_decode_launch_ms"] > 0
+    assert "split_prefill_launch_ms" not in saved["batches"]["decodes_only"]
+    assert "fa3" in saved and report["seconds"] > 0
