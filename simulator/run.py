@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,21 +138,18 @@ def as_simulation_config(cfg) -> SimulationConfig:
     return SimulationConfig.from_dict({k: v for k, v in cfg.items() if k != "hydra"})
 
 
-def policy_factory(policy: PolicyConfig):
-    """A callable (kv, requests) -> policy instance; raises ConfigError for an unknown name or parameter."""
-    from policies import POLICIES
+def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
+    """A callable (kv, requests) -> policy instance.
 
-    if policy.name not in POLICIES:
-        raise ConfigError(f"policy.name='{policy.name}' is not a known policy; "
-                          f"known: {', '.join(sorted(POLICIES))}")
-    cls = POLICIES[policy.name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kv", "requests")]
+    Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
+    range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
+    on the context, which the callable otherwise checks when it builds the policy.
+    """
+    from policies.base import check_parameters, new_policy
+
     kwargs = policy.policy_kwargs()
-    for name in kwargs:
-        if name not in accepted:
-            raise ConfigError(f"policy.{name} is not a parameter of policy '{policy.name}' "
-                              f"(it takes: {', '.join(accepted) or 'nothing'})")
-    return functools.partial(cls, **kwargs)
+    check_parameters(policy.name, kwargs, max_model_len)
+    return functools.partial(new_policy, policy.name, kwargs)
 
 
 def build_predictor(cfg: SimulationConfig):
@@ -194,7 +190,7 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
         return run_disaggregated(cfg, out_dir, progress)
     cfg.cluster.validate(cfg.model)
-    make_policy = policy_factory(cfg.policy)
+    make_policy = policy_factory(cfg.policy, cfg.model.max_model_len)
     predictor = build_predictor(cfg)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)

@@ -50,7 +50,7 @@ def build_pool(cfg, disagg: DisaggConfig, name: str) -> PoolParts:
     pool_cfg = pool_simulation_config(cfg, disagg, name)
     try:
         kv_blocks = kv_cache_blocks_per_gpu(pool_cfg.model, pool_cfg.hardware, pool_cfg.cluster)
-        make_policy = policy_factory(pool_cfg.policy)
+        make_policy = policy_factory(pool_cfg.policy, pool_cfg.model.max_model_len)
     except ConfigError as e:
         raise ConfigError(f"cluster.disagg.{name}: {e}") from None
     pool = getattr(disagg, name)
