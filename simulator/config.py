@@ -234,3 +234,11 @@ class LinearPredictorConfig:
     per_prefill_token_s: float | None = None
     per_decode_token_s: float | None = None
     per_kv_token_s: float | None = None
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first coefficient that is set but not a number >= 0 (a negative
+        one can make an iteration take negative time)."""
+        for f in fields(self):
+            if getattr(self, f.name) is not None:
+                check_number(f"linear_predictor.{f.name}", getattr(self, f.name), 0,
+                             why="seconds; null = the roofline value")

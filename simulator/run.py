@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from simulator.config import (
     ModelConfig,
     PolicyConfig,
     SLOConfig,
+    check_number,
     from_dict,
     load_hardware_config,
     load_model_config,
@@ -98,6 +100,20 @@ class SimulationConfig:
             if isinstance(values.get(name), Mapping):
                 values[name] = from_dict(kind, dict(values[name]), name)
         return cls(**values)
+
+    def check_run_settings(self) -> None:
+        """Raise ConfigError naming the first top-level setting of the wrong type or out of range (the
+        config groups check their own fields)."""
+        check_number("seed", self.seed, 0, whole=True, why="it seeds numpy's random streams")
+        if self.cpu_overhead_s is not None:
+            check_number("cpu_overhead_s", self.cpu_overhead_s, 0,
+                         why="host seconds per iteration; null = the engine profile's host terms")
+        for name in ("fast_decode_runs", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected true or false")
+        if not isinstance(self.output_dir, str | os.PathLike):
+            raise ConfigError(f"output_dir={self.output_dir!r}: expected a directory path (\"\" = none)")
+        self.linear_predictor.validate()
 
 
 @dataclass
@@ -185,6 +201,7 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
     started = time.perf_counter()
     cfg = as_simulation_config(cfg)
+    cfg.check_run_settings()
     if cfg.cluster.disagg:  # prefill and decode pools: simulator/disagg
         from simulator.disagg.run import run_disaggregated
 

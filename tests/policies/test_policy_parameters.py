@@ -16,19 +16,6 @@ def config(policy: dict) -> SimulationConfig:
                      "min_tokens": 64, "max_tokens": 512, "num_requests": 20}})
 
 
-@pytest.fixture()
-def nothing_runs(monkeypatch):
-    """Make fitting a predictor or simulating fail the test: a bad value must stop before either."""
-    import simulator.cluster
-    import simulator.run
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a bad value reached fitting or simulating")
-
-    monkeypatch.setattr(simulator.run, "build_predictor", refuse)
-    monkeypatch.setattr(simulator.cluster, "simulate", refuse)
-
-
 def test_every_shipped_policy_declares_exactly_the_parameters_it_takes():
     for name, cls in POLICIES.items():
         taken = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kv", "requests")]
