@@ -201,16 +201,18 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
     started = time.perf_counter()
     cfg = as_simulation_config(cfg)
-    cfg.check_run_settings()
+    out_dir = check_before_running(cfg, out_dir)
     if cfg.cluster.disagg:  # prefill and decode pools: simulator/disagg
         from simulator.disagg.run import run_disaggregated
 
         return run_disaggregated(cfg, out_dir, progress)
+    # Whatever the config can get wrong (cluster, policy, the model not fitting its GPUs, the workload)
+    # is found before fitting the predictor, which takes up to a minute on a cold cache.
     cfg.cluster.validate(cfg.model)
     make_policy = policy_factory(cfg.policy, cfg.model.max_model_len)
-    predictor = build_predictor(cfg)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
+    predictor = build_predictor(cfg)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len)
     out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
@@ -219,6 +221,21 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
     return build_result(cfg, out, _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor), wall_s, out_dir)
+
+
+def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> Path | None:
+    """The checks every run makes before any work, whatever its cluster kind (which then checks its own
+    parts): run settings, SLO objectives, and the output directory, readied for this run's files
+    (simulator.metrics.prepare_output_dir). Returns that directory: `out_dir`, else cfg.output_dir, else
+    None (no files)."""
+    cfg.check_run_settings()
+    slo_objectives(cfg.slo)
+    destination = out_dir if out_dir is not None else (cfg.output_dir or None)
+    if destination is None:
+        return None
+    from simulator.metrics import prepare_output_dir
+
+    return prepare_output_dir(destination)
 
 
 def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: dict | None = None) -> SimulationResult:
@@ -264,9 +281,9 @@ def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
     """Each objective's measured percentile and whether it holds, over all non-rejected requests.
 
     `request_table` is metrics.request_latencies' columns or a request_table DataFrame."""
-    from simulator.capacity import slos_from_config, trial_metrics
+    from simulator.capacity import trial_metrics
 
-    objectives = slos_from_config(slo.slos)
+    objectives = slo_objectives(slo)
     measured = trial_metrics(request_table, tbt_gaps_s, objectives)
     results = []
     for objective in objectives:
@@ -274,6 +291,17 @@ def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
         results.append({"name": objective.name, "measured_s": _json_float(value),
                         "met": bool(value <= objective.max_s)})
     return {"name": slo.name, "all_met": all(r["met"] for r in results), "objectives": results}
+
+
+def slo_objectives(slo: SLOConfig) -> list:
+    """The `slo` group's objectives as simulator.capacity.SLO; ConfigError naming slo.slos[i] for an
+    unknown metric, a percentile outside (0, 100] or a max_s that is not positive."""
+    from simulator.capacity import SearchError, slos_from_config
+
+    try:
+        return slos_from_config(slo.slos)
+    except SearchError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _json_float(x: float) -> float | None:

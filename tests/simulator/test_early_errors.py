@@ -52,3 +52,68 @@ def test_the_cli_answers_a_bad_value_with_one_line_and_exit_code_2(overrides, me
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("slos, message", [
+    ([{"metric": "foo", "percentile": 99, "max_s": 1.0}], r"slo\.slos\[0\]: slo\.metric='foo' is not one of"),
+    ([{"metric": "tbt_s", "percentile": 99, "max_s": 1.0}, {"metric": "ttft_s", "percentile": 150, "max_s": 1.0}],
+     r"slo\.slos\[1\]: slo\.percentile=150 for ttft_s must be in \(0, 100\]"),
+    ([{"metric": "ttft_s", "percentile": 90, "max_s": 0}], r"slo\.slos\[0\]: slo\.max_s=0"),
+    ([{"metric": "ttft_s", "percentile": 90, "max_ms": 500}], r"slo\.slos\[0\]: .*max_ms"),
+    ([{"metric": "ttft_s", "percentile": "p90", "max_s": 1.0}], r"slo\.slos\[0\]"),
+])
+def test_an_impossible_slo_stops_before_the_simulation(slos, message, nothing_runs):
+    with pytest.raises(ConfigError, match=message):
+        run_simulation(config(slo={"name": "bad", "slos": slos}))
+
+
+def test_an_unwritable_output_directory_stops_before_the_simulation(tmp_path, nothing_runs):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=rf"output directory {a_file}[/\\]run: cannot write result files"):
+        run_simulation(config(), out_dir=a_file / "run")
+    with pytest.raises(ConfigError, match=r"output directory .*a_file: cannot write result files"):
+        run_simulation(config(output_dir=str(a_file)))
+
+
+def test_a_model_that_does_not_fit_its_gpus_stops_before_the_fit(nothing_runs):
+    with pytest.raises(ConfigError, match=r"model llama-2-70b does not fit on h100 with cluster\.tp=1"):
+        run_simulation(config(model="llama-2-70b", predictor="fitted"))
+
+
+def test_a_bad_trace_stops_before_the_fit(tmp_path, nothing_runs):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("num_prefill_tokens,num_decode_tokens\n100,10\n0,5\n")
+    with pytest.raises(ConfigError, match=r"trace\.csv, line 3, column num_prefill_tokens"):
+        run_simulation(config(predictor="fitted", workload={"trace": str(trace), "arrival": "poisson",
+                                                           "rate_qps": 1.0, "lengths": "trace"}))
+
+
+DISAGG = {"prefill": {"num_replicas": 1, "tp": 1, "policy": {"name": "vllm"}},
+          "decode": {"num_replicas": 1, "tp": 1, "policy": {"name": "sarathi"}}}
+
+
+@pytest.mark.parametrize("pool, change, message", [
+    ("decode", {"policy": {"name": "sarathi", "chunk_size": 0}},
+     r"cluster\.disagg\.decode: policy\.chunk_size=0: expected a whole number >= 1"),
+    ("decode", {"hardware": "a100", "policy": {"name": "vllm", "max_num_seqs": -2}},
+     r"cluster\.disagg\.decode: policy\.max_num_seqs=-2"),
+    ("prefill", {"policy": {"name": "vllm", "max_num_batched_tokens": 1024}},
+     r"cluster\.disagg\.prefill: policy\.max_num_batched_tokens=1024 is below the model's max_model_len"),
+])
+def test_a_disaggregated_pool_error_stops_before_either_pool_is_fitted(pool, change, message, nothing_runs):
+    disagg = {**DISAGG, pool: {**DISAGG[pool], **change}}
+    with pytest.raises(ConfigError, match=message):
+        run_simulation(config(predictor="fitted", cluster={"disagg": disagg}))
+
+
+def test_a_disaggregated_model_that_does_not_fit_a_pool_stops_before_the_fit(nothing_runs):
+    disagg = {"prefill": {"tp": 4, "policy": {"name": "vllm"}}, "decode": {"tp": 1, "policy": {"name": "vllm"}}}
+    with pytest.raises(ConfigError, match=r"cluster\.disagg\.decode: model llama-2-70b does not fit on h100"):
+        run_simulation(config(model="llama-2-70b", predictor="fitted", cluster={"disagg": disagg}))
+
+
+def test_the_cli_refuses_an_unknown_slo_metric_with_exit_code_2(tmp_path):
+    done = servesim("slo.slos=[{metric:foo,percentile:99,max_s:1}]", out_dir=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("servesim: slo.slos[0]: slo.metric='foo'")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "summary.json").exists()
