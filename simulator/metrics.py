@@ -434,14 +434,18 @@ RESULT_FILES = ("requests.parquet", "iterations.parquet", "token_times.parquet",
 def prepare_output_dir(out_dir: str | Path) -> Path:
     """Ready `out_dir` for one run's result files before the run starts, and return it as a Path.
 
-    Creates it if missing and proves it writable: ConfigError naming the directory otherwise, rather than
-    an OSError once the simulation is done.
+    Creates it if missing and proves it writable (ConfigError naming the directory otherwise, rather than
+    an OSError once the simulation is done), and removes the result files an earlier run left there: a
+    run into a used directory replaces that run's results whether it completes or fails, so one
+    directory never holds the results of one run beside the config of another.
     """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
+        for name in RESULT_FILES:
+            (out / name).unlink(missing_ok=True)
     except OSError as e:
         raise ConfigError(f"output directory {out}: cannot write result files there "
                           f"({e.strerror or e})") from None

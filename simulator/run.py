@@ -225,17 +225,17 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
 def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> Path | None:
     """The checks every run makes before any work, whatever its cluster kind (which then checks its own
-    parts): run settings, SLO objectives, and the output directory, readied for this run's files
-    (simulator.metrics.prepare_output_dir). Returns that directory: `out_dir`, else cfg.output_dir, else
-    None (no files)."""
+    parts): run settings, the output directory, readied for this run's files (emptied of an earlier run's
+    results: simulator.metrics.prepare_output_dir), and SLO objectives. Returns that directory: `out_dir`,
+    else cfg.output_dir, else None (no files)."""
     cfg.check_run_settings()
-    slo_objectives(cfg.slo)
     destination = out_dir if out_dir is not None else (cfg.output_dir or None)
-    if destination is None:
-        return None
-    from simulator.metrics import prepare_output_dir
+    if destination is not None:
+        from simulator.metrics import prepare_output_dir
 
-    return prepare_output_dir(destination)
+        destination = prepare_output_dir(destination)
+    slo_objectives(cfg.slo)
+    return destination
 
 
 def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: dict | None = None) -> SimulationResult:

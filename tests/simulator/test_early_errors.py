@@ -1,12 +1,13 @@
 """A wrong value anywhere in a run's config stops it with one line naming the field, before any fitting
 or simulating: through run_simulation (ConfigError) and through the CLI (exit code 2, no traceback)."""
+import json
 import subprocess
 import sys
 
 import pytest
 
 from simulator.config import ConfigError
-from simulator.paths import REPO_ROOT
+from simulator.paths import CONF_DIR, REPO_ROOT
 from simulator.run import SimulationConfig, run_simulation
 
 WORKLOAD = {"trace": None, "arrival": "poisson", "rate_qps": 5.0, "lengths": "uniform",
@@ -117,3 +118,59 @@ def test_the_cli_refuses_an_unknown_slo_metric_with_exit_code_2(tmp_path):
     done = servesim("slo.slos=[{metric:foo,percentile:99,max_s:1}]", out_dir=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("servesim: slo.slos[0]: slo.metric='foo'")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "summary.json").exists()
+
+
+def test_two_runs_asking_for_the_same_directory_get_one_each(tmp_path):
+    """What two runs started in the same second do: both ask for outputs/<date>/<time>."""
+    same = "${unique_dir:'" + str(tmp_path / "same") + "'}"
+    first, second = servesim("seed=1", out_dir=same), servesim("seed=2", out_dir=same)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert f"results: {tmp_path / 'same'}\n" in first.stdout and f"results: {tmp_path / 'same_2'}\n" in second.stdout
+    seeds = [json.loads((tmp_path / d / "summary.json").read_text())["setup"]["seed"] for d in ("same", "same_2")]
+    assert seeds == [1, 2]
+
+
+def test_the_default_output_directories_are_claimed_uniquely():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from simulator.cli import APP_CONFIG_NAME, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        hydra = OmegaConf.to_container(compose(APP_CONFIG_NAME, return_hydra_config=True).hydra, resolve=False)
+    assert hydra["run"]["dir"] == "${unique_dir:'outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}'}"
+    assert hydra["sweep"]["dir"] == "${unique_dir:'multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}'}"
+
+
+def test_unique_dir_creates_the_next_free_name_once_per_path(tmp_path, monkeypatch):
+    from simulator import cli
+
+    monkeypatch.setattr(cli, "_claimed_dirs", {})
+    (tmp_path / "12-00-00").mkdir()  # another run's
+    (tmp_path / "12-00-00_2").mkdir()  # and a third's
+    wanted = str(tmp_path / "12-00-00")
+    assert cli.unique_dir(wanted) == str(tmp_path / "12-00-00_3") == cli.unique_dir(wanted)
+    assert (tmp_path / "12-00-00_3").is_dir() and not (tmp_path / "12-00-00_4").exists()
+
+
+def test_a_run_into_a_used_directory_never_leaves_the_old_results_beside_its_own(tmp_path):
+    run_simulation(config(seed=1), out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="chunk_size=0"):  # a failed run: nothing of the first is left
+        run_simulation(config(seed=2, policy={"name": "sarathi", "chunk_size": 0}), out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "notes.txt").write_text("mine")  # files that are not results stay
+    run_simulation(config(seed=3), out_dir=tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["setup"]["seed"] == 3
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_cli_run_into_a_used_directory_leaves_only_its_own_config(tmp_path):
+    assert servesim("seed=1", out_dir=tmp_path).returncode == 0
+    assert (tmp_path / "summary.json").exists()
+    failed = servesim("engine.attention_launch=fused", out_dir=tmp_path)  # refused while reading the config
+    assert failed.returncode == 2 and "attention_launch='fused'" in failed.stderr
+    assert "engine.attention_launch=fused" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert not [p.name for p in tmp_path.iterdir() if p.suffix in (".json", ".parquet")]
