@@ -78,6 +78,11 @@ class Policy:
     # One Parameter per keyword argument of __init__ beyond (kv, requests), and nothing else.
     parameters: tuple[Parameter, ...] = ()
 
+    # True when the policy reserves KV for a request's full length (prompt + output) when admitting it
+    # and never allocates as it decodes (Orca). Such a policy cannot admit a request that long in a pool
+    # that only prefills, nor take the requests a decode pool receives already admitted (simulator/disagg).
+    reserves_full_length = False
+
     # True when, as long as nothing arrives, finishes or runs out of KV blocks, a decode-only batch from
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
     # one step. Set False in a policy whose choices depend on the clock.

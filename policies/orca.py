@@ -13,6 +13,7 @@ from policies.base import POLICIES, Batch, Parameter, Policy
 
 class Orca(Policy):
     parameters = (Parameter("max_batch_size", "requests per batch"),)
+    reserves_full_length = True  # admission takes prompt + output tokens; decodes allocate nothing
 
     def __init__(self, kv, requests, max_batch_size: int = 16):
         super().__init__(kv, requests)
