@@ -327,7 +327,8 @@ def test_a_full_length_decode_policy_is_refused_with_the_reason(policy, nothing_
     from simulator.run import run_simulation
 
     disagg = {"prefill": {"policy": {"name": "vllm"}}, "decode": {"policy": {"name": policy}}}
+    choices = ", ".join(DECODE_POLICIES[:-1]) + f" or {DECODE_POLICIES[-1]}"
     with pytest.raises(ConfigError, match=rf"cluster\.disagg\.decode\.policy\.name='{policy}': {policy} reserves "
-                                          rf"each request's full length .* use {', '.join(DECODE_POLICIES)}"):
+                                          rf"each request's full length .* use {choices} for the decode pool"):
         run_simulation({"model": "llama-3-8b", "hardware": "h100", "predictor": "linear",
                         "cluster": {"disagg": disagg}})

@@ -138,10 +138,11 @@ def _check_decode_policy(name: str) -> None:
     if name not in POLICIES or not POLICIES[name].reserves_full_length:
         return  # an unknown name is reported, with the known ones, when the pool's policy is built
     usable = sorted(n for n, cls in POLICIES.items() if not cls.reserves_full_length)
+    choices = ", ".join(usable[:-1]) + f" or {usable[-1]}" if len(usable) > 1 else usable[0]
     raise ConfigError(
         f"{SECTION}.decode.policy.name='{name}': {name} reserves each request's full length when it admits "
         f"it from its waiting queue and allocates nothing as it decodes, but a decode pool receives "
-        f"requests already admitted with KV for prompt + 1 tokens; use {', '.join(usable)} for the decode pool "
+        f"requests already admitted with KV for prompt + 1 tokens; use {choices} for the decode pool "
         f"({name} runs as the prefill pool)")
 
 
