@@ -9,8 +9,8 @@ or computes tokens, so the same object could drive a real GPU executor. Memory g
                                  chunked prompt, prompt + generated after a preemption, or 1 when decoding)
     requests.computed_tokens[r]  tokens of r already in the KV cache
 
-A new policy is one module in this package that subclasses Policy, declares its parameters in a
-`parameters` table (name -> Parameter), implements `schedule`, and adds itself to POLICIES;
+A new policy is one module in this package that subclasses Policy, declares its parameters in its
+`parameters` table (a tuple of Parameter), implements `schedule`, and adds itself to POLICIES;
 docs/policies.md walks through one.
 """
 from __future__ import annotations
