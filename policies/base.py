@@ -9,14 +9,18 @@ or computes tokens, so the same object could drive a real GPU executor. Memory g
                                  chunked prompt, prompt + generated after a preemption, or 1 when decoding)
     requests.computed_tokens[r]  tokens of r already in the KV cache
 
-A new policy is one module in this package that subclasses Policy, implements `schedule`, and adds
-itself to POLICIES; docs/policies.md walks through one.
+A new policy is one module in this package that subclasses Policy, declares its parameters in its
+`parameters` table (a tuple of Parameter), implements `schedule`, and adds itself to POLICIES;
+docs/policies.md walks through one.
 """
 from __future__ import annotations
 
+import inspect
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from simulator.config import ConfigError, check_number
 from simulator.kv_cache import KVCache
 from simulator.request import RequestState, int_list
 
@@ -42,12 +46,42 @@ class Batch:
         return len(self.request_ids)
 
 
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a policy, as its class declares it in `parameters`. `check_parameters` holds every
+    configured value to this before anything runs, so a new policy gets the same checks as the shipped ones.
+    """
+
+    name: str  # the keyword argument of the policy's __init__ (and the config field policy.<name>)
+    meaning: str  # what the value is, for error messages ("token budget per iteration")
+    minimum: int = 1
+    type: type = int  # int (a whole number) or float; a bool is neither
+    # Non-empty: why the value may not be below the model's max_model_len (e.g. a prompt must fit one batch).
+    at_least_max_model_len: str = ""
+
+    def check(self, field: str, value, max_model_len: int | None = None) -> None:
+        """Raise ConfigError naming `field` unless `value` has this type and range (and, when
+        max_model_len is given, is not below it where the policy needs a whole context)."""
+        check_number(field, value, self.minimum, whole=self.type is int, why=self.meaning)
+        if self.at_least_max_model_len and max_model_len is not None and value < max_model_len:
+            raise ConfigError(f"{field}={value} is below the model's max_model_len={max_model_len}: "
+                              f"{self.at_least_max_model_len}")
+
+
 class Policy:
     """Base class: FCFS `waiting` queue, `running` list in admission order, preemption by recompute.
 
-    Subclasses set their parameters in __init__ (after calling super().__init__(kv, requests)) and
-    implement `schedule`.
+    Subclasses take their parameters as keyword arguments of __init__ (after calling
+    super().__init__(kv, requests)), declare each in `parameters`, and implement `schedule`.
     """
+
+    # One Parameter per keyword argument of __init__ beyond (kv, requests), and nothing else.
+    parameters: tuple[Parameter, ...] = ()
+
+    # True when the policy reserves KV for a request's full length (prompt + output) when admitting it
+    # and never allocates as it decodes (Orca). Such a policy cannot admit a request that long in a pool
+    # that only prefills, nor take the requests a decode pool receives already admitted (simulator/disagg).
+    reserves_full_length = False
 
     # True when, as long as nothing arrives, finishes or runs out of KV blocks, a decode-only batch from
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
@@ -126,3 +160,37 @@ class Policy:
 
 
 POLICIES: dict[str, type[Policy]] = {}  # name -> class, filled by each policy module
+
+
+def check_parameters(name: str, values: Mapping, max_model_len: int | None = None) -> type[Policy]:
+    """The class of policy `name` after checking `values` (parameter -> value) against its declared
+    `parameters`: known names, types, minimums, and (when max_model_len is given) bounds on the model's
+    context. Raises ConfigError naming policy.<parameter>; this is the one place policy values are checked."""
+    if name not in POLICIES:
+        raise ConfigError(f"policy.name='{name}' is not a known policy; known: {', '.join(sorted(POLICIES))}")
+    cls = POLICIES[name]
+    declared = _declared_parameters(name, cls)
+    for parameter, value in values.items():
+        if parameter not in declared:
+            raise ConfigError(f"policy.{parameter} is not a parameter of policy '{name}' "
+                              f"(it takes: {', '.join(declared) or 'nothing'})")
+        declared[parameter].check(f"policy.{parameter}", value, max_model_len)
+    return cls
+
+
+def _declared_parameters(name: str, cls: type[Policy]) -> dict[str, Parameter]:
+    """cls.parameters by name, once they are known to name exactly the keyword arguments of cls.__init__,
+    each once (a policy whose table and signature disagree would skip checks or refuse a real parameter)."""
+    taken = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kv", "requests")]
+    declared = [p.name for p in cls.parameters]
+    if sorted(taken) != sorted(declared):
+        raise ConfigError(
+            f"policy '{name}': {cls.__name__}.__init__ takes {sorted(taken)} but {cls.__name__}.parameters "
+            f"declares {sorted(declared)}; declare each parameter once (policies/base.py, Parameter)")
+    return {p.name: p for p in cls.parameters}
+
+
+def new_policy(name: str, values: Mapping, kv: KVCache, requests: RequestState) -> Policy:
+    """Policy `name` with parameters `values` for one engine, checked first against the model's context
+    (requests.max_model_len): the factories simulator.run.policy_factory hands out call this."""
+    return check_parameters(name, values, requests.max_model_len)(kv, requests, **values)

@@ -8,10 +8,13 @@ preempts. Default batch cap 16, the Orca baseline Sarathi-Serve runs for Mistral
 """
 from __future__ import annotations
 
-from policies.base import POLICIES, Batch, Policy
+from policies.base import POLICIES, Batch, Parameter, Policy
 
 
 class Orca(Policy):
+    parameters = (Parameter("max_batch_size", "requests per batch"),)
+    reserves_full_length = True  # admission takes prompt + output tokens; decodes allocate nothing
+
     def __init__(self, kv, requests, max_batch_size: int = 16):
         super().__init__(kv, requests)
         self.max_batch_size = max_batch_size

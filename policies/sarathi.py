@@ -9,10 +9,15 @@ Defaults: chunk 512 and batch cap 128, the paper's strict-SLO setting (2048 for 
 """
 from __future__ import annotations
 
-from policies.base import POLICIES, Batch, Policy
+from policies.base import POLICIES, Batch, Parameter, Policy
 
 
 class SarathiServe(Policy):
+    parameters = (
+        Parameter("chunk_size", "token budget per iteration: decodes plus prefill chunks"),
+        Parameter("max_batch_size", "requests per batch"),
+    )
+
     def __init__(self, kv, requests, chunk_size: int = 512, max_batch_size: int = 128):
         super().__init__(kv, requests)
         self.chunk_size = chunk_size

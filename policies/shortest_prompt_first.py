@@ -8,10 +8,15 @@ overtake long ones, which lowers mean TTFT but can starve long prompts under loa
 """
 from __future__ import annotations
 
-from policies.base import POLICIES, Batch, Policy
+from policies.base import POLICIES, Batch, Parameter, Policy
 
 
 class ShortestPromptFirst(Policy):
+    parameters = (
+        Parameter("max_batch_size", "requests per batch"),
+        Parameter("max_num_batched_tokens", "token budget per iteration; a longer prompt runs alone"),
+    )
+
     def __init__(self, kv, requests, max_batch_size: int = 128, max_num_batched_tokens: int = 8192):
         super().__init__(kv, requests)
         self.max_batch_size = max_batch_size

@@ -10,20 +10,22 @@ vLLM v0's values with chunked prefill off.
 """
 from __future__ import annotations
 
-from policies.base import POLICIES, Batch, Policy
-from simulator.config import ConfigError
+from policies.base import POLICIES, Batch, Parameter, Policy
 
 
 class VLLMv0(Policy):
+    parameters = (
+        Parameter("max_num_seqs", "running sequences at most"),
+        Parameter("max_num_batched_tokens", "tokens per prefill iteration at most",
+                  at_least_max_model_len="without chunked prefill a longer prompt would never run"),
+    )
+
     def __init__(self, kv, requests, max_num_seqs: int = 256, max_num_batched_tokens: int | None = None):
         super().__init__(kv, requests)
         self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens or max(requests.max_model_len, 2048)
-        if self.max_num_batched_tokens < requests.max_model_len:
-            raise ConfigError(
-                f"policy.max_num_batched_tokens={self.max_num_batched_tokens} is below the model's "
-                f"max_model_len={requests.max_model_len}: without chunked prefill long prompts never run"
-            )
+        # None (not set) takes vLLM v0's default; any value set was checked by check_parameters.
+        self.max_num_batched_tokens = (max(requests.max_model_len, 2048) if max_num_batched_tokens is None
+                                       else max_num_batched_tokens)
 
     def schedule(self, now_s: float) -> Batch | None:
         # 1. Prefills first: admit waiting requests in order while tokens, sequences and blocks allow.

@@ -328,13 +328,14 @@ def cost_per_million_tokens_usd(
 
 
 def slos_from_config(entries: Iterable) -> list[SLO]:
-    """SLO objects from a list of mappings ({metric, percentile, max_s}), naming the entry in errors."""
+    """SLO objects from the `slo` group's list of mappings ({metric, percentile, max_s}); SearchError
+    naming the entry (slo.slos[i]) and what is wrong with it."""
     slos = []
     for i, entry in enumerate(entries):
         try:
             slos.append(entry if isinstance(entry, SLO) else SLO(**dict(entry)))
-        except TypeError as e:
-            raise SearchError(f"search.slos[{i}]: {e}") from None
+        except (TypeError, ValueError) as e:  # a missing or unknown key, a value of the wrong type or range
+            raise SearchError(f"slo.slos[{i}]: {e}") from None
     return slos
 
 

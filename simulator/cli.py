@@ -11,6 +11,7 @@ misspelled field or a wrong type stops before anything runs, naming the field.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import typing
 from pathlib import Path
@@ -21,6 +22,30 @@ from simulator.paths import CONF_DIR
 
 APP_CONFIG_NAME = "servesim"
 SCHEMA_NAME = "servesim_schema"
+UNIQUE_DIR_RESOLVER = "unique_dir"  # conf/config.yaml's hydra.run.dir and hydra.sweep.dir use it
+
+_claimed_dirs: dict[str, str] = {}  # path asked for -> directory claimed for it, in this process
+
+
+def unique_dir(path: str) -> str:
+    """`path`, else the first of `path_2`, `path_3`, ... that does not exist yet, created here and now.
+
+    Two runs started in the same second ask for the same outputs/<date>/<time>; creating the directory
+    is atomic, so the second finds it taken and gets its own instead of writing into the first one's.
+    Hydra may resolve the interpolation more than once: a path gets one answer per process.
+    """
+    if path not in _claimed_dirs:
+        wanted = Path(path)
+        wanted.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            candidate = wanted if n == 1 else wanted.with_name(f"{wanted.name}_{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            _claimed_dirs[path] = str(candidate)
+            break
+    return _claimed_dirs[path]
 
 
 def _mutable_schema(cls):
@@ -36,9 +61,12 @@ def _mutable_schema(cls):
 
 
 def register_configs() -> None:
-    """Register the structured schema and the app's primary config (schema + conf/config.yaml)."""
+    """Register the structured schema, the app's primary config (schema + conf/config.yaml) and the
+    `unique_dir` resolver its output directories use."""
     from hydra.core.config_store import ConfigStore
-    from omegaconf import MISSING
+    from omegaconf import MISSING, OmegaConf
+
+    OmegaConf.register_new_resolver(UNIQUE_DIR_RESOLVER, unique_dir, use_cache=True, replace=True)
 
     from simulator.run import SimulationConfig
 
@@ -73,6 +101,7 @@ def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
+    from simulator.metrics import prepare_output_dir
     from simulator.run import run_simulation
 
     register_configs()
@@ -81,6 +110,7 @@ def main() -> None:
     def app(cfg) -> None:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
+            prepare_output_dir(out_dir)  # Hydra has just written this run's config there: no older results
             simulation = config_from_hydra(cfg)
             out_dir = Path(simulation.output_dir) if simulation.output_dir else out_dir
             result = run_simulation(simulation, out_dir=out_dir, progress=simulation.progress)

@@ -6,6 +6,8 @@ register them as structured configs.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -16,6 +18,19 @@ from simulator.paths import CONF_DIR
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the file or field."""
+
+
+def check_number(field: str, value, minimum: float, whole: bool = False, why: str = "") -> None:
+    """Raise ConfigError naming `field` unless `value` is a finite number >= `minimum` (a whole number when
+    `whole`). A bool is not a number here: `True` where a count belongs is a mistake, not 1."""
+    if whole:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+    else:
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+              and (isinstance(value, numbers.Integral) or math.isfinite(value)) and value >= minimum)
+    if not ok:
+        kind = "a whole number" if whole else "a finite number"
+        raise ConfigError(f"{field}={value!r}: expected {kind} >= {minimum:g}" + (f" ({why})" if why else ""))
 
 
 @dataclass(frozen=True)
@@ -219,3 +234,11 @@ class LinearPredictorConfig:
     per_prefill_token_s: float | None = None
     per_decode_token_s: float | None = None
     per_kv_token_s: float | None = None
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first coefficient that is set but not a number >= 0 (a negative
+        one can make an iteration take negative time)."""
+        for f in fields(self):
+            if getattr(self, f.name) is not None:
+                check_number(f"linear_predictor.{f.name}", getattr(self, f.name), 0,
+                             why="seconds; null = the roofline value")

@@ -16,6 +16,7 @@ requests where it is defined: TTFT/queueing those that got that far, E2E/TPOT co
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from simulator.config import ConfigError
 from simulator.perfetto import iteration_kinds, write_chrome_trace
 
 if TYPE_CHECKING:
@@ -426,6 +428,30 @@ def token_times_table(records: RequestRecords) -> pd.DataFrame:
     })
 
 
+RESULT_FILES = ("requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json", "trace.json")
+
+
+def prepare_output_dir(out_dir: str | Path) -> Path:
+    """Ready `out_dir` for one run's result files before the run starts, and return it as a Path.
+
+    Creates it if missing and proves it writable (ConfigError naming the directory otherwise, rather than
+    an OSError once the simulation is done), and removes the result files an earlier run left there: a
+    run into a used directory replaces that run's results whether it completes or fails, so one
+    directory never holds the results of one run beside the config of another.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+        for name in RESULT_FILES:
+            (out / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output directory {out}: cannot write result files there "
+                          f"({e.strerror or e})") from None
+    return out
+
+
 def write_outputs(out_dir: str | Path, records: RequestRecords, iters: IterationRecords | None,
                   summary: dict) -> dict[str, Path]:
     """Write a run's result files into `out_dir` (created if missing) and return their paths:
@@ -436,8 +462,7 @@ def write_outputs(out_dir: str | Path, records: RequestRecords, iters: Iteration
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in
-             ("requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json", "trace.json")}
+    paths = {name: out / name for name in RESULT_FILES}
     request_table(records).to_parquet(paths["requests.parquet"], index=False)
     token_times_table(records).to_parquet(paths["token_times.parquet"], index=False)
     if iters is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from simulator.config import (
     ModelConfig,
     PolicyConfig,
     SLOConfig,
+    check_number,
     from_dict,
     load_hardware_config,
     load_model_config,
@@ -100,6 +101,20 @@ class SimulationConfig:
                 values[name] = from_dict(kind, dict(values[name]), name)
         return cls(**values)
 
+    def check_run_settings(self) -> None:
+        """Raise ConfigError naming the first top-level setting of the wrong type or out of range (the
+        config groups check their own fields)."""
+        check_number("seed", self.seed, 0, whole=True, why="it seeds numpy's random streams")
+        if self.cpu_overhead_s is not None:
+            check_number("cpu_overhead_s", self.cpu_overhead_s, 0,
+                         why="host seconds per iteration; null = the engine profile's host terms")
+        for name in ("fast_decode_runs", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected true or false")
+        if not isinstance(self.output_dir, str | os.PathLike):
+            raise ConfigError(f"output_dir={self.output_dir!r}: expected a directory path (\"\" = none)")
+        self.linear_predictor.validate()
+
 
 @dataclass
 class SimulationResult:
@@ -139,21 +154,18 @@ def as_simulation_config(cfg) -> SimulationConfig:
     return SimulationConfig.from_dict({k: v for k, v in cfg.items() if k != "hydra"})
 
 
-def policy_factory(policy: PolicyConfig):
-    """A callable (kv, requests) -> policy instance; raises ConfigError for an unknown name or parameter."""
-    from policies import POLICIES
+def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
+    """A callable (kv, requests) -> policy instance.
 
-    if policy.name not in POLICIES:
-        raise ConfigError(f"policy.name='{policy.name}' is not a known policy; "
-                          f"known: {', '.join(sorted(POLICIES))}")
-    cls = POLICIES[policy.name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kv", "requests")]
+    Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
+    range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
+    on the context, which the callable otherwise checks when it builds the policy.
+    """
+    from policies.base import check_parameters, new_policy
+
     kwargs = policy.policy_kwargs()
-    for name in kwargs:
-        if name not in accepted:
-            raise ConfigError(f"policy.{name} is not a parameter of policy '{policy.name}' "
-                              f"(it takes: {', '.join(accepted) or 'nothing'})")
-    return functools.partial(cls, **kwargs)
+    check_parameters(policy.name, kwargs, max_model_len)
+    return functools.partial(new_policy, policy.name, kwargs)
 
 
 def build_predictor(cfg: SimulationConfig):
@@ -189,15 +201,18 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
     started = time.perf_counter()
     cfg = as_simulation_config(cfg)
+    out_dir = check_before_running(cfg, out_dir)
     if cfg.cluster.disagg:  # prefill and decode pools: simulator/disagg
         from simulator.disagg.run import run_disaggregated
 
         return run_disaggregated(cfg, out_dir, progress)
+    # Whatever the config can get wrong (cluster, policy, the model not fitting its GPUs, the workload)
+    # is found before fitting the predictor, which takes up to a minute on a cold cache.
     cfg.cluster.validate(cfg.model)
-    make_policy = policy_factory(cfg.policy)
-    predictor = build_predictor(cfg)
+    make_policy = policy_factory(cfg.policy, cfg.model.max_model_len)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
+    predictor = build_predictor(cfg)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len)
     out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
@@ -206,6 +221,21 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
     return build_result(cfg, out, _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor), wall_s, out_dir)
+
+
+def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> Path | None:
+    """The checks every run makes before any work, whatever its cluster kind (which then checks its own
+    parts): run settings, the output directory, readied for this run's files (emptied of an earlier run's
+    results: simulator.metrics.prepare_output_dir), and SLO objectives. Returns that directory: `out_dir`,
+    else cfg.output_dir, else None (no files)."""
+    cfg.check_run_settings()
+    destination = out_dir if out_dir is not None else (cfg.output_dir or None)
+    if destination is not None:
+        from simulator.metrics import prepare_output_dir
+
+        destination = prepare_output_dir(destination)
+    slo_objectives(cfg.slo)
+    return destination
 
 
 def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: dict | None = None) -> SimulationResult:
@@ -251,9 +281,9 @@ def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
     """Each objective's measured percentile and whether it holds, over all non-rejected requests.
 
     `request_table` is metrics.request_latencies' columns or a request_table DataFrame."""
-    from simulator.capacity import slos_from_config, trial_metrics
+    from simulator.capacity import trial_metrics
 
-    objectives = slos_from_config(slo.slos)
+    objectives = slo_objectives(slo)
     measured = trial_metrics(request_table, tbt_gaps_s, objectives)
     results = []
     for objective in objectives:
@@ -261,6 +291,17 @@ def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
         results.append({"name": objective.name, "measured_s": _json_float(value),
                         "met": bool(value <= objective.max_s)})
     return {"name": slo.name, "all_met": all(r["met"] for r in results), "objectives": results}
+
+
+def slo_objectives(slo: SLOConfig) -> list:
+    """The `slo` group's objectives as simulator.capacity.SLO; ConfigError naming slo.slos[i] for an
+    unknown metric, a percentile outside (0, 100] or a max_s that is not positive."""
+    from simulator.capacity import SearchError, slos_from_config
+
+    try:
+        return slos_from_config(slo.slos)
+    except SearchError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _json_float(x: float) -> float | None:

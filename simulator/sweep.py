@@ -426,7 +426,7 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
     for point in tqdm(points, desc="checking points", unit="point", disable=not progress, leave=False):
         try:
             simulation, _ = compose_capacity_config(point.overrides)
-            policy_factory(simulation.policy)
+            policy_factory(simulation.policy, simulation.model.max_model_len)
             cluster = simulation.cluster
 
             def kv_tokens(model, hardware, tp, pp, cluster=cluster):

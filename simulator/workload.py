@@ -32,6 +32,10 @@ ARRIVALS = ("trace", "poisson", "gamma", "fixed")
 LENGTHS = ("trace", "uniform", "zipf")
 TRACE_FORMATS = ("auto", "vidur", "azure")
 
+# The most tokens a prompt or an output may have. Far beyond any model's context, and small enough that
+# sums over billions of requests fit int64: a larger count in a trace is a corrupt row, not a request.
+MAX_TOKENS_PER_REQUEST = 2**31 - 1
+
 # Column names of each trace format: (arrival, prompt tokens, output tokens).
 VIDUR_COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -384,7 +388,8 @@ def _shown(texts: list[str], numbers: np.ndarray, row: int) -> str:
 
 
 def _token_counts(texts: list[str], path: Path, name: str, what: str) -> np.ndarray:
-    """The column as int64, or TraceError at the first value that is not a whole number >= 1."""
+    """The column as int64, or TraceError at the first value that is not a whole number from 1 to
+    MAX_TOKENS_PER_REQUEST."""
     values = _integers(texts)
     if values is None:
         numbers = _floats(texts)
@@ -396,13 +401,19 @@ def _token_counts(texts: list[str], path: Path, name: str, what: str) -> np.ndar
             else:
                 problem = f"'{_shown(texts, numbers, row)}' is not a whole number"
             raise TraceError(f"{path}, line {_line(row)}, column {name}: {problem} ({what} tokens expected)")
-        values = numbers.astype(np.int64)
-    too_small = values < 1
+    # Range checks before the cast to int64, which would wrap a count beyond it into a negative one.
+    counts = numbers if values is None else values
+    too_large = counts > MAX_TOKENS_PER_REQUEST
+    if too_large.any():
+        row = int(np.argmax(too_large))
+        raise TraceError(f"{path}, line {_line(row)}, column {name}: {texts[row].strip()} tokens is more than "
+                         f"any request holds (at most {MAX_TOKENS_PER_REQUEST:,}); a corrupt row?")
+    too_small = counts < 1
     if too_small.any():
         row = int(np.argmax(too_small))
         why = "a request must generate at least one output token" if what == "output" else "a prompt needs at least one token"
-        raise TraceError(f"{path}, line {_line(row)}, column {name}: {values[row]} tokens ({why})")
-    return values
+        raise TraceError(f"{path}, line {_line(row)}, column {name}: {int(counts[row])} tokens ({why})")
+    return values if values is not None else numbers.astype(np.int64)
 
 
 def _seconds_column(texts: list[str], path: Path, name: str) -> np.ndarray:
@@ -491,6 +502,8 @@ def _validate(cfg: WorkloadConfig) -> None:
         (cfg.lengths == "trace" or cfg.min_tokens >= 2, "min_tokens",
          ">= 2 (a request has at least one prompt and one output token)"),
         (cfg.lengths == "trace" or cfg.max_tokens >= cfg.min_tokens, "max_tokens", ">= min_tokens"),
+        (cfg.lengths == "trace" or cfg.max_tokens <= MAX_TOKENS_PER_REQUEST, "max_tokens",
+         f"<= {MAX_TOKENS_PER_REQUEST:,} (far beyond any model's context)"),
         (cfg.prefill_decode_ratio > 0, "prefill_decode_ratio", "> 0"),
         (cfg.zipf_theta >= 0, "zipf_theta", ">= 0"),
         (cfg.max_prompt_tokens is None or cfg.max_prompt_tokens >= 1, "max_prompt_tokens", "None or >= 1"),

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent / "simulator"))
 from simkit import linear, random_workload
@@ -278,3 +280,55 @@ def test_slo_attainment_counts_requests_meeting_both_targets():
         "rejected": [False, False, False, False, False, True]})
     assert slo_attainment(table, ttft_max_s=0.25, tpot_max_s=0.025) == pytest.approx(2 / 6)
     assert slo_attainment(table, ttft_max_s=0.5, tpot_max_s=0.05) == pytest.approx(4 / 6)
+
+
+# --- every shipped policy in either pool -----------------------------------------------------------
+
+PARAMS = {"orca": {"max_batch_size": 8}, "faster_transformer": {"max_batch_size": 8},
+          "vllm": {"max_num_batched_tokens": 4096}, "sarathi": {"chunk_size": 256}, "shortest_prompt_first": {}}
+DECODE_POLICIES = sorted(n for n, cls in POLICIES.items() if not cls.reserves_full_length)
+
+
+@pytest.mark.parametrize("policy", ["orca", "faster_transformer"])
+def test_a_full_length_prefill_policy_rejects_what_it_could_never_admit(policy):
+    # 26 blocks of 16 tokens: A's prompt (373 tokens, 24 blocks) fits, but the 443 tokens Orca reserves
+    # for it (28 blocks) never do. A once waited forever; now it is rejected, and B is served.
+    out = run([0.0, 0.001], [373, 100], [70, 10], prefill=pool(policy, kv_blocks=26, **PARAMS[policy]))
+    assert out.records.reject_reason.tolist() == [
+        "prompt + output tokens exceed one prefill KV cache (26 blocks of 16 tokens, less the watermark)", ""]
+    assert np.diff(out.records.token_offsets).tolist() == [0, 10]
+    # vLLM reserves only the prompt on the same prefill replica: it serves A.
+    assert not run([0.0, 0.001], [373, 100], [70, 10], prefill=pool("vllm", kv_blocks=26)).records.rejected.any()
+
+
+def test_every_policy_runs_in_some_pool_and_only_full_length_ones_are_refused_for_decoding():
+    assert set(POLICIES) - set(DECODE_POLICIES) == {"orca", "faster_transformer"}
+    assert set(PARAMS) == set(POLICIES)  # a new policy joins the property test below
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(prefill_policy=st.sampled_from(sorted(PARAMS)), decode_policy=st.sampled_from(DECODE_POLICIES),
+       seed=st.integers(0, 10_000), prefill_blocks=st.integers(20, 120), decode_blocks=st.integers(20, 120),
+       prefill_replicas=st.integers(1, 2), decode_replicas=st.integers(1, 2))
+def test_any_policy_pair_serves_or_rejects_every_request(prefill_policy, decode_policy, seed, prefill_blocks,
+                                                         decode_blocks, prefill_replicas, decode_replicas):
+    """Tight caches on both sides, hand-offs waiting, decodes preempted: every request is served (each
+    token once, every block returned) or rejected with a reason, never left waiting forever."""
+    arrivals, prompts, outputs = random_workload(60, seed=seed, rate_qps=50.0, max_prompt=400, max_output=100)
+    out = run(arrivals, prompts, outputs, latency_s=0.0005,
+              prefill=pool(prefill_policy, prefill_blocks, prefill_replicas, **PARAMS[prefill_policy]),
+              decode=pool(decode_policy, decode_blocks, decode_replicas, **PARAMS[decode_policy]))
+    _check_conservation(out, prompts, outputs)
+    assert (out.records.reject_reason[out.records.rejected] != "").all()
+
+
+@pytest.mark.parametrize("policy", ["orca", "faster_transformer"])
+def test_a_full_length_decode_policy_is_refused_with_the_reason(policy, nothing_runs):
+    from simulator.run import run_simulation
+
+    disagg = {"prefill": {"policy": {"name": "vllm"}}, "decode": {"policy": {"name": policy}}}
+    choices = ", ".join(DECODE_POLICIES[:-1]) + f" or {DECODE_POLICIES[-1]}"
+    with pytest.raises(ConfigError, match=rf"cluster\.disagg\.decode\.policy\.name='{policy}': {policy} reserves "
+                                          rf"each request's full length .* use {choices} for the decode pool"):
+        run_simulation({"model": "llama-3-8b", "hardware": "h100", "predictor": "linear",
+                        "cluster": {"disagg": disagg}})

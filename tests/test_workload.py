@@ -129,6 +129,7 @@ def test_fixed_lengths_and_clipping():
     ("interarrival_cv", -1.0, "workload.interarrival_cv"),
     ("max_tokens", 10, "workload.max_tokens=10: expected >= min_tokens"),
     ("rate_scale", 2.0, "workload.rate_scale=2.0"),  # only meaningful for trace replay
+    ("max_tokens", 2**63 - 1, "workload.max_tokens=9223372036854775807: expected <= 2,147,483,647"),  # overflowed
 ])
 def test_bad_config_values_name_the_field(field, value, message):
     cfg = WorkloadConfig(trace=None, arrival="poisson", lengths="uniform", num_requests=10, min_tokens=64)

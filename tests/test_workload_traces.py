@@ -69,6 +69,13 @@ HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
     ("0,10,3\n1,1_000,4\n", 3, "num_prefill_tokens", "'1_000' is not a whole number"),
     ("0,10,3\n1,20,inf\n", 3, "num_decode_tokens", "'inf' is not a whole number"),
     ("0,10,3\n2,20,4\n1,30,5\n", 4, "arrived_at", "'1' is earlier than the previous row's '2'"),  # whole seconds
+    # Counts no request has: 2**63 - 1 fits int64 but overflowed prompt + output; beyond int64 the count
+    # was cast to -9223372036854775808.
+    ("0,10,3\n1,9223372036854775807,4\n", 3, "num_prefill_tokens",
+     "9223372036854775807 tokens is more than any request holds (at most 2,147,483,647)"),
+    ("0,10,3\n1,20,100000000000000000000\n", 3, "num_decode_tokens", "100000000000000000000 tokens is more than"),
+    ("0,10,3\n1,2147483648.0,4\n", 3, "num_prefill_tokens", "2147483648.0 tokens is more than"),
+    ("0,10,3\n1,-100000000000000000000,4\n", 3, "num_prefill_tokens", "-100000000000000000000 tokens (a prompt"),
 ])
 def test_bad_rows_name_file_line_and_column(tmp_path, rows, line, column, problem):
     path = write(tmp_path, HEADER + rows)
@@ -142,3 +149,14 @@ def test_whole_number_text_forms_and_csv_details(tmp_path):
     extra_field = write(tmp_path, HEADER + "0,10,3\n1,20,4,5\n", "extra.csv")
     assert "line 3 has 4 fields, the header 3" in error_of(extra_field)
     assert "not a readable CSV trace" in error_of(write(tmp_path, "", "blank.csv"))
+
+
+def test_the_largest_count_a_request_may_have_is_read_and_rejected_by_the_model_not_the_reader(tmp_path):
+    from simulator.request import RequestState
+    from simulator.workload import MAX_TOKENS_PER_REQUEST
+
+    path = write(tmp_path, HEADER + f"0,10,3\n1,{MAX_TOKENS_PER_REQUEST},{MAX_TOKENS_PER_REQUEST}\n")
+    trace = read_trace(str(path))
+    assert trace.prompt_tokens.tolist() == [10, MAX_TOKENS_PER_REQUEST]
+    requests = RequestState.create(trace.arrived_s, trace.prompt_tokens, trace.output_tokens, 8192)
+    assert requests.reject_reason.tolist() == ["", "prompt + output tokens exceed max_model_len=8192"]

@@ -269,8 +269,9 @@ def simulate_disaggregated(requests: RequestState, prefill: PoolParts, decode: P
     """Serve `requests` on a prefill pool and a decode pool joined by one link per prefill replica.
 
     bytes_per_token   KV bytes moved per prompt token (config.transfer_bytes_per_token)
-    Requests that can never fit a prefill engine (prompt) or a decode engine (prompt + output) are
-    rejected with a reason, as in the colocated simulator.
+    Requests that can never fit a prefill engine (prompt, or prompt + output under a policy that reserves
+    the full length) or a decode engine (prompt + output) are rejected with a reason, as in the colocated
+    simulator.
     """
     env = simpy.Environment()
     recorder = Recorder(block_size)
@@ -293,10 +294,16 @@ def simulate_disaggregated(requests: RequestState, prefill: PoolParts, decode: P
                                        fast_decode_runs, on_prefilled=handoff.prefilled,
                                        on_last_prefill_started=streaming) for i in range(prefill.num_replicas)]
 
-    prefill_kv = prefill_replicas[0].engines[0].kv
+    prefill_engine = prefill_replicas[0].engines[0]
     decode_kv = decode_replicas[0].engines[0].kv
-    requests.reject(~prefill_kv.can_ever_hold(requests.prompt_tokens),
-                    f"prompt exceeds one prefill KV cache ({blocks_per_engine['prefill']} blocks of "
+    # A prefill engine needs room for the prompt, or for the whole request if its policy reserves that
+    # when admitting it (Orca): such a request could never be admitted and would wait forever.
+    if prefill_engine.reserves_full_length:
+        prefill_need, what = requests.prompt_tokens + requests.output_tokens, "prompt + output tokens exceed"
+    else:
+        prefill_need, what = requests.prompt_tokens, "prompt exceeds"
+    requests.reject(~prefill_engine.kv.can_ever_hold(prefill_need),
+                    f"{what} one prefill KV cache ({blocks_per_engine['prefill']} blocks of "
                     f"{block_size} tokens, less the watermark)")
     requests.reject(~decode_kv.can_ever_hold(requests.prompt_tokens + requests.output_tokens),
                     f"prompt + output tokens exceed one decode KV cache ({blocks_per_engine['decode']} "

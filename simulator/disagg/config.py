@@ -126,6 +126,24 @@ def validate_disagg(config: DisaggConfig, model: ModelConfig) -> None:
             raise ConfigError(f"{where}.router='{pool.router}' is not one of {', '.join(ROUTERS)}")
         if "name" not in pool.policy:
             raise ConfigError(f"{where}.policy.name is missing")
+    _check_decode_policy(config.decode.policy["name"])
+
+
+def _check_decode_policy(name: str) -> None:
+    """ConfigError unless policy `name` can take requests that arrive already admitted, their KV sized
+    for prompt + 1 tokens (DecodeReplica.start): one that reserves a request's full length at admission
+    and never allocates as it decodes (Policy.reserves_full_length) would decode into KV it never got."""
+    from policies import POLICIES
+
+    if name not in POLICIES or not POLICIES[name].reserves_full_length:
+        return  # an unknown name is reported, with the known ones, when the pool's policy is built
+    usable = sorted(n for n, cls in POLICIES.items() if not cls.reserves_full_length)
+    choices = ", ".join(usable[:-1]) + f" or {usable[-1]}" if len(usable) > 1 else usable[0]
+    raise ConfigError(
+        f"{SECTION}.decode.policy.name='{name}': {name} reserves each request's full length when it admits "
+        f"it from its waiting queue and allocates nothing as it decodes, but a decode pool receives "
+        f"requests already admitted with KV for prompt + 1 tokens; use {choices} for the decode pool "
+        f"({name} runs as the prefill pool)")
 
 
 def pool_policy(pool: PoolConfig, where: str) -> PolicyConfig:

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from simulator.cluster import PolicyFactory
 from simulator.config import ConfigError
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
 from simulator.disagg.config import (
@@ -43,19 +44,28 @@ def pool_simulation_config(cfg, disagg: DisaggConfig, name: str):
     return simulation
 
 
-def build_pool(cfg, disagg: DisaggConfig, name: str) -> PoolParts:
+def pool_policy_and_blocks(cfg, disagg: DisaggConfig, name: str) -> tuple[PolicyFactory, int]:
+    """One pool's policy factory and KV blocks per GPU: ConfigError naming the pool when its policy
+    parameters are wrong or the model does not fit its GPUs."""
     from simulator.kv_cache import kv_cache_blocks_per_gpu
-    from simulator.run import build_predictor, policy_factory
+    from simulator.run import policy_factory
 
     pool_cfg = pool_simulation_config(cfg, disagg, name)
     try:
         kv_blocks = kv_cache_blocks_per_gpu(pool_cfg.model, pool_cfg.hardware, pool_cfg.cluster)
-        make_policy = policy_factory(pool_cfg.policy)
+        make_policy = policy_factory(pool_cfg.policy, pool_cfg.model.max_model_len)
     except ConfigError as e:
         raise ConfigError(f"cluster.disagg.{name}: {e}") from None
+    return make_policy, kv_blocks
+
+
+def build_pool(cfg, disagg: DisaggConfig, name: str, make_policy: PolicyFactory, kv_blocks: int) -> PoolParts:
+    """The pool's parts: its policy and KV size (pool_policy_and_blocks) and its fitted predictor."""
+    from simulator.run import build_predictor
+
     pool = getattr(disagg, name)
-    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_cfg), kv_blocks, pool.gpus_per_replica,
-                     pool.router)
+    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_simulation_config(cfg, disagg, name)),
+                     kv_blocks, pool.gpus_per_replica, pool.router)
 
 
 def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = False):
@@ -67,11 +77,14 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
 
     started = time.perf_counter()
     disagg = disagg_config(cfg)
-    prefill, decode = build_pool(cfg, disagg, "prefill"), build_pool(cfg, disagg, "decode")
+    # Whatever the config can get wrong in either pool, the link or the workload is found before the
+    # first pool's predictor is fitted (up to a minute on a cold cache).
+    policies_and_blocks = {name: pool_policy_and_blocks(cfg, disagg, name) for name in ("prefill", "decode")}
     link_cfg = resolve_link(disagg.link)
     link = LinkParts(link_cfg.bandwidth_bytes_per_s, link_cfg.latency_s,
                      cfg.model.num_layers if link_cfg.layer_streaming else 0)
     workload = load_workload(cfg.workload, cfg.seed)
+    prefill, decode = (build_pool(cfg, disagg, name, *policies_and_blocks[name]) for name in ("prefill", "decode"))
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len)
     out = simulate_disaggregated(

@@ -5,7 +5,7 @@
     servesim-predict model=llama-3-8b hardware=h100 engine=vllm_v0 batch="[[256,0],[1,2048]]"
 
 batch: JSON list of [q_tokens, kv_tokens] per sequence (tokens computed this iteration, tokens already
-cached). tp, pp default to 1; engine (conf/engine: how the batch is launched, its host terms) defaults to
+cached): whole numbers, q_tokens >= 1, kv_tokens >= 0, together within the model's max_model_len. tp, pp default to 1; engine (conf/engine: how the batch is launched, its host terms) defaults to
 vllm_v1; cpu_overhead_ms replaces the engine's host terms by a constant (0 = none).
 profiles_dir= reads tables from another directory than data/profiles; cache_dir= keeps fitted models
 elsewhere than .cache/runtime.
@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from simulator.config import ConfigError
-from simulator.runtime.predictor import BREAKDOWN_KEYS, predict_batch
+from simulator.config import ConfigError, ModelConfig, load_model_config
+from simulator.runtime.predictor import BREAKDOWN_KEYS, _config, predict_batch
 
 USAGE = ('usage: servesim-predict model=NAME hardware=NAME batch="[[q,kv],...]" '
          "[tp=1] [pp=1] [engine=vllm_v1] [cpu_overhead_ms=X] [--json]")
@@ -47,6 +47,24 @@ def parse_args(argv: list[str]) -> tuple[dict, bool]:
     return values, as_json
 
 
+def check_batch(batch, max_model_len: int) -> None:
+    """ValueError naming the sequence unless `batch` is a non-empty list of [q_tokens, kv_tokens] pairs of
+    whole numbers (JSON integers: 1.5 or true is a mistake, not a count), q_tokens >= 1, kv_tokens >= 0,
+    and q_tokens + kv_tokens within the model's context."""
+    if not isinstance(batch, list) or not batch:
+        raise ValueError(f"batch must be a non-empty list of [q_tokens, kv_tokens], got {batch!r}")
+    for i, pair in enumerate(batch):
+        where = f"batch[{i}]={json.dumps(pair)}"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"{where}: expected a pair [q_tokens, kv_tokens]")
+        q, kv = pair
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in pair) or q < 1 or kv < 0:
+            raise ValueError(f"{where}: expected whole numbers q_tokens >= 1 and kv_tokens >= 0")
+        if q + kv > max_model_len:
+            raise ValueError(f"{where}: q_tokens + kv_tokens = {q + kv} exceeds the model's "
+                             f"max_model_len={max_model_len}")
+
+
 def format_table(result) -> str:
     """Human-readable total, breakdown and stages (ms)."""
     lines = [f"engine           {result.engine}", f"total            {result.total_ms:10.3f} ms"]
@@ -67,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         values, as_json = parse_args(argv)
+        check_batch(values["batch"], _config(ModelConfig, load_model_config, values["model"]).max_model_len)
         if "cache_dir" in values:
             values["cache_directory"] = values.pop("cache_dir")
         result = predict_batch(values.pop("model"), values.pop("hardware"), values.pop("batch"), **values)

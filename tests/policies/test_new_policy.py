@@ -2,11 +2,14 @@
 import numpy as np
 
 from policies import POLICIES, Batch, Policy
+from policies.base import Parameter
 from simulator.run import SimulationConfig, run_simulation
 
 
 class DecodeOnlyWhenBusy(Policy):
     """Test policy: never mixes; decodes while anything runs, else prefills the oldest request alone."""
+
+    parameters = (Parameter("max_batch_size", "requests per batch"),)
 
     def __init__(self, kv, requests, max_batch_size: int = 4):
         super().__init__(kv, requests)

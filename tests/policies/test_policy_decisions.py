@@ -75,8 +75,14 @@ def test_vllm_prefill_batch_respects_token_and_sequence_limits():
 
 
 def test_vllm_rejects_a_token_budget_below_the_context():
-    with pytest.raises(Exception, match="max_num_batched_tokens"):
-        setup("vllm", [10], [5], max_num_batched_tokens=1000)  # the test model's context is 4096
+    from policies.base import new_policy
+    from simulator.config import ConfigError
+
+    requests = RequestState.create(np.zeros(1), [10], [5], max_model_len=4096)
+    kv = KVCache(1000, 16, np.zeros(1, np.int64))
+    with pytest.raises(ConfigError, match="max_num_batched_tokens=1000 is below the model's max_model_len=4096"):
+        new_policy("vllm", {"max_num_batched_tokens": 1000}, kv, requests)
+    assert new_policy("vllm", {"max_num_batched_tokens": 4096}, kv, requests).max_num_batched_tokens == 4096
 
 
 def test_orca_admits_up_to_its_batch_and_mixes_prefill_with_decodes():

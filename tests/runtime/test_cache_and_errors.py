@@ -77,6 +77,14 @@ def damage_entry(cache, how, entry=None):
         meta_path.write_text(json.dumps(meta))
     elif how == "garbage_json":
         meta_path.write_text("{not json")
+    elif how == "edit_json_number":  # a plausible hand edit: 1.058 -> 1.958
+        meta = json.loads(meta_path.read_text())
+        meta["calibration_scale"] += 0.9
+        meta_path.write_text(json.dumps(meta, indent=1))
+    elif how == "drop_json_checksum":  # as entries written before the JSON had one
+        meta = json.loads(meta_path.read_text())
+        del meta["meta_sha256"]
+        meta_path.write_text(json.dumps(meta, indent=1))
     else:  # same size, other content: the recorded digest catches it
         data = bytearray(entry.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -84,15 +92,49 @@ def damage_entry(cache, how, entry=None):
     return entry.stem
 
 
-@pytest.mark.parametrize("how", ["truncate_npz", "edit_json_version", "garbage_json", "flip_a_byte"])
-def test_corrupt_or_foreign_cache_entries_are_rejected(own_profiles, how):
+@pytest.mark.parametrize("how, reason", [
+    ("truncate_npz", "{npz} does not match the checksum its JSON records"),
+    ("edit_json_version", "its JSON does not match the checksum it records"),
+    ("garbage_json", "unreadable (JSONDecodeError"),
+    ("flip_a_byte", "{npz} does not match the checksum its JSON records"),
+    ("edit_json_number", "its JSON does not match the checksum it records"),
+    ("drop_json_checksum", "its JSON does not match the checksum it records"),
+])
+def test_corrupt_or_foreign_cache_entries_are_rejected_in_one_line(own_profiles, how, reason, capsys):
     _, cache_directory = own_profiles
     entry = next(p for p in sorted(cache_directory.glob("*.npz"))
              if json.loads(p.with_suffix(".json").read_text())["tp"] == 1)
     version = json.loads(entry.with_suffix(".json").read_text())["version"]
     assert cache.load(entry.stem, version, cache_directory) is not None
+    assert capsys.readouterr().err == ""
     key = damage_entry(cache_directory, how)
     assert cache.load(key, version, cache_directory) is None
+    err = capsys.readouterr().err
+    reason = reason.format(npz=entry.name)
+    assert err.startswith(f"servesim: runtime-model cache entry {entry.with_suffix('.json')} not used, {reason}")
+    assert err.endswith("; fitting again\n") and err.count("\n") == 1
+
+
+def test_a_missing_cache_entry_is_fitted_without_a_note(tmp_path, capsys):
+    assert cache.load("0" * 32, "any-version", tmp_path) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_a_hand_edited_calibration_is_not_used(own_profiles, monkeypatch, make_predictor, capsys):
+    """Editing calibration_scale in every tp=1 entry's JSON changes nothing: the entries are refitted
+    (the fit is answered by the session's, as it would come out again) and rewritten."""
+    profiles, cache_directory = own_profiles
+    for entry in [p for p in sorted(cache_directory.glob("*.npz"))
+                  if json.loads(p.with_suffix(".json").read_text())["tp"] == 1]:
+        damage_entry(cache_directory, "edit_json_number", entry)
+    fits = count_fits(monkeypatch, make_predictor)
+    predictor = build(profiles, cache_directory)
+    assert len(fits) == 1 and "not used, its JSON does not match" in capsys.readouterr().err
+    assert predictor.calibration == make_predictor().calibration
+    q, kv = np.array([300, 1]), np.array([0, 2000])
+    np.testing.assert_array_equal(predictor.stage_times_s(q, kv), make_predictor().stage_times_s(q, kv))
+    build(profiles, cache_directory)
+    assert len(fits) == 1 and capsys.readouterr().err == ""  # rewritten, with a checksum that matches
 
 
 def test_a_rejected_cache_entry_is_refitted_and_rewritten(own_profiles, monkeypatch, make_predictor):

@@ -49,3 +49,21 @@ def test_bad_arguments_exit_2_with_a_message(capsys):
     assert "a100" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown argument"):
         parse_args(["modle=x"])
+
+
+@pytest.mark.parametrize("batch, message", [
+    ("[[1.5,100]]", "batch[0]=[1.5, 100]: expected whole numbers q_tokens >= 1 and kv_tokens >= 0"),
+    ("[[1,100],[true,100]]", "batch[1]=[true, 100]: expected whole numbers q_tokens >= 1 and kv_tokens >= 0"),
+    ("[[1,-1]]", "batch[0]=[1, -1]: expected whole numbers"),
+    ("[[1,4096]]", "batch[0]=[1, 4096]: q_tokens + kv_tokens = 4097 exceeds the model's max_model_len=4096"),
+    ("[[1,9223372036854775808]]", "q_tokens + kv_tokens = 9223372036854775809 exceeds the model's"),
+    ("[[1,2,3]]", "batch[0]=[1, 2, 3]: expected a pair [q_tokens, kv_tokens]"),
+    ("[]", "batch must be a non-empty list"),
+])
+def test_token_counts_that_are_not_whole_or_beyond_the_context_exit_2(batch, message, capsys, monkeypatch):
+    from simulator.runtime import cli
+
+    monkeypatch.setattr(cli, "predict_batch", lambda *a, **k: pytest.fail("a bad batch was predicted"))
+    assert main(["model=llama-2-7b", "hardware=h100", f"batch={batch}"]) == 2
+    first_line = capsys.readouterr().err.splitlines()[0]  # the usage line follows
+    assert first_line.startswith("servesim-predict: batch") and message in first_line
