@@ -68,16 +68,19 @@ def config_from_args(args):
     return cfg
 
 
-def with_engine(cfg, engine: str | None):
-    """cfg launched as conf/engine/<engine>.yaml says (unchanged when engine is None); the run's saved
-    config.json then names that engine, so servesim-compare simulates the engine that ran."""
-    if engine is None:
-        return cfg
+def with_engine(cfg, engine: str | None, hardware: str | None = None):
+    """cfg launched as conf/engine/<engine>.yaml says, on conf/hardware/<hardware>.yaml (each unchanged when
+    None); the run's saved config.json then names them, so servesim-compare simulates what ran."""
     import dataclasses
 
+    from simulator.config import load_hardware_config
     from simulator.engine import load_engine_profile
 
-    return dataclasses.replace(cfg, engine=load_engine_profile(engine))
+    if engine is not None:
+        cfg = dataclasses.replace(cfg, engine=load_engine_profile(engine))
+    if hardware is not None:
+        cfg = dataclasses.replace(cfg, hardware=load_hardware_config(hardware))
+    return cfg
 
 
 def pack(results: Path, archive: Path) -> None:
@@ -101,7 +104,7 @@ def run_plan(args, log) -> int:
         cells = [c for c in cells if c["name"].startswith(wanted)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = [with_engine(SimulationConfig.from_dict(c["config"]), args.engine) for c in cells]
+    configs = [with_engine(SimulationConfig.from_dict(c["config"]), args.engine, args.as_hardware) for c in cells]
     runner = build_runner(configs[0], args.device, args.num_layers, not args.no_cuda_graphs,
                           args.kv_capacity_tokens, log=log)
     warm_s = warm_up(runner)
@@ -219,6 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--engine", help="launch batches as conf/engine/<ENGINE>.yaml says (attention launch, "
                         "CUDA graphs); executable: servesim_execute (default for one run), "
                         "servesim_execute_piecewise; in plan mode it overrides the cells' engine")
+    parser.add_argument("--as-hardware", help="plan mode: run the cells as on conf/hardware/<NAME>.yaml (the KV "
+                        "cache's size, and the GPU the comparison simulates), e.g. a plan made for h100 on an H200")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run decode batches eagerly too")
     parser.add_argument("--keep-trace", action="store_true", help="plan mode: keep each cell's trace.json")
     parser.add_argument("--progress", action="store_true")
