@@ -426,25 +426,33 @@ def token_times_table(records: RequestRecords) -> pd.DataFrame:
     })
 
 
+# zstd instead of Parquet's default snappy: the whole conversation trace's tables shrink from 19.5 to
+# 16.2 MB (token times alone 8.1 -> 5.8 MB), read back by pandas/pyarrow as before.
+PARQUET_COMPRESSION = "zstd"
+
+
 def write_outputs(out_dir: str | Path, records: RequestRecords, iters: IterationRecords | None,
-                  summary: dict) -> dict[str, Path]:
+                  summary: dict, trace: bool = True) -> dict[str, Path]:
     """Write a run's result files into `out_dir` (created if missing) and return their paths:
 
     requests.parquet (request_table), iterations.parquet (iteration_table), token_times.parquet
-    (token_times_table), summary.json (summary_json), trace.json (Perfetto/Chrome trace; open it in
-    ui.perfetto.dev).
+    (token_times_table), summary.json (summary_json), and with `trace` trace.json (Perfetto/Chrome trace;
+    open it in ui.perfetto.dev; about 25 MB per 100,000 iterations). Simulations pass their config's
+    `trace` (off by default); real-GPU runs (simulator/execute) keep this function's default.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in
-             ("requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json", "trace.json")}
-    request_table(records).to_parquet(paths["requests.parquet"], index=False)
-    token_times_table(records).to_parquet(paths["token_times.parquet"], index=False)
+    names = ["requests.parquet", "iterations.parquet", "token_times.parquet", "summary.json"]
+    paths = {name: out / name for name in names + (["trace.json"] if trace else [])}
+    request_table(records).to_parquet(paths["requests.parquet"], index=False, compression=PARQUET_COMPRESSION)
+    token_times_table(records).to_parquet(paths["token_times.parquet"], index=False,
+                                          compression=PARQUET_COMPRESSION)
     if iters is None:
         iters = IterationRecords(*(np.empty(0, dtype=np.int64) for _ in fields(IterationRecords)))
-    iteration_table(iters).to_parquet(paths["iterations.parquet"], index=False)
+    iteration_table(iters).to_parquet(paths["iterations.parquet"], index=False, compression=PARQUET_COMPRESSION)
     paths["summary.json"].write_text(summary_json(summary))
-    write_chrome_trace(paths["trace.json"], iters)
+    if trace:
+        write_chrome_trace(paths["trace.json"], iters)
     return paths
 
 

@@ -57,6 +57,8 @@ class SimulationConfig:
                       (and no launch floors; 0 = no host terms at all)
     fast_decode_runs  advance runs of decode-only iterations in one step (identical results, faster)
     output_dir        where result files go ("" = none from Python; the CLI uses Hydra's run directory)
+    trace             also write trace.json, the Perfetto view of every iteration (about 80 MB for the
+                      whole conversation trace, so off unless asked for)
     """
 
     model: ModelConfig
@@ -73,6 +75,7 @@ class SimulationConfig:
     fast_decode_runs: bool = True
     progress: bool = False
     output_dir: str = ""
+    trace: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
@@ -228,7 +231,7 @@ def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: d
     summary["slo"] = evaluate_slos(cfg.slo, latencies, tbt_gaps_s)
     destination = out_dir if out_dir is not None else (cfg.output_dir or None)
     if destination is not None:
-        metrics.write_outputs(destination, out.records, out.iterations, summary)
+        metrics.write_outputs(destination, out.records, out.iterations, summary, trace=cfg.trace)
     return SimulationResult(summary, out.records, out.iterations)
 
 

@@ -31,8 +31,11 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
     assert a.requests.equals(b.requests) and a.iterations.equals(b.iterations)
     files = [json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab"]
     assert without_wall(files[0]) == without_wall(files[1])
-    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet", "trace.json"):
+    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    traced = [run_simulation(small_config(trace=True), out_dir=tmp_path / d) for d in ("ta", "tb")]
+    assert traced[0].summary["num_iterations"] == a.summary["num_iterations"]
+    assert (tmp_path / "ta" / "trace.json").read_bytes() == (tmp_path / "tb" / "trace.json").read_bytes()
     c = run_simulation(small_config(seed=1))
     assert without_wall(c.summary) != without_wall(a.summary)
 
@@ -129,8 +132,14 @@ def test_cli_runs_and_writes_outputs(tmp_path):
     assert "policy vllm" in done.stdout and "TTFT (ms)" in done.stdout and "SLO 'relaxed'" in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_requests"] == 60 and summary["setup"]["policy"] == "vllm"
-    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet", "trace.json"):
+    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet"):
         assert (tmp_path / name).exists()
+    assert not (tmp_path / "trace.json").exists()  # opt-in: about 80 MB for the whole default trace
+    traced = subprocess.run(cmd[:-1] + ["trace=true", f"hydra.run.dir={tmp_path}/traced"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert traced.returncode == 0, traced.stderr
+    events = json.loads((tmp_path / "traced" / "trace.json").read_text())["traceEvents"]
+    assert sum(e["ph"] == "X" for e in events) == json.loads((tmp_path / "traced" / "summary.json").read_text())["num_iterations"]
     bad = subprocess.run(cmd[:3] + ["cluster.tp=3", f"hydra.run.dir={tmp_path}/bad"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "cluster.tp=3 does not divide" in bad.stderr
