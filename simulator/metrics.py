@@ -465,6 +465,9 @@ def format_summary(summary: dict) -> str:
         return "-" if x is None else f"{x * scale:,.{digits}f}"
 
     rejected = summary["rejected"]
+    # wall_s counts building the predictor too: a first run's fit of the runtime model is not simulation.
+    build_s = summary.get("predictor_build_s") or 0.0
+    simulation_wall_s = None if summary["wall_s"] is None else summary["wall_s"] - build_s
     reasons = ", ".join(f"{c:,}: {r}" for r, c in sorted(summary["rejected_by_reason"].items()))
     lines = [
         (f"requests    {summary['num_requests']:,} arrived, {summary['completed']:,} completed, "
@@ -475,7 +478,8 @@ def format_summary(summary: dict) -> str:
         f"preemptions {summary['preemptions']:,} ({summary['requests_preempted']:,} requests)",
         (f"iterations  {summary['num_iterations']:,}, mean batch {number(summary['batch_size_mean'])}, "
          f"max batch {summary['batch_size_max'] if summary['batch_size_max'] is not None else '-'}"),
-        f"time        {number(summary['simulated_s'])} s simulated in {number(summary['wall_s'], digits=2)} s",
+        f"time        {number(summary['simulated_s'])} s simulated in {number(simulation_wall_s, digits=2)} s"
+        + (f" (+ {build_s:,.2f} s to fit or load the runtime model)" if build_s >= 0.01 else ""),
         "",
         f"{'latency':<22}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
     ]

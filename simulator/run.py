@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from simulator.announce import notice_if_slow
 from simulator.config import (
     ClusterConfig,
     ConfigError,
@@ -159,8 +160,9 @@ def policy_factory(policy: PolicyConfig):
     return functools.partial(cls, **kwargs)
 
 
-def build_predictor(cfg: SimulationConfig):
-    """The iteration-time predictor every replica uses."""
+def build_predictor(cfg: SimulationConfig, progress: bool = False):
+    """The iteration-time predictor every replica uses. With `progress`, fitting the runtime model (seconds
+    on a first run) is announced and shows a progress bar; loading a cached fit stays silent."""
     tp, pp = cfg.cluster.tp, cfg.cluster.pp
     if cfg.predictor not in PREDICTORS:
         raise ConfigError(f"predictor='{cfg.predictor}' is not one of {', '.join(PREDICTORS)}")
@@ -170,8 +172,12 @@ def build_predictor(cfg: SimulationConfig):
         from simulator.runtime import ProfileError
         from simulator.runtime import build_predictor as build_fitted
 
+        fitting = (f"fitting the runtime model of {cfg.model.name} on {cfg.hardware.name} (tp={tp}) to its GPU "
+                   f"profiles (first run only, cached after)")
         try:
-            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine)
+            with notice_if_slow(fitting, enabled=progress):
+                return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine,
+                                    progress=progress)
         except ProfileError as e:
             # Never swap in uncalibrated times silently: say what is missing and how to choose otherwise.
             raise ConfigError(f"predictor=fitted: {e}. Profile that GPU/model (docs/profiler.md) or run with "
@@ -198,7 +204,9 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
         return run_disaggregated(cfg, out_dir, progress)
     cfg.cluster.validate(cfg.model)
     make_policy = policy_factory(cfg.policy)
-    predictor = build_predictor(cfg)
+    build_started = time.perf_counter()
+    predictor = build_predictor(cfg, progress=progress or cfg.progress)
+    predictor_build_s = time.perf_counter() - build_started
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
@@ -208,7 +216,8 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                    kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
-    return build_result(cfg, out, _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor), wall_s, out_dir)
+    setup = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor)
+    return build_result(cfg, out, setup, wall_s, out_dir, {"predictor_build_s": round(predictor_build_s, 3)})
 
 
 def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: dict | None = None) -> SimulationResult:

@@ -201,6 +201,14 @@ def test_format_summary_shows_the_numbers():
     assert "0.800 req/s" in text
 
 
+def test_format_summary_reports_simulation_and_runtime_model_times_apart():
+    summary = summarize(two_requests_and_a_rejection(), None, 3.0, 10.0)
+    assert "3.0 s simulated in 10.00 s\n" in format_summary(summary) + "\n"  # no predictor time recorded
+    # A first run's fit of the runtime model (7.5 s of the 10 s wall time) is not simulation.
+    text = format_summary(summary | {"predictor_build_s": 7.5})
+    assert "3.0 s simulated in 2.50 s (+ 7.50 s to fit or load the runtime model)" in text
+
+
 def test_misaligned_records_name_the_field():
     records = two_requests_and_a_rejection()
     records.token_offsets = records.token_offsets[:-1]

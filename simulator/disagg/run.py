@@ -43,7 +43,7 @@ def pool_simulation_config(cfg, disagg: DisaggConfig, name: str):
     return simulation
 
 
-def build_pool(cfg, disagg: DisaggConfig, name: str) -> PoolParts:
+def build_pool(cfg, disagg: DisaggConfig, name: str, progress: bool = False) -> PoolParts:
     from simulator.kv_cache import kv_cache_blocks_per_gpu
     from simulator.run import build_predictor, policy_factory
 
@@ -54,8 +54,8 @@ def build_pool(cfg, disagg: DisaggConfig, name: str) -> PoolParts:
     except ConfigError as e:
         raise ConfigError(f"cluster.disagg.{name}: {e}") from None
     pool = getattr(disagg, name)
-    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_cfg), kv_blocks, pool.gpus_per_replica,
-                     pool.router)
+    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_cfg, progress), kv_blocks,
+                     pool.gpus_per_replica, pool.router)
 
 
 def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = False):
@@ -67,7 +67,10 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
 
     started = time.perf_counter()
     disagg = disagg_config(cfg)
-    prefill, decode = build_pool(cfg, disagg, "prefill"), build_pool(cfg, disagg, "decode")
+    build_started = time.perf_counter()
+    prefill = build_pool(cfg, disagg, "prefill", progress or cfg.progress)
+    decode = build_pool(cfg, disagg, "decode", progress or cfg.progress)
+    predictor_build_s = time.perf_counter() - build_started
     link_cfg = resolve_link(disagg.link)
     link = LinkParts(link_cfg.bandwidth_bytes_per_s, link_cfg.latency_s,
                      cfg.model.num_layers if link_cfg.layer_streaming else 0)
@@ -82,8 +85,9 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
     columns = handoff_columns(out.handoff)
     out.records.extra_columns.update(columns)
     wall_s = time.perf_counter() - started
-    return build_result(cfg, out, _setup(cfg, disagg, link_cfg, workload.name, out, prefill), wall_s, out_dir,
-                        {"disaggregation": disaggregation_summary(out, columns)})
+    setup = _setup(cfg, disagg, link_cfg, workload.name, out, prefill)
+    return build_result(cfg, out, setup, wall_s, out_dir, {"disaggregation": disaggregation_summary(out, columns),
+                                                           "predictor_build_s": round(predictor_build_s, 3)})
 
 
 def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:

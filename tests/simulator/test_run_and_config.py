@@ -21,7 +21,7 @@ def small_config(**overrides):
 
 
 def without_wall(summary):
-    return {k: v for k, v in summary.items() if k != "wall_s"}
+    return {k: v for k, v in summary.items() if k not in ("wall_s", "predictor_build_s")}
 
 
 def test_same_config_and_seed_give_identical_results(tmp_path):
@@ -143,3 +143,4 @@ def test_cli_runs_and_writes_outputs(tmp_path):
     bad = subprocess.run(cmd[:3] + ["cluster.tp=3", f"hydra.run.dir={tmp_path}/bad"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "cluster.tp=3 does not divide" in bad.stderr
+
