@@ -95,15 +95,8 @@ def main() -> None:
 
 def describe(summary: dict) -> str:
     """The terminal report: what ran, the metrics table, and the SLO verdicts."""
-    setup = summary["setup"]
-    params = ", ".join(f"{k}={v}" for k, v in setup["policy_params"].items())
-    header = (f"{setup['model']} on {setup['num_replicas']} x {setup['hardware']} "
-              f"(tp={setup['tp']}, pp={setup['pp']}), policy {setup['policy']}"
-              + (f" ({params})" if params else "")
-              + f", workload {setup['workload']}, predictor {setup['predictor']}"
-              + (f" (engine {setup['engine']})" if setup.get("engine") else "") + ", "
-              f"{setup['kv_blocks_per_engine']:,} KV blocks of {setup['kv_block_size']} tokens")
     from simulator.metrics import format_summary
+    from simulator.run_header import setup_lines
 
     slo = summary["slo"]
     verdicts = []
@@ -115,7 +108,7 @@ def describe(summary: dict) -> str:
         from simulator.disagg.metrics import format_disaggregation
 
         extra = ["", format_disaggregation(summary["disaggregation"])]
-    return "\n".join([header, "", format_summary(summary), *extra, "",
+    return "\n".join([*setup_lines(summary["setup"]), "", format_summary(summary), *extra, "",
                       f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts])
 
 

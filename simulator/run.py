@@ -33,7 +33,7 @@ from simulator.config import (
     load_model_config,
 )
 from simulator.engine import EngineProfile, load_engine_profile
-from simulator.workload import WorkloadConfig, load_workload
+from simulator.workload import WorkloadConfig, describe_source, load_workload, trace_file_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,16 +246,31 @@ def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: d
 
 def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int, predictor) -> dict:
     """What was simulated, for the summary."""
+    gpus_per_replica = cfg.cluster.tp * cfg.cluster.pp
     return {
         "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": cfg.cluster.num_replicas,
         "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
+        "gpus_per_replica": gpus_per_replica, "num_gpus": cfg.cluster.num_replicas * gpus_per_replica,
         "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
+        "workload_source": describe_source(cfg.workload), "trace": trace_file_name(cfg.workload),
         "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
+        "predictor_description": predictor_description(cfg),
         # The fitted predictor prices iterations as this engine launches them (the linear one ignores it).
         "engine": cfg.engine.name if cfg.predictor == "fitted" else None,
         "seed": cfg.seed,
         "kv_blocks_per_engine": kv_blocks_per_engine, "kv_block_size": cfg.cluster.block_size,
     }
+
+
+def predictor_description(cfg: SimulationConfig) -> str:
+    """How iteration times are predicted, in words: "runtime model fitted to h100 profiles; engine
+    vllm_v1: vLLM V1 (2026 releases) on Hopper" (the engine whose launches price each batch), or the
+    linear formula."""
+    if cfg.predictor != "fitted":
+        return "linear roofline formula (uncalibrated; predictor=fitted uses the GPU profiles)"
+    engine_words = cfg.engine.follows.split(":")[0].split(",")[0].strip()
+    return (f"runtime model fitted to {cfg.hardware.profile} profiles; engine {cfg.engine.name}"
+            + (f": {engine_words}" if engine_words else ""))
 
 
 def evaluate_slos(slo: SLOConfig, request_table: RequestTable,

@@ -92,6 +92,9 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
 
 def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:
     """The summary's `setup`: the colocated keys (pool pairs written prefill/decode) plus `disagg`."""
+    from simulator.run import predictor_description
+    from simulator.workload import describe_source, trace_file_name
+
     pools = {name: getattr(disagg, name) for name in ("prefill", "decode")}
     hardware = {name: pool_hardware(pool, cfg.hardware).name for name, pool in pools.items()}
     policies = {name: pool_policy(pool, name) for name, pool in pools.items()}
@@ -105,9 +108,12 @@ def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: Po
         "num_replicas": disagg.prefill.num_replicas + disagg.decode.num_replicas,
         "tp": pair({n: p.tp for n, p in pools.items()}), "pp": pair({n: p.pp for n, p in pools.items()}),
         "router": pair({n: p.router for n, p in pools.items()}),
+        "gpus_per_replica": pair({n: p.gpus_per_replica for n, p in pools.items()}),
         "policy": f"disagg({pair({n: p.name for n, p in policies.items()})})",
         "policy_params": {f"{n}.{k}": v for n, p in policies.items() for k, v in p.policy_kwargs().items()},
-        "workload": workload_name, "predictor": type(prefill.predictor).__name__, "seed": cfg.seed,
+        "workload": workload_name, "workload_source": describe_source(cfg.workload),
+        "trace": trace_file_name(cfg.workload), "predictor": type(prefill.predictor).__name__,
+        "predictor_description": predictor_description(cfg), "seed": cfg.seed,
         "kv_blocks_per_engine": out.kv_blocks_per_engine["decode"], "kv_block_size": cfg.cluster.block_size,
         "num_gpus": disagg.num_gpus,
         "disagg": {

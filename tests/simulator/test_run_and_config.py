@@ -129,7 +129,7 @@ def test_cli_runs_and_writes_outputs(tmp_path):
            "workload.num_requests=60", "progress=false", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert "policy vllm" in done.stdout and "TTFT (ms)" in done.stdout and "SLO 'relaxed'" in done.stdout
+    assert "policy      vllm" in done.stdout and "TTFT (ms)" in done.stdout and "SLO 'relaxed'" in done.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_requests"] == 60 and summary["setup"]["policy"] == "vllm"
     for name in ("requests.parquet", "iterations.parquet", "token_times.parquet"):
@@ -144,3 +144,31 @@ def test_cli_runs_and_writes_outputs(tmp_path):
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "cluster.tp=3 does not divide" in bad.stderr
 
+
+def test_header_names_gpus_in_total_and_per_replica_the_predictor_and_the_trace_file(tmp_path):
+    from simulator.run_header import setup_lines
+
+    trace = tmp_path / "my_trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                     + "".join(f"{i * 0.5},{100 + i},{8}\n" for i in range(20)))
+    workload = {"name": "conversation", "trace": str(trace), "arrival": "trace", "lengths": "trace"}
+    tp2 = run_simulation(small_config(cluster={"tp": 2}, workload=workload, policy={"name": "vllm"}))
+    lines = setup_lines(tp2.summary["setup"])
+    assert lines[0] == "model       llama-2-7b on 2 h100 GPUs: 1 replica of 2 GPUs (tp=2, pp=1)"
+    assert lines[2] == "workload    conversation: trace my_trace.csv"  # a swapped trace keeps the name
+    assert lines[3] == "predictor   linear roofline formula (uncalibrated; predictor=fitted uses the GPU profiles)"
+    assert lines[4].startswith("KV cache    ") and lines[4].endswith("blocks of 16 tokens per replica")
+    setup = tp2.summary["setup"]
+    assert (setup["num_gpus"], setup["gpus_per_replica"], setup["trace"]) == (2, 2, "my_trace.csv")
+    four = run_simulation(small_config(cluster={"num_replicas": 4, "tp": 2, "pp": 2}))
+    assert setup_lines(four.summary["setup"])[0] == (
+        "model       llama-2-7b on 16 h100 GPUs: 4 replicas of 4 GPUs (tp=2, pp=2), router round_robin")
+    assert setup_lines(four.summary["setup"])[2] == ("workload    uniform-poisson-6qps: uniform lengths, poisson arrivals "
+                                                     "at 6 req/s")
+
+
+def test_the_fitted_predictor_is_named_with_its_engine_in_words():
+    from simulator.run import predictor_description
+
+    assert predictor_description(small_config(predictor="fitted", engine="vllm_v0")) == (
+        "runtime model fitted to h100 profiles; engine vllm_v0: vLLM V0 (v0.4-v0.6) with FlashAttention-2")
