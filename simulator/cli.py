@@ -55,7 +55,9 @@ def register_configs() -> None:
             specs.append((f.name, hints[f.name], dataclasses.field(default=f.default)))
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=dataclasses.make_dataclass("SimulationSchema", specs))
-    store.store(name=APP_CONFIG_NAME, node={"defaults": [SCHEMA_NAME, "config", "_self_"]})
+    # conf/hydra/help/servesim.yaml: `servesim --help` says what servesim does, instead of Hydra's generic text.
+    store.store(name=APP_CONFIG_NAME,
+                node={"defaults": [SCHEMA_NAME, "config", {"override hydra/help": "servesim"}, "_self_"]})
 
 
 def config_from_hydra(cfg):

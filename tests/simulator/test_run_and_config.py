@@ -172,3 +172,12 @@ def test_the_fitted_predictor_is_named_with_its_engine_in_words():
 
     assert predictor_description(small_config(predictor="fitted", engine="vllm_v0")) == (
         "runtime model fitted to h100 profiles; engine vllm_v0: vLLM V0 (v0.4-v0.6) with FlashAttention-2")
+
+
+def test_cli_help_describes_servesim_and_its_everyday_commands():
+    done = subprocess.run([sys.executable, "-m", "simulator.cli", "--help"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.startswith("servesim: simulate LLM-inference serving on a CPU.")
+    assert "Everyday commands:" in done.stdout and "servesim trace=true" in done.stdout
+    assert "policy: faster_transformer, orca, sarathi, shortest_prompt_first, vllm" in done.stdout
+    assert "powered by Hydra" not in done.stdout
