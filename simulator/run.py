@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.announce import notice_if_slow
+from simulator.announce import notice_if_slow, warnings_as_notes
 from simulator.config import (
     ClusterConfig,
     ConfigError,
@@ -204,8 +204,10 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
         return run_disaggregated(cfg, out_dir, progress)
     cfg.cluster.validate(cfg.model)
     make_policy = policy_factory(cfg.policy)
+    notes: list[str] = []  # what building the predictor warned about, for the header (not as raw warnings)
     build_started = time.perf_counter()
-    predictor = build_predictor(cfg, progress=progress or cfg.progress)
+    with warnings_as_notes(notes):
+        predictor = build_predictor(cfg, progress=progress or cfg.progress)
     predictor_build_s = time.perf_counter() - build_started
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
@@ -216,7 +218,7 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                    kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
-    setup = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor)
+    setup = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor) | {"notes": notes}
     return build_result(cfg, out, setup, wall_s, out_dir, {"predictor_build_s": round(predictor_build_s, 3)})
 
 

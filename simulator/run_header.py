@@ -13,7 +13,8 @@ from __future__ import annotations
 
 def setup_lines(setup: dict) -> list[str]:
     """What ran, an aspect a line: the GPUs in total and per replica, the policy, the workload and the
-    file it reads, the predictor and engine in words, and the KV cache."""
+    file it reads, the predictor and engine in words, the KV cache, and what building the predictor
+    warned about (once, in one line each)."""
     params = ", ".join(f"{k}={v}" for k, v in setup["policy_params"].items())
     workload = setup["workload"] + (f": {setup['workload_source']}" if setup.get("workload_source") else "")
     blocks = f"{setup['kv_blocks_per_engine']:,} blocks of {setup['kv_block_size']} tokens per replica"
@@ -25,7 +26,8 @@ def setup_lines(setup: dict) -> list[str]:
             f"policy      {setup['policy']}" + (f" ({params})" if params else ""),
             f"workload    {workload}",
             f"predictor   {setup.get('predictor_description') or setup['predictor']}",
-            f"KV cache    {blocks}"]
+            f"KV cache    {blocks}",
+            *(f"note        {note}" for note in setup.get("notes") or [])]
 
 
 def gpus_text(setup: dict) -> str:

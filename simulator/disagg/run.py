@@ -10,6 +10,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from simulator.announce import warnings_as_notes
 from simulator.config import ConfigError
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
 from simulator.disagg.config import (
@@ -67,9 +68,11 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
 
     started = time.perf_counter()
     disagg = disagg_config(cfg)
+    notes: list[str] = []  # what building the predictors warned about, for the header
     build_started = time.perf_counter()
-    prefill = build_pool(cfg, disagg, "prefill", progress or cfg.progress)
-    decode = build_pool(cfg, disagg, "decode", progress or cfg.progress)
+    with warnings_as_notes(notes):
+        prefill = build_pool(cfg, disagg, "prefill", progress or cfg.progress)
+        decode = build_pool(cfg, disagg, "decode", progress or cfg.progress)
     predictor_build_s = time.perf_counter() - build_started
     link_cfg = resolve_link(disagg.link)
     link = LinkParts(link_cfg.bandwidth_bytes_per_s, link_cfg.latency_s,
@@ -85,7 +88,7 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
     columns = handoff_columns(out.handoff)
     out.records.extra_columns.update(columns)
     wall_s = time.perf_counter() - started
-    setup = _setup(cfg, disagg, link_cfg, workload.name, out, prefill)
+    setup = _setup(cfg, disagg, link_cfg, workload.name, out, prefill) | {"notes": notes}
     return build_result(cfg, out, setup, wall_s, out_dir, {"disaggregation": disaggregation_summary(out, columns),
                                                            "predictor_build_s": round(predictor_build_s, 3)})
 

@@ -1,7 +1,11 @@
-"""Saying what a long step does: a notice only when it runs long."""
+"""Saying what a long step does: a notice only when it runs long, warnings as one-line notes."""
 import time
+import warnings
 
-from simulator.announce import notice_if_slow
+import pytest
+
+from simulator.announce import notice_if_slow, warnings_as_notes
+from simulator.paths import REPO_ROOT
 
 
 def test_a_notice_shows_only_when_the_step_runs_long(capsys):
@@ -14,3 +18,20 @@ def test_a_notice_shows_only_when_the_step_runs_long(capsys):
         time.sleep(0.1)
     time.sleep(0.6)  # past the first timer's delay: it was cancelled, not just late
     assert capsys.readouterr().err == ""
+
+
+def test_user_warnings_become_one_line_notes_once_each():
+    notes = []
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with warnings_as_notes(notes):
+            for _ in range(3):  # e.g. once per pipeline stage
+                warnings.warn(f"{REPO_ROOT}/data/profiles/h200/comm/comm.csv: no all_reduce measured\n  at 4", stacklevel=1)
+    assert notes == ["data/profiles/h200/comm/comm.csv: no all_reduce measured at 4"]
+    assert shown == []
+
+
+def test_other_warning_categories_pass_through():
+    with pytest.warns(DeprecationWarning, match="old"), warnings_as_notes([]) as notes:
+        warnings.warn("old", DeprecationWarning, stacklevel=1)
+    assert notes == []

@@ -174,6 +174,30 @@ def test_the_fitted_predictor_is_named_with_its_engine_in_words():
         "runtime model fitted to h100 profiles; engine vllm_v0: vLLM V0 (v0.4-v0.6) with FlashAttention-2")
 
 
+def test_what_building_the_predictor_warns_is_a_header_note_not_a_raw_warning(monkeypatch, recwarn):
+    """An all-reduce extrapolated to 4 GPUs (cluster=tp4_pp2) warned with its source line, per stage."""
+    import pandas as pd
+
+    from simulator import run
+    from simulator.cli import describe
+    from simulator.linear_predictor import LinearPredictor
+    from simulator.paths import PROFILES_DIR
+    from simulator.runtime.comm import comm_curve
+
+    def extrapolating_predictor(cfg, progress=False):
+        path = PROFILES_DIR / "h200" / "comm" / "comm.csv"
+        for _ in range(cfg.cluster.pp):
+            comm_curve(pd.read_csv(path), path, "all_reduce", 4)
+        return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, 4, cfg.cluster.pp)
+
+    monkeypatch.setattr(run, "build_predictor", extrapolating_predictor)
+    result = run_simulation(small_config(cluster={"tp": 4, "pp": 2}))
+    assert [w for w in recwarn if w.category is UserWarning] == []
+    [note] = result.summary["setup"]["notes"]
+    assert note.startswith("data/profiles/h200/comm/comm.csv: no all_reduce measured at world_size=4;")
+    assert describe(result.summary).splitlines()[5] == f"note        {note}"
+
+
 def test_cli_help_describes_servesim_and_its_everyday_commands():
     done = subprocess.run([sys.executable, "-m", "simulator.cli", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120, check=True)
