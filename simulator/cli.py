@@ -96,8 +96,8 @@ def main() -> None:
 
 
 def describe(summary: dict) -> str:
-    """The terminal report: what ran, the metrics table, and the SLO verdicts."""
-    from simulator.metrics import format_summary
+    """The terminal report: what ran, the metrics table, the SLO verdicts, and notes on what stands out."""
+    from simulator.metrics import format_summary, load_notes
     from simulator.run_header import setup_lines
 
     slo = summary["slo"]
@@ -110,8 +110,10 @@ def describe(summary: dict) -> str:
         from simulator.disagg.metrics import format_disaggregation
 
         extra = ["", format_disaggregation(summary["disaggregation"])]
+    notes = [f"note: {note}" for note in load_notes(summary)]  # e.g. why the SLOs were missed
     return "\n".join([*setup_lines(summary["setup"]), "", format_summary(summary), *extra, "",
-                      f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts])
+                      f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts,
+                      *([""] + notes if notes else [])])
 
 
 if __name__ == "__main__":

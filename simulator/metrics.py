@@ -492,3 +492,32 @@ def format_summary(summary: dict) -> str:
                         for k in ("mean", "p50", "p90", "p99", "max"))
         lines.append(f"{label:<22}{cells}")
     return "\n".join(lines)
+
+
+# A queue that grows for the whole run is overload, not a burst: its longest wait is a sizeable share of
+# the time over which requests arrived.
+OVERLOAD_QUEUEING_SHARE = 0.1
+OVERLOAD_MIN_QUEUEING_S = 1.0
+# Rejections worth a note: the default run rejects 1 of 19,366 requests, which changes nothing.
+REJECTED_SHARE_NOTED = 0.01
+
+
+def load_notes(summary: dict) -> list[str]:
+    """Why a run may not show what it was meant to, one line each (empty when nothing stands out):
+    requests rejected before running (1 % or more of them), and an offered rate above what the cluster
+    served (its queue grew through the run, so every latency includes a growing wait)."""
+    notes = []
+    n, rejected = summary["num_requests"], summary["rejected"]
+    if rejected >= REJECTED_SHARE_NOTED * n:
+        notes.append(f"{rejected:,} of {n:,} requests ({rejected / n:.1%}) were rejected and are left out of every "
+                     f"latency; workload.max_prompt_tokens / workload.max_output_tokens clip long requests instead")
+    offered, served = summary.get("offered_rps"), summary.get("throughput_rps")
+    longest_wait_s = summary["queueing_delay_s"]["max"]
+    if offered and served and longest_wait_s is not None and n > 1:
+        arrival_span_s = (n - 1) / offered
+        if longest_wait_s > max(OVERLOAD_QUEUEING_SHARE * arrival_span_s, OVERLOAD_MIN_QUEUEING_S):
+            notes.append(f"overloaded: requests arrived at {offered:.3g} req/s but were served at {served:.3g} req/s, "
+                         f"so the queue grew (longest wait {longest_wait_s:,.1f} s); lower workload.rate_scale "
+                         f"(trace replay) or workload.rate_qps, or add replicas. servesim-capacity finds the "
+                         f"highest rate that meets the SLOs")
+    return notes

@@ -205,3 +205,12 @@ def test_cli_help_describes_servesim_and_its_everyday_commands():
     assert "Everyday commands:" in done.stdout and "servesim trace=true" in done.stdout
     assert "policy: faster_transformer, orca, sarathi, shortest_prompt_first, vllm" in done.stdout
     assert "powered by Hydra" not in done.stdout
+
+
+def test_an_overloaded_run_says_so_under_its_slo_verdicts():
+    from simulator.cli import describe
+
+    workload = SMALL_WORKLOAD | {"rate_qps": 200.0}  # far above what one H100 serves
+    report = describe(run_simulation(small_config(workload=workload)).summary).splitlines()
+    assert report[-1].startswith("note: overloaded: requests arrived at ") and "the queue grew" in report[-1]
+    assert "note:" not in describe(run_simulation(small_config()).summary)
