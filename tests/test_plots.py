@@ -205,6 +205,20 @@ def test_sarathi_reproduction_table_picks_the_papers_chunk_per_slo():
     assert [round(b.get_height(), 2) for b in fig.axes[0].patches][:2] == [0.5, 0.5]  # Orca in both SLO groups
 
 
+def test_sarathi_table_reads_the_tbt_bound_of_the_slo_file_a_sweep_chose():
+    from plots.sarathi import reproduction_table
+
+    rows = []
+    for slo in ("sarathi_strict_mistral7b", "sarathi_relaxed_mistral7b"):
+        common = {"model": "mistral-7b", "workload": "arxiv_poisson", "slo_name": slo, "num_gpus": 1,
+                  "overrides": f"model=mistral-7b engine=vllm_v0 workload=arxiv_poisson slo={slo} policy=sarathi"}
+        rows += [{**common, "policy": "vllm", "chunk_size": np.nan, "capacity_qps": 1.0}]
+        rows += [{**common, "policy": "sarathi", "chunk_size": c, "capacity_qps": c / 512} for c in (512, 2048)]
+    table = reproduction_table(pd.DataFrame(rows)).set_index("slo")
+    assert list(table.index) == ["sarathi_relaxed_mistral7b (0.5 s)", "sarathi_strict_mistral7b (0.1 s)"]
+    assert table["sarathi"].tolist() == [4.0, 1.0]  # the paper's chunk: 2048 relaxed, 512 strict
+
+
 def test_binned_mean_weights_by_iteration_duration():
     from plots.timeline import binned_mean
 
