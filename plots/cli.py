@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ from plots.tradeoff import common_rate, tradeoff_figure, tradeoff_points
 
 CONFIG_KEYS = ["model", "hardware", "policy", "chunk_size", "max_batch_size", "tp", "pp", "num_replicas",
                "workload"]
+# What a run's legend label may name, in this order, when runs differ in it (the policy always shows).
+RUN_LABEL_KEYS = ["chunk_size", "max_batch_size", "engine", "model", "hardware", "tp", "pp", "num_replicas",
+                  "router", "workload", "seed"]
 
 
 # --- finding and reading results -----------------------------------------------------------------
@@ -66,7 +70,10 @@ def run_config(run_dir: Path) -> dict:
                     "chunk_size": params.get("chunk_size"),
                     "max_batch_size": params.get("max_batch_size", params.get("max_num_seqs")),
                     "tp": setup.get("tp"), "pp": setup.get("pp"), "num_replicas": setup.get("num_replicas"),
-                    "workload": setup.get("workload")}
+                    "workload": setup.get("workload"), "engine": setup.get("engine"),
+                    "router": setup.get("router"), "seed": setup.get("seed"),
+                    # A prefill/decode-pool run records its pools' policies as "disagg(vllm/sarathi)".
+                    "disaggregated": bool(setup.get("disagg"))}
     for name in ("config.json", "config.yaml", ".hydra/config.yaml"):
         path = run_dir / name
         if path.exists():
@@ -86,21 +93,80 @@ def flatten_config(cfg: dict) -> dict:
     return {"model": name_of("model"), "hardware": name_of("hardware"), "policy": name_of("policy"),
             "chunk_size": policy.get("chunk_size"), "max_batch_size": policy.get("max_batch_size"),
             "tp": cluster.get("tp"), "pp": cluster.get("pp"), "num_replicas": cluster.get("num_replicas"),
-            "workload": name_of("workload")}
+            "workload": name_of("workload"), "engine": name_of("engine"), "router": cluster.get("router"),
+            "seed": cfg.get("seed"), "disaggregated": bool(cluster.get("disagg"))}
 
 
 def run_label(config: dict, run_dir: Path) -> str:
-    """'Sarathi-Serve c512' style label, or the directory name when the config is unknown."""
+    """'Sarathi-Serve c512 tp2pp1 llama-3-8b' style title of one run, or the directory name when the
+    config is unknown. `tp`/`pp` may be numbers or a prefill/decode pair such as "1/2"."""
     if not config.get("policy"):
         return run_dir.name
     label = policy_label(config["policy"])
     if config.get("chunk_size"):
         label += f" c{config['chunk_size']}"
-    if (config.get("pp") or 1) > 1 or (config.get("tp") or 1) > 1:
+    if _above_one(config.get("tp")) or _above_one(config.get("pp")):
         label += f" tp{config.get('tp') or 1}pp{config.get('pp') or 1}"
     if config.get("model"):
         label += f" {config['model']}"
     return label
+
+
+def _above_one(degree) -> bool:
+    """Whether a parallel degree (3, "3", or a pool pair "1/2") has a part above 1."""
+    parts = str(degree if degree is not None else 1).split("/")
+    return any(part.strip().isdigit() and int(part) > 1 for part in parts)
+
+
+def run_labels(configs: list[dict], run_dirs: list[Path]) -> list[str]:
+    """One short legend label per run that tells it from the others: the policy, then each field
+    (RUN_LABEL_KEYS) where this run is unusual. A field whose value several runs share is named only on
+    the runs that differ from it ("Sarathi-Serve vllm_v0" among vllm_v1 runs); a field every run sets
+    differently is named on all ("chunk 256", "chunk 2048"). The router shows only for runs with several
+    replicas. Runs that would still read the same get their directory's name; a run of unknown config is
+    named by its directory."""
+    known = [_comparable(c) for c in configs if c.get("policy")]
+    labels = []
+    for config, run_dir in zip(configs, run_dirs):
+        if not config.get("policy"):
+            labels.append(run_dir.name)
+            continue
+        config = _comparable(config)
+        fields = [_field_text(key, config[key]) for key in RUN_LABEL_KEYS
+                  if config.get(key) is not None and _unusual(key, config, known)]
+        labels.append(" ".join([policy_label(config["policy"]), *fields]))
+    return [f"{label} ({run_dir.name})" if labels.count(label) > 1 and label != run_dir.name else label
+            for label, run_dir in zip(labels, run_dirs)]
+
+
+def _comparable(config: dict) -> dict:
+    """The config with a pool pair of equal degrees ("1/1") read as that degree, and no router for a
+    single replica (it routes nothing)."""
+    config = dict(config)
+    for key in ("tp", "pp"):
+        parts = str(config.get(key)).split("/")
+        if len(parts) > 1 and len(set(parts)) == 1 and parts[0].isdigit():
+            config[key] = int(parts[0])
+    if (config.get("num_replicas") or 1) == 1 and not config.get("disaggregated"):
+        config["router"] = None
+    return config
+
+
+def _unusual(key: str, config: dict, configs: list[dict]) -> bool:
+    """Whether `config[key]` sets this run apart: it differs from the value most runs share, or, when no
+    value is shared by two runs, the runs differ in it at all."""
+    values = [str(c.get(key)) for c in configs]
+    if len(set(values)) <= 1:
+        return False
+    usual = max(set(values), key=values.count)
+    return values.count(usual) < 2 or str(config.get(key)) != usual
+
+
+def _field_text(key: str, value) -> str:
+    """How one configuration field reads in a label ("chunk 512", "tp2", "4 replicas", "seed 1")."""
+    formats = {"chunk_size": "chunk {}", "max_batch_size": "batch {}", "tp": "tp{}", "pp": "pp{}",
+               "num_replicas": "{} replicas", "seed": "seed {}"}
+    return formats.get(key, "{}").format(value)
 
 
 def tbt_gaps_from_token_times(token_times: pd.DataFrame, rejected_ids: np.ndarray | None = None) -> np.ndarray:
@@ -115,22 +181,67 @@ def tbt_gaps_from_token_times(token_times: pd.DataFrame, rejected_ids: np.ndarra
     return np.diff(times)[same_request]
 
 
+@dataclass
+class RunData:
+    """What the figures read from one run directory."""
+
+    run_dir: Path
+    config: dict
+    served: pd.DataFrame  # requests.parquet without rejected requests
+    tbt_gaps_s: np.ndarray
+    iterations: pd.DataFrame | None
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read one run directory; raises whatever its files' readers raise when something is missing or
+    malformed (run_figures skips such runs)."""
+    config = run_config(run_dir)
+    requests = pd.read_parquet(run_dir / "requests.parquet")
+    served = requests[~requests["rejected"]] if "rejected" in requests else requests
+    gaps = np.empty(0)
+    if (run_dir / "token_times.parquet").exists():
+        rejected_ids = requests.loc[requests["rejected"], "request_id"].to_numpy() if "rejected" in requests else None
+        gaps = tbt_gaps_from_token_times(pd.read_parquet(run_dir / "token_times.parquet"), rejected_ids)
+    iterations_path = run_dir / "iterations.parquet"
+    iterations = pd.read_parquet(iterations_path) if iterations_path.exists() else None
+    return RunData(run_dir, config, served, gaps, iterations)
+
+
+def skip_warning(directory: Path, error: Exception) -> None:
+    """One line on stderr saying which result directory was left out and why."""
+    print(f"servesim-plots: skipped {directory} ({type(error).__name__}: {error})", file=sys.stderr)
+
+
 def capacity_rows(capacity_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per capacity.json, one row per trial), in the same shape as a sweep's tables."""
     from simulator.capacity import record_row, trial_rows
 
     rows, trials = [], []
     for directory in capacity_dirs:
-        record = json.loads((directory / "capacity.json").read_text())
-        rows.append(record_row(record) | {"point_id": str(directory)})
-        trials += [t | {"point_id": str(directory)} for t in trial_rows(record)]
+        try:
+            record = json.loads((directory / "capacity.json").read_text())
+            row, record_trials = record_row(record), trial_rows(record)
+        except Exception as e:  # noqa: BLE001 - e.g. a search still writing its file: draw the others
+            skip_warning(directory, e)
+            continue
+        rows.append(row | {"point_id": str(directory)})
+        trials += [t | {"point_id": str(directory)} for t in record_trials]
     return pd.DataFrame(rows), pd.DataFrame(trials)
 
 
 def sweep_tables(sweep_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Concatenated results and trials tables of sweep directories."""
-    tables = [pd.read_parquet(d / "results.parquet") for d in sweep_dirs]
-    trials = [pd.read_parquet(d / "trials.parquet") for d in sweep_dirs if (d / "trials.parquet").exists()]
+    """Concatenated results and trials tables of sweep directories (unreadable ones skipped)."""
+    tables, trials = [], []
+    for directory in sweep_dirs:
+        try:
+            table = pd.read_parquet(directory / "results.parquet")
+            trial_path = directory / "trials.parquet"
+            trial_table = pd.read_parquet(trial_path) if trial_path.exists() else None
+        except Exception as e:  # noqa: BLE001 - one unreadable sweep must not cost the others their figures
+            skip_warning(directory, e)
+            continue
+        tables.append(table)
+        trials += [trial_table] if trial_table is not None else []
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
             pd.concat(trials, ignore_index=True) if trials else pd.DataFrame())
 
@@ -139,28 +250,30 @@ def sweep_tables(sweep_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def run_figures(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Latency CDFs over all runs; a timeline per run; pipeline bubbles for pipelined runs."""
-    written, samples, bubbles = [], [], {}
+    """Latency CDFs over all runs; a timeline per run; pipeline bubbles for pipelined runs. A run
+    directory that cannot be read or drawn is skipped with a warning; the others still get drawn."""
+    runs = []
     for run_dir in run_dirs:
-        config = run_config(run_dir)
-        label = run_label(config, run_dir)
-        requests = pd.read_parquet(run_dir / "requests.parquet")
-        served = requests[~requests["rejected"]] if "rejected" in requests else requests
-        gaps = np.empty(0)
-        if (run_dir / "token_times.parquet").exists():
-            rejected_ids = requests.loc[requests["rejected"], "request_id"].to_numpy() if "rejected" in requests else None
-            gaps = tbt_gaps_from_token_times(pd.read_parquet(run_dir / "token_times.parquet"), rejected_ids)
-        samples.append(LatencySample(label, config.get("policy") or label, served["ttft_s"].to_numpy(),
-                                     gaps, served["e2e_s"].to_numpy()))
-        iterations_path = run_dir / "iterations.parquet"
-        if iterations_path.exists():
-            iterations = pd.read_parquet(iterations_path)
-            if len(iterations):
-                total_blocks = _kv_blocks_total(run_dir)
-                fig = batch_kv_timeline_figure(iterations, total_blocks, title=label)
-                written.append(save_figure(fig, out_dir / f"timeline_{_slug(run_dir, run_dirs)}.png"))
-                if iterations["stage"].max() > 0:
-                    bubbles[label] = bubble_fractions(iterations)
+        try:
+            runs.append(load_run(run_dir))
+        except Exception as e:  # noqa: BLE001 - one unusual run must not cost the others their figures
+            skip_warning(run_dir, e)
+    labels = run_labels([run.config for run in runs], [run.run_dir for run in runs])
+    written, samples, bubbles = [], [], {}
+    for run, label in zip(runs, labels):
+        color_key = "disaggregated" if run.config.get("disaggregated") else (run.config.get("policy") or label)
+        samples.append(LatencySample(label, color_key, run.served["ttft_s"].to_numpy(), run.tbt_gaps_s,
+                                     run.served["e2e_s"].to_numpy()))
+        if run.iterations is None or not len(run.iterations):
+            continue
+        try:
+            fig = batch_kv_timeline_figure(run.iterations, _kv_blocks_total(run.run_dir),
+                                           title=run_label(run.config, run.run_dir))
+            written.append(save_figure(fig, out_dir / f"timeline_{_slug(run.run_dir, run_dirs)}.png"))
+            if run.iterations["stage"].max() > 0:
+                bubbles[label] = bubble_fractions(run.iterations)
+        except Exception as e:  # noqa: BLE001 - its own figures are lost, not the others'
+            skip_warning(run.run_dir, e)
     if samples:
         written.append(save_figure(latency_cdf_figure(samples), out_dir / "latency_cdf.png"))
     if bubbles:

@@ -40,6 +40,17 @@ def new_figure(ncols: int = 1, nrows: int = 1, width_in: float = 5.0, height_in:
     return fig, axes
 
 
+def new_figure_with_legend_strip(ncols: int, width_in: float, height_in: float, legend_height_in: float):
+    """(figure, [[axes per column]], legend axes): a row of panels over a strip as wide as the figure
+    that holds the legend (its frame and ticks off), so a long legend never covers data."""
+    fig = plt.figure(figsize=(width_in * ncols, height_in + legend_height_in))
+    grid = fig.add_gridspec(2, ncols, height_ratios=[height_in, legend_height_in])
+    axes = [[fig.add_subplot(grid[0, column]) for column in range(ncols)]]
+    legend_ax = fig.add_subplot(grid[1, :])
+    legend_ax.axis("off")
+    return fig, axes, legend_ax
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 130) -> Path:
     """Write `fig` as PNG (tight layout) and close it, so long CLI runs do not accumulate figures."""
     path = Path(path)

@@ -22,8 +22,14 @@ from plots.common import new_figure, policy_color, policy_label, save_figure, st
 from simulator.paths import CONF_DIR, REPO_ROOT
 
 SPACES = ("sarathi_mistral7b", "sarathi_yi34b")
-# The paper's token budget per SLO set (REFERENCES.md): 512 under strict, 2048 under relaxed.
+# The paper's token budget per kind of SLO set (REFERENCES.md): 512 under strict, 2048 under relaxed.
 PAPER_CHUNK = {"strict": 512, "relaxed": 2048}
+
+
+def slo_kind(slo_name: str) -> str:
+    """"strict" or "relaxed" for the sweeps' SLO sets (conf/slo/sarathi_strict_mistral7b.yaml, ...; older
+    results named them strict/relaxed), else the name as it is."""
+    return next((kind for kind in PAPER_CHUNK if kind in str(slo_name).split("_")), str(slo_name))
 POLICY_ORDER = ("orca", "vllm", "sarathi")
 
 
@@ -50,7 +56,7 @@ def reproduction_table(results: pd.DataFrame) -> pd.DataFrame:
 
         sarathi = group[group["policy"] == "sarathi"]
         best = sarathi.loc[sarathi["capacity_qps"].idxmax()] if len(sarathi) else None
-        paper = capacity("sarathi", PAPER_CHUNK.get(slo))
+        paper = capacity("sarathi", PAPER_CHUNK.get(slo_kind(slo)))
         orca, vllm = capacity("orca"), capacity("vllm")
         tbt_bound = _tbt_bound(group)
         rows.append({
@@ -66,13 +72,22 @@ def reproduction_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tbt_bound(group: pd.DataFrame) -> float | None:
-    """The P99 TBT bound of this SLO set, read back from the point's overrides."""
+    """The P99 TBT bound of this SLO set, read back from the point's overrides: the conf/slo file they
+    choose (slo=sarathi_strict_mistral7b), or inline objectives (slo.slos=[...], older sweeps)."""
     import re
 
     for overrides in group.get("overrides", []):
         match = re.search(r"metric:tbt_s,percentile:99,max_s:([0-9.]+)", str(overrides))
         if match:
             return float(match.group(1))
+        chosen = re.search(r"(?:^|[\s'\"])slo=([\w-]+)", str(overrides))
+        if chosen and (CONF_DIR / "slo" / f"{chosen.group(1)}.yaml").exists():
+            import yaml
+
+            slos = yaml.safe_load((CONF_DIR / "slo" / f"{chosen.group(1)}.yaml").read_text())["slos"]
+            bounds = [o["max_s"] for o in slos if o["metric"] == "tbt_s" and o["percentile"] == 99]
+            if bounds:
+                return float(bounds[0])
     return None
 
 
@@ -106,7 +121,8 @@ def capacity_bars_figure(table: pd.DataFrame):
             bars = ax.bar(x + (i - 1) * width, rows[policy], width, color=policy_color(policy),
                           label=policy_label(policy))
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
-        labels = [f"{w.replace('_poisson', '')}\n{s.split(' ')[0]}" for w, s in zip(rows["workload"], rows["slo"])]
+        labels = [f"{w.replace('_poisson', '')}\n{slo_kind(s.split(' ')[0])}"
+                  for w, s in zip(rows["workload"], rows["slo"])]
         ax.set_xticks(x, labels, fontsize=8)
         gpus = int(rows["gpus"].iloc[0])
         style_axes(ax, "workload / SLO set", "capacity (requests/s)", f"{model}, {gpus}x H100")

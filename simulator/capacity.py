@@ -480,7 +480,8 @@ def config_summary(cfg) -> dict:
 def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capacity_run_dir=None) -> dict:
     """Search the capacity of `cfg` (SimulationConfig or anything run_simulation accepts) and return
     the capacity.json record. With `capacity_run_dir`, the result files of the trial at capacity
-    (requests, token times, iterations, summary, trace) are written there for plotting.
+    (requests, token times, iterations, summary; the Perfetto trace with `trace=true`) are written there
+    for plotting.
     """
     from tqdm import tqdm
 
@@ -522,7 +523,8 @@ def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capaci
     bar.close()
     if capacity_run_dir is not None and "result" in best:
         result = best["result"]
-        metrics.write_outputs(capacity_run_dir, result.records, result.iteration_records, result.summary)
+        metrics.write_outputs(capacity_run_dir, result.records, result.iteration_records, result.summary,
+                              trace=cfg.trace)
     return capacity_record(cfg, search, outcome, time.perf_counter() - started)
 
 

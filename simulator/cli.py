@@ -83,7 +83,9 @@ def register_configs() -> None:
             specs.append((f.name, hints[f.name], dataclasses.field(default=f.default)))
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=dataclasses.make_dataclass("SimulationSchema", specs))
-    store.store(name=APP_CONFIG_NAME, node={"defaults": [SCHEMA_NAME, "config", "_self_"]})
+    # conf/hydra/help/servesim.yaml: `servesim --help` says what servesim does, instead of Hydra's generic text.
+    store.store(name=APP_CONFIG_NAME,
+                node={"defaults": [SCHEMA_NAME, "config", {"override hydra/help": "servesim"}, "_self_"]})
 
 
 def config_from_hydra(cfg):
@@ -124,16 +126,9 @@ def main() -> None:
 
 
 def describe(summary: dict) -> str:
-    """The terminal report: what ran, the metrics table, and the SLO verdicts."""
-    setup = summary["setup"]
-    params = ", ".join(f"{k}={v}" for k, v in setup["policy_params"].items())
-    header = (f"{setup['model']} on {setup['num_replicas']} x {setup['hardware']} "
-              f"(tp={setup['tp']}, pp={setup['pp']}), policy {setup['policy']}"
-              + (f" ({params})" if params else "")
-              + f", workload {setup['workload']}, predictor {setup['predictor']}"
-              + (f" (engine {setup['engine']})" if setup.get("engine") else "") + ", "
-              f"{setup['kv_blocks_per_engine']:,} KV blocks of {setup['kv_block_size']} tokens")
-    from simulator.metrics import format_summary
+    """The terminal report: what ran, the metrics table, the SLO verdicts, and notes on what stands out."""
+    from simulator.metrics import format_summary, load_notes
+    from simulator.run_header import setup_lines
 
     slo = summary["slo"]
     verdicts = []
@@ -145,8 +140,10 @@ def describe(summary: dict) -> str:
         from simulator.disagg.metrics import format_disaggregation
 
         extra = ["", format_disaggregation(summary["disaggregation"])]
-    return "\n".join([header, "", format_summary(summary), *extra, "",
-                      f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts])
+    notes = [f"note: {note}" for note in load_notes(summary)]  # e.g. why the SLOs were missed
+    return "\n".join([*setup_lines(summary["setup"]), "", format_summary(summary), *extra, "",
+                      f"SLO '{slo['name']}': {'all met' if slo['all_met'] else 'NOT met'}", *verdicts,
+                      *([""] + notes if notes else [])])
 
 
 if __name__ == "__main__":

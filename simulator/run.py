@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from simulator.announce import notice_if_slow, warnings_as_notes
 from simulator.config import (
     ClusterConfig,
     ConfigError,
@@ -33,7 +34,7 @@ from simulator.config import (
     load_model_config,
 )
 from simulator.engine import EngineProfile, load_engine_profile
-from simulator.workload import WorkloadConfig, load_workload
+from simulator.workload import WorkloadConfig, describe_source, load_workload, trace_file_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,6 +59,8 @@ class SimulationConfig:
                       (and no launch floors; 0 = no host terms at all)
     fast_decode_runs  advance runs of decode-only iterations in one step (identical results, faster)
     output_dir        where result files go ("" = none from Python; the CLI uses Hydra's run directory)
+    trace             also write trace.json, the Perfetto view of every iteration (about 80 MB for the
+                      whole conversation trace, so off unless asked for)
     """
 
     model: ModelConfig
@@ -74,6 +77,7 @@ class SimulationConfig:
     fast_decode_runs: bool = True
     progress: bool = False
     output_dir: str = ""
+    trace: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
@@ -168,8 +172,9 @@ def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
     return functools.partial(new_policy, policy.name, kwargs)
 
 
-def build_predictor(cfg: SimulationConfig):
-    """The iteration-time predictor every replica uses."""
+def build_predictor(cfg: SimulationConfig, progress: bool = False):
+    """The iteration-time predictor every replica uses. With `progress`, fitting the runtime model (seconds
+    on a first run) is announced and shows a progress bar; loading a cached fit stays silent."""
     tp, pp = cfg.cluster.tp, cfg.cluster.pp
     if cfg.predictor not in PREDICTORS:
         raise ConfigError(f"predictor='{cfg.predictor}' is not one of {', '.join(PREDICTORS)}")
@@ -179,8 +184,12 @@ def build_predictor(cfg: SimulationConfig):
         from simulator.runtime import ProfileError
         from simulator.runtime import build_predictor as build_fitted
 
+        fitting = (f"fitting the runtime model of {cfg.model.name} on {cfg.hardware.name} (tp={tp}) to its GPU "
+                   f"profiles (first run only, cached after)")
         try:
-            return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine)
+            with notice_if_slow(fitting, enabled=progress):
+                return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine,
+                                    progress=progress)
         except ProfileError as e:
             # Never swap in uncalibrated times silently: say what is missing and how to choose otherwise.
             raise ConfigError(f"predictor=fitted: {e}. Profile that GPU/model (docs/profiler.md) or run with "
@@ -212,7 +221,11 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
     make_policy = policy_factory(cfg.policy, cfg.model.max_model_len)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
-    predictor = build_predictor(cfg)
+    notes: list[str] = []  # what building the predictor warned about, for the header (not as raw warnings)
+    build_started = time.perf_counter()
+    with warnings_as_notes(notes):
+        predictor = build_predictor(cfg, progress=progress or cfg.progress)
+    predictor_build_s = time.perf_counter() - build_started
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len)
     out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
@@ -220,7 +233,8 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
                    kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
-    return build_result(cfg, out, _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor), wall_s, out_dir)
+    setup = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor) | {"notes": notes}
+    return build_result(cfg, out, setup, wall_s, out_dir, {"predictor_build_s": round(predictor_build_s, 3)})
 
 
 def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> Path | None:
@@ -258,22 +272,37 @@ def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: d
     summary["slo"] = evaluate_slos(cfg.slo, latencies, tbt_gaps_s)
     destination = out_dir if out_dir is not None else (cfg.output_dir or None)
     if destination is not None:
-        metrics.write_outputs(destination, out.records, out.iterations, summary)
+        metrics.write_outputs(destination, out.records, out.iterations, summary, trace=cfg.trace)
     return SimulationResult(summary, out.records, out.iterations)
 
 
 def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int, predictor) -> dict:
     """What was simulated, for the summary."""
+    gpus_per_replica = cfg.cluster.tp * cfg.cluster.pp
     return {
         "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": cfg.cluster.num_replicas,
         "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
+        "gpus_per_replica": gpus_per_replica, "num_gpus": cfg.cluster.num_replicas * gpus_per_replica,
         "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
+        "workload_source": describe_source(cfg.workload), "trace": trace_file_name(cfg.workload),
         "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
+        "predictor_description": predictor_description(cfg),
         # The fitted predictor prices iterations as this engine launches them (the linear one ignores it).
         "engine": cfg.engine.name if cfg.predictor == "fitted" else None,
         "seed": cfg.seed,
         "kv_blocks_per_engine": kv_blocks_per_engine, "kv_block_size": cfg.cluster.block_size,
     }
+
+
+def predictor_description(cfg: SimulationConfig) -> str:
+    """How iteration times are predicted, in words: "runtime model fitted to h100 profiles; engine
+    vllm_v1: vLLM V1 (2026 releases) on Hopper" (the engine whose launches price each batch), or the
+    linear formula."""
+    if cfg.predictor != "fitted":
+        return "linear roofline formula (uncalibrated; predictor=fitted uses the GPU profiles)"
+    engine_words = cfg.engine.follows.split(":")[0].split(",")[0].strip()
+    return (f"runtime model fitted to {cfg.hardware.profile} profiles; engine {cfg.engine.name}"
+            + (f": {engine_words}" if engine_words else ""))
 
 
 def evaluate_slos(slo: SLOConfig, request_table: RequestTable,

@@ -116,6 +116,23 @@ def load_workload_config(name: str, **overrides) -> WorkloadConfig:
     return from_dict(WorkloadConfig, {**values, **overrides}, str(path))
 
 
+def trace_file_name(cfg: WorkloadConfig) -> str | None:
+    """The file name of the trace the workload reads (arrivals or lengths), None when it reads none."""
+    return Path(cfg.trace).name if cfg.trace and "trace" in (cfg.arrival, cfg.lengths) else None
+
+
+def describe_source(cfg: WorkloadConfig) -> str:
+    """Where the requests come from, in words, for run headers: "trace splitwise_conv.csv",
+    "trace splitwise_conv.csv replayed 4x as fast", "lengths from arxiv.csv, poisson arrivals at 3 req/s",
+    "uniform lengths, gamma arrivals at 4 req/s (cv 2)". The workload's name alone hides a swapped trace."""
+    trace = trace_file_name(cfg)
+    if cfg.arrival == "trace":
+        return f"trace {trace}" + (f" replayed {cfg.rate_scale:g}x as fast" if cfg.rate_scale != 1.0 else "")
+    lengths = f"lengths from {trace}" if cfg.lengths == "trace" else f"{cfg.lengths} lengths"
+    burstiness = f" (cv {cfg.interarrival_cv:g})" if cfg.arrival == "gamma" else ""
+    return f"{lengths}, {cfg.arrival} arrivals at {cfg.rate_qps:g} req/s{burstiness}"
+
+
 def load_workload(cfg: WorkloadConfig, seed: int) -> Workload:
     """Build the requests `cfg` describes; the same (cfg, seed) always gives the same workload.
 

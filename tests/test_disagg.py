@@ -254,6 +254,11 @@ def test_run_simulation_dispatches_on_cluster_disagg():
     assert table["kv_transfer_s"].min() == pytest.approx(3e-5 + 512 * 131072 / 45e9, abs=2e-9)
     setup = result.summary["setup"]
     assert setup["hardware"] == "h100/h200" and setup["num_gpus"] == 3 and setup["tp"] == "1/2"
+    from simulator.run_header import setup_lines
+
+    assert setup_lines(setup)[0] == ("model       llama-3-8b on 3 GPUs: prefill pool 1 replica of 1 h100 GPU "
+                                     "(tp=1, pp=1), decode pool 1 replica of 2 h200 GPUs (tp=2, pp=1)")
+    assert "predictor_build_s" in result.summary
     block = result.summary["disaggregation"]
     assert block["requests_moved"] == 20 and block["decode"]["num_gpus"] == 2
     colocated = run_simulation({**base, "cluster": {"num_replicas": 2}})

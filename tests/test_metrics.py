@@ -10,6 +10,7 @@ from simulator.metrics import (
     RequestRecords,
     format_summary,
     latency_stats,
+    load_notes,
     request_latencies,
     request_table,
     summarize,
@@ -199,6 +200,32 @@ def test_format_summary_shows_the_numbers():
     assert lines["TTFT (ms)"].split()[2:] == ["1,250.0", "1,250.0", "1,450.0", "1,495.0", "1,500.0"]
     assert lines["E2E (s)"].split()[2:] == ["1.80", "1.80", "1.96", "2.00", "2.00"]
     assert "0.800 req/s" in text
+
+
+def test_format_summary_reports_simulation_and_runtime_model_times_apart():
+    summary = summarize(two_requests_and_a_rejection(), None, 3.0, 10.0)
+    assert "3.0 s simulated in 10.00 s\n" in format_summary(summary) + "\n"  # no predictor time recorded
+    # A first run's fit of the runtime model (7.5 s of the 10 s wall time) is not simulation.
+    text = format_summary(summary | {"predictor_build_s": 7.5})
+    assert "3.0 s simulated in 2.50 s (+ 7.50 s to fit or load the runtime model)" in text
+
+
+def stable_or_not(offered_rps: float, served_rps: float, longest_wait_s: float, rejected: int = 0) -> dict:
+    """A summary's load numbers: 1,001 requests arriving over 1,000 / offered_rps seconds."""
+    return {"num_requests": 1001, "rejected": rejected, "offered_rps": offered_rps, "throughput_rps": served_rps,
+            "queueing_delay_s": {"max": longest_wait_s}}
+
+
+def test_load_notes_explain_an_overloaded_queue_and_rejected_requests():
+    # 5 req/s for 200 s: a burst that waited 3 s is not overload (3 s < 10 % of 200 s) ...
+    assert load_notes(stable_or_not(5.0, 4.9, 3.0)) == []
+    # ... a queue whose longest wait is 60 s of a 200 s arrival span is.
+    [note] = load_notes(stable_or_not(5.0, 3.5, 60.0))
+    assert note.startswith("overloaded: requests arrived at 5 req/s but were served at 3.5 req/s, so the queue "
+                           "grew (longest wait 60.0 s); lower workload.rate_scale")
+    [note] = load_notes(stable_or_not(5.0, 4.6, 0.5, rejected=91))
+    assert note.startswith("91 of 1,001 requests (9.1%) were rejected and are left out of every latency")
+    assert load_notes(stable_or_not(5.0, 5.0, 0.5, rejected=1)) == []  # one in a thousand changes nothing
 
 
 def test_misaligned_records_name_the_field():

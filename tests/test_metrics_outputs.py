@@ -46,6 +46,16 @@ def written(tmp_path):
     return records, iters, summary, paths
 
 
+def test_tables_are_zstd_compressed_and_the_trace_is_optional(written, tmp_path):
+    import pyarrow.parquet as pq
+
+    records, iters, summary, paths = written
+    for name in ("requests.parquet", "iterations.parquet", "token_times.parquet"):
+        assert pq.ParquetFile(paths[name]).metadata.row_group(0).column(0).compression == "ZSTD", name
+    without = write_outputs(tmp_path / "no_trace", records, iters, summary, trace=False)
+    assert "trace.json" not in without and not (tmp_path / "no_trace" / "trace.json").exists()
+
+
 def test_files_and_tables_round_trip(written):
     records, _, summary, paths = written
     assert sorted(p.name for p in paths.values()) == [

@@ -23,7 +23,7 @@ def test_latency_cdf_figure_has_three_labelled_panels_with_one_curve_per_run(tmp
     samples = [LatencySample(name, name, rng.exponential(1, 200), rng.exponential(0.03, 5000), rng.exponential(9, 200))
                for name in ("orca", "sarathi")]
     fig = latency_cdf_figure(samples, slo_lines_s={"tbt_s": 0.1})
-    axes = fig.axes
+    axes = fig.axes[:3]  # the fourth holds the legend
     assert [ax.get_xlabel() for ax in axes] == ["TTFT (s)", "TBT (ms)", "E2E latency (s)"]
     assert axes[0].get_ylabel() == "fraction of requests" and axes[1].get_ylabel() == "fraction of token gaps"
     assert [line.get_label() for line in axes[0].get_lines()][:2] == ["orca", "sarathi"]
@@ -32,6 +32,44 @@ def test_latency_cdf_figure_has_three_labelled_panels_with_one_curve_per_run(tmp
     assert any(line.get_label() == "SLO" for line in axes[1].get_lines())
     path = save_figure(fig, tmp_path / "cdf.png")
     assert path.stat().st_size > 10_000
+
+
+def test_latency_cdf_legend_names_every_run_once_outside_the_panels():
+    rng = np.random.default_rng(0)
+    labels = [f"Sarathi-Serve chunk {c}" for c in (128, 256, 512, 1024, 2048, 4096)] + ["vLLM"]
+    samples = [LatencySample(label, "vllm" if label == "vLLM" else "sarathi", rng.exponential(1, 100),
+                             rng.exponential(0.03, 500), rng.exponential(9, 100)) for label in labels]
+    fig = latency_cdf_figure(samples, slo_lines_s={"tbt_s": 0.1})
+    fig.canvas.draw()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1
+    assert [t.get_text() for t in legends[0].get_texts()] == [*labels, "SLO"]
+    legend_box = legends[0].get_window_extent()
+    for panel in fig.axes[:3]:
+        assert not legend_box.overlaps(panel.get_window_extent())
+
+
+def test_legend_columns_narrow_to_what_long_labels_leave_room_for():
+    from plots.latency_cdf import legend_columns
+
+    assert legend_columns(["Sarathi-Serve chunk 256", "vLLM", "Orca", "SLO"]) == 3
+    assert legend_columns(["vLLM", "Orca"]) == 2
+    assert legend_columns(["disagg(vllm/sarathi) 2 replicas least_outstanding_tokens/least_outstanding_requests"]
+                          + ["vLLM"] * 5) == 2
+    assert legend_columns(["x" * 150, "vLLM"]) == 1
+
+
+def test_curve_styles_never_draw_two_runs_alike():
+    from plots.latency_cdf import curve_styles
+
+    # Up to four runs of a policy: the policy's colour, one line style each.
+    few = curve_styles(["sarathi", "sarathi", "vllm"])
+    assert few[0][0] == few[1][0] != few[2][0] and few[0][1] != few[1][1]
+    # Six runs of one policy would repeat a line style: each run gets its own colour instead.
+    many = curve_styles(["sarathi"] * 6)
+    assert len(set(many)) == 6
+    # Runs of unknown config (named by directory) exhaust the fallback colours the same way.
+    assert len(set(curve_styles([f"run{i}" for i in range(7)]))) == 7
 
 
 def capacity_table():
@@ -126,6 +164,22 @@ def test_pareto_front_by_hand():
     assert list(frontier.get_xdata()) == [0.5, 2.0, 3.0]
 
 
+def test_pareto_frontier_labels_never_overlap_however_close_the_points():
+    # Eight frontier points a few pixels apart: labels beside their points used to pile up.
+    table = pd.DataFrame({"policy": "sarathi", "slo_name": "strict", "qps_per_gpu": 1 + 0.01 * np.arange(8),
+                          "ttft_s_p99": 0.5 + 0.001 * np.arange(8),
+                          "label": [f"Sarathi-Serve c{c} batch 128" for c in range(100, 900, 100)]})
+    fig = pareto_figure(table)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t) for t in ax.texts]  # the text alone, not its leader line
+    assert sorted(t.get_text() for t in ax.texts) == sorted(table["label"])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(box.overlaps(ax.get_window_extent()) for box in boxes)  # beside the data, not on it
+
+
 def test_sarathi_reproduction_table_picks_the_papers_chunk_per_slo():
     from plots.sarathi import capacity_bars_figure, reproduction_table, table_markdown
 
@@ -149,6 +203,20 @@ def test_sarathi_reproduction_table_picks_the_papers_chunk_per_slo():
     fig = capacity_bars_figure(table)
     assert fig.axes[0].get_ylabel() == "capacity (requests/s)"
     assert [round(b.get_height(), 2) for b in fig.axes[0].patches][:2] == [0.5, 0.5]  # Orca in both SLO groups
+
+
+def test_sarathi_table_reads_the_tbt_bound_of_the_slo_file_a_sweep_chose():
+    from plots.sarathi import reproduction_table
+
+    rows = []
+    for slo in ("sarathi_strict_mistral7b", "sarathi_relaxed_mistral7b"):
+        common = {"model": "mistral-7b", "workload": "arxiv_poisson", "slo_name": slo, "num_gpus": 1,
+                  "overrides": f"model=mistral-7b engine=vllm_v0 workload=arxiv_poisson slo={slo} policy=sarathi"}
+        rows += [{**common, "policy": "vllm", "chunk_size": np.nan, "capacity_qps": 1.0}]
+        rows += [{**common, "policy": "sarathi", "chunk_size": c, "capacity_qps": c / 512} for c in (512, 2048)]
+    table = reproduction_table(pd.DataFrame(rows)).set_index("slo")
+    assert list(table.index) == ["sarathi_relaxed_mistral7b (0.5 s)", "sarathi_strict_mistral7b (0.1 s)"]
+    assert table["sarathi"].tolist() == [4.0, 1.0]  # the paper's chunk: 2048 relaxed, 512 strict
 
 
 def test_binned_mean_weights_by_iteration_duration():

@@ -81,3 +81,64 @@ def test_cli_errors_clearly_on_missing_or_empty_dirs(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 1
     assert "no results found" in capsys.readouterr().err
+
+
+def write_run(run_dir, setup: dict, shift_s: float = 0.0):
+    """A run directory as `servesim` writes it, with `setup` as its summary's setup block."""
+    records, iterations = run_records(shift_s)
+    summary = summarize(records, iterations, 3.0, 0.1) | {"setup": setup}
+    write_outputs(run_dir, records, iterations, summary)
+
+
+COLOCATED = {"model": "llama-3-8b", "hardware": "h100", "policy": "sarathi", "tp": 1, "pp": 1, "num_replicas": 1,
+             "policy_params": {"chunk_size": 512, "max_batch_size": 128}, "workload": "conversation",
+             "engine": "vllm_v1", "seed": 0, "kv_blocks_per_engine": 100}
+# What simulator/disagg writes: pool pairs as "prefill/decode" strings.
+DISAGGREGATED = COLOCATED | {"policy": "disagg(vllm/sarathi)", "tp": "1/1", "pp": "1/1", "num_replicas": 2,
+                             "policy_params": {"decode.chunk_size": 2048}, "disagg": {"prefill": {}, "decode": {}}}
+
+
+def test_a_disaggregated_run_beside_a_colocated_one_is_drawn(tmp_path, capsys):
+    write_run(tmp_path / "X" / "colo", COLOCATED)
+    write_run(tmp_path / "X" / "disagg", DISAGGREGATED, shift_s=0.2)
+    out = tmp_path / "figs"
+    assert main([str(tmp_path / "X"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["latency_cdf.png", "pipeline_bubbles.png",
+                                                      "timeline_colo.png", "timeline_disagg.png"]
+    assert capsys.readouterr().err == ""
+
+
+def test_an_unreadable_run_is_skipped_with_one_line_and_the_others_drawn(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "good", COLOCATED)
+    broken = tmp_path / "runs" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "requests.parquet").write_bytes(b"not parquet")
+    (tmp_path / "cap").mkdir()
+    (tmp_path / "cap" / "capacity.json").write_text("{")  # a search still writing its record
+    out = tmp_path / "figs"
+    assert main([str(tmp_path), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["latency_cdf.png", "pipeline_bubbles.png", "timeline_good.png"]
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"servesim-plots: skipped {broken} (")
+    assert warnings[1].startswith(f"servesim-plots: skipped {tmp_path / 'cap'} (JSONDecodeError")
+
+
+def test_run_labels_name_only_what_sets_each_run_apart(tmp_path):
+    from plots.cli import run_labels
+
+    run = lambda **fields: {"policy": "sarathi", "chunk_size": 512, "engine": "vllm_v1", "model": "llama-3-8b",
+                            "tp": 1, "num_replicas": 1, "router": "round_robin", "seed": 0} | fields
+    dirs = [tmp_path / name for name in "abcdefg"]
+    # A chunk-size sweep: every run differs, so every run names its chunk.
+    assert run_labels([run(chunk_size=c) for c in (256, 512, 2048)], dirs[:3]) == [
+        "Sarathi-Serve chunk 256", "Sarathi-Serve chunk 512", "Sarathi-Serve chunk 2048"]
+    # The README's runs side by side: each names only where it departs from what most runs share.
+    configs = [run(), run(engine="vllm_v0"), run(model="yi-34b", tp=2), run(num_replicas=4, router="lot"),
+               run(policy="vllm", chunk_size=None), run(policy="disagg(vllm/sarathi)", tp="1/1", num_replicas=2,
+                                                        disaggregated=True), {}]
+    assert run_labels(configs, dirs) == ["Sarathi-Serve", "Sarathi-Serve vllm_v0", "Sarathi-Serve yi-34b tp2",
+                                         "Sarathi-Serve 4 replicas lot", "vLLM",
+                                         "disagg(vllm/sarathi) 2 replicas round_robin", "g"]
+    # Two runs of one configuration (the same command twice) are told apart by their directories.
+    assert run_labels([run(), run()], dirs[:2]) == ["Sarathi-Serve (a)", "Sarathi-Serve (b)"]

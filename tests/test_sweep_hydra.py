@@ -78,3 +78,36 @@ def test_bad_space_file_is_a_clean_error(tmp_path, capsys):
     assert "grid.policy has no values" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_each_slo_name_has_one_definition_and_the_sarathi_sweeps_use_the_shipped_sets():
+    """`strict` in the Sarathi-Serve table once meant the sweep's inline SLOs, not conf/slo/strict.yaml."""
+    from simulator.paths import CONF_DIR
+
+    names = {path.stem: yaml.safe_load(path.read_text())["name"] for path in (CONF_DIR / "slo").glob("*.yaml")}
+    assert all(stem == name for stem, name in names.items())  # `slo=<name>` finds the set its results name
+    for sweep in ("sarathi_mistral7b", "sarathi_yi34b"):
+        space = parse_space(yaml.safe_load((CONF_DIR / "sweep" / f"{sweep}.yaml").read_text()))
+        points = enumerate_points(space)
+        assert not any(o.startswith(("slo.name=", "slo.slos=")) for p in points for o in p.overrides)
+        chosen = {o.split("=", 1)[1] for p in points for o in p.overrides if o.startswith("slo=")}
+        assert chosen == {f"sarathi_strict_{sweep[8:]}", f"sarathi_relaxed_{sweep[8:]}"} and chosen <= set(names)
+
+
+README_CAPACITY = ("model=mistral-7b engine=vllm_v0 policy=sarathi policy.chunk_size=512 workload=arxiv_poisson "
+                   "slo=sarathi_strict_mistral7b")
+
+
+def test_the_readme_capacity_command_is_the_sarathi_tables_point():
+    """The README's servesim-capacity example composes exactly the sweep point behind the Sarathi-Serve
+    table's Mistral-7B / arXiv / strict / Sarathi-Serve cell, so it reproduces that number."""
+    from simulator.paths import CONF_DIR, REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"servesim-capacity {README_CAPACITY}" in readme
+    space = parse_space(yaml.safe_load((CONF_DIR / "sweep" / "sarathi_mistral7b.yaml").read_text()))
+    [point] = [p for p in enumerate_points(space) if {"workload=arxiv_poisson", "slo=sarathi_strict_mistral7b",
+                                                       "policy=sarathi", "policy.chunk_size=512"} <= set(p.overrides)]
+    assert compose_capacity_config(README_CAPACITY.split()) == compose_capacity_config(point.overrides)
+    assert compose_capacity_config(README_CAPACITY.split()) != compose_capacity_config(
+        README_CAPACITY.replace("sarathi_strict_mistral7b", "strict").split())

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from simulator.announce import warnings_as_notes
 from simulator.cluster import PolicyFactory
 from simulator.config import ConfigError
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
@@ -59,12 +60,13 @@ def pool_policy_and_blocks(cfg, disagg: DisaggConfig, name: str) -> tuple[Policy
     return make_policy, kv_blocks
 
 
-def build_pool(cfg, disagg: DisaggConfig, name: str, make_policy: PolicyFactory, kv_blocks: int) -> PoolParts:
+def build_pool(cfg, disagg: DisaggConfig, name: str, make_policy: PolicyFactory, kv_blocks: int,
+               progress: bool = False) -> PoolParts:
     """The pool's parts: its policy and KV size (pool_policy_and_blocks) and its fitted predictor."""
     from simulator.run import build_predictor
 
     pool = getattr(disagg, name)
-    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_simulation_config(cfg, disagg, name)),
+    return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_simulation_config(cfg, disagg, name), progress),
                      kv_blocks, pool.gpus_per_replica, pool.router)
 
 
@@ -84,7 +86,12 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
     link = LinkParts(link_cfg.bandwidth_bytes_per_s, link_cfg.latency_s,
                      cfg.model.num_layers if link_cfg.layer_streaming else 0)
     workload = load_workload(cfg.workload, cfg.seed)
-    prefill, decode = (build_pool(cfg, disagg, name, *policies_and_blocks[name]) for name in ("prefill", "decode"))
+    notes: list[str] = []  # what building the predictors warned about, for the header
+    build_started = time.perf_counter()
+    with warnings_as_notes(notes):
+        prefill, decode = (build_pool(cfg, disagg, name, *policies_and_blocks[name], progress or cfg.progress)
+                           for name in ("prefill", "decode"))
+    predictor_build_s = time.perf_counter() - build_started
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len)
     out = simulate_disaggregated(
@@ -95,12 +102,16 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
     columns = handoff_columns(out.handoff)
     out.records.extra_columns.update(columns)
     wall_s = time.perf_counter() - started
-    return build_result(cfg, out, _setup(cfg, disagg, link_cfg, workload.name, out, prefill), wall_s, out_dir,
-                        {"disaggregation": disaggregation_summary(out, columns)})
+    setup = _setup(cfg, disagg, link_cfg, workload.name, out, prefill) | {"notes": notes}
+    return build_result(cfg, out, setup, wall_s, out_dir, {"disaggregation": disaggregation_summary(out, columns),
+                                                           "predictor_build_s": round(predictor_build_s, 3)})
 
 
 def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:
     """The summary's `setup`: the colocated keys (pool pairs written prefill/decode) plus `disagg`."""
+    from simulator.run import predictor_description
+    from simulator.workload import describe_source, trace_file_name
+
     pools = {name: getattr(disagg, name) for name in ("prefill", "decode")}
     hardware = {name: pool_hardware(pool, cfg.hardware).name for name, pool in pools.items()}
     policies = {name: pool_policy(pool, name) for name, pool in pools.items()}
@@ -114,9 +125,12 @@ def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: Po
         "num_replicas": disagg.prefill.num_replicas + disagg.decode.num_replicas,
         "tp": pair({n: p.tp for n, p in pools.items()}), "pp": pair({n: p.pp for n, p in pools.items()}),
         "router": pair({n: p.router for n, p in pools.items()}),
+        "gpus_per_replica": pair({n: p.gpus_per_replica for n, p in pools.items()}),
         "policy": f"disagg({pair({n: p.name for n, p in policies.items()})})",
         "policy_params": {f"{n}.{k}": v for n, p in policies.items() for k, v in p.policy_kwargs().items()},
-        "workload": workload_name, "predictor": type(prefill.predictor).__name__, "seed": cfg.seed,
+        "workload": workload_name, "workload_source": describe_source(cfg.workload),
+        "trace": trace_file_name(cfg.workload), "predictor": type(prefill.predictor).__name__,
+        "predictor_description": predictor_description(cfg), "seed": cfg.seed,
         "kv_blocks_per_engine": out.kv_blocks_per_engine["decode"], "kv_block_size": cfg.cluster.block_size,
         "num_gpus": disagg.num_gpus,
         "disagg": {

@@ -67,3 +67,49 @@ def test_a_policy_that_skips_kv_allocation_is_named():
     requests = RequestState.create(np.zeros(2), [10, 10], [3, 3], 4096)
     with pytest.raises(RuntimeError, match="ForgetsToAllocate scheduled requests without allocating"):
         simulate(requests, ForgetsToAllocate, LinearPredictor(0.01, 0.001, 0.002, 0.0), kv_blocks=100)
+
+
+class FirstComeFirstServedCopy(Policy):
+    """policies/shortest_prompt_first.py with the sort taken out: the copy docs/policies.md warns about."""
+
+    def __init__(self, kv, requests, max_batch_size: int = 128, max_num_batched_tokens: int = 1000):
+        super().__init__(kv, requests)
+        self.max_batch_size = max_batch_size
+        self.max_num_batched_tokens = max_num_batched_tokens
+
+    def schedule(self, now_s):
+        ids = self.schedule_decodes(list(self.running)[: self.max_batch_size])
+        tokens = [1] * len(ids)
+        budget = self.max_num_batched_tokens - len(ids)
+        for r in list(self.waiting):  # arrival order
+            need = self.requests.pending_tokens(r)
+            if len(ids) == self.max_batch_size or (need > budget and ids):
+                break
+            if not self.admit(r, need):
+                break
+            ids.append(r), tokens.append(need)
+            budget -= need
+        return Batch.of(ids, tokens)
+
+
+def test_the_worked_examples_break_is_safe_sorted_and_stalls_a_fifo_queue():
+    """docs/policies.md, "The `need > budget and ids` line": a prompt longer than the budget runs only in an
+    empty batch. Sorted by length it is last, so it delays nobody; in arrival order everything behind it
+    waits until every running request has finished."""
+    from simulator.cluster import simulate
+    from simulator.linear_predictor import LinearPredictor
+    from simulator.request import RequestState
+
+    def first_scheduled_and_completed(policy):
+        # r0 short and decoding for a while, r1 longer than the 1,000-token budget, r2 short.
+        requests = RequestState.create(np.array([0.0, 0.01, 0.02]), [100, 1500, 100], [50, 5, 5], 4096)
+        out = simulate(requests, policy, LinearPredictor(0.01, 0.0, 0.0, 0.0), kv_blocks=1000)
+        return out.records.first_scheduled_s, out.records.completed_s
+
+    fifo_start, fifo_done = first_scheduled_and_completed(FirstComeFirstServedCopy)
+    assert fifo_start[2] > fifo_done[0]  # r2 fitted the budget from r0's second token on, yet waited for r0
+    assert fifo_start[1] >= fifo_done[0]  # ... behind r1, which could only run once nothing else did
+    spf = POLICIES["shortest_prompt_first"]
+    start, done = first_scheduled_and_completed(lambda kv, rs: spf(kv, rs, max_num_batched_tokens=1000))
+    assert start[2] < done[0]  # the short prompt joins r0's decodes
+    assert start[1] >= max(done[0], done[2])  # the long one runs alone, last
