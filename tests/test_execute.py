@@ -346,3 +346,16 @@ def test_a_run_past_its_time_limit_is_abandoned():
     with pytest.raises(ExecutionTimeout, match="requests finished"):
         execute(RequestState.create(arrivals, prompts, outputs, 100_000), POLICIES["vllm"],
                 PredictorRunner(linear_predictor()), 10_000, stop_at=0.0)
+
+
+def test_plan_cells_record_the_engine_they_are_executed_as():
+    """A fidelity plan's cells are simulated as the engine servesim-execute will run them as, and say so
+    in their config (which the executor reads, and servesim-compare simulates)."""
+    from simulator.execute import plan
+
+    cfg = plan.base_config("llama-3-8b", "h100", "conversation", {"name": "vllm"})
+    assert cfg.engine.name == "servesim_execute"
+    piecewise = plan.base_config("llama-3-8b", "h100", "conversation", {"name": "vllm"},
+                                 engine="servesim_execute_piecewise")
+    assert config_dict(piecewise)["engine"]["attention_launch"] == "split"
+    assert cli.with_engine(cfg, None, "h200").hardware.name == "h200"

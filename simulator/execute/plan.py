@@ -26,8 +26,10 @@ POLICIES = {  # label -> policy config
 LOADS = (0.3, 0.6, 0.85)
 
 
-def base_config(model: str, hardware: str, trace: str, policy: dict, slo: str = "relaxed", seed: int = 0):
-    """SimulationConfig of one (trace, policy) on one GPU, from the conf/ YAML files."""
+def base_config(model: str, hardware: str, trace: str, policy: dict, slo: str = "relaxed", seed: int = 0,
+                engine: str = "servesim_execute"):
+    """SimulationConfig of one (trace, policy) on one GPU, from the conf/ YAML files, priced as `engine`
+    (the engine servesim-execute will run the cell as: it reads the cell's config)."""
     from simulator.config import _load_yaml
     from simulator.run import SimulationConfig
     from simulator.workload import load_workload_config
@@ -36,7 +38,7 @@ def base_config(model: str, hardware: str, trace: str, policy: dict, slo: str = 
     _, cluster = _load_yaml("cluster", "single")
     return SimulationConfig.from_dict({
         "model": model, "hardware": hardware, "cluster": cluster, "policy": dict(policy),
-        "workload": load_workload_config(TRACES[trace]), "slo": slo_values, "seed": seed,
+        "workload": load_workload_config(TRACES[trace]), "slo": slo_values, "seed": seed, "engine": engine,
     })
 
 
@@ -68,14 +70,14 @@ MAX_REQUESTS = {"conversation": 200, "arxiv": 120}
 
 def build_plan(model: str = "llama-3-8b", hardware: str = "h100", window_s: dict = WINDOW_S,
                min_requests: dict = MIN_REQUESTS, max_requests: dict = MAX_REQUESTS, traces=tuple(TRACES),
-               policies=tuple(POLICIES), loads=LOADS, log=print) -> dict:
+               policies=tuple(POLICIES), loads=LOADS, log=print, engine: str = "servesim_execute") -> dict:
     from simulator.execute.serve import config_dict
     from simulator.run import run_simulation
 
     cells, capacities = [], []
     for trace in traces:
         for label in policies:
-            cfg = base_config(model, hardware, trace, POLICIES[label])
+            cfg = base_config(model, hardware, trace, POLICIES[label], engine=engine)
             t = time.perf_counter()
             capacity = capacity_qps(cfg)
             capacities.append({"trace": trace, "policy": label, **capacity})
@@ -98,8 +100,8 @@ def build_plan(model: str = "llama-3-8b", hardware: str = "h100", window_s: dict
     total = sum(c["predicted_served_s"] for c in cells)
     log(f"{len(cells)} cells, {total:.0f} s of serving predicted")
     return {
-        "what": (f"Fidelity matrix for {model} on one {hardware}: each (trace, policy) at {list(loads)} of "
-                 f"its simulated SLO capacity; made by `python -m simulator.execute.plan` "
+        "what": (f"Fidelity matrix for {model} on one {hardware} run as engine {engine}: each (trace, policy) at "
+                 f"{list(loads)} of its simulated SLO capacity; made by `python -m simulator.execute.plan` "
                  f"(simulator/execute/plan.py)"),
         "window_s": window_s, "min_requests": min_requests, "max_requests": max_requests,
         "capacities": capacities, "cells": cells, "predicted_served_s_total": total,
@@ -112,8 +114,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="llama-3-8b")
     parser.add_argument("--hardware", default="h100")
+    parser.add_argument("--engine", default="servesim_execute",
+                        help="conf/engine profile the cells are simulated and then executed as (servesim_execute, "
+                             "servesim_execute_piecewise)")
     args = parser.parse_args(argv)
-    plan = build_plan(args.model, args.hardware)
+    plan = build_plan(args.model, args.hardware, engine=args.engine)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(plan, indent=1) + "\n")
     return 0
