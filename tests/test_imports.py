@@ -38,3 +38,16 @@ print('pandas' in sys.modules)
 print(type(result.requests).__name__, 'pandas' in sys.modules)  # a table for the user: pandas now
 """
     assert run_python(code).splitlines() == ["False", "DataFrame True"]
+
+
+def test_import_contracts_hold():
+    """pyproject.toml's [tool.importlinter] contracts (what may import what), as `lint-imports` checks them."""
+    import importlib.util
+    import shutil
+
+    import pytest
+
+    if importlib.util.find_spec("importlinter") is None or shutil.which("lint-imports") is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[dev]')")
+    out = subprocess.run(["lint-imports"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-3000:]
