@@ -568,13 +568,14 @@ def _plain(cfg) -> dict:
 
 def write_capacity_outputs(record: dict, out_dir) -> tuple[Path, Path]:
     """Write capacity.json and capacity.md (the readable report) into `out_dir`."""
+    from simulator.atomic import write_text_atomically
     from simulator.report import capacity_markdown
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "capacity.json", out_dir / "capacity.md"
-    json_path.write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
-    md_path.write_text(capacity_markdown(record))
+    write_text_atomically(json_path, json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
+    write_text_atomically(md_path, capacity_markdown(record))
     return json_path, md_path
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from simulator.atomic import write_text_atomically
 from simulator.config import ConfigError
 from simulator.paths import PROFILES_DIR, REPO_ROOT
 
@@ -53,4 +54,4 @@ def check_fingerprint(out_dir: Path, fingerprint: dict, finished: int, results_f
                 f"{' and '.join(changed)} ({path}: {recorded}, now {fingerprint}); resuming would mix the two. "
                 f"Write to a new --out directory, or move {' and '.join(results_files)} out of {out_dir} to "
                 f"recompute there.")
-    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(fingerprint, indent=2) + "\n")

@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from simulator.atomic import write_atomically, write_text_atomically
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import REPO_ROOT
 from simulator.provenance import StaleResultsError, check_fingerprint
@@ -233,10 +234,11 @@ def write_tables(out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = pd.DataFrame(trial_rows)
     if len(table):
         table = _numeric_columns(table)
-        table.to_parquet(out_dir / "results.parquet", index=False)
-        table.to_csv(out_dir / "results.csv", index=False)
+        write_atomically(out_dir / "results.parquet", lambda temp: table.to_parquet(temp, index=False))
+        write_atomically(out_dir / "results.csv", lambda temp: table.to_csv(temp, index=False))
     if len(trials):
-        _numeric_columns(trials).to_parquet(out_dir / "trials.parquet", index=False)
+        trials = _numeric_columns(trials)
+        write_atomically(out_dir / "trials.parquet", lambda temp: trials.to_parquet(temp, index=False))
     return table, trials
 
 
@@ -466,8 +468,8 @@ def write_report(out_dir: Path, table: pd.DataFrame, trials: pd.DataFrame, title
     figures = capacity_figures(table, trials, out_dir / "figures") if len(table) else []
     relative = [p.relative_to(out_dir) for p in figures]
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    md_path.write_text(sweep_markdown(table, title, relative, pareto_latency))
-    html_path.write_text(sweep_html(table, title, relative, pareto_latency))
+    write_text_atomically(md_path, sweep_markdown(table, title, relative, pareto_latency))
+    write_text_atomically(html_path, sweep_html(table, title, relative, pareto_latency))
     return md_path, html_path
 
 
@@ -532,10 +534,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _unreadable_table(path: Path) -> str | None:
+    """Why the parquet file at `path` cannot be read (e.g. truncated by a kill), or None when it can."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # noqa: BLE001 - any reason is reported the same way, in one line
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+    return None
+
+
 def _report_only(dirs: list[Path], out_dir: Path | None, pareto_latency: str) -> int:
+    import sys
+
     from plots.cli import capacity_rows, find_results, sweep_tables
 
     found = find_results(dirs)
+    for sweep_dir in found["sweeps"]:
+        unreadable = _unreadable_table(sweep_dir / "results.parquet")
+        if unreadable:
+            print(f"servesim-sweep: {sweep_dir / 'results.parquet'} cannot be read ({unreadable}); rerun the "
+                  f"sweep into {sweep_dir} to rebuild it from {RESULTS_JSONL}", file=sys.stderr)
+            return 2
     tables, trials = [], []
     if found["sweeps"]:
         table, trial_table = sweep_tables(found["sweeps"])

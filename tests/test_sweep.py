@@ -183,3 +183,31 @@ def test_ray_executor_on_a_local_ray_instance(tmp_path):
     assert (outcome.ran, outcome.failed) == (6, 1)
     table = pd.read_parquet(tmp_path / "results.parquet")
     assert sorted(table.loc[table["status"] == "ok", "capacity_qps"]) == [3.0, 3.0, 5.12, 5.12, 20.48]
+
+
+def test_results_tables_are_replaced_whole_never_torn(tmp_path, monkeypatch):
+    points = enumerate_points(parse_space(SPACE))
+    run_sweep(points[:2], tmp_path, fake_runner, executor="serial", progress=False)
+    before = (tmp_path / "results.parquet").read_bytes()
+
+    def killed_mid_write(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PAR1 torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(points[:3], tmp_path, fake_runner, executor="serial", progress=False)
+    assert (tmp_path / "results.parquet").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_report_on_a_truncated_results_file_is_a_one_line_error_naming_it(tmp_path, capsys):
+    from simulator.sweep import main
+
+    points = enumerate_points(parse_space(SPACE))
+    run_sweep(points[:2], tmp_path, fake_runner, executor="serial", progress=False)
+    path = tmp_path / "results.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert main(["--report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
