@@ -23,12 +23,14 @@ import hashlib
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 
 import pandas as pd
@@ -334,12 +336,17 @@ def run_sweep(
 
     failed = 0
     bar = tqdm(total=len(todo), desc="sweep points", unit="point", disable=not progress)
-    for record in _execute(todo, out_dir, runner, executor, workers, ray_address):
-        append_record(out_dir, record)
-        failed += record["status"] == "error"
-        bar.update(1)
-        bar.set_postfix(failed=failed)
-    bar.close()
+    try:
+        for record in _execute(todo, out_dir, runner, executor, workers, ray_address):
+            append_record(out_dir, record)
+            failed += record["status"] == "error"
+            bar.update(1)
+            bar.set_postfix(failed=failed)
+    except KeyboardInterrupt:
+        write_tables(out_dir)  # the tables then hold every point recorded before the interrupt
+        raise
+    finally:
+        bar.close()
     table, trials = write_tables(out_dir)
     return SweepOutcome(len(todo), skipped, failed, table, trials, time.perf_counter() - start)
 
@@ -351,16 +358,83 @@ def _execute(todo, out_dir, runner, executor, workers, ray_address) -> Iterable[
         for point in todo:
             yield _run_one(runner, point, point_dir(point))
     elif executor == "local":
-        workers = workers or os.cpu_count() or 1
-        # spawn, not fork: workers start clean (no inherited threads from pyarrow or tqdm).
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, runner, p, point_dir(p)) for p in todo]
-            for future in as_completed(futures):
-                yield future.result()
+        yield from _execute_in_processes(todo, runner, point_dir, min(workers or os.cpu_count() or 1, len(todo)))
     elif executor == "ray":
         yield from _execute_on_ray(todo, runner, point_dir, workers, ray_address)
     else:
         raise ConfigError(f"sweep executor='{executor}' is not one of serial, local, ray")
+
+
+def _execute_in_processes(todo, runner, point_dir, workers: int) -> Iterable[dict]:
+    """Run each point in a process of its own, `workers` at a time, yielding each record as it arrives.
+
+    One process per point (not a shared pool) so that a worker killed from outside (the OOM killer, a
+    segfault) costs only its own point, recorded as failed with how it died, and the sweep goes on.
+    On Ctrl-C the records already sent are yielded before KeyboardInterrupt propagates; workers ignore
+    SIGINT so the parent decides, and stop themselves when the parent dies (_worker_main).
+    """
+    context = get_context("spawn")  # workers start clean (no inherited threads from pyarrow or tqdm)
+    waiting = list(todo)
+    running: dict = {}  # the receiving end of each worker's pipe -> (process, point)
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                point = waiting.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_worker_main, daemon=True,
+                                          args=(runner, point, point_dir(point), send, os.getpid()))
+                process.start()
+                send.close()  # the parent's copy; the pipe then reads as closed once the worker is gone
+                running[receive] = (process, point)
+            for receive in wait_for_connections(list(running)):
+                process, point = running.pop(receive)
+                yield _collect(receive, process, point)
+    except KeyboardInterrupt:
+        finished = [receive for receive in running if receive.poll()]
+        for receive in finished:
+            process, point = running.pop(receive)
+            yield _collect(receive, process, point)
+        raise
+    finally:  # interrupted or abandoned: the points still computing are given up
+        for process, _ in running.values():
+            process.kill()
+            process.join()
+
+
+def _collect(receive, process, point) -> dict:
+    """The record a worker sent, or a failure record saying how the worker died without sending one."""
+    try:
+        record = receive.recv()
+    except (EOFError, OSError):
+        record = None
+    receive.close()
+    process.join()
+    if record is not None:
+        return record
+    code = process.exitcode
+    how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 and -code in
+           signal.valid_signals() else f"exit code {code}")
+    return {"point_id": point.point_id, "overrides": list(point.overrides), "axes": dict(point.axes),
+            "status": "error", "error": f"worker process died ({how}) before finishing the point; "
+                                        f"out of memory is the usual cause of SIGKILL"}
+
+
+PARENT_CHECK_S = 0.5
+
+
+def _worker_main(runner, point, point_dir, send, parent_pid: int) -> None:
+    """A worker: run one point and send its record to the parent. It ignores SIGINT (the parent handles
+    Ctrl-C) and exits as soon as the parent is gone, so a SIGKILLed sweep leaves no workers running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def exit_with_parent():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    send.send(_run_one(runner, point, point_dir))
+    send.close()
 
 
 def _execute_on_ray(todo, runner, point_dir, workers, ray_address) -> Iterable[dict]:

@@ -211,3 +211,107 @@ def test_report_on_a_truncated_results_file_is_a_one_line_error_naming_it(tmp_pa
     assert main(["--report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err
+
+
+def crashing_runner(point, point_dir):
+    """fake_runner, except that the chunk-512 points' worker is SIGKILLed (as the OOM killer would)."""
+    import os
+    import signal
+
+    if dict(point.axes).get("policy.chunk_size") == "512":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake_runner(point, point_dir)
+
+
+def test_a_killed_worker_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    points = enumerate_points(parse_space(SPACE))
+    outcome = run_sweep(points, tmp_path, crashing_runner, executor="local", workers=2, progress=False)
+    records = read_records(tmp_path)
+    assert (outcome.ran, len(records)) == (6, 6)
+    killed = [r for r in records.values() if r["axes"].get("policy.chunk_size") == "512"]
+    assert len(killed) == 2 and all(r["status"] == "error" and "SIGKILL" in r["error"] for r in killed)
+    assert sorted(r["capacity_qps"] for r in records.values() if r["status"] == "ok") == [3.0, 3.0, 20.48]
+
+
+def interrupting_runner(point, point_dir):
+    """The orca point finishes at once; the other one, once orca's record is in, sends SIGINT to the
+    sweep (as Ctrl-C would) and would then compute for a minute."""
+    import os
+    import signal
+    import time
+
+    if dict(point.axes)["policy"] == "orca":
+        return fake_runner(point, point_dir)
+    results = point_dir.parent.parent / RESULTS_JSONL
+    while not results.exists():
+        time.sleep(0.05)
+    os.kill(os.getppid(), signal.SIGINT)
+    time.sleep(60)
+    return fake_runner(point, point_dir)
+
+
+def sleeping_runner(point, point_dir):
+    """Write this worker's pid, then compute for a minute."""
+    import os
+    import time
+
+    (point_dir / "pid.txt").write_text(str(os.getpid()))
+    time.sleep(60)
+    return fake_runner(point, point_dir)
+
+
+def _sweep_in_subprocess(tmp_path, runner: str, indices: list[int]):
+    import os
+    import subprocess
+    import sys
+
+    tests_dir = Path(__file__).parent
+    script = (f"from test_sweep import SPACE, {runner}\n"
+              "from simulator.sweep import enumerate_points, parse_space, run_sweep\n"
+              f"points = [enumerate_points(parse_space(SPACE))[i] for i in {indices}]\n"
+              f"run_sweep(points, {str(tmp_path)!r}, {runner}, executor='local', workers=2, progress=False)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
+    return subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_records_the_finished_points_and_stops_the_others(tmp_path):
+    import time
+
+    start = time.monotonic()
+    sweep = _sweep_in_subprocess(tmp_path, "interrupting_runner", [0, 2])
+    _, stderr = sweep.communicate(timeout=50)
+    assert sweep.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert time.monotonic() - start < 50  # the interrupted point was not waited for
+    table = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(table["policy"]) == ["orca"] and list(table["status"]) == ["ok"]
+
+
+def test_workers_exit_when_the_sweep_is_killed(tmp_path):
+    import os
+    import signal
+    import time
+
+    sweep = _sweep_in_subprocess(tmp_path, "sleeping_runner", [0, 1])
+    pid_files = lambda: list(tmp_path.glob("points/*/pid.txt"))
+    deadline = time.monotonic() + 40
+    while len(pid_files()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker_pids = [int(p.read_text()) for p in pid_files()]
+    assert len(worker_pids) == 2
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+
+    def alive(pid):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftover = [pid for pid in worker_pids if alive(pid)]
+    for pid in leftover:  # leave nothing running even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not leftover
