@@ -13,8 +13,10 @@ A space is a YAML file (see conf/sweep/ and docs/capacity_and_sweeps.md):
 
 Each point is a list of Hydra overrides. Results go to `<out>/results.jsonl`, one JSON line per
 finished point, appended as points finish, so an interrupted sweep resumes by skipping every point
-already there (only under the same code and profiles: `fingerprint.json`, simulator/provenance.py); `results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per
-capacity-search trial) are rebuilt from it. A point that raises is recorded with its error and the
+already there whose fingerprint (its resolved configuration, trace, code and profiles:
+simulator/provenance.point_fingerprint) is unchanged, and reruns the ones whose inputs changed;
+`results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per capacity-search
+trial) are rebuilt from it. A point that raises is recorded with its error and the
 sweep goes on.
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ from tqdm import tqdm
 from simulator.atomic import write_atomically, write_text_atomically
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import REPO_ROOT
-from simulator.provenance import StaleResultsError, check_fingerprint
+from simulator.provenance import check_fingerprint, point_fingerprint
 
 RESULTS_JSONL = "results.jsonl"
 DONE_STATUSES = ("ok", "infeasible_config")
@@ -292,6 +294,7 @@ class SweepOutcome:
     table: pd.DataFrame
     trials: pd.DataFrame
     wall_s: float
+    stale: int = 0  # finished points run again because their fingerprint changed
 
 
 def run_sweep(
@@ -305,6 +308,7 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     fingerprint: dict | None = None,
+    point_fingerprints: dict[str, str] | None = None,
 ) -> SweepOutcome:
     """Run `runner` on every point not already finished in `out_dir`.
 
@@ -314,6 +318,9 @@ def run_sweep(
     Failed points from an earlier call are skipped unless `retry_failed`.
     `fingerprint` (simulator.provenance.results_fingerprint()): what computes the points; a directory whose
     finished points were computed under another fingerprint is refused (StaleResultsError), never mixed.
+    `point_fingerprints` ({point id: simulator.provenance.point_fingerprint}): what each point's result
+    depends on; it is stored in the point's record, and a finished point recorded under another one (or
+    none) runs again. Points missing from the mapping are compared as None.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -323,14 +330,20 @@ def run_sweep(
         check_fingerprint(out_dir, fingerprint, finished=len(done), results_files=(RESULTS_JSONL,))
     finished = set(DONE_STATUSES) | (set() if retry_failed else {"error"})
     infeasible = infeasible or {}
-    todo, skipped = [], 0
+    todo, skipped, stale = [], 0, 0
+    point_fingerprint = (lambda point: None) if point_fingerprints is None else point_fingerprints.get
     for point in points:
-        if point.point_id in done and done[point.point_id]["status"] in finished:
-            skipped += 1
-        elif point.point_id in infeasible:
+        record = done.get(point.point_id)
+        if record and record["status"] in finished:
+            if point_fingerprints is None or record.get("fingerprint") == point_fingerprint(point.point_id):
+                skipped += 1
+                continue
+            stale += 1
+        if point.point_id in infeasible:
             append_record(out_dir, {"point_id": point.point_id, "overrides": list(point.overrides),
                                     "axes": dict(point.axes), "status": "infeasible_config",
-                                    "error": infeasible[point.point_id]})
+                                    "error": infeasible[point.point_id],
+                                    "fingerprint": point_fingerprint(point.point_id)})
         else:
             todo.append(point)
 
@@ -338,6 +351,7 @@ def run_sweep(
     bar = tqdm(total=len(todo), desc="sweep points", unit="point", disable=not progress)
     try:
         for record in _execute(todo, out_dir, runner, executor, workers, ray_address):
+            record["fingerprint"] = point_fingerprint(record["point_id"])
             append_record(out_dir, record)
             failed += record["status"] == "error"
             bar.update(1)
@@ -348,7 +362,7 @@ def run_sweep(
     finally:
         bar.close()
     table, trials = write_tables(out_dir)
-    return SweepOutcome(len(todo), skipped, failed, table, trials, time.perf_counter() - start)
+    return SweepOutcome(len(todo), skipped, failed, table, trials, time.perf_counter() - start, stale)
 
 
 def _execute(todo, out_dir, runner, executor, workers, ray_address) -> Iterable[dict]:
@@ -482,14 +496,16 @@ def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
     return {**row, "trials": record["trials"]}
 
 
-def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[str, str]:
+def check_points(points: Sequence[SweepPoint], progress: bool = True,
+                 fingerprints: dict[str, str] | None = None) -> dict[str, str]:
     """Compose every point and say why it cannot run: {point_id: reason} for the infeasible ones.
 
     Checks: the config composes and validates (known policy and parameters, TP divides the heads, PP
     the layers), the weights fit, the KV cache holds at least one max_model_len request, and the
     iteration-time predictor can be built (e.g. GPU profiles exist for that model and TP degree).
     Building each distinct predictor here, once, also fills the fitted model's disk cache before
-    workers start, so they load it instead of all fitting it at once.
+    workers start, so they load it instead of all fitting it at once. Given a `fingerprints` dict, also
+    fills it with {point_id: simulator.provenance.point_fingerprint} for every point that composes.
     """
     import dataclasses
 
@@ -501,7 +517,9 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
     predictor_errors: dict[tuple, str | None] = {}
     for point in tqdm(points, desc="checking points", unit="point", disable=not progress, leave=False):
         try:
-            simulation, _ = compose_capacity_config(point.overrides)
+            simulation, search = compose_capacity_config(point.overrides)
+            if fingerprints is not None:
+                fingerprints[point.point_id] = point_fingerprint(simulation, search)
             policy_factory(simulation.policy, simulation.model.max_model_len)
             cluster = simulation.cluster
 
@@ -582,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space)
         space.base = space.base + list(args.extra)
         points = enumerate_points(space)
-        infeasible = check_points(points)
+        fingerprints: dict[str, str] = {}
+        infeasible = check_points(points, fingerprints=fingerprints)
     except ConfigError as e:
         print(f"servesim-sweep: {e}", file=sys.stderr)
         return 2
@@ -593,17 +612,12 @@ def main(argv: list[str] | None = None) -> int:
             reason = infeasible.get(point.point_id)
             print(f"  {point.point_id}  {' '.join(point.overrides)}" + (f"\n      infeasible: {reason}" if reason else ""))
         return 0
-    from simulator.provenance import results_fingerprint
-
-    try:
-        outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
-                            workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
-                            fingerprint=results_fingerprint())
-    except StaleResultsError as e:
-        print(f"servesim-sweep: {e}", file=sys.stderr)
-        return 2
+    outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
+                        workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
+                        point_fingerprints=fingerprints)
     md_path, html_path = write_report(out_dir, outcome.table, outcome.trials, space.name, args.pareto_latency)
-    print(f"ran {outcome.ran}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
+    rerun = f" ({outcome.stale} finished before, rerun: their inputs changed)" if outcome.stale else ""
+    print(f"ran {outcome.ran}{rerun}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
           f"{len(infeasible)} infeasible; {outcome.wall_s:.1f} s\n  {out_dir / 'results.parquet'}\n  {md_path}\n  {html_path}")
     return 0
 

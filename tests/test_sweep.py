@@ -315,3 +315,59 @@ def test_workers_exit_when_the_sweep_is_killed(tmp_path):
     for pid in leftover:  # leave nothing running even when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not leftover
+
+
+def test_a_point_whose_inputs_changed_runs_again_the_others_are_kept(tmp_path):
+    points = enumerate_points(parse_space(SPACE))[:3]
+    fingerprints = {p.point_id: "aaaa" for p in points}
+    first = run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False,
+                      point_fingerprints=fingerprints)
+    assert (first.ran, first.stale) == (3, 0)
+    assert {r["fingerprint"] for r in read_records(tmp_path).values()} == {"aaaa"}
+    changed = {**fingerprints, points[1].point_id: "bbbb"}  # e.g. its SLO file was edited
+    again = run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False,
+                      point_fingerprints=changed)
+    assert (again.ran, again.stale, again.skipped) == (1, 1, 2)
+    assert read_records(tmp_path)[points[1].point_id]["fingerprint"] == "bbbb"
+    # Records from before fingerprints carry none: they are recomputed rather than trusted.
+    legacy = run_sweep(points, tmp_path / "legacy", fake_runner, executor="serial", progress=False)
+    assert legacy.ran == 3
+    resumed = run_sweep(points, tmp_path / "legacy", fake_runner, executor="serial", progress=False,
+                        point_fingerprints=fingerprints)
+    assert (resumed.ran, resumed.stale) == (3, 3)
+
+
+def test_point_fingerprint_follows_config_trace_own_policy_and_code_only(tmp_path):
+    import shutil
+
+    from simulator.capacity import compose_capacity_config
+    from simulator.paths import REPO_ROOT
+    from simulator.provenance import point_fingerprint
+
+    simulation, search = compose_capacity_config(["policy=orca", "slo=strict", "predictor=linear"])
+    for package in ("simulator", "policies"):
+        shutil.copytree(REPO_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    trace = tmp_path / "trace.csv"
+    shutil.copy(REPO_ROOT / "data" / "traces" / "splitwise_conv.csv", trace)
+    simulation = dataclasses.replace(simulation, workload=dataclasses.replace(simulation.workload, trace=str(trace)))
+    fingerprint = lambda sim=simulation: point_fingerprint(sim, search, repo_root=tmp_path)
+    first = fingerprint()
+    assert fingerprint() == first
+
+    # The SLO file's TBT bound tightened 0.1 -> 0.03 s: another configuration, another fingerprint.
+    slos = [dict(entry, max_s=0.03) if entry["metric"] == "tbt_s" else entry for entry in simulation.slo.slos]
+    tighter = dataclasses.replace(simulation, slo=dataclasses.replace(simulation.slo, slos=slos))
+    assert fingerprint(tighter) != first
+    # Another policy's module edited, or a new policy file added: this point is unaffected.
+    (tmp_path / "policies" / "sarathi.py").write_text("# edited\n")
+    (tmp_path / "policies" / "my_new_policy.py").write_text("# a new policy\n")
+    assert fingerprint() == first
+    # Its own policy's code, the simulator's code, or the trace's rows changed: it is not.
+    (tmp_path / "policies" / "orca.py").write_text("# edited\n")
+    own_policy = fingerprint()
+    assert own_policy != first
+    (tmp_path / "simulator" / "replica.py").write_text("# edited\n")
+    code = fingerprint()
+    assert code != own_policy
+    trace.write_text(trace.read_text() + trace.read_text().splitlines()[-1] + "\n")
+    assert fingerprint() != code
