@@ -482,6 +482,7 @@ def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
     """Run one point's capacity search; writes capacity.json / capacity.md into `point_dir` and returns
     the table row plus its trials. Module-level so process pools and Ray can pickle it."""
     from simulator.capacity import (
+        TRIALS_JOURNAL,
         compose_capacity_config,
         record_row,
         run_capacity_search,
@@ -490,7 +491,9 @@ def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
 
     simulation, search = compose_capacity_config(point.overrides)
     run_dir = point_dir / "capacity_run" if search.write_capacity_run else None
-    record = run_capacity_search(simulation, search, progress=False, capacity_run_dir=run_dir)
+    # The point's trials are journaled: a point cut off mid-search resumes from its finished trials.
+    record = run_capacity_search(simulation, search, progress=False, capacity_run_dir=run_dir,
+                                 trials_journal=point_dir / TRIALS_JOURNAL)
     write_capacity_outputs(record, point_dir)
     row = record_row(record)
     return {**row, "trials": record["trials"]}
