@@ -567,8 +567,10 @@ def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capaci
         bar.update(1)
         bar.set_postfix(rate=f"{trial.rate_qps:.3g}", met="yes" if trial.feasible else "no")
 
-    outcome = search_capacity(evaluate, search, on_trial)
-    bar.close()
+    try:
+        outcome = search_capacity(evaluate, search, on_trial)
+    finally:
+        bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
     at_capacity = outcome.capacity_trial
     if capacity_run_dir is not None and at_capacity and best.get("rate_qps") != at_capacity.rate_qps:
         simulate(at_capacity.rate_qps)  # that trial came from the journal: rerun it for its files

@@ -615,9 +615,14 @@ def main(argv: list[str] | None = None) -> int:
             reason = infeasible.get(point.point_id)
             print(f"  {point.point_id}  {' '.join(point.overrides)}" + (f"\n      infeasible: {reason}" if reason else ""))
         return 0
-    outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
-                        workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
-                        point_fingerprints=fingerprints)
+    try:
+        outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
+                            workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
+                            point_fingerprints=fingerprints)
+    except KeyboardInterrupt:
+        print(f"servesim-sweep: interrupted; the finished points are recorded in {out_dir / RESULTS_JSONL}. "
+              f"Run the same command to resume.", file=sys.stderr)
+        return 130
     md_path, html_path = write_report(out_dir, outcome.table, outcome.trials, space.name, args.pareto_latency)
     rerun = f" ({outcome.stale} finished before, rerun: their inputs changed)" if outcome.stale else ""
     print(f"ran {outcome.ran}{rerun}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
