@@ -78,23 +78,46 @@ def point_fingerprint(simulation, search, repo_root: Path = REPO_ROOT, profiles_
 
 def _code_files(policy_name: str, repo_root: Path) -> list[Path]:
     """The simulator's .py files, plus the policies package's modules that policy `policy_name` runs:
-    those of its class and base classes, and the loaded ones that define no policy (helpers). Modules of
-    other policies, and files nothing imports, are left out."""
+    the package's __init__, the modules of its class and base classes, and the policies modules those
+    import (read from their import statements). Other policies' modules and unused files are left out."""
     import inspect
-    import sys
 
     from policies import POLICIES
 
-    used = {cls.__module__ for cls in inspect.getmro(POLICIES[policy_name])} if policy_name in POLICIES else set()
-    defining = {cls.__module__ for cls in POLICIES.values()}
-    loaded = {name for name in sys.modules if name == "policies" or name.startswith("policies.")}
-    modules = (used | (loaded - defining)) & loaded
-    files = list((repo_root / "simulator").rglob("*.py"))
-    for module in modules:
-        parts = module.split(".")
-        package = repo_root.joinpath(*parts) / "__init__.py"
-        files.append(package if package.exists() else repo_root.joinpath(*parts).with_suffix(".py"))
-    return [f for f in files if f.exists()]
+    policies_dir = repo_root / "policies"
+    classes = inspect.getmro(POLICIES[policy_name]) if policy_name in POLICIES else ()
+    waiting = [cls.__module__ for cls in classes if cls.__module__.startswith("policies.")]
+    files = {policies_dir / "__init__.py"}
+    seen = set()
+    while waiting:
+        module = waiting.pop()
+        path = policies_dir / (module.split(".", 1)[1].replace(".", "/") + ".py")
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        files.add(path)
+        waiting += _policies_imports(path)
+    return list((repo_root / "simulator").rglob("*.py")) + [f for f in files if f.exists()]
+
+
+def _policies_imports(path: Path) -> list[str]:
+    """The policies.* modules a Python file imports (`import policies.x`, `from policies.x import y`,
+    `from policies import x`, `from . import x`, `from .x import y`)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("policies.")]
+        elif isinstance(node, ast.ImportFrom):
+            base = "policies" if node.level else (node.module or "")
+            if node.level and node.module:
+                base = f"policies.{node.module}"
+            if base == "policies":
+                found += [f"policies.{alias.name}" for alias in node.names]
+            elif base.startswith("policies."):
+                found.append(base)
+    return found
 
 
 FINGERPRINT_JSON = "fingerprint.json"

@@ -363,9 +363,16 @@ def test_point_fingerprint_follows_config_trace_own_policy_and_code_only(tmp_pat
     (tmp_path / "policies" / "my_new_policy.py").write_text("# a new policy\n")
     assert fingerprint() == first
     # Its own policy's code, the simulator's code, or the trace's rows changed: it is not.
-    (tmp_path / "policies" / "orca.py").write_text("# edited\n")
+    (tmp_path / "policies" / "orca.py").write_text("from policies.helpers import shared\n")
     own_policy = fingerprint()
     assert own_policy != first
+    # ... and so does a policies module it imports.
+    (tmp_path / "policies" / "helpers.py").write_text("shared = 1\n")
+    helper = fingerprint()
+    assert helper != own_policy
+    (tmp_path / "policies" / "helpers.py").write_text("shared = 2\n")
+    assert fingerprint() != helper
+    own_policy = fingerprint()
     (tmp_path / "simulator" / "replica.py").write_text("# edited\n")
     code = fingerprint()
     assert code != own_policy
