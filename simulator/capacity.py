@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -477,15 +478,52 @@ def config_summary(cfg) -> dict:
     }
 
 
-def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capacity_run_dir=None) -> dict:
+TRIALS_JOURNAL = "trials.jsonl"
+
+
+def read_trial_journal(path: Path, fingerprint: str) -> dict[float, Trial]:
+    """The trials a journal holds for inputs `fingerprint`, by rate. Lines of other inputs, and a line
+    torn by a kill, are ignored: those trials simply run again."""
+    trials = {}
+    if not Path(path).exists():
+        return trials
+    for line in Path(path).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("fingerprint") == fingerprint:
+            trial = entry["trial"]
+            trial["metrics"] = {k: _number_from_json(v) for k, v in trial["metrics"].items()}
+            trials[trial["rate_qps"]] = Trial(**trial)
+    return trials
+
+
+def append_trial(path: Path, fingerprint: str, trial: Trial) -> None:
+    """Add one finished trial to the journal as a JSON line, on disk before returning."""
+    line = json.dumps({"fingerprint": fingerprint, "trial": trial_to_dict(trial)}) + "\n"
+    path = Path(path)
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        line = "\n" + line  # after a line torn by a kill
+    with path.open("a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capacity_run_dir=None,
+                        trials_journal=None) -> dict:
     """Search the capacity of `cfg` (SimulationConfig or anything run_simulation accepts) and return
     the capacity.json record. With `capacity_run_dir`, the result files of the trial at capacity
     (requests, token times, iterations, summary; the Perfetto trace with `trace=true`) are written there
-    for plotting.
+    for plotting. With `trials_journal` (a trials.jsonl path), each finished trial is appended there, and
+    trials it already holds for the same inputs (simulator.provenance.point_fingerprint) are reused, not
+    simulated again: an interrupted search resumes trial by trial.
     """
     from tqdm import tqdm
 
     from simulator import metrics
+    from simulator.provenance import point_fingerprint
     from simulator.run import as_simulation_config, run_simulation
 
     started = time.perf_counter()
@@ -493,8 +531,18 @@ def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capaci
     cfg.cluster.validate(cfg.model)
     trace_rate = native_rate_qps(cfg)
     best = {}  # the highest passing trial's raw result, kept to write its files
+    fingerprint = point_fingerprint(cfg, search) if trials_journal is not None else ""
+    journaled = read_trial_journal(trials_journal, fingerprint) if trials_journal is not None else {}
 
     def evaluate(rate_qps: float) -> Trial:
+        if rate_qps in journaled:
+            return journaled[rate_qps]
+        trial = simulate(rate_qps)
+        if trials_journal is not None:
+            append_trial(trials_journal, fingerprint, trial)
+        return trial
+
+    def simulate(rate_qps: float) -> Trial:
         result = run_simulation(with_rate(cfg, rate_qps, search.num_requests, trace_rate))
         # The SLOs read latencies only: the requests' columns serve, without per-request TBT or pandas.
         requests = metrics.request_latencies(result.records)
@@ -519,8 +567,13 @@ def run_capacity_search(cfg, search: SearchConfig, progress: bool = True, capaci
         bar.update(1)
         bar.set_postfix(rate=f"{trial.rate_qps:.3g}", met="yes" if trial.feasible else "no")
 
-    outcome = search_capacity(evaluate, search, on_trial)
-    bar.close()
+    try:
+        outcome = search_capacity(evaluate, search, on_trial)
+    finally:
+        bar.close()  # also on Ctrl-C, so the message after it starts on a clean line
+    at_capacity = outcome.capacity_trial
+    if capacity_run_dir is not None and at_capacity and best.get("rate_qps") != at_capacity.rate_qps:
+        simulate(at_capacity.rate_qps)  # that trial came from the journal: rerun it for its files
     if capacity_run_dir is not None and "result" in best:
         result = best["result"]
         metrics.write_outputs(capacity_run_dir, result.records, result.iteration_records, result.summary,
@@ -568,13 +621,14 @@ def _plain(cfg) -> dict:
 
 def write_capacity_outputs(record: dict, out_dir) -> tuple[Path, Path]:
     """Write capacity.json and capacity.md (the readable report) into `out_dir`."""
+    from simulator.atomic import write_text_atomically
     from simulator.report import capacity_markdown
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "capacity.json", out_dir / "capacity.md"
-    json_path.write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
-    md_path.write_text(capacity_markdown(record))
+    write_text_atomically(json_path, json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")
+    write_text_atomically(md_path, capacity_markdown(record))
     return json_path, md_path
 
 
@@ -673,13 +727,19 @@ def main() -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name=CAPACITY_CONFIG_NAME, version_base=None)
     def app(cfg) -> None:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
+        journal = out_dir / TRIALS_JOURNAL
         try:
             simulation, search = split_hydra_config(cfg)
             run_dir = out_dir / "capacity_run" if search.write_capacity_run else None
-            record = run_capacity_search(simulation, search, progress=True, capacity_run_dir=run_dir)
+            record = run_capacity_search(simulation, search, progress=True, capacity_run_dir=run_dir,
+                                         trials_journal=journal)
         except (ConfigError, SearchError) as e:
             print(f"servesim-capacity: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"servesim-capacity: interrupted; the finished trials are kept in {journal}. Run the same "
+                  f"command with hydra.run.dir={out_dir} to resume from them.", file=sys.stderr)
+            sys.exit(130)
         json_path, md_path = write_capacity_outputs(record, out_dir)
         print(f"{config_summary(simulation)['policy']}: {summary_line(record)}\n  {json_path}\n  {md_path}")
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from simulator.atomic import write_atomically, write_text_atomically
 from simulator.config import ConfigError
 from simulator.perfetto import iteration_kinds, write_chrome_trace
 
@@ -470,13 +471,14 @@ def write_outputs(out_dir: str | Path, records: RequestRecords, iters: Iteration
     out.mkdir(parents=True, exist_ok=True)
     names = [name for name in RESULT_FILES if name != "trace.json" or trace]
     paths = {name: out / name for name in names}
-    request_table(records).to_parquet(paths["requests.parquet"], index=False, compression=PARQUET_COMPRESSION)
-    token_times_table(records).to_parquet(paths["token_times.parquet"], index=False,
-                                          compression=PARQUET_COMPRESSION)
+    # Each file is written whole or not at all (a kill mid-write leaves the previous one).
+    parquet = lambda table: lambda temp: table.to_parquet(temp, index=False, compression=PARQUET_COMPRESSION)
+    write_atomically(paths["requests.parquet"], parquet(request_table(records)))
+    write_atomically(paths["token_times.parquet"], parquet(token_times_table(records)))
     if iters is None:
         iters = IterationRecords(*(np.empty(0, dtype=np.int64) for _ in fields(IterationRecords)))
-    iteration_table(iters).to_parquet(paths["iterations.parquet"], index=False, compression=PARQUET_COMPRESSION)
-    paths["summary.json"].write_text(summary_json(summary))
+    write_atomically(paths["iterations.parquet"], parquet(iteration_table(iters)))
+    write_text_atomically(paths["summary.json"], summary_json(summary))
     if trace:
         write_chrome_trace(paths["trace.json"], iters)
     return paths

@@ -7,10 +7,12 @@ different one (simulator/sweep.py, simulator/disagg/goodput.py).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
 
+from simulator.atomic import write_text_atomically
 from simulator.config import ConfigError
 from simulator.paths import PROFILES_DIR, REPO_ROOT
 
@@ -21,8 +23,19 @@ def _digest(paths: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+        digest.update(_file_digest(path, *_stamp(path)))
     return digest.hexdigest()[:16]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: Path, mtime_ns: int, size: int) -> bytes:
+    """A file's sha256, read once per version (a sweep fingerprints every point against the same files)."""
+    return hashlib.sha256(path.read_bytes()).digest()
 
 
 def results_fingerprint(repo_root: Path = REPO_ROOT, profiles_dir: Path = PROFILES_DIR) -> dict[str, str]:
@@ -31,6 +44,80 @@ def results_fingerprint(repo_root: Path = REPO_ROOT, profiles_dir: Path = PROFIL
     code = [p for package in CODE_PACKAGES for p in (repo_root / package).rglob("*.py")]
     profiles = [p for p in profiles_dir.rglob("*") if p.is_file()] if profiles_dir.exists() else []
     return {"code": _digest(code, repo_root), "profiles": _digest(profiles, profiles_dir)}
+
+
+def point_fingerprint(simulation, search, repo_root: Path = REPO_ROOT, profiles_dir: Path = PROFILES_DIR) -> str:
+    """16 hex digits over what one capacity point's result depends on, and nothing else:
+    its resolved configuration (`simulation`, `search`: the typed configs a point composes to), the bytes
+    of the trace it reads, the simulator's code with only its own policy's module among the policies
+    (another policy's file, added or edited, leaves it alone), and with predictor=fitted the profiles of
+    its model on its GPU plus the communication tables. A sweep reruns a finished point whose
+    fingerprint changed (simulator/sweep.py)."""
+    import dataclasses
+
+    digest = hashlib.sha256()
+    config = {"simulation": dataclasses.asdict(simulation), "search": dataclasses.asdict(search)}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    workload = simulation.workload
+    if workload.trace and "trace" in (workload.arrival, workload.lengths):
+        from simulator.workload import resolve_trace_path
+
+        try:
+            trace = resolve_trace_path(workload.trace)
+            digest.update(_file_digest(trace, *_stamp(trace)))
+        except (ConfigError, OSError):
+            digest.update(b"no trace file")  # the point fails when it runs; its fingerprint still differs
+    digest.update(_digest(_code_files(simulation.policy.name, repo_root), repo_root).encode())
+    if simulation.predictor == "fitted":
+        hardware = simulation.hardware
+        folders = [profiles_dir / hardware.profile / simulation.model.name, profiles_dir / hardware.comm_profile / "comm"]
+        files = [p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
+        digest.update(_digest(files, profiles_dir).encode())
+    return digest.hexdigest()[:16]
+
+
+def _code_files(policy_name: str, repo_root: Path) -> list[Path]:
+    """The simulator's .py files, plus the policies package's modules that policy `policy_name` runs:
+    the package's __init__, the modules of its class and base classes, and the policies modules those
+    import (read from their import statements). Other policies' modules and unused files are left out."""
+    import inspect
+
+    from policies import POLICIES
+
+    policies_dir = repo_root / "policies"
+    classes = inspect.getmro(POLICIES[policy_name]) if policy_name in POLICIES else ()
+    waiting = [cls.__module__ for cls in classes if cls.__module__.startswith("policies.")]
+    files = {policies_dir / "__init__.py"}
+    seen = set()
+    while waiting:
+        module = waiting.pop()
+        path = policies_dir / (module.split(".", 1)[1].replace(".", "/") + ".py")
+        if module in seen or not path.exists():
+            continue
+        seen.add(module)
+        files.add(path)
+        waiting += _policies_imports(path)
+    return list((repo_root / "simulator").rglob("*.py")) + [f for f in files if f.exists()]
+
+
+def _policies_imports(path: Path) -> list[str]:
+    """The policies.* modules a Python file imports (`import policies.x`, `from policies.x import y`,
+    `from policies import x`, `from . import x`, `from .x import y`)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("policies.")]
+        elif isinstance(node, ast.ImportFrom):
+            base = "policies" if node.level else (node.module or "")
+            if node.level and node.module:
+                base = f"policies.{node.module}"
+            if base == "policies":
+                found += [f"policies.{alias.name}" for alias in node.names]
+            elif base.startswith("policies."):
+                found.append(base)
+    return found
 
 
 FINGERPRINT_JSON = "fingerprint.json"
@@ -53,4 +140,4 @@ def check_fingerprint(out_dir: Path, fingerprint: dict, finished: int, results_f
                 f"{' and '.join(changed)} ({path}: {recorded}, now {fingerprint}); resuming would mix the two. "
                 f"Write to a new --out directory, or move {' and '.join(results_files)} out of {out_dir} to "
                 f"recompute there.")
-    path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(fingerprint, indent=2) + "\n")

@@ -13,8 +13,10 @@ A space is a YAML file (see conf/sweep/ and docs/capacity_and_sweeps.md):
 
 Each point is a list of Hydra overrides. Results go to `<out>/results.jsonl`, one JSON line per
 finished point, appended as points finish, so an interrupted sweep resumes by skipping every point
-already there (only under the same code and profiles: `fingerprint.json`, simulator/provenance.py); `results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per
-capacity-search trial) are rebuilt from it. A point that raises is recorded with its error and the
+already there whose fingerprint (its resolved configuration, trace, code and profiles:
+simulator/provenance.point_fingerprint) is unchanged, and reruns the ones whose inputs changed;
+`results.parquet` / `results.csv` (one row per point) and `trials.parquet` (one row per capacity-search
+trial) are rebuilt from it. A point that raises is recorded with its error and the
 sweep goes on.
 """
 from __future__ import annotations
@@ -23,21 +25,24 @@ import hashlib
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 
 import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from simulator.atomic import write_atomically, write_text_atomically
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import REPO_ROOT
-from simulator.provenance import StaleResultsError, check_fingerprint
+from simulator.provenance import check_fingerprint, point_fingerprint
 
 RESULTS_JSONL = "results.jsonl"
 DONE_STATUSES = ("ok", "infeasible_config")
@@ -233,10 +238,11 @@ def write_tables(out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     trials = pd.DataFrame(trial_rows)
     if len(table):
         table = _numeric_columns(table)
-        table.to_parquet(out_dir / "results.parquet", index=False)
-        table.to_csv(out_dir / "results.csv", index=False)
+        write_atomically(out_dir / "results.parquet", lambda temp: table.to_parquet(temp, index=False))
+        write_atomically(out_dir / "results.csv", lambda temp: table.to_csv(temp, index=False))
     if len(trials):
-        _numeric_columns(trials).to_parquet(out_dir / "trials.parquet", index=False)
+        trials = _numeric_columns(trials)
+        write_atomically(out_dir / "trials.parquet", lambda temp: trials.to_parquet(temp, index=False))
     return table, trials
 
 
@@ -288,6 +294,7 @@ class SweepOutcome:
     table: pd.DataFrame
     trials: pd.DataFrame
     wall_s: float
+    stale: int = 0  # finished points run again because their fingerprint changed
 
 
 def run_sweep(
@@ -301,6 +308,7 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     fingerprint: dict | None = None,
+    point_fingerprints: dict[str, str] | None = None,
 ) -> SweepOutcome:
     """Run `runner` on every point not already finished in `out_dir`.
 
@@ -310,6 +318,9 @@ def run_sweep(
     Failed points from an earlier call are skipped unless `retry_failed`.
     `fingerprint` (simulator.provenance.results_fingerprint()): what computes the points; a directory whose
     finished points were computed under another fingerprint is refused (StaleResultsError), never mixed.
+    `point_fingerprints` ({point id: simulator.provenance.point_fingerprint}): what each point's result
+    depends on; it is stored in the point's record, and a finished point recorded under another one (or
+    none) runs again. Points missing from the mapping are compared as None.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -319,27 +330,39 @@ def run_sweep(
         check_fingerprint(out_dir, fingerprint, finished=len(done), results_files=(RESULTS_JSONL,))
     finished = set(DONE_STATUSES) | (set() if retry_failed else {"error"})
     infeasible = infeasible or {}
-    todo, skipped = [], 0
+    todo, skipped, stale = [], 0, 0
+    point_fingerprint = (lambda point: None) if point_fingerprints is None else point_fingerprints.get
     for point in points:
-        if point.point_id in done and done[point.point_id]["status"] in finished:
-            skipped += 1
-        elif point.point_id in infeasible:
+        record = done.get(point.point_id)
+        if record and record["status"] in finished:
+            if point_fingerprints is None or record.get("fingerprint") == point_fingerprint(point.point_id):
+                skipped += 1
+                continue
+            stale += 1
+        if point.point_id in infeasible:
             append_record(out_dir, {"point_id": point.point_id, "overrides": list(point.overrides),
                                     "axes": dict(point.axes), "status": "infeasible_config",
-                                    "error": infeasible[point.point_id]})
+                                    "error": infeasible[point.point_id],
+                                    "fingerprint": point_fingerprint(point.point_id)})
         else:
             todo.append(point)
 
     failed = 0
     bar = tqdm(total=len(todo), desc="sweep points", unit="point", disable=not progress)
-    for record in _execute(todo, out_dir, runner, executor, workers, ray_address):
-        append_record(out_dir, record)
-        failed += record["status"] == "error"
-        bar.update(1)
-        bar.set_postfix(failed=failed)
-    bar.close()
+    try:
+        for record in _execute(todo, out_dir, runner, executor, workers, ray_address):
+            record["fingerprint"] = point_fingerprint(record["point_id"])
+            append_record(out_dir, record)
+            failed += record["status"] == "error"
+            bar.update(1)
+            bar.set_postfix(failed=failed)
+    except KeyboardInterrupt:
+        write_tables(out_dir)  # the tables then hold every point recorded before the interrupt
+        raise
+    finally:
+        bar.close()
     table, trials = write_tables(out_dir)
-    return SweepOutcome(len(todo), skipped, failed, table, trials, time.perf_counter() - start)
+    return SweepOutcome(len(todo), skipped, failed, table, trials, time.perf_counter() - start, stale)
 
 
 def _execute(todo, out_dir, runner, executor, workers, ray_address) -> Iterable[dict]:
@@ -349,16 +372,83 @@ def _execute(todo, out_dir, runner, executor, workers, ray_address) -> Iterable[
         for point in todo:
             yield _run_one(runner, point, point_dir(point))
     elif executor == "local":
-        workers = workers or os.cpu_count() or 1
-        # spawn, not fork: workers start clean (no inherited threads from pyarrow or tqdm).
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, runner, p, point_dir(p)) for p in todo]
-            for future in as_completed(futures):
-                yield future.result()
+        yield from _execute_in_processes(todo, runner, point_dir, min(workers or os.cpu_count() or 1, len(todo)))
     elif executor == "ray":
         yield from _execute_on_ray(todo, runner, point_dir, workers, ray_address)
     else:
         raise ConfigError(f"sweep executor='{executor}' is not one of serial, local, ray")
+
+
+def _execute_in_processes(todo, runner, point_dir, workers: int) -> Iterable[dict]:
+    """Run each point in a process of its own, `workers` at a time, yielding each record as it arrives.
+
+    One process per point (not a shared pool) so that a worker killed from outside (the OOM killer, a
+    segfault) costs only its own point, recorded as failed with how it died, and the sweep goes on.
+    On Ctrl-C the records already sent are yielded before KeyboardInterrupt propagates; workers ignore
+    SIGINT so the parent decides, and stop themselves when the parent dies (_worker_main).
+    """
+    context = get_context("spawn")  # workers start clean (no inherited threads from pyarrow or tqdm)
+    waiting = list(todo)
+    running: dict = {}  # the receiving end of each worker's pipe -> (process, point)
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                point = waiting.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_worker_main, daemon=True,
+                                          args=(runner, point, point_dir(point), send, os.getpid()))
+                process.start()
+                send.close()  # the parent's copy; the pipe then reads as closed once the worker is gone
+                running[receive] = (process, point)
+            for receive in wait_for_connections(list(running)):
+                process, point = running.pop(receive)
+                yield _collect(receive, process, point)
+    except KeyboardInterrupt:
+        finished = [receive for receive in running if receive.poll()]
+        for receive in finished:
+            process, point = running.pop(receive)
+            yield _collect(receive, process, point)
+        raise
+    finally:  # interrupted or abandoned: the points still computing are given up
+        for process, _ in running.values():
+            process.kill()
+            process.join()
+
+
+def _collect(receive, process, point) -> dict:
+    """The record a worker sent, or a failure record saying how the worker died without sending one."""
+    try:
+        record = receive.recv()
+    except (EOFError, OSError):
+        record = None
+    receive.close()
+    process.join()
+    if record is not None:
+        return record
+    code = process.exitcode
+    how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 and -code in
+           signal.valid_signals() else f"exit code {code}")
+    return {"point_id": point.point_id, "overrides": list(point.overrides), "axes": dict(point.axes),
+            "status": "error", "error": f"worker process died ({how}) before finishing the point; "
+                                        f"out of memory is the usual cause of SIGKILL"}
+
+
+PARENT_CHECK_S = 0.5
+
+
+def _worker_main(runner, point, point_dir, send, parent_pid: int) -> None:
+    """A worker: run one point and send its record to the parent. It ignores SIGINT (the parent handles
+    Ctrl-C) and exits as soon as the parent is gone, so a SIGKILLed sweep leaves no workers running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def exit_with_parent():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    send.send(_run_one(runner, point, point_dir))
+    send.close()
 
 
 def _execute_on_ray(todo, runner, point_dir, workers, ray_address) -> Iterable[dict]:
@@ -392,6 +482,7 @@ def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
     """Run one point's capacity search; writes capacity.json / capacity.md into `point_dir` and returns
     the table row plus its trials. Module-level so process pools and Ray can pickle it."""
     from simulator.capacity import (
+        TRIALS_JOURNAL,
         compose_capacity_config,
         record_row,
         run_capacity_search,
@@ -400,20 +491,24 @@ def capacity_point_runner(point: SweepPoint, point_dir: Path) -> dict:
 
     simulation, search = compose_capacity_config(point.overrides)
     run_dir = point_dir / "capacity_run" if search.write_capacity_run else None
-    record = run_capacity_search(simulation, search, progress=False, capacity_run_dir=run_dir)
+    # The point's trials are journaled: a point cut off mid-search resumes from its finished trials.
+    record = run_capacity_search(simulation, search, progress=False, capacity_run_dir=run_dir,
+                                 trials_journal=point_dir / TRIALS_JOURNAL)
     write_capacity_outputs(record, point_dir)
     row = record_row(record)
     return {**row, "trials": record["trials"]}
 
 
-def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[str, str]:
+def check_points(points: Sequence[SweepPoint], progress: bool = True,
+                 fingerprints: dict[str, str] | None = None) -> dict[str, str]:
     """Compose every point and say why it cannot run: {point_id: reason} for the infeasible ones.
 
     Checks: the config composes and validates (known policy and parameters, TP divides the heads, PP
     the layers), the weights fit, the KV cache holds at least one max_model_len request, and the
     iteration-time predictor can be built (e.g. GPU profiles exist for that model and TP degree).
     Building each distinct predictor here, once, also fills the fitted model's disk cache before
-    workers start, so they load it instead of all fitting it at once.
+    workers start, so they load it instead of all fitting it at once. Given a `fingerprints` dict, also
+    fills it with {point_id: simulator.provenance.point_fingerprint} for every point that composes.
     """
     import dataclasses
 
@@ -425,7 +520,9 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True) -> dict[st
     predictor_errors: dict[tuple, str | None] = {}
     for point in tqdm(points, desc="checking points", unit="point", disable=not progress, leave=False):
         try:
-            simulation, _ = compose_capacity_config(point.overrides)
+            simulation, search = compose_capacity_config(point.overrides)
+            if fingerprints is not None:
+                fingerprints[point.point_id] = point_fingerprint(simulation, search)
             policy_factory(simulation.policy, simulation.model.max_model_len)
             cluster = simulation.cluster
 
@@ -466,8 +563,8 @@ def write_report(out_dir: Path, table: pd.DataFrame, trials: pd.DataFrame, title
     figures = capacity_figures(table, trials, out_dir / "figures") if len(table) else []
     relative = [p.relative_to(out_dir) for p in figures]
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
-    md_path.write_text(sweep_markdown(table, title, relative, pareto_latency))
-    html_path.write_text(sweep_html(table, title, relative, pareto_latency))
+    write_text_atomically(md_path, sweep_markdown(table, title, relative, pareto_latency))
+    write_text_atomically(html_path, sweep_html(table, title, relative, pareto_latency))
     return md_path, html_path
 
 
@@ -506,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space)
         space.base = space.base + list(args.extra)
         points = enumerate_points(space)
-        infeasible = check_points(points)
+        fingerprints: dict[str, str] = {}
+        infeasible = check_points(points, fingerprints=fingerprints)
     except ConfigError as e:
         print(f"servesim-sweep: {e}", file=sys.stderr)
         return 2
@@ -517,25 +615,44 @@ def main(argv: list[str] | None = None) -> int:
             reason = infeasible.get(point.point_id)
             print(f"  {point.point_id}  {' '.join(point.overrides)}" + (f"\n      infeasible: {reason}" if reason else ""))
         return 0
-    from simulator.provenance import results_fingerprint
-
     try:
         outcome = run_sweep(points, out_dir, capacity_point_runner, infeasible, executor=args.executor,
                             workers=args.workers, ray_address=args.ray_address, retry_failed=args.retry_failed,
-                            fingerprint=results_fingerprint())
-    except StaleResultsError as e:
-        print(f"servesim-sweep: {e}", file=sys.stderr)
-        return 2
+                            point_fingerprints=fingerprints)
+    except KeyboardInterrupt:
+        print(f"servesim-sweep: interrupted; the finished points are recorded in {out_dir / RESULTS_JSONL}. "
+              f"Run the same command to resume.", file=sys.stderr)
+        return 130
     md_path, html_path = write_report(out_dir, outcome.table, outcome.trials, space.name, args.pareto_latency)
-    print(f"ran {outcome.ran}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
+    rerun = f" ({outcome.stale} finished before, rerun: their inputs changed)" if outcome.stale else ""
+    print(f"ran {outcome.ran}{rerun}, skipped {outcome.skipped} finished, {outcome.failed} failed, "
           f"{len(infeasible)} infeasible; {outcome.wall_s:.1f} s\n  {out_dir / 'results.parquet'}\n  {md_path}\n  {html_path}")
     return 0
 
 
+def _unreadable_table(path: Path) -> str | None:
+    """Why the parquet file at `path` cannot be read (e.g. truncated by a kill), or None when it can."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # noqa: BLE001 - any reason is reported the same way, in one line
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+    return None
+
+
 def _report_only(dirs: list[Path], out_dir: Path | None, pareto_latency: str) -> int:
+    import sys
+
     from plots.cli import capacity_rows, find_results, sweep_tables
 
     found = find_results(dirs)
+    for sweep_dir in found["sweeps"]:
+        unreadable = _unreadable_table(sweep_dir / "results.parquet")
+        if unreadable:
+            print(f"servesim-sweep: {sweep_dir / 'results.parquet'} cannot be read ({unreadable}); rerun the "
+                  f"sweep into {sweep_dir} to rebuild it from {RESULTS_JSONL}", file=sys.stderr)
+            return 2
     tables, trials = [], []
     if found["sweeps"]:
         table, trial_table = sweep_tables(found["sweeps"])

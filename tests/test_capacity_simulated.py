@@ -123,3 +123,45 @@ def test_writes_the_capacity_trials_files_for_plots(tmp_path):
     run_capacity_search(cfg, tiny_search(max_trials=3), progress=False, capacity_run_dir=tmp_path / "run")
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"requests.parquet", "token_times.parquet",
                                                               "iterations.parquet", "summary.json"}
+
+
+def test_an_interrupted_search_resumes_trial_by_trial(tmp_path, monkeypatch, sarathi_record):
+    import simulator.run
+
+    journal = tmp_path / "trials.jsonl"
+    real_run = simulator.run.run_simulation
+    calls = []
+
+    def interrupted_after_three(cfg, *args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the fourth trial
+        calls.append(cfg)
+        return real_run(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(simulator.run, "run_simulation", interrupted_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_capacity_search(tiny_config(chunk_size=256), tiny_search(), progress=False, trials_journal=journal)
+    assert len(journal.read_text().splitlines()) == 3
+
+    def counted(cfg, *args, **kwargs):
+        calls.append(cfg)
+        return real_run(cfg, *args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(simulator.run, "run_simulation", counted)
+    resumed = run_capacity_search(tiny_config(chunk_size=256), tiny_search(), progress=False, trials_journal=journal,
+                                  capacity_run_dir=tmp_path / "run")
+    strip = lambda r: [(t["rate_qps"], t["feasible"], t["metrics"]) for t in r["trials"]]
+    assert strip(resumed) == strip(sarathi_record) and resumed["capacity_qps"] == sarathi_record["capacity_qps"]
+    # Only the trials not journaled ran, plus the trial at capacity again if it came from the journal
+    # (for capacity_run/'s files).
+    journaled_rates = [t["rate_qps"] for t in sarathi_record["trials"][:3]]
+    rerun_at_capacity = sarathi_record["capacity_qps"] in journaled_rates
+    assert len(calls) == len(sarathi_record["trials"]) - 3 + rerun_at_capacity
+    assert (tmp_path / "run" / "summary.json").exists()
+    # Other inputs (a tighter TBT bound) never reuse those trials.
+    calls.clear()
+    search = tiny_search()
+    tighter = dataclasses.replace(search, slos=[dataclasses.replace(s, max_s=s.max_s / 2) for s in search.slos])
+    record = run_capacity_search(tiny_config(chunk_size=256), tighter, progress=False, trials_journal=journal)
+    assert len(calls) == len(record["trials"])

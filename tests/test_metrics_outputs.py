@@ -1,5 +1,6 @@
 """Result files: parquet tables round-trip, summary.json, and a Perfetto trace with the expected events."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -100,3 +101,19 @@ def test_outputs_without_iterations(tmp_path):
     paths = write_outputs(tmp_path, records, None, summarize(records, None, 3.0, 0.0))
     trace = json.loads(paths["trace.json"].read_text())
     assert trace["traceEvents"] == [] and len(pd.read_parquet(paths["iterations.parquet"])) == 0
+
+
+def test_a_write_killed_midway_leaves_the_previous_file_whole(written, monkeypatch):
+
+    records, iters, summary, paths = written
+    before = paths["requests.parquet"].read_bytes()
+
+    def killed_mid_write(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PAR1 torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(paths["requests.parquet"].parent, records, iters, summary)
+    assert paths["requests.parquet"].read_bytes() == before
+    assert not list(paths["requests.parquet"].parent.glob(".*.tmp"))

@@ -183,3 +183,198 @@ def test_ray_executor_on_a_local_ray_instance(tmp_path):
     assert (outcome.ran, outcome.failed) == (6, 1)
     table = pd.read_parquet(tmp_path / "results.parquet")
     assert sorted(table.loc[table["status"] == "ok", "capacity_qps"]) == [3.0, 3.0, 5.12, 5.12, 20.48]
+
+
+def test_results_tables_are_replaced_whole_never_torn(tmp_path, monkeypatch):
+    points = enumerate_points(parse_space(SPACE))
+    run_sweep(points[:2], tmp_path, fake_runner, executor="serial", progress=False)
+    before = (tmp_path / "results.parquet").read_bytes()
+
+    def killed_mid_write(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"PAR1 torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(points[:3], tmp_path, fake_runner, executor="serial", progress=False)
+    assert (tmp_path / "results.parquet").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_report_on_a_truncated_results_file_is_a_one_line_error_naming_it(tmp_path, capsys):
+    from simulator.sweep import main
+
+    points = enumerate_points(parse_space(SPACE))
+    run_sweep(points[:2], tmp_path, fake_runner, executor="serial", progress=False)
+    path = tmp_path / "results.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert main(["--report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
+
+
+def crashing_runner(point, point_dir):
+    """fake_runner, except that the chunk-512 points' worker is SIGKILLed (as the OOM killer would)."""
+    import os
+    import signal
+
+    if dict(point.axes).get("policy.chunk_size") == "512":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake_runner(point, point_dir)
+
+
+def test_a_killed_worker_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+    points = enumerate_points(parse_space(SPACE))
+    outcome = run_sweep(points, tmp_path, crashing_runner, executor="local", workers=2, progress=False)
+    records = read_records(tmp_path)
+    assert (outcome.ran, len(records)) == (6, 6)
+    killed = [r for r in records.values() if r["axes"].get("policy.chunk_size") == "512"]
+    assert len(killed) == 2 and all(r["status"] == "error" and "SIGKILL" in r["error"] for r in killed)
+    assert sorted(r["capacity_qps"] for r in records.values() if r["status"] == "ok") == [3.0, 3.0, 20.48]
+
+
+def interrupting_runner(point, point_dir):
+    """The orca point finishes at once; the other one, once orca's record is in, sends SIGINT to the
+    sweep (as Ctrl-C would) and would then compute for a minute."""
+    import os
+    import signal
+    import time
+
+    if dict(point.axes)["policy"] == "orca":
+        return fake_runner(point, point_dir)
+    results = point_dir.parent.parent / RESULTS_JSONL
+    while not results.exists():
+        time.sleep(0.05)
+    os.kill(os.getppid(), signal.SIGINT)
+    time.sleep(60)
+    return fake_runner(point, point_dir)
+
+
+def sleeping_runner(point, point_dir):
+    """Write this worker's pid, then compute for a minute."""
+    import os
+    import time
+
+    (point_dir / "pid.txt").write_text(str(os.getpid()))
+    time.sleep(60)
+    return fake_runner(point, point_dir)
+
+
+def _sweep_in_subprocess(tmp_path, runner: str, indices: list[int]):
+    import os
+    import subprocess
+    import sys
+
+    tests_dir = Path(__file__).parent
+    script = (f"from test_sweep import SPACE, {runner}\n"
+              "from simulator.sweep import enumerate_points, parse_space, run_sweep\n"
+              f"points = [enumerate_points(parse_space(SPACE))[i] for i in {indices}]\n"
+              f"run_sweep(points, {str(tmp_path)!r}, {runner}, executor='local', workers=2, progress=False)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
+    return subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_records_the_finished_points_and_stops_the_others(tmp_path):
+    import time
+
+    start = time.monotonic()
+    sweep = _sweep_in_subprocess(tmp_path, "interrupting_runner", [0, 2])
+    _, stderr = sweep.communicate(timeout=50)
+    assert sweep.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert time.monotonic() - start < 50  # the interrupted point was not waited for
+    table = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(table["policy"]) == ["orca"] and list(table["status"]) == ["ok"]
+
+
+def test_workers_exit_when_the_sweep_is_killed(tmp_path):
+    import os
+    import signal
+    import time
+
+    sweep = _sweep_in_subprocess(tmp_path, "sleeping_runner", [0, 1])
+    pid_files = lambda: list(tmp_path.glob("points/*/pid.txt"))
+    deadline = time.monotonic() + 40
+    while len(pid_files()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker_pids = [int(p.read_text()) for p in pid_files()]
+    assert len(worker_pids) == 2
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+
+    def alive(pid):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftover = [pid for pid in worker_pids if alive(pid)]
+    for pid in leftover:  # leave nothing running even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not leftover
+
+
+def test_a_point_whose_inputs_changed_runs_again_the_others_are_kept(tmp_path):
+    points = enumerate_points(parse_space(SPACE))[:3]
+    fingerprints = {p.point_id: "aaaa" for p in points}
+    first = run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False,
+                      point_fingerprints=fingerprints)
+    assert (first.ran, first.stale) == (3, 0)
+    assert {r["fingerprint"] for r in read_records(tmp_path).values()} == {"aaaa"}
+    changed = {**fingerprints, points[1].point_id: "bbbb"}  # e.g. its SLO file was edited
+    again = run_sweep(points, tmp_path, fake_runner, executor="serial", progress=False,
+                      point_fingerprints=changed)
+    assert (again.ran, again.stale, again.skipped) == (1, 1, 2)
+    assert read_records(tmp_path)[points[1].point_id]["fingerprint"] == "bbbb"
+    # Records from before fingerprints carry none: they are recomputed rather than trusted.
+    legacy = run_sweep(points, tmp_path / "legacy", fake_runner, executor="serial", progress=False)
+    assert legacy.ran == 3
+    resumed = run_sweep(points, tmp_path / "legacy", fake_runner, executor="serial", progress=False,
+                        point_fingerprints=fingerprints)
+    assert (resumed.ran, resumed.stale) == (3, 3)
+
+
+def test_point_fingerprint_follows_config_trace_own_policy_and_code_only(tmp_path):
+    import shutil
+
+    from simulator.capacity import compose_capacity_config
+    from simulator.paths import REPO_ROOT
+    from simulator.provenance import point_fingerprint
+
+    simulation, search = compose_capacity_config(["policy=orca", "slo=strict", "predictor=linear"])
+    for package in ("simulator", "policies"):
+        shutil.copytree(REPO_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    trace = tmp_path / "trace.csv"
+    shutil.copy(REPO_ROOT / "data" / "traces" / "splitwise_conv.csv", trace)
+    simulation = dataclasses.replace(simulation, workload=dataclasses.replace(simulation.workload, trace=str(trace)))
+    fingerprint = lambda sim=simulation: point_fingerprint(sim, search, repo_root=tmp_path)
+    first = fingerprint()
+    assert fingerprint() == first
+
+    # The SLO file's TBT bound tightened 0.1 -> 0.03 s: another configuration, another fingerprint.
+    slos = [dict(entry, max_s=0.03) if entry["metric"] == "tbt_s" else entry for entry in simulation.slo.slos]
+    tighter = dataclasses.replace(simulation, slo=dataclasses.replace(simulation.slo, slos=slos))
+    assert fingerprint(tighter) != first
+    # Another policy's module edited, or a new policy file added: this point is unaffected.
+    (tmp_path / "policies" / "sarathi.py").write_text("# edited\n")
+    (tmp_path / "policies" / "my_new_policy.py").write_text("# a new policy\n")
+    assert fingerprint() == first
+    # Its own policy's code, the simulator's code, or the trace's rows changed: it is not.
+    (tmp_path / "policies" / "orca.py").write_text("from policies.helpers import shared\n")
+    own_policy = fingerprint()
+    assert own_policy != first
+    # ... and so does a policies module it imports.
+    (tmp_path / "policies" / "helpers.py").write_text("shared = 1\n")
+    helper = fingerprint()
+    assert helper != own_policy
+    (tmp_path / "policies" / "helpers.py").write_text("shared = 2\n")
+    assert fingerprint() != helper
+    own_policy = fingerprint()
+    (tmp_path / "simulator" / "replica.py").write_text("# edited\n")
+    code = fingerprint()
+    assert code != own_policy
+    trace.write_text(trace.read_text() + trace.read_text().splitlines()[-1] + "\n")
+    assert fingerprint() != code

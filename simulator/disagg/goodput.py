@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from simulator.atomic import write_atomically, write_text_atomically
 from simulator.config import ConfigError
 from simulator.provenance import StaleResultsError, check_fingerprint, results_fingerprint
 
@@ -143,7 +144,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
     if fingerprint is not None:
         check_fingerprint(out, fingerprint, finished=len(curve) + len(goodput),
                           results_files=(curve_path.name, goodput_path.name))
-    (out / "experiment.json").write_text(json.dumps(spec, indent=2) + "\n")
+    write_text_atomically(out / "experiment.json", json.dumps(spec, indent=2) + "\n")
     num_requests = int(spec.get("num_requests", 1000))
     target = float(spec.get("target", 0.9))
     trims = float(spec.get("warmup_fraction", 0.1)), float(spec.get("cooldown_fraction", 0.1))
@@ -165,7 +166,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
                        "tpot_max_s": slo.tpot_max_s,
                        **measure(cfg, float(rate_per_gpu) * gpus, slo, num_requests, *trims)}
                 curve = pd.concat([curve, pd.DataFrame([row])], ignore_index=True)
-                curve.to_csv(curve_path, index=False)
+                write_atomically(curve_path, lambda temp, table=curve: table.to_csv(temp, index=False))
             bar.update(1)
             if _done(goodput, system=system, workload=workload):
                 continue
@@ -177,7 +178,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
                    "goodput_qps": result.capacity_qps, "goodput_per_gpu": result.capacity_qps / gpus,
                    "status": result.status, "trials": len(result.trials)}
             goodput = pd.concat([goodput, pd.DataFrame([row])], ignore_index=True)
-            goodput.to_csv(goodput_path, index=False)
+            write_atomically(goodput_path, lambda temp, table=goodput: table.to_csv(temp, index=False))
     bar.close()
     return curve, goodput
 
