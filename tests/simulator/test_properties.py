@@ -34,10 +34,12 @@ def test_fast_path_matches_stepping_on_any_scenario(data):
 
 
 def test_the_checks_catch_what_they_guard():
-    # One scenario broken after the fact: each invariant must notice its own violation.
+    # One scenario (2 replicas of pp=2, 20 requests served, 3 preemptions) broken after the fact: each
+    # invariant must notice its own violation.
     def outcome():
-        o = simulate_scenario(draw_scenario(RngChoices(3), disaggregated=False))
+        o = simulate_scenario(draw_scenario(RngChoices(23), disaggregated=False))
         check_all(o)
+        assert (~o.out.records.rejected).sum() == 20 and o.out.records.preemptions.sum() == 3
         return o
 
     broken = {
