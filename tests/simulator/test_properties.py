@@ -19,7 +19,7 @@ from scenarios import (
 from policies import POLICIES
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_every_invariant_holds_on_any_colocated_scenario(data):
     """Tokens once each, KV within capacity, time forward, each request served or rejected with a reason,
@@ -27,7 +27,7 @@ def test_every_invariant_holds_on_any_colocated_scenario(data):
     check_all(simulate_scenario(draw_scenario(HypothesisChoices(data), disaggregated=False)))
 
 
-@settings(max_examples=100, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_fast_path_matches_stepping_on_any_scenario(data):
     fast_path_matches_stepping(draw_scenario(HypothesisChoices(data)))
