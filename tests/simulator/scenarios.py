@@ -110,17 +110,22 @@ def draw_pool(choices, policy: str, max_model_len: int, block_size: int, max_rep
                 blocks_per_engine * pp)
 
 
-def draw_scenario(choices, disaggregated: bool | None = None, seed: int | None = None) -> Scenario:
-    """One scenario; colocated or disaggregated at random unless `disaggregated` says which."""
+def draw_scenario(choices, disaggregated: bool | None = None, seed: int | None = None,
+                  policies: dict | None = None) -> Scenario:
+    """One scenario; colocated or disaggregated at random unless `disaggregated` says which, each pool's
+    policy at random unless `policies` (pool name -> policy name) names it."""
+    policies = policies or {}
     if disaggregated is None:
         disaggregated = choices.integer(0, 2) == 0
     max_model_len = choices.one_of((32, 64, 128, 256, 512))
     block_size = choices.one_of((1, 4, 16))
     if disaggregated:
-        pools = {"prefill": draw_pool(choices, choices.one_of(sorted(POLICIES)), max_model_len, block_size, 2),
-                 "decode": draw_pool(choices, choices.one_of(DECODE_POLICIES), max_model_len, block_size, 2)}
+        choose = {"prefill": sorted(POLICIES), "decode": DECODE_POLICIES}
+        replicas = 2
     else:
-        pools = {"colocated": draw_pool(choices, choices.one_of(sorted(POLICIES)), max_model_len, block_size, 4)}
+        choose, replicas = {"colocated": sorted(POLICIES)}, 4
+    pools = {name: draw_pool(choices, policies.get(name) or choices.one_of(names), max_model_len, block_size,
+                             replicas) for name, names in choose.items()}
     return Scenario(
         pools=pools, router=choices.one_of(ROUTERS), fast_decode_runs=bool(choices.integer(0, 1)),
         block_size=block_size, kv_watermark=choices.one_of((0.0, 0.01, 0.1)), max_model_len=max_model_len,
