@@ -17,6 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent / "simulator"))
+from scenarios import (
+    BYTES_PER_TOKEN,
+    HypothesisChoices,
+    RngChoices,
+    check_all,
+    draw_scenario,
+    simulate_scenario,
+)
 from simkit import linear, random_workload
 
 from policies import POLICIES
@@ -148,7 +156,7 @@ def test_one_output_token_requests_never_move():
     assert np.isnan(handoff_columns(out.handoff)["kv_transfer_s"][0])
 
 
-def _check_conservation(out, requests_prompt, requests_output):
+def _check_conservation(out, requests_prompt, requests_output, bytes_per_token=MB):
     rec = out.records
     served = ~rec.rejected
     assert not np.isnan(rec.completed_s[served]).any()
@@ -161,7 +169,7 @@ def _check_conservation(out, requests_prompt, requests_output):
             assert out.handoff.transfer_done_ns[r] / 1e9 <= times[1]
     moved = out.handoff.transfer_done_ns >= 0
     assert (moved == (served & (requests_output > 1))).all()
-    assert out.handoff.kv_bytes.sum() == requests_prompt[moved].sum() * MB == sum(k.bytes_sent for k in out.links)
+    assert out.handoff.kv_bytes.sum() == requests_prompt[moved].sum() * bytes_per_token == sum(k.bytes_sent for k in out.links)
     for name, caches in out.kv_caches.items():  # every block came back, and no cache was ever over-full
         for cache in caches:
             assert cache.free_blocks == cache.num_blocks
@@ -289,8 +297,7 @@ def test_slo_attainment_counts_requests_meeting_both_targets():
 
 # --- every shipped policy in either pool -----------------------------------------------------------
 
-PARAMS = {"orca": {"max_batch_size": 8}, "faster_transformer": {"max_batch_size": 8},
-          "vllm": {"max_num_batched_tokens": 4096}, "sarathi": {"chunk_size": 256}, "shortest_prompt_first": {}}
+PARAMS = {"orca": {"max_batch_size": 8}, "faster_transformer": {"max_batch_size": 8}}
 DECODE_POLICIES = sorted(n for n, cls in POLICIES.items() if not cls.reserves_full_length)
 
 
@@ -308,23 +315,30 @@ def test_a_full_length_prefill_policy_rejects_what_it_could_never_admit(policy):
 
 def test_every_policy_runs_in_some_pool_and_only_full_length_ones_are_refused_for_decoding():
     assert set(POLICIES) - set(DECODE_POLICIES) == {"orca", "faster_transformer"}
-    assert set(PARAMS) == set(POLICIES)  # a new policy joins the property test below
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(prefill_policy=st.sampled_from(sorted(PARAMS)), decode_policy=st.sampled_from(DECODE_POLICIES),
-       seed=st.integers(0, 10_000), prefill_blocks=st.integers(20, 120), decode_blocks=st.integers(20, 120),
-       prefill_replicas=st.integers(1, 2), decode_replicas=st.integers(1, 2))
-def test_any_policy_pair_serves_or_rejects_every_request(prefill_policy, decode_policy, seed, prefill_blocks,
-                                                         decode_blocks, prefill_replicas, decode_replicas):
-    """Tight caches on both sides, hand-offs waiting, decodes preempted: every request is served (each
-    token once, every block returned) or rejected with a reason, never left waiting forever."""
-    arrivals, prompts, outputs = random_workload(60, seed=seed, rate_qps=50.0, max_prompt=400, max_output=100)
-    out = run(arrivals, prompts, outputs, latency_s=0.0005,
-              prefill=pool(prefill_policy, prefill_blocks, prefill_replicas, **PARAMS[prefill_policy]),
-              decode=pool(decode_policy, decode_blocks, decode_replicas, **PARAMS[decode_policy]))
-    _check_conservation(out, prompts, outputs)
-    assert (out.records.reject_reason[out.records.rejected] != "").all()
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_any_policy_pair_serves_or_rejects_every_request(data):
+    """Generated disaggregated scenarios (tests/simulator/scenarios.py: any policy pair with parameters from
+    their tables, 1-2 replicas a pool, pp 1/2/4, tight caches on both sides, layer streaming or not, fast
+    path on or off): hand-offs wait, decodes are preempted, and yet every request is served (each token
+    once, every block returned, bytes conserved) or rejected with a reason, never left waiting forever."""
+    check_pair(draw_scenario(HypothesisChoices(data), disaggregated=True))
+
+
+@pytest.mark.parametrize("decode_policy", DECODE_POLICIES)
+@pytest.mark.parametrize("prefill_policy", sorted(POLICIES))
+def test_every_policy_pair_serves_or_rejects_every_request(prefill_policy, decode_policy):
+    for seed in range(3):
+        check_pair(draw_scenario(RngChoices(seed), disaggregated=True,
+                                 policies={"prefill": prefill_policy, "decode": decode_policy}))
+
+
+def check_pair(scenario):
+    o = simulate_scenario(scenario)
+    check_all(o)
+    _check_conservation(o.out, o.prompts, o.outputs, BYTES_PER_TOKEN)
 
 
 @pytest.mark.parametrize("policy", ["orca", "faster_transformer"])
