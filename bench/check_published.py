@@ -47,7 +47,7 @@ def sarathi() -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         main(["--sweeps-dir", f"{scratch}/sweeps", "--docs-dir", f"{scratch}/docs"])
         table = reproduction_table(load_results(Path(scratch) / "sweeps"))
-    return {f"{r.model}/{r.workload}/{r.slo}/{policy}": float(r[policy]) for r in table.itertuples(index=False)
+    return {f"{r.model}/{r.workload}/{r.slo}/{policy}": float(getattr(r, policy)) for r in table.itertuples(index=False)
             for policy in ("orca", "vllm", "sarathi") if policy in table.columns}
 
 
