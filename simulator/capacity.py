@@ -21,48 +21,20 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from simulator.slo import SLO, measured_requests, slo_table, slos_from_config, trial_metrics
+
 if TYPE_CHECKING:
     from simulator.metrics import RequestTable  # a trial's requests: columns or a DataFrame
 
-# Per-request latency columns of the simulator's requests table that an SLO can bound, plus "tbt_s",
-# which is taken over every inter-token gap of the measured requests (not a per-request statistic).
-REQUEST_METRICS = ("ttft_s", "e2e_s", "normalized_e2e_s_per_token", "queueing_delay_s", "tpot_s")
-SLO_METRICS = ("tbt_s",) + REQUEST_METRICS
-REPORTED_PERCENTILES = (50, 90, 99)
-
-
 class SearchError(ValueError):
     """A search setting is wrong; the message names the field."""
-
-
-@dataclass(frozen=True)
-class SLO:
-    """One service-level objective: the `percentile` of `metric` must be at most `max_s` seconds
-    (seconds per output token for normalized_e2e_s_per_token)."""
-
-    metric: str = "tbt_s"
-    percentile: float = 99.0
-    max_s: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.metric not in SLO_METRICS:
-            raise SearchError(f"slo.metric='{self.metric}' is not one of {', '.join(SLO_METRICS)}")
-        if not 0 < self.percentile <= 100:
-            raise SearchError(f"slo.percentile={self.percentile} for {self.metric} must be in (0, 100]")
-        if not self.max_s > 0:
-            raise SearchError(f"slo.max_s={self.max_s} for {self.metric} must be positive")
-
-    @property
-    def name(self) -> str:
-        """Short label such as 'p99_tbt_s<=0.1'."""
-        return f"p{self.percentile:g}_{self.metric}<={self.max_s:g}"
 
 
 @dataclass
@@ -153,85 +125,6 @@ class CapacityResult:
         """The trial run at the reported capacity, if any passed."""
         passing = [t for t in self.trials if t.feasible and t.rate_qps == self.capacity_qps]
         return passing[-1] if passing else None
-
-
-# --- SLO evaluation on one trial's tables (pure) -------------------------------------------------
-
-
-def measured_requests(requests: RequestTable, warmup_fraction: float, cooldown_fraction: float) -> RequestTable:
-    """Requests left after dropping the first `warmup_fraction` and last `cooldown_fraction` by arrival
-    order (ties by request_id), in that order. Warm-up requests see an empty system; cool-down requests
-    see it draining. A DataFrame gives a DataFrame (its rows, index kept), columns give columns."""
-    # lexsort is stable and sorts by its last key first: arrival, then request_id.
-    ordered = np.lexsort((np.asarray(requests["request_id"]), np.asarray(requests["arrived_s"])))
-    n = len(ordered)
-    kept = ordered[math.floor(n * warmup_fraction): n - math.floor(n * cooldown_fraction)]
-    if isinstance(requests, Mapping):
-        return {name: np.asarray(column)[kept] for name, column in requests.items()}
-    return requests.iloc[kept]
-
-
-def percentile(values: np.ndarray, q: float) -> float:
-    """Linear-interpolated percentile that treats +inf (an unfinished request) as larger than any
-    latency: the result is inf when the percentile falls among infinite values. NaN for no values."""
-    return percentiles(values, [q])[0]
-
-
-def percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
-    """`percentile` at each of `qs`, from one copy and one partial sort of the values (the TBT gaps are
-    one per output token: millions)."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
-        return [float("nan")] * len(qs)
-    finite_cap = 1e300  # stands in for inf so np.percentile never computes inf - inf
-    capped = np.minimum(values, finite_cap)  # our own copy: percentile may partition it in place
-    results = np.percentile(capped, list(qs), overwrite_input=True).tolist()
-    return [float("inf") if result >= finite_cap / 2 else result for result in results]
-
-
-def _metric_values(measured: RequestTable, tbt_gaps_s: np.ndarray) -> tuple[dict, dict]:
-    """Counts of one trial and, per SLO metric, the array of values (inf for unfinished requests)."""
-    completed_s = np.asarray(measured["completed_s"], dtype=float)
-    num_measured = len(completed_s)
-    if "rejected" in measured:
-        rejected = np.asarray(measured["rejected"], dtype=bool)
-    else:
-        rejected = np.zeros(num_measured, dtype=bool)
-    served = ~rejected
-    unfinished = int(np.isnan(completed_s[served]).sum())
-    counts = {
-        "num_measured": num_measured,
-        "rejected_fraction": float(rejected.mean()) if num_measured else 0.0,
-        "unfinished": unfinished,
-    }
-    # An unfinished request's missing tokens are gaps of unbounded length.
-    gaps = np.asarray(tbt_gaps_s, dtype=float)
-    if unfinished:  # (no copy of the token-sized array otherwise)
-        gaps = np.append(gaps, np.full(unfinished, np.inf))
-    values = {"tbt_s": gaps}
-    for name in REQUEST_METRICS:
-        if name in measured:
-            column = np.asarray(measured[name], dtype=float)[served]
-            values[name] = np.where(np.isnan(column), np.inf, column)
-    return counts, values
-
-
-def trial_metrics(measured: RequestTable, tbt_gaps_s: np.ndarray, slos: Sequence[SLO] = ()) -> dict:
-    """Percentiles of every SLO metric over the measured requests, as flat keys like 'ttft_s_p99'
-    (P50, P90, P99, plus any percentile an SLO in `slos` asks for).
-
-    `measured` is the requests table after trimming (columns or a DataFrame); `tbt_gaps_s` holds every
-    inter-token gap (seconds) of those same requests. Rejected requests are left out of latencies and
-    counted in 'rejected_fraction'; a request that never completed counts as infinitely late.
-    """
-    metrics, values = _metric_values(measured, tbt_gaps_s)
-    wanted = {(name, float(q)) for name in values for q in REPORTED_PERCENTILES}
-    wanted |= {(s.metric, float(s.percentile)) for s in slos if s.metric in values}
-    for name in sorted({name for name, _ in wanted}):
-        qs = sorted(q for metric, q in wanted if metric == name)
-        for q, value in zip(qs, percentiles(values[name], qs)):
-            metrics[f"{name}_p{q:g}"] = value
-    return metrics
 
 
 def check_slos(measured: RequestTable, tbt_gaps_s: np.ndarray, search: SearchConfig) -> tuple[dict, list[str]]:
@@ -328,18 +221,6 @@ def cost_per_million_tokens_usd(
     return num_gpus * price_per_gpu_hour_usd / tokens_per_hour * 1e6
 
 
-def slos_from_config(entries: Iterable) -> list[SLO]:
-    """SLO objects from the `slo` group's list of mappings ({metric, percentile, max_s}); SearchError
-    naming the entry (slo.slos[i]) and what is wrong with it."""
-    slos = []
-    for i, entry in enumerate(entries):
-        try:
-            slos.append(entry if isinstance(entry, SLO) else SLO(**dict(entry)))
-        except (TypeError, ValueError) as e:  # a missing or unknown key, a value of the wrong type or range
-            raise SearchError(f"slo.slos[{i}]: {e}") from None
-    return slos
-
-
 def trial_to_dict(trial: Trial) -> dict:
     """A JSON-ready record of one trial (inf and NaN become strings JSON can hold)."""
     record = asdict(trial)
@@ -351,11 +232,6 @@ def _json_number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
     return value
-
-
-def slo_table(slos: Sequence[SLO]) -> list[dict]:
-    """SLOs as plain records (for capacity.json)."""
-    return [asdict(s) | {"name": s.name} for s in slos]
 
 
 # --- capacity.json records and table rows ---------------------------------------------------------
@@ -733,7 +609,7 @@ def main() -> None:
             run_dir = out_dir / "capacity_run" if search.write_capacity_run else None
             record = run_capacity_search(simulation, search, progress=True, capacity_run_dir=run_dir,
                                          trials_journal=journal)
-        except (ConfigError, SearchError) as e:
+        except (ConfigError, SearchError) as e:  # SLOError is a ConfigError
             print(f"servesim-capacity: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:

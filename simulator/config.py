@@ -216,7 +216,7 @@ def _default_slos() -> list:
 @dataclass
 class SLOConfig:
     """Latency objectives a run is judged against: each entry says the `percentile` of `metric` must be
-    at most `max_s` (same shape as simulator.capacity.SLO; metrics: tbt_s, ttft_s, e2e_s, tpot_s,
+    at most `max_s` (same shape as simulator.slo.SLO; metrics: tbt_s, ttft_s, e2e_s, tpot_s,
     normalized_e2e_s_per_token, queueing_delay_s)."""
 
     name: str = "relaxed"

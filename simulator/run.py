@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from simulator.announce import notice_if_slow, warnings_as_notes
 from simulator.config import (
     ClusterConfig,
@@ -34,12 +32,12 @@ from simulator.config import (
     load_model_config,
 )
 from simulator.engine import EngineProfile, load_engine_profile
+from simulator.slo import evaluate_slos, slo_objectives
 from simulator.workload import WorkloadConfig, describe_source, load_workload, trace_file_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from simulator.metrics import RequestTable
 
 PREDICTORS = ("fitted", "linear")
 DEFAULT_ENGINE = "vllm_v1"  # what a user on an H100 runs today (conf/config.yaml names the same)
@@ -303,35 +301,3 @@ def predictor_description(cfg: SimulationConfig) -> str:
     engine_words = cfg.engine.follows.split(":")[0].split(",")[0].strip()
     return (f"runtime model fitted to {cfg.hardware.profile} profiles; engine {cfg.engine.name}"
             + (f": {engine_words}" if engine_words else ""))
-
-
-def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
-                  tbt_gaps_s: np.ndarray) -> dict:
-    """Each objective's measured percentile and whether it holds, over all non-rejected requests.
-
-    `request_table` is metrics.request_latencies' columns or a request_table DataFrame."""
-    from simulator.capacity import trial_metrics
-
-    objectives = slo_objectives(slo)
-    measured = trial_metrics(request_table, tbt_gaps_s, objectives)
-    results = []
-    for objective in objectives:
-        value = measured.get(f"{objective.metric}_p{objective.percentile:g}", float("nan"))
-        results.append({"name": objective.name, "measured_s": _json_float(value),
-                        "met": bool(value <= objective.max_s)})
-    return {"name": slo.name, "all_met": all(r["met"] for r in results), "objectives": results}
-
-
-def slo_objectives(slo: SLOConfig) -> list:
-    """The `slo` group's objectives as simulator.capacity.SLO; ConfigError naming slo.slos[i] for an
-    unknown metric, a percentile outside (0, 100] or a max_s that is not positive."""
-    from simulator.capacity import SearchError, slos_from_config
-
-    try:
-        return slos_from_config(slo.slos)
-    except SearchError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _json_float(x: float) -> float | None:
-    return float(f"{x:.7g}") if np.isfinite(x) else None

@@ -6,17 +6,14 @@ import pandas as pd
 import pytest
 
 from simulator.capacity import (
-    SLO,
     SearchConfig,
     SearchError,
     Trial,
     check_slos,
     cost_per_million_tokens_usd,
-    measured_requests,
-    percentile,
-    percentiles,
     search_capacity,
 )
+from simulator.slo import SLO, SLOError, measured_requests, percentile, percentiles
 
 
 def threshold_evaluator(threshold_qps, calls):
@@ -96,9 +93,9 @@ def test_search_settings_are_validated_with_field_names():
         SearchConfig(tolerance=0)
     with pytest.raises(SearchError, match="search.initial_rate_qps"):
         SearchConfig(initial_rate_qps=5000)
-    with pytest.raises(SearchError, match="slo.metric"):
+    with pytest.raises(SLOError, match="slo.metric"):
         SearchConfig(slos=[{"metric": "latency", "percentile": 99, "max_s": 1}])
-    with pytest.raises(SearchError, match="slo.percentile"):
+    with pytest.raises(SLOError, match="slo.percentile"):
         SLO("ttft_s", 120, 1.0)
 
 

@@ -70,8 +70,9 @@ def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, warmup_
             cooldown_fraction: float = 0.1) -> dict:
     """Simulate `cfg` at `rate_qps` and return one row: attainment over the trimmed window and the
     latency percentiles behind it (seconds)."""
-    from simulator.capacity import measured_requests, native_rate_qps, with_rate
+    from simulator.capacity import native_rate_qps, with_rate
     from simulator.run import run_simulation
+    from simulator.slo import measured_requests
 
     result = run_simulation(with_rate(cfg, rate_qps, num_requests, native_rate_qps(cfg)))
     table = measured_requests(result.requests, warmup_fraction, cooldown_fraction)
@@ -98,7 +99,8 @@ def goodput_search(cfg, slo: AttainmentSLO, num_requests: int, initial_rate_qps:
                    warmup_fraction: float = 0.1, cooldown_fraction: float = 0.1):
     """simulator.capacity.search_capacity with attainment >= slo.target as the pass criterion.
     Returns its CapacityResult (capacity_qps is the goodput of the whole cluster)."""
-    from simulator.capacity import SLO, SearchConfig, Trial, search_capacity
+    from simulator.capacity import SearchConfig, Trial, search_capacity
+    from simulator.slo import SLO
 
     def evaluate(rate_qps: float) -> Trial:
         row = measure(cfg, rate_qps, slo, num_requests, warmup_fraction, cooldown_fraction)

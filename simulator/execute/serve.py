@@ -98,7 +98,8 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
     from simulator.execute.loop import execute
     from simulator.kv_cache import kv_cache_blocks_per_gpu
     from simulator.request import RequestState
-    from simulator.run import evaluate_slos, policy_factory
+    from simulator.run import policy_factory
+    from simulator.slo import evaluate_slos
     from simulator.workload import load_workload
 
     check_executable(cfg)
