@@ -9,15 +9,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from simulator.announce import notice_if_slow, warnings_as_notes
 from simulator.config import (
     ClusterConfig,
     ConfigError,
@@ -32,14 +30,11 @@ from simulator.config import (
     load_model_config,
 )
 from simulator.engine import EngineProfile, load_engine_profile
-from simulator.slo import evaluate_slos, slo_objectives
-from simulator.workload import WorkloadConfig, describe_source, load_workload, trace_file_name
+from simulator.parts import PREDICTORS, build_predictor, policy_factory, predictor_description  # noqa: F401 - re-exported
+from simulator.result import SimulationResult, build_result  # noqa: F401 - re-exported
+from simulator.slo import slo_objectives
+from simulator.workload import WorkloadConfig
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-
-PREDICTORS = ("fitted", "linear")
 DEFAULT_ENGINE = "vllm_v1"  # what a user on an H100 runs today (conf/config.yaml names the same)
 
 
@@ -118,33 +113,6 @@ class SimulationConfig:
         self.linear_predictor.validate()
 
 
-@dataclass
-class SimulationResult:
-    """One run's outcome: the summary dict, the raw records, and per-request and per-iteration tables.
-
-    The tables are built from the records when first read: the per-request table's TBT columns sort
-    every token gap (about 0.25 s per 4 million tokens), which a run that only needs its summary skips.
-    """
-
-    summary: dict
-    records: Any  # simulator.metrics.RequestRecords
-    iteration_records: Any  # simulator.metrics.IterationRecords
-
-    @functools.cached_property
-    def requests(self) -> pd.DataFrame:
-        """simulator.metrics.request_table of the records."""
-        from simulator import metrics
-
-        return metrics.request_table(self.records)
-
-    @functools.cached_property
-    def iterations(self) -> pd.DataFrame:
-        """simulator.metrics.iteration_table of the iteration records."""
-        from simulator import metrics
-
-        return metrics.iteration_table(self.iteration_records)
-
-
 def as_simulation_config(cfg) -> SimulationConfig:
     """A SimulationConfig from itself, a mapping, or an OmegaConf DictConfig."""
     if isinstance(cfg, SimulationConfig):
@@ -156,83 +124,20 @@ def as_simulation_config(cfg) -> SimulationConfig:
     return SimulationConfig.from_dict({k: v for k, v in cfg.items() if k != "hydra"})
 
 
-def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
-    """A callable (kv, requests) -> policy instance.
-
-    Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
-    range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
-    on the context, which the callable otherwise checks when it builds the policy.
-    """
-    from policies.base import check_parameters, new_policy
-
-    kwargs = policy.policy_kwargs()
-    check_parameters(policy.name, kwargs, max_model_len)
-    return functools.partial(new_policy, policy.name, kwargs)
-
-
-def build_predictor(cfg: SimulationConfig, progress: bool = False):
-    """The iteration-time predictor every replica uses. With `progress`, fitting the runtime model (seconds
-    on a first run) is announced and shows a progress bar; loading a cached fit stays silent."""
-    tp, pp = cfg.cluster.tp, cfg.cluster.pp
-    if cfg.predictor not in PREDICTORS:
-        raise ConfigError(f"predictor='{cfg.predictor}' is not one of {', '.join(PREDICTORS)}")
-    from simulator.linear_predictor import LinearPredictor
-
-    if cfg.predictor == "fitted":
-        from simulator.runtime import ProfileError
-        from simulator.runtime import build_predictor as build_fitted
-
-        fitting = (f"fitting the runtime model of {cfg.model.name} on {cfg.hardware.name} (tp={tp}) to its GPU "
-                   f"profiles (first run only, cached after)")
-        try:
-            with notice_if_slow(fitting, enabled=progress):
-                return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine,
-                                    progress=progress)
-        except ProfileError as e:
-            # Never swap in uncalibrated times silently: say what is missing and how to choose otherwise.
-            raise ConfigError(f"predictor=fitted: {e}. Profile that GPU/model (docs/profiler.md) or run with "
-                              f"predictor=linear (an uncalibrated roofline estimate)") from None
-    return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, tp, pp)
-
-
 def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = False) -> SimulationResult:
     """Simulate `cfg` (SimulationConfig, mapping or DictConfig) and return its tables and summary.
 
     Writes result files (simulator.metrics.write_outputs) into `out_dir`, or cfg.output_dir when
     out_dir is None and that is set. The summary's `wall_s` is the only field that differs between two
-    runs of the same config and seed.
+    runs of the same config and seed. The cluster kind (colocated, disaggregated) is chosen from the
+    configuration by simulator.cluster_kinds.
     """
-    from simulator.cluster import simulate
-    from simulator.kv_cache import kv_cache_blocks_per_gpu
-    from simulator.request import RequestState
+    from simulator.cluster_kinds import cluster_kind
 
     started = time.perf_counter()
     cfg = as_simulation_config(cfg)
     out_dir = check_before_running(cfg, out_dir)
-    if cfg.cluster.disagg:  # prefill and decode pools: simulator/disagg
-        from simulator.disagg.run import run_disaggregated
-
-        return run_disaggregated(cfg, out_dir, progress)
-    # Whatever the config can get wrong (cluster, policy, the model not fitting its GPUs, the workload)
-    # is found before fitting the predictor, which takes up to a minute on a cold cache.
-    cfg.cluster.validate(cfg.model)
-    make_policy = policy_factory(cfg.policy, cfg.model.max_model_len)
-    kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
-    workload = load_workload(cfg.workload, cfg.seed)
-    notes: list[str] = []  # what building the predictor warned about, for the header (not as raw warnings)
-    build_started = time.perf_counter()
-    with warnings_as_notes(notes):
-        predictor = build_predictor(cfg, progress=progress or cfg.progress)
-    predictor_build_s = time.perf_counter() - build_started
-    requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
-                                   cfg.model.max_model_len)
-    out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
-                   num_replicas=cfg.cluster.num_replicas, router=cfg.cluster.router,
-                   kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
-                   fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
-    wall_s = time.perf_counter() - started
-    setup = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor) | {"notes": notes}
-    return build_result(cfg, out, setup, wall_s, out_dir, {"predictor_build_s": round(predictor_build_s, 3)})
+    return cluster_kind(cfg)(cfg, out_dir, progress, started)
 
 
 def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> Path | None:
@@ -250,54 +155,3 @@ def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> P
     return destination
 
 
-def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: dict | None = None) -> SimulationResult:
-    """Tables, summary (setup, any extra sections, SLO verdicts) and result files of a finished simulation.
-
-    `out` is what the cluster's simulate() returned (records, iterations, simulated_s); files go to
-    `out_dir`, else cfg.output_dir when set.
-    """
-    from simulator import metrics
-
-    # One latency table and one pass over the token gaps serve both the summary and the SLO verdicts (the
-    # SLOs read latencies and percentiles only, so neither the per-request TBT columns nor the gaps' order
-    # matter to them).
-    latencies = metrics.request_latencies(out.records)
-    tbt_gaps_s = metrics.tbt_gaps_s(out.records)
-    summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s,
-                                latencies=latencies, tbt_gaps=tbt_gaps_s)
-    summary["setup"] = setup
-    summary.update(extra_summary or {})
-    summary["slo"] = evaluate_slos(cfg.slo, latencies, tbt_gaps_s)
-    destination = out_dir if out_dir is not None else (cfg.output_dir or None)
-    if destination is not None:
-        metrics.write_outputs(destination, out.records, out.iterations, summary, trace=cfg.trace)
-    return SimulationResult(summary, out.records, out.iterations)
-
-
-def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int, predictor) -> dict:
-    """What was simulated, for the summary."""
-    gpus_per_replica = cfg.cluster.tp * cfg.cluster.pp
-    return {
-        "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": cfg.cluster.num_replicas,
-        "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
-        "gpus_per_replica": gpus_per_replica, "num_gpus": cfg.cluster.num_replicas * gpus_per_replica,
-        "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
-        "workload_source": describe_source(cfg.workload), "trace": trace_file_name(cfg.workload),
-        "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
-        "predictor_description": predictor_description(cfg),
-        # The fitted predictor prices iterations as this engine launches them (the linear one ignores it).
-        "engine": cfg.engine.name if cfg.predictor == "fitted" else None,
-        "seed": cfg.seed,
-        "kv_blocks_per_engine": kv_blocks_per_engine, "kv_block_size": cfg.cluster.block_size,
-    }
-
-
-def predictor_description(cfg: SimulationConfig) -> str:
-    """How iteration times are predicted, in words: "runtime model fitted to h100 profiles; engine
-    vllm_v1: vLLM V1 (2026 releases) on Hopper" (the engine whose launches price each batch), or the
-    linear formula."""
-    if cfg.predictor != "fitted":
-        return "linear roofline formula (uncalibrated; predictor=fitted uses the GPU profiles)"
-    engine_words = cfg.engine.follows.split(":")[0].split(",")[0].strip()
-    return (f"runtime model fitted to {cfg.hardware.profile} profiles; engine {cfg.engine.name}"
-            + (f": {engine_words}" if engine_words else ""))

@@ -45,11 +45,11 @@ def nothing_runs(monkeypatch):
     """Make fitting a predictor or simulating fail the test: a bad value must stop before either."""
     import simulator.cluster
     import simulator.disagg.run
-    import simulator.run
+    import simulator.parts
 
     def refuse(*args, **kwargs):
         raise AssertionError("a bad value reached fitting or simulating")
 
-    monkeypatch.setattr(simulator.run, "build_predictor", refuse)
+    monkeypatch.setattr(simulator.parts, "build_predictor", refuse)
     monkeypatch.setattr(simulator.cluster, "simulate", refuse)
     monkeypatch.setattr(simulator.disagg.run, "simulate_disaggregated", refuse)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from simulator.announce import warnings_as_notes
 from simulator.cluster import PolicyFactory
@@ -24,6 +25,9 @@ from simulator.disagg.config import (
     validate_disagg,
 )
 
+if TYPE_CHECKING:
+    from simulator.run import SimulationConfig
+
 
 def disagg_config(cfg) -> DisaggConfig:
     """The parsed and validated `cluster.disagg` of a SimulationConfig."""
@@ -34,8 +38,6 @@ def disagg_config(cfg) -> DisaggConfig:
 
 def pool_simulation_config(cfg, disagg: DisaggConfig, name: str):
     """A colocated SimulationConfig for one pool (its hardware, tp, pp, policy): what builds its parts."""
-    from simulator.run import SimulationConfig
-
     pool = getattr(disagg, name)
     cluster = dataclasses.replace(cfg.cluster, num_replicas=pool.num_replicas, tp=pool.tp, pp=pool.pp,
                                   router=pool.router, disagg={})
@@ -49,7 +51,7 @@ def pool_policy_and_blocks(cfg, disagg: DisaggConfig, name: str) -> tuple[Policy
     """One pool's policy factory and KV blocks per GPU: ConfigError naming the pool when its policy
     parameters are wrong or the model does not fit its GPUs."""
     from simulator.kv_cache import kv_cache_blocks_per_gpu
-    from simulator.run import policy_factory
+    from simulator.parts import policy_factory
 
     pool_cfg = pool_simulation_config(cfg, disagg, name)
     try:
@@ -63,21 +65,23 @@ def pool_policy_and_blocks(cfg, disagg: DisaggConfig, name: str) -> tuple[Policy
 def build_pool(cfg, disagg: DisaggConfig, name: str, make_policy: PolicyFactory, kv_blocks: int,
                progress: bool = False) -> PoolParts:
     """The pool's parts: its policy and KV size (pool_policy_and_blocks) and its fitted predictor."""
-    from simulator.run import build_predictor
+    from simulator.parts import build_predictor
 
     pool = getattr(disagg, name)
     return PoolParts(pool.num_replicas, make_policy, build_predictor(pool_simulation_config(cfg, disagg, name), progress),
                      kv_blocks, pool.gpus_per_replica, pool.router)
 
 
-def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = False):
-    """Simulate a disaggregated `cfg` (SimulationConfig) and return a simulator.run.SimulationResult."""
+def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = False,
+                      started: float | None = None):
+    """Simulate a disaggregated `cfg` (SimulationConfig) and return a simulator.result.SimulationResult.
+    `started`: the perf_counter() time the run began (default: now)."""
     from simulator.disagg.metrics import disaggregation_summary, handoff_columns
     from simulator.request import RequestState
-    from simulator.run import build_result
+    from simulator.result import build_result
     from simulator.workload import load_workload
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     disagg = disagg_config(cfg)
     # Whatever the config can get wrong in either pool, the link or the workload is found before the
     # first pool's predictor is fitted (up to a minute on a cold cache).
@@ -109,7 +113,7 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
 
 def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:
     """The summary's `setup`: the colocated keys (pool pairs written prefill/decode) plus `disagg`."""
-    from simulator.run import predictor_description
+    from simulator.parts import predictor_description
     from simulator.workload import describe_source, trace_file_name
 
     pools = {name: getattr(disagg, name) for name in ("prefill", "decode")}

@@ -178,7 +178,7 @@ def test_what_building_the_predictor_warns_is_a_header_note_not_a_raw_warning(mo
     """An all-reduce extrapolated to 4 GPUs (cluster=tp4_pp2) warned with its source line, per stage."""
     import pandas as pd
 
-    from simulator import run
+    from simulator import parts
     from simulator.cli import describe
     from simulator.linear_predictor import LinearPredictor
     from simulator.paths import PROFILES_DIR
@@ -190,7 +190,7 @@ def test_what_building_the_predictor_warns_is_a_header_note_not_a_raw_warning(mo
             comm_curve(pd.read_csv(path), path, "all_reduce", 4)
         return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, 4, cfg.cluster.pp)
 
-    monkeypatch.setattr(run, "build_predictor", extrapolating_predictor)
+    monkeypatch.setattr(parts, "build_predictor", extrapolating_predictor)
     result = run_simulation(small_config(cluster={"tp": 4, "pp": 2}))
     assert [w for w in recwarn if w.category is UserWarning] == []
     [note] = result.summary["setup"]["notes"]

@@ -1,0 +1,65 @@
+"""The parts every cluster kind builds from a resolved configuration: the policy factory and the
+iteration-time predictor of one group of identical replicas, and how that predictor is described in words.
+"""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from simulator.announce import notice_if_slow
+from simulator.config import ConfigError, PolicyConfig
+
+if TYPE_CHECKING:
+    from simulator.run import SimulationConfig
+
+PREDICTORS = ("fitted", "linear")
+
+
+def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
+    """A callable (kv, requests) -> policy instance.
+
+    Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
+    range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
+    on the context, which the callable otherwise checks when it builds the policy.
+    """
+    from policies.base import check_parameters, new_policy
+
+    kwargs = policy.policy_kwargs()
+    check_parameters(policy.name, kwargs, max_model_len)
+    return functools.partial(new_policy, policy.name, kwargs)
+
+
+def build_predictor(cfg: SimulationConfig, progress: bool = False):
+    """The iteration-time predictor every replica uses. With `progress`, fitting the runtime model (seconds
+    on a first run) is announced and shows a progress bar; loading a cached fit stays silent."""
+    tp, pp = cfg.cluster.tp, cfg.cluster.pp
+    if cfg.predictor not in PREDICTORS:
+        raise ConfigError(f"predictor='{cfg.predictor}' is not one of {', '.join(PREDICTORS)}")
+    from simulator.linear_predictor import LinearPredictor
+
+    if cfg.predictor == "fitted":
+        from simulator.runtime import ProfileError
+        from simulator.runtime import build_predictor as build_fitted
+
+        fitting = (f"fitting the runtime model of {cfg.model.name} on {cfg.hardware.name} (tp={tp}) to its GPU "
+                   f"profiles (first run only, cached after)")
+        try:
+            with notice_if_slow(fitting, enabled=progress):
+                return build_fitted(cfg.model, cfg.hardware, tp, pp, cfg.cpu_overhead_s, engine=cfg.engine,
+                                    progress=progress)
+        except ProfileError as e:
+            # Never swap in uncalibrated times silently: say what is missing and how to choose otherwise.
+            raise ConfigError(f"predictor=fitted: {e}. Profile that GPU/model (docs/profiler.md) or run with "
+                              f"predictor=linear (an uncalibrated roofline estimate)") from None
+    return LinearPredictor.from_config(cfg.linear_predictor, cfg.model, cfg.hardware, tp, pp)
+
+
+def predictor_description(cfg: SimulationConfig) -> str:
+    """How iteration times are predicted, in words: "runtime model fitted to h100 profiles; engine
+    vllm_v1: vLLM V1 (2026 releases) on Hopper" (the engine whose launches price each batch), or the
+    linear formula."""
+    if cfg.predictor != "fitted":
+        return "linear roofline formula (uncalibrated; predictor=fitted uses the GPU profiles)"
+    engine_words = cfg.engine.follows.split(":")[0].split(",")[0].strip()
+    return (f"runtime model fitted to {cfg.hardware.profile} profiles; engine {cfg.engine.name}"
+            + (f": {engine_words}" if engine_words else ""))
