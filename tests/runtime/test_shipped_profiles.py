@@ -68,3 +68,30 @@ def test_more_work_is_never_faster_on_the_real_model(shipped):
         grown = predictor.stage_times_s(np.append(q, 1), np.append(kv, int(rng.integers(0, 8000)))).sum()
         longer = predictor.stage_times_s(q, kv + int(rng.integers(1, 1000))).sum()
         assert grown >= base * (1 - NOISE) and longer >= base * (1 - NOISE)
+
+
+@pytest.mark.parametrize("tokens", [1, 512, 2048])
+def test_tensor_parallel_communication_on_the_shipped_nccl_tables(tokens):
+    """llama-3-8b at tp=2 on the shipped H100 tables (NCCL all-reduces measured on 2x H200): every layer pays
+    two all-reduces of tokens x hidden x 2 bytes and the embedding one more, each read from comm.csv at a
+    measured size; the logits gather comes on top. tp=1 pays none."""
+    import pandas as pd
+
+    from simulator.runtime.comm import comm_curve
+
+    model, hardware = load_model_config("llama-3-8b"), load_hardware_config("h100")
+    if not (PROFILES_DIR / "h100" / model.name / "ops.csv").exists():
+        pytest.skip("no H100 profiles committed")
+    comm_csv = PROFILES_DIR / hardware.comm_profile / "comm" / "comm.csv"
+    table = pd.read_csv(comm_csv)
+    activation_bytes = tokens * model.hidden_size * model.dtype_bytes
+    measured = table[(table.op == "all_reduce") & (table.world_size == 2) & (table.bytes == activation_bytes)]
+    assert len(measured) == 1, f"{activation_bytes} bytes is one of comm.csv's measured sizes"
+    all_reduce_ms = float(measured.time_ms.iloc[0])
+    assert comm_curve(table, comm_csv, "all_reduce", 2).ms(float(activation_bytes)) == pytest.approx(all_reduce_ms)
+    batch = [[tokens, 0]]
+    tp2 = build_predictor(model, hardware, 2, 1, engine=kernels_only("fused_varlen")).breakdown(*np.array(batch).T)
+    tp1 = build_predictor(model, hardware, 1, 1, engine=kernels_only("fused_varlen")).breakdown(*np.array(batch).T)
+    layers_and_embedding = (2 * model.num_layers + 1) * all_reduce_ms
+    assert tp1.breakdown_ms["communication"] == 0.0
+    assert layers_and_embedding <= tp2.breakdown_ms["communication"] <= layers_and_embedding + 0.1  # + logits
