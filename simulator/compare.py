@@ -113,6 +113,17 @@ def iteration_kind(steps: pd.DataFrame) -> np.ndarray:
     return np.where(prefill & decode, "mixed", np.where(prefill, "prefill", "decode"))
 
 
+def host_time_line(batch_size: np.ndarray, exposed_s: np.ndarray) -> tuple[float, float] | None:
+    """Least squares of exposed host time = fixed + per_sequence x batch size over the finite samples:
+    (fixed_s, per_sequence_s), or None with fewer than 3 of them or a single batch size."""
+    ok = np.isfinite(exposed_s)
+    if ok.sum() < 3 or len(np.unique(batch_size[ok])) < 2:
+        return None
+    design = np.column_stack([np.ones(int(ok.sum())), batch_size[ok]])
+    (fixed, per_sequence), *_ = np.linalg.lstsq(design, exposed_s[ok], rcond=None)
+    return float(fixed), float(per_sequence)
+
+
 def cpu_overhead_fit(steps: pd.DataFrame) -> dict:
     """Host time the GPU waits for per iteration, from graph-replayed (decode) iterations, where the GPU
     span is the pure GPU time: least squares of (duration - gpu) = fixed + per_sequence x batch (s), plus
@@ -121,12 +132,10 @@ def cpu_overhead_fit(steps: pd.DataFrame) -> dict:
              ("schedule_s", "prepare_s", "launch_s", "sync_s", "apply_s")}
     graph = steps[steps["path"] == "graph"]
     fit = {"fixed_s": float("nan"), "per_sequence_s": float("nan"), "iterations": len(graph)}
-    if len(graph) >= 3 and graph["batch_size"].nunique() >= 2:
-        exposed = (graph["duration_s"] - graph["gpu_s"]).to_numpy()
-        A = np.column_stack([np.ones(len(graph)), graph["batch_size"].to_numpy(dtype=float)])
-        (fixed, per_seq), *_ = np.linalg.lstsq(A, exposed, rcond=None)
-        fit.update(fixed_s=float(fixed), per_sequence_s=float(per_seq),
-                   median_exposed_ms=float(np.median(exposed) * 1e3))
+    exposed = (graph["duration_s"] - graph["gpu_s"]).to_numpy()
+    line = host_time_line(graph["batch_size"].to_numpy(dtype=float), exposed)
+    if line is not None:
+        fit.update(fixed_s=line[0], per_sequence_s=line[1], median_exposed_ms=float(np.median(exposed) * 1e3))
     eager = steps[steps["path"] == "eager"]
     if len(eager):
         exposed = (eager["duration_s"] - eager["gpu_s"]).to_numpy()
@@ -346,13 +355,10 @@ def fit_host_terms(samples: list[HostSamples]) -> dict:
     num_layers = layers.pop()
     batch = np.concatenate([s.graph_batch for s in samples])
     exposed = np.concatenate([s.graph_exposed_s for s in samples])
-    ok = np.isfinite(exposed)
-    if ok.sum() < 3 or len(np.unique(batch[ok])) < 2:
+    line = host_time_line(batch, exposed)
+    if line is None:
         raise ValueError("fewer than 3 decode graph iterations of two batch sizes: cannot fit the CPU overhead")
-    design = np.column_stack([np.ones(int(ok.sum())), batch[ok]])
-    (fixed, per_sequence), *_ = np.linalg.lstsq(design, exposed[ok], rcond=None)
-    terms = {"cpu_overhead_ms": max(0.0, float(fixed) * 1e3),
-             "cpu_overhead_per_sequence_ms": max(0.0, float(per_sequence) * 1e3)}
+    terms = {"cpu_overhead_ms": max(0.0, line[0] * 1e3), "cpu_overhead_per_sequence_ms": max(0.0, line[1] * 1e3)}
     for path, name in (("eager", "eager_launch_ms_per_layer"), ("piecewise", "piecewise_launch_ms_per_layer")):
         floor = launch_floor_s(samples, path)
         terms[name] = 0.0 if floor is None else floor / num_layers * 1e3

@@ -106,10 +106,6 @@ class EngineProfile:
         """Least GPU time per layer of a batch on `path` (the host's launch rate); 0 for a full graph."""
         return {"eager": self.eager_launch_ms_per_layer, "piecewise": self.piecewise_launch_ms_per_layer}.get(path, 0.0)
 
-    def host_ms(self, num_sequences: int) -> float:
-        """Host milliseconds of one iteration of `num_sequences` sequences."""
-        return self.cpu_overhead_ms + self.cpu_overhead_per_sequence_ms * num_sequences
-
     def describe(self) -> dict:
         """The profile's fields (JSON-ready) for run summaries and servesim-predict."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tarfile
@@ -85,10 +84,13 @@ def with_engine(cfg, engine: str | None, hardware: str | None = None):
 
 def pack(results: Path, archive: Path) -> None:
     """Tar-gzip `results` into `archive`, replacing it only once the new archive is complete."""
-    partial = archive.with_name(archive.name + ".partial")
-    with tarfile.open(partial, "w:gz") as tar:
-        tar.add(results, arcname=results.name)
-    os.replace(partial, archive)
+    from simulator.atomic import write_atomically
+
+    def write(temp: Path) -> None:
+        with tarfile.open(temp, "w:gz") as tar:
+            tar.add(results, arcname=results.name)
+
+    write_atomically(archive, write)
 
 
 def run_plan(args, log) -> int:

@@ -31,7 +31,7 @@ from profiler.model import KVCache, LlamaShard
 from profiler.ops import apply_rope, embed, linear, residual_add, rms_norm, sample, silu_and_mul
 from profiler.piecewise import PiecewiseForward
 from simulator.config import ModelConfig
-from simulator.engine import EngineProfile
+from simulator.engine import EngineProfile, padded_capture_size
 from simulator.execute.slots import SlotAllocator
 
 TEMPERATURE = 0.8  # sampling temperature of every request (the work is the same at any value)
@@ -142,13 +142,10 @@ def forward(shard: LlamaShard, kv: KVCache, ids, positions, write_index, last_in
     return linear(hidden.index_select(0, last_index), shard.lm_head)
 
 
-def graph_batch_size(n: int) -> int:
-    """Captured batch size a decode batch of n sequences is padded to (vLLM's 1, 2, 4, 8, 16, 24, ...)."""
-    if n <= 2:
-        return n
-    if n <= 4:
-        return 4
-    return -(-n // 8) * 8
+def graph_batch_size(n: int, max_batch: int = GRAPH_MAX_BATCH) -> int:
+    """Captured batch size a decode batch of n sequences is padded to: vLLM's capture sizes (1, 2, 4, 8,
+    16, 24, ..., then multiples of 16 past 256), as the runtime model pads it (simulator.engine)."""
+    return padded_capture_size(n, max_batch)
 
 
 def graph_context_bound(max_k: int) -> int:
@@ -362,7 +359,7 @@ class TorchModelRunner:
 
     def _run_graph(self, t0, token_ids, positions, write_index, starts, k_lens):
         n = len(token_ids)
-        key = (graph_batch_size(n), graph_context_bound(int(k_lens.max())))
+        key = (graph_batch_size(n, self.graph_max_batch), graph_context_bound(int(k_lens.max())))
         excluded = 0.0
         graph = self.graphs.get(key)
         if graph is None:

@@ -16,13 +16,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from simulator.atomic import write_atomically
 from simulator.paths import REPO_ROOT
 from simulator.runtime.fitted import FamilyScore, FittedRuntime
 
@@ -135,11 +135,9 @@ def _read_entry(key: str, version: str, npz_path: Path, json_path: Path) -> Fitt
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """`write(binary file)` into `path` atomically (simulator.atomic)."""
+    def to_file(temp: Path) -> None:
+        with open(temp, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, to_file)

@@ -238,10 +238,9 @@ class RuntimePredictor:
         limit = max(self._graph_decode_max, self._piecewise_max)
         # Token count each graph-replayed count runs at (index: real count).
         self._padded = [engine.padded_tokens(t, t if t <= self._graph_decode_max else 1) for t in range(limit + 1)]
-        self._eager_floor_s = self.stage_layers * (engine.eager_launch_ms_per_layer * 1e-3) \
-            if engine.eager_launch_ms_per_layer > 0 else None
-        self._piecewise_floor_s = self.stage_layers * (engine.piecewise_launch_ms_per_layer * 1e-3) \
-            if engine.piecewise_launch_ms_per_layer > 0 else None
+        self._eager_floor_s, self._piecewise_floor_s = (
+            self.stage_layers * (floor_ms * 1e-3) if floor_ms > 0 else None
+            for floor_ms in (engine.launch_floor_ms_per_layer(path) for path in ("eager", "piecewise")))
         self._overlap_exponent = engine.eager_overlap_exponent
         self._host_fixed_s = engine.cpu_overhead_ms * 1e-3
         self._host_per_sequence_s = engine.cpu_overhead_per_sequence_ms * 1e-3
@@ -426,22 +425,28 @@ def borrow_calibration(fitted: FittedRuntime, hardware: HardwareConfig, files: P
         fitted.calibration_source = "borrowed from " + ", ".join(used)
 
 
+def forward_times_ms(fitted: FittedRuntime, model: ModelConfig, iterations, engine: EngineProfile) -> np.ndarray:
+    """Predicted milliseconds of each measured whole iteration (rows of read_iterations) under `engine`,
+    without communication: a validation run times one TP shard's forward on one GPU (docs/profiler.md),
+    and may time fewer layers than the model has (each row's num_layers)."""
+    predictors: dict[int, RuntimePredictor] = {}
+    predicted = np.empty(len(iterations))
+    for i, row in enumerate(iterations.itertuples()):
+        layers = int(row.num_layers)
+        if layers not in predictors:
+            predictors[layers] = RuntimePredictor(fitted, dataclasses.replace(model, num_layers=layers), 1,
+                                                  engine, communication=False)
+        predicted[i] = predictors[layers].stage_times_s(row.composition[:, 0], row.composition[:, 1]).sum() * 1e3
+    return predicted
+
+
 def kernel_sum_ms(fitted: FittedRuntime, model: ModelConfig, iterations,
                   attention_launch: str = "fused_varlen") -> np.ndarray:
     """The uncalibrated sum of kernel times of each measured whole iteration (rows of read_iterations),
-    attention launched as `attention_launch`: what fit_iteration_calibration scales. No host terms, no
-    graph padding and no communication: a validation run replays one TP shard's forward from one CUDA
-    graph on one GPU (docs/profiler.md)."""
+    attention launched as `attention_launch`: what fit_iteration_calibration scales. No host terms and no
+    graph padding: a validation run replays the forward from one CUDA graph."""
     raw = dataclasses.replace(fitted, calibration_scale=1.0, calibration_layer_ms=0.0)
-    predictors: dict[int, RuntimePredictor] = {}
-    summed = np.empty(len(iterations))
-    for i, row in enumerate(iterations.itertuples()):
-        layers = int(row.num_layers)  # a validation run may time fewer layers than the model has
-        if layers not in predictors:
-            predictors[layers] = RuntimePredictor(raw, dataclasses.replace(model, num_layers=layers), 1,
-                                                  kernels_only(attention_launch), communication=False)
-        summed[i] = predictors[layers].stage_times_s(row.composition[:, 0], row.composition[:, 1]).sum() * 1e3
-    return summed
+    return forward_times_ms(raw, model, iterations, kernels_only(attention_launch))
 
 
 def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations, attention_launch: str = "fused_varlen") -> bool:

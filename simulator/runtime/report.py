@@ -40,7 +40,7 @@ from simulator.runtime.fit import (
     token_op_families,
 )
 from simulator.runtime.fitted import TARGET_MEDIAN_PCT, TARGET_P95_PCT, FittedRuntime
-from simulator.runtime.predictor import build_predictor, fitted_runtime, kernel_sum_ms
+from simulator.runtime.predictor import build_predictor, fitted_runtime, forward_times_ms, kernel_sum_ms
 from simulator.runtime.tables import (
     profile_files,
     read_attention,
@@ -190,10 +190,7 @@ def piecewise_rows(model: ModelConfig, fitted: FittedRuntime, frame, summary: di
     """Rows of the forwards also launched as piecewise CUDA graphs (iterations_split.csv): the calibrated
     prediction of the graph replay, its token-wise kernels at the padded capture size, against the measured
     piecewise launch (host launches included, so the launch floor shows as the mean signed error)."""
-    import dataclasses
-
     from simulator.engine import EngineProfile
-    from simulator.runtime.predictor import RuntimePredictor
 
     rows = np.isfinite(frame["piecewise_time_ms"].to_numpy(dtype=float))
     if not rows.any():
@@ -201,14 +198,7 @@ def piecewise_rows(model: ModelConfig, fitted: FittedRuntime, frame, summary: di
     engine = EngineProfile(name="piecewise_kernels", attention_launch="split", cuda_graphs="piecewise",
                            graph_max_decode_batch=0, graph_max_tokens=int(frame.loc[rows, "piecewise_tokens"].max()))
     measured = frame.loc[rows, "piecewise_time_ms"].to_numpy(dtype=float)
-    predicted = np.empty(int(rows.sum()))
-    predictors = {}
-    for i, row in enumerate(frame[rows].itertuples()):
-        layers = int(row.num_layers)
-        if layers not in predictors:
-            predictors[layers] = RuntimePredictor(fitted, dataclasses.replace(model, num_layers=layers), 1, engine,
-                                                  communication=False)
-        predicted[i] = predictors[layers].stage_times_s(row.composition[:, 0], row.composition[:, 1]).sum() * 1e3
+    predicted = forward_times_ms(fitted, model, frame[rows], engine)
     errors = percent_errors(predicted, measured)
     med, p95 = _pct(errors)
     signed = float(np.mean(predicted / measured - 1) * 100)
