@@ -36,7 +36,7 @@ def run_colocated(cfg: SimulationConfig, out_dir: Path | None, progress: bool, s
         predictor = parts.build_predictor(cfg, progress=progress or cfg.progress)
     predictor_build_s = time.perf_counter() - build_started
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
-                                   cfg.model.max_model_len)
+                                   cfg.model.max_model_len, content=workload.content)
     out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
                    num_replicas=cfg.cluster.num_replicas, router=cfg.cluster.router,
                    kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,

@@ -377,7 +377,7 @@ def simulate(cfg, predictor):
 
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
-                                   cfg.model.max_model_len)
+                                   cfg.model.max_model_len, content=workload.content)
     out = simulate_cluster(requests, policy_factory(cfg.policy), predictor,
                            kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster),
                            block_size=cfg.cluster.block_size, num_replicas=cfg.cluster.num_replicas,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simulator.content import TokenContent
+
 NOT_YET = -1  # value of a _ns field whose event has not happened
 
 
@@ -51,6 +53,8 @@ class RequestState:
     preemptions: np.ndarray  # int64
     reject_reason: np.ndarray  # object, "" unless rejected
     max_model_len: int  # the model's context limit (prompt + output tokens)
+    # What the tokens are (simulator/content.py), for prefix caches; None: no request shares a prefix.
+    content: TokenContent | None = None
 
     def __post_init__(self) -> None:
         self.ints = IntViews(self)
@@ -63,8 +67,10 @@ class RequestState:
         self.ints = IntViews(self)
 
     @classmethod
-    def create(cls, arrived_s, prompt_tokens, output_tokens, max_model_len: int) -> RequestState:
-        """Fresh state for requests sorted by arrival (seconds), rejecting those the model cannot hold."""
+    def create(cls, arrived_s, prompt_tokens, output_tokens, max_model_len: int,
+               content: TokenContent | None = None) -> RequestState:
+        """Fresh state for requests sorted by arrival (seconds), rejecting those the model cannot hold.
+        `content` (aligned with the arrays) says which requests share prefixes."""
         arrived_ns = seconds_to_ns(arrived_s)
         prompt = np.asarray(prompt_tokens, dtype=np.int64)
         output = np.asarray(output_tokens, dtype=np.int64)
@@ -83,8 +89,10 @@ class RequestState:
             computed_tokens=np.zeros(n, np.int64), generated_tokens=np.zeros(n, np.int64),
             replica_id=not_yet(), first_scheduled_ns=not_yet(), first_token_ns=not_yet(),
             completed_ns=not_yet(), preemptions=np.zeros(n, np.int64),
-            reject_reason=np.full(n, "", dtype=object), max_model_len=max_model_len,
+            reject_reason=np.full(n, "", dtype=object), max_model_len=max_model_len, content=content,
         )
+        if content is not None and len(content.keys) != n:
+            raise ValueError(f"content describes {len(content.keys)} requests, the arrays {n}")
         state.reject(prompt < 1, "empty prompt")
         state.reject(output < 1, "no output tokens")
         state.reject(prompt + output > max_model_len,

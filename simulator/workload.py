@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from simulator.config import ConfigError, _load_yaml, from_dict
+from simulator.content import TokenContent
 from simulator.paths import REPO_ROOT
 
 ARRIVALS = ("trace", "poisson", "gamma", "fixed")
@@ -95,6 +96,9 @@ class Workload:
     arrived_s: np.ndarray  # float64, seconds from the start of the run (first request at 0)
     prompt_tokens: np.ndarray  # int64, >= 1
     output_tokens: np.ndarray  # int64, >= 1
+    # What the requests' tokens are (simulator/content.py), for prefix caching; None when the source
+    # says only how long they are (then no two requests share a prefix).
+    content: TokenContent | None = None
 
     def __len__(self) -> int:
         return len(self.arrived_s)

@@ -97,7 +97,7 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
                            for name in ("prefill", "decode"))
     predictor_build_s = time.perf_counter() - build_started
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
-                                   cfg.model.max_model_len)
+                                   cfg.model.max_model_len, content=workload.content)
     out = simulate_disaggregated(
         requests, prefill, decode, link, transfer_bytes_per_token(cfg.model, disagg.decode),
         block_size=cfg.cluster.block_size, kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,

@@ -108,7 +108,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
-                                   cfg.model.max_model_len)
+                                   cfg.model.max_model_len, content=workload.content)
     capture_before = getattr(runner, "graph_capture_s", 0.0)
     out = execute(requests, make_policy, runner, kv_blocks, block_size=cfg.cluster.block_size,
                   kv_watermark=cfg.cluster.kv_watermark, clock=clock, progress=progress, stop_at=stop_at)
