@@ -38,16 +38,16 @@ LOGIT_ROWS_MAX = 16384
 
 # Attention grid ladders.
 PREFILL_CHUNKS = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
-KV_PREFIXES = [0, 256, 1024, 2048, 4096, 8192, 16384, 32768]
+KV_PREFIXES = [0, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
 DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-DECODE_CONTEXTS = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+DECODE_CONTEXTS = [128, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
 # Points between the ladders above (added after the first profiles; drawn from their own seed so every
 # earlier point stays as it was): FA2 changes its KV split and its number of waves at batch sizes and
 # contexts between the ladder steps, and a fit needs to see those steps.
 EXTRA_DECODE_BATCHES = [3, 6, 12, 24, 48, 96, 192, 384]
-EXTRA_DECODE_CONTEXTS = [256, 768, 1536, 3072, 6144, 12288, 24576]
+EXTRA_DECODE_CONTEXTS = [256, 768, 1536, 3072, 6144, 12288, 24576, 49152, 98304]
 EXTRA_PREFILL_CHUNKS = [32, 96, 192, 384, 768, 1536, 3072, 6144]
-EXTRA_KV_PREFIXES = [512, 3072, 6144, 12288]
+EXTRA_KV_PREFIXES = [512, 3072, 6144, 12288, 49152, 98304]
 EXTRA_MIXED_CHUNKS = [64, 256, 1024]
 
 
