@@ -258,16 +258,20 @@ def _validate(cfg: WorkloadConfig) -> None:
         (cfg.zipf_theta >= 0, "zipf_theta", ">= 0"),
         (cfg.lengths != "multiturn" or cfg.arrival != "trace", "arrival",
          "poisson, gamma or fixed with lengths=multiturn (the process by which sessions start)"),
-        (cfg.turns_mean >= 1, "turns_mean", ">= 1 (a session has at least one turn)"),
-        (cfg.turns_max >= 1, "turns_max", ">= 1"),
-        (0 <= cfg.think_time_s < float("inf"), "think_time_s", "a number of seconds >= 0"),
-        (0 <= cfg.expected_tpot_s < float("inf"), "expected_tpot_s", "a number of seconds >= 0"),
-        (cfg.system_prompt_tokens >= 0, "system_prompt_tokens", ">= 0 (0: no system prompt)"),
-        (cfg.num_system_prompts >= 1, "num_system_prompts", ">= 1"),
-        (cfg.lengths != "multiturn"
-         or cfg.system_prompt_tokens + cfg.turns_max * cfg.max_tokens <= MAX_TOKENS_PER_REQUEST, "turns_max",
-         (f"turns_max x max_tokens + system_prompt_tokens <= {MAX_TOKENS_PER_REQUEST:,} (a session's "
-          f"last prompt would be longer than any request)")),
+    ]
+    if cfg.lengths == "multiturn":  # the session fields are ignored otherwise
+        checks += [
+            (cfg.turns_mean >= 1, "turns_mean", ">= 1 (a session has at least one turn)"),
+            (cfg.turns_max >= 1, "turns_max", ">= 1"),
+            (0 <= cfg.think_time_s < float("inf"), "think_time_s", "a number of seconds >= 0"),
+            (0 <= cfg.expected_tpot_s < float("inf"), "expected_tpot_s", "a number of seconds >= 0"),
+            (cfg.system_prompt_tokens >= 0, "system_prompt_tokens", ">= 0 (0: no system prompt)"),
+            (cfg.num_system_prompts >= 1, "num_system_prompts", ">= 1"),
+            (cfg.system_prompt_tokens + cfg.turns_max * cfg.max_tokens <= MAX_TOKENS_PER_REQUEST, "turns_max",
+             (f"turns_max x max_tokens + system_prompt_tokens <= {MAX_TOKENS_PER_REQUEST:,} (a session's "
+              f"last prompt would be longer than any request)")),
+        ]
+    checks += [
         (cfg.max_prompt_tokens is None or cfg.max_prompt_tokens >= 1, "max_prompt_tokens", "None or >= 1"),
         (cfg.max_output_tokens is None or cfg.max_output_tokens >= 1, "max_output_tokens", "None or >= 1"),
     ]
