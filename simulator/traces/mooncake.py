@@ -131,14 +131,22 @@ def _hash_ids(row: dict, prompt_tokens: int, path: Path, line: int) -> np.ndarra
     ids = _field(row, "hash_ids", path, line, expected)
     if not isinstance(ids, list):
         raise TraceError(f"{path}, line {line}, field hash_ids: a JSON {type(ids).__name__}, not {expected}")
-    for position, value in enumerate(ids):
-        if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
-            raise TraceError(f"{path}, line {line}, field hash_ids: item {position} is {json.dumps(value)}, "
-                             f"not an integer block id")
+    # One pass in C over the item types; the items are looked at one by one only to name a bad one.
+    keys = None
+    if set(map(type, ids)) <= {int}:
+        try:
+            keys = np.array(ids, dtype=np.int64)
+        except OverflowError:
+            pass
+    if keys is None:
+        position, value = next((i, v) for i, v in enumerate(ids)
+                               if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX)
+        raise TraceError(f"{path}, line {line}, field hash_ids: item {position} is {json.dumps(value)}, "
+                         f"not an integer block id")
     blocks = -(-prompt_tokens // MOONCAKE_BLOCK_TOKENS)
     if len(ids) != blocks:
         raise TraceError(
             f"{path}, line {line}, field hash_ids: {len(ids)} block ids for input_length {prompt_tokens}, "
             f"which needs ceil({prompt_tokens} / {MOONCAKE_BLOCK_TOKENS}) = {blocks} (one id per "
             f"{MOONCAKE_BLOCK_TOKENS}-token block, the last may be partial)")
-    return np.array(ids, dtype=np.int64)
+    return keys

@@ -1,7 +1,13 @@
 """Routers: which replica each request lands on."""
 import numpy as np
 import pytest
-from simkit import random_workload, run
+from simkit import linear, random_workload, run
+
+from policies import POLICIES
+from simulator.cluster import simulate
+from simulator.config import ConfigError
+from simulator.request import RequestState
+from simulator.router import Router
 
 # A (long prompt) at 0, B (short prompt) at 1 ms, C at 2 ms, while A and B are still running.
 ARRIVALS, PROMPTS, OUTPUTS = [0.0, 0.001, 0.002], [500, 10, 10], [100, 100, 10]
@@ -76,7 +82,6 @@ class FakeReplica:
 
 
 def prefix_router(replicas, load_weight=1.0):
-    from simulator.router import Router
     return Router("prefix_aware", replicas, load_weight=load_weight)
 
 
@@ -114,9 +119,6 @@ def test_prefix_aware_counts_blocks_in_tokens_and_takes_a_replicas_best_engine()
 
 
 def test_prefix_aware_needs_caches_that_report_hits():
-    from simulator.config import ConfigError
-    from simulator.router import Router
-
     class PlainKV:
         block_size = 16
 
@@ -129,6 +131,29 @@ def test_prefix_aware_needs_caches_that_report_hits():
 
 
 def test_least_outstanding_tokens_with_stand_ins():
-    from simulator.router import Router
     replicas = [FakeReplica(50), FakeReplica(20), FakeReplica(20)]
     assert Router("least_outstanding_tokens", replicas).route(0) is replicas[1]
+
+
+def test_prefix_aware_is_wired_through_the_simulation():
+    def served_by(hits_of_replica: list[dict], load_weight=1.0) -> list[int]:
+        """Replica of each request when replica i's cache holds hits_of_replica[i][request] leading blocks."""
+        made = []
+
+        def new_policy(kv, requests):
+            hits = hits_of_replica[len(made)]  # engines are made replica by replica (pp = 1: one each)
+            kv.prefix_hit_blocks = lambda request_id: hits.get(request_id, 0)
+            made.append(kv)
+            return POLICIES["vllm"](kv, requests)
+
+        requests = RequestState.create(np.asarray(ARRIVALS), PROMPTS, OUTPUTS, 100_000)
+        out = simulate(requests, new_policy, linear(), 10_000, num_replicas=2, router="prefix_aware",
+                       router_load_weight=load_weight)
+        return out.records.replica_id.tolist()
+
+    # Caches that hold nothing: prefix_aware chooses as least_outstanding_tokens does (test_router_choice).
+    assert served_by([{}, {}]) == [0, 1, 1]
+    # Replica 0 holds C's first 40 blocks of 16 tokens: 640 - 600 queued beats 0 - 110.
+    assert served_by([{2: 40}, {}]) == [0, 1, 0]
+    # Counting queued tokens twice: 640 - 1200 loses to 0 - 220.
+    assert served_by([{2: 40}, {}], load_weight=2.0) == [0, 1, 1]
