@@ -79,6 +79,10 @@ def main() -> None:
                                                           num_requests=1_000_000)),
         ("synthetic 1M gamma + zipf", WorkloadConfig(trace=None, arrival="gamma", interarrival_cv=3.0,
                                                      lengths="zipf", num_requests=1_000_000)),
+        ("load mooncake conversation (12,031 rows)", WorkloadConfig(
+            trace="data/traces/mooncake/conversation_trace.jsonl")),
+        ("multi-turn sessions, 1M turns", WorkloadConfig(trace=None, arrival="poisson", lengths="multiturn",
+                                                         num_requests=1_000_000)),
     ]:
         rows.append((label, best_of(lambda cfg=cfg: load_workload(cfg, seed=0))))
 

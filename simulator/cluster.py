@@ -63,13 +63,14 @@ def _arrivals(env: simpy.Environment, arrived_ns: list[int], request_ids: list[i
 def simulate(requests: RequestState, policy: PolicyFactory, predictor: IterationTimePredictor,
              kv_blocks: int, block_size: int = 16, num_replicas: int = 1, router: str = "round_robin",
              kv_watermark: float = 0.01, seed: int = 0, fast_decode_runs: bool = True,
-             progress: bool = False) -> SimulationOutput:
+             progress: bool = False, router_load_weight: float = 1.0) -> SimulationOutput:
     """Serve `requests` (already screened for context length) on `num_replicas` identical replicas.
 
     policy       builds one scheduler from (KVCache, RequestState); called once per engine
     predictor    iteration times; its num_stages is the pipeline depth of every replica
     kv_blocks    KV blocks per replica (each GPU's capacity); a pp-stage replica gives each of its pp
                  engines kv_blocks // pp
+    router_load_weight  router=prefix_aware's weight of queued tokens against cached ones
     Requests whose full length can never fit one engine's cache are rejected with a reason.
     """
     env = simpy.Environment()
@@ -90,7 +91,7 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
                              f"of {block_size} tokens, less the watermark)")
     accepted = np.flatnonzero(~requests.rejected)
     env.process(_arrivals(env, requests.arrived_ns[accepted].tolist(), accepted.tolist(),
-                          Router(router, replicas, seed)))
+                          Router(router, replicas, seed, router_load_weight)))
     _run(env, replicas, len(accepted), progress)
 
     unfinished = accepted[requests.completed_ns[accepted] == NOT_YET]

@@ -40,6 +40,7 @@ def run_colocated(cfg: SimulationConfig, out_dir: Path | None, progress: bool, s
     out = simulate(requests, make_policy, predictor, kv_blocks, block_size=cfg.cluster.block_size,
                    num_replicas=cfg.cluster.num_replicas, router=cfg.cluster.router,
                    kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed,
+                   router_load_weight=cfg.cluster.router_load_weight,
                    fast_decode_runs=cfg.fast_decode_runs, progress=progress or cfg.progress)
     wall_s = time.perf_counter() - started
     setup = _setup(cfg, workload.name, out.kv_blocks_per_engine, predictor) | {"notes": notes}

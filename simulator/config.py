@@ -135,7 +135,7 @@ def load_hardware_config(name: str) -> HardwareConfig:
 # Simulator config groups (cluster, policy, slo, linear predictor). Mutable, so Hydra can compose them.
 # ---------------------------------------------------------------------------------------------------
 
-ROUTERS = ("round_robin", "least_outstanding_requests", "least_outstanding_tokens", "random")
+ROUTERS = ("round_robin", "least_outstanding_requests", "least_outstanding_tokens", "random", "prefix_aware")
 
 
 @dataclass
@@ -154,6 +154,8 @@ class ClusterConfig:
     tp: int = 1
     pp: int = 1
     router: str = "round_robin"
+    # router=prefix_aware: tokens of queued work one cached prompt token is worth (simulator/router.py).
+    router_load_weight: float = 1.0
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     activation_reserve_gib: float = 2.0
@@ -173,6 +175,8 @@ class ClusterConfig:
             )
         if self.router not in ROUTERS:
             raise ConfigError(f"cluster.router='{self.router}' is not one of {', '.join(ROUTERS)}")
+        if not 0 <= self.router_load_weight < float("inf"):
+            raise ConfigError(f"cluster.router_load_weight={self.router_load_weight}: need a number >= 0")
         if self.block_size < 1:
             raise ConfigError(f"cluster.block_size={self.block_size}: need at least 1")
         if not 0 < self.gpu_memory_utilization <= 1:

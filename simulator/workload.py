@@ -1,49 +1,47 @@
-"""Where requests come from: trace readers and synthetic generators.
+"""Where requests come from: `load_workload(cfg, seed)` turns a `WorkloadConfig` into a `Workload`.
 
-`load_workload(cfg, seed)` turns a `WorkloadConfig` into a `Workload`: three aligned arrays of
-arrival times and prompt/output lengths, sorted by arrival. It knows nothing about the model (the
-simulator rejects requests that do not fit). Arrivals and lengths are chosen independently:
+A workload is aligned arrays of arrival times and prompt/output lengths, sorted by arrival, plus the
+requests' token content where the source knows which prompts share text. It knows nothing about the model
+(the simulator rejects requests that do not fit). Arrivals and lengths are chosen independently:
 
-    arrival = trace | poisson | gamma | fixed      lengths = trace | uniform | zipf
+    arrival = trace | poisson | gamma | fixed      lengths = trace | uniform | zipf | multiturn
 
-so "arXiv lengths with Poisson arrivals at 2 req/s" is `trace=<arxiv csv> arrival=poisson rate_qps=2`.
+so "arXiv lengths with Poisson arrivals at 2 req/s" is `trace=<arxiv csv> arrival=poisson rate_qps=2`;
+lengths=multiturn makes requests the turns of chat sessions that start by the arrival process.
 
-Trace formats (CSV, one request a row, detected from the header when trace_format=auto):
-  vidur: num_prefill_tokens, num_decode_tokens, and optionally arrived_at (seconds). The processed
-         Splitwise/Vidur files in data/traces/ use it.
-  azure: TIMESTAMP (a datetime string), ContextTokens, GeneratedTokens: the raw Azure LLM inference
-         traces (2023 and 2024). Arrivals are seconds since the first row.
+The parts live apart: trace readers in simulator/traces/ (CSV vidur/azure, Mooncake JSON lines), synthetic
+arrivals and lengths in simulator/generators.py, multi-turn sessions in simulator/multiturn.py. Their
+public names are importable from here too.
 """
 from __future__ import annotations
 
-import csv
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from simulator.config import ConfigError, _load_yaml, from_dict
 from simulator.content import TokenContent
-from simulator.paths import REPO_ROOT
+from simulator.generators import ARRIVALS, LENGTHS, shuffled_rows, synthetic_arrivals_s, synthetic_lengths
+from simulator.multiturn import SESSION_UNIT_TOKENS, generate_sessions
+from simulator.traces import (
+    AZURE_COLUMNS,
+    MAX_TOKENS_PER_REQUEST,
+    MISSING_TEXTS,
+    TRACE_FORMATS,
+    VIDUR_COLUMNS,
+    Trace,
+    TraceError,
+    read_trace,
+    resolve_trace_path,
+)
 
-ARRIVALS = ("trace", "poisson", "gamma", "fixed")
-LENGTHS = ("trace", "uniform", "zipf")
-TRACE_FORMATS = ("auto", "vidur", "azure")
-
-# The most tokens a prompt or an output may have. Far beyond any model's context, and small enough that
-# sums over billions of requests fit int64: a larger count in a trace is a corrupt row, not a request.
-MAX_TOKENS_PER_REQUEST = 2**31 - 1
-
-# Column names of each trace format: (arrival, prompt tokens, output tokens).
-VIDUR_COLUMNS = ("arrived_at", "num_prefill_tokens", "num_decode_tokens")
-AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-
-
-class TraceError(ConfigError):
-    """A trace file is missing or malformed; the message names the file, line and column."""
+__all__ = [
+    "ARRIVALS", "AZURE_COLUMNS", "LENGTHS", "MAX_TOKENS_PER_REQUEST", "MISSING_TEXTS", "SESSION_UNIT_TOKENS",
+    "TRACE_FORMATS", "VIDUR_COLUMNS", "Trace", "TraceError", "Workload", "WorkloadConfig", "describe_source",
+    "load_workload", "load_workload_config", "read_trace", "resolve_trace_path", "synthetic_arrivals_s",
+    "synthetic_lengths", "trace_file_name",
+]
 
 
 @dataclass
@@ -54,36 +52,53 @@ class WorkloadConfig:
       source     name, trace, trace_format, num_requests
       arrivals   arrival, rate_scale (trace replay), rate_qps and interarrival_cv (synthetic)
       lengths    lengths, min_tokens/max_tokens/prefill_decode_ratio (synthetic), zipf_theta
+      sessions   turns_mean, turns_max, think_time_s, expected_tpot_s, system_prompt_tokens,
+                 num_system_prompts (lengths=multiturn)
       clipping   max_prompt_tokens, max_output_tokens
     """
 
     # Label written into results; "" derives one from the trace and arrival process.
     name: str = ""
-    # CSV trace, absolute or relative to the repository root (then to the working directory).
-    # Needed when arrival=trace or lengths=trace; ignored otherwise.
+    # Trace file (CSV, or Mooncake JSON lines), absolute or relative to the repository root (then to the
+    # working directory). Needed when arrival=trace or lengths=trace; ignored otherwise.
     trace: str | None = "data/traces/splitwise_conv.csv"
-    trace_format: str = "auto"  # auto | vidur | azure
-    # None: every trace row (required for fully synthetic workloads); N: the first N requests.
+    trace_format: str = "auto"  # auto | vidur | azure | mooncake
+    # None: every trace row (required for fully synthetic workloads); N: the first N requests
+    # (lengths=multiturn: N turns, whole sessions in order of their start, the last one cut).
     num_requests: int | None = None
     arrival: str = "trace"  # trace | poisson | gamma | fixed
     # arrival=trace only: 2.0 replays the trace twice as fast (arrival times divided by 2).
     rate_scale: float = 1.0
-    # Synthetic arrivals: mean requests per second.
+    # Synthetic arrivals: mean requests per second (lengths=multiturn: sessions per second).
     rate_qps: float = 1.0
     # arrival=gamma: coefficient of variation (std / mean) of the gaps between arrivals. 1 is as
     # bursty as Poisson, 2-4 bursty, below 1 more regular. Gamma shape = 1 / cv**2 (vLLM's
     # benchmark `--burstiness` is that shape).
     interarrival_cv: float = 1.0
-    lengths: str = "trace"  # trace | uniform | zipf
+    lengths: str = "trace"  # trace | uniform | zipf | multiturn
     # Synthetic lengths (as Vidur): total = prompt + output tokens is drawn from
     # [min_tokens, max_tokens], then split so prompt_tokens / output_tokens ~ prefill_decode_ratio.
+    # lengths=multiturn: the same, uniform, for each turn's new user message + answer.
     min_tokens: int = 64
     max_tokens: int = 4096
     prefill_decode_ratio: float = 4.0
     # lengths=zipf: P(k-th smallest total) ~ 1 / k**zipf_theta; 0 is uniform, larger favours short.
     zipf_theta: float = 0.6
+    # lengths=multiturn (simulator/multiturn.py): requests are the turns of chat sessions, each prompt
+    # resending the conversation so far. Turns per session: geometric with mean turns_mean, capped.
+    turns_mean: float = 4.0
+    turns_max: int = 16
+    # Turn k+1 arrives expected_tpot_s x (answer k's tokens) + a think time (exponential, mean
+    # think_time_s; 0: none) after turn k: arrival times are fixed up front, the answer's duration guessed.
+    think_time_s: float = 10.0
+    expected_tpot_s: float = 0.03
+    # A system prompt of this many tokens opens every session (0: none); there are num_system_prompts
+    # different ones, each session picking one at random, so sessions share it as a prefix.
+    system_prompt_tokens: int = 0
+    num_system_prompts: int = 1
     # Clip longer requests to these lengths (None: keep as they are). Useful to replay a trace
-    # with a model whose context is shorter than the trace's longest requests.
+    # with a model whose context is shorter than the trace's longest requests. A clipped prompt keeps
+    # its first max_prompt_tokens tokens (and the content keys that cover them).
     max_prompt_tokens: int | None = None
     max_output_tokens: int | None = None
 
@@ -104,16 +119,6 @@ class Workload:
         return len(self.arrived_s)
 
 
-@dataclass
-class Trace:
-    """A trace file's contents; `arrived_s` is None when the file has lengths only."""
-
-    path: Path
-    arrived_s: np.ndarray | None
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-
-
 def load_workload_config(name: str, **overrides) -> WorkloadConfig:
     """Read conf/workload/<name>.yaml (without Hydra), then apply `overrides` (field=value)."""
     path, values = _load_yaml("workload", name)
@@ -128,12 +133,16 @@ def trace_file_name(cfg: WorkloadConfig) -> str | None:
 def describe_source(cfg: WorkloadConfig) -> str:
     """Where the requests come from, in words, for run headers: "trace splitwise_conv.csv",
     "trace splitwise_conv.csv replayed 4x as fast", "lengths from arxiv.csv, poisson arrivals at 3 req/s",
-    "uniform lengths, gamma arrivals at 4 req/s (cv 2)". The workload's name alone hides a swapped trace."""
+    "uniform lengths, gamma arrivals at 4 req/s (cv 2)", "multi-turn sessions (4 turns on average),
+    poisson arrivals at 0.5 sessions/s". The workload's name alone hides a swapped trace."""
     trace = trace_file_name(cfg)
     if cfg.arrival == "trace":
         return f"trace {trace}" + (f" replayed {cfg.rate_scale:g}x as fast" if cfg.rate_scale != 1.0 else "")
-    lengths = f"lengths from {trace}" if cfg.lengths == "trace" else f"{cfg.lengths} lengths"
     burstiness = f" (cv {cfg.interarrival_cv:g})" if cfg.arrival == "gamma" else ""
+    if cfg.lengths == "multiturn":
+        return (f"multi-turn sessions ({cfg.turns_mean:g} turns on average), {cfg.arrival} arrivals at "
+                f"{cfg.rate_qps:g} sessions/s{burstiness}")
+    lengths = f"lengths from {trace}" if cfg.lengths == "trace" else f"{cfg.lengths} lengths"
     return f"{lengths}, {cfg.arrival} arrivals at {cfg.rate_qps:g} req/s{burstiness}"
 
 
@@ -141,10 +150,13 @@ def load_workload(cfg: WorkloadConfig, seed: int) -> Workload:
     """Build the requests `cfg` describes; the same (cfg, seed) always gives the same workload.
 
     Arrivals and lengths draw from separate random streams, so changing the length settings does
-    not move the arrival times and vice versa.
+    not move the arrival times and vice versa. Content (which prompts share text) follows every row
+    selection: the first N rows, a shuffle of them, clipping.
     """
     _validate(cfg)
     arrival_rng, length_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    if cfg.lengths == "multiturn":
+        return _multiturn_workload(cfg, arrival_rng, length_rng)
     trace = read_trace(cfg.trace, cfg.trace_format) if "trace" in (cfg.arrival, cfg.lengths) else None
     n = _num_requests(cfg, trace)
 
@@ -159,350 +171,67 @@ def load_workload(cfg: WorkloadConfig, seed: int) -> Workload:
     else:
         arrived_s = synthetic_arrivals_s(cfg.arrival, n, cfg.rate_qps, cfg.interarrival_cv, arrival_rng)
 
+    content = None
     if cfg.lengths == "trace":
         if cfg.arrival == "trace":
-            prompt, output = trace.prompt_tokens[:n], trace.output_tokens[:n]
+            rows = np.arange(n)
         else:  # lengths without their own arrival times: a seeded shuffle of the trace's rows
-            rows = _shuffled_rows(len(trace.prompt_tokens), n, length_rng)
-            prompt, output = trace.prompt_tokens[rows], trace.output_tokens[rows]
+            rows = shuffled_rows(len(trace.prompt_tokens), n, length_rng)
+        prompt, output = trace.prompt_tokens[rows], trace.output_tokens[rows]
+        if trace.content is not None:
+            content = trace.content.subset(rows)
     else:
         prompt, output = synthetic_lengths(
             cfg.lengths, n, cfg.min_tokens, cfg.max_tokens, cfg.prefill_decode_ratio, cfg.zipf_theta,
             length_rng,
         )
-    if cfg.max_prompt_tokens is not None:
-        prompt = np.minimum(prompt, cfg.max_prompt_tokens)
-    if cfg.max_output_tokens is not None:
-        output = np.minimum(output, cfg.max_output_tokens)
+    return _clipped(cfg, cfg.name or _default_name(cfg), arrived_s, prompt, output, content)
+
+
+def _multiturn_workload(cfg: WorkloadConfig, arrival_rng: np.random.Generator,
+                        length_rng: np.random.Generator) -> Workload:
+    sessions = generate_sessions(
+        _num_requests(cfg, None),
+        lambda num_sessions: synthetic_arrivals_s(cfg.arrival, num_sessions, cfg.rate_qps, cfg.interarrival_cv,
+                                                  arrival_rng),
+        turns_mean=cfg.turns_mean, turns_max=cfg.turns_max, min_tokens=cfg.min_tokens,
+        max_tokens=cfg.max_tokens, prefill_decode_ratio=cfg.prefill_decode_ratio,
+        think_time_s=cfg.think_time_s, expected_tpot_s=cfg.expected_tpot_s,
+        system_prompt_tokens=cfg.system_prompt_tokens, num_system_prompts=cfg.num_system_prompts,
+        rng=length_rng,
+    )
+    return _clipped(cfg, cfg.name or _default_name(cfg), sessions.arrived_s, sessions.prompt_tokens,
+                    sessions.output_tokens, sessions.content)
+
+
+def _clipped(cfg: WorkloadConfig, name: str, arrived_s: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+             content: TokenContent | None) -> Workload:
+    """The workload, with prompts and outputs clipped to cfg.max_*_tokens and content keys cut to match."""
+    clipped_prompt = prompt if cfg.max_prompt_tokens is None else np.minimum(prompt, cfg.max_prompt_tokens)
+    clipped_output = output if cfg.max_output_tokens is None else np.minimum(output, cfg.max_output_tokens)
+    if content is not None and (cfg.max_prompt_tokens is not None or cfg.max_output_tokens is not None):
+        content = _content_after_clipping(content, prompt, clipped_prompt, clipped_output)
     return Workload(
-        name=cfg.name or _default_name(cfg),
+        name=name,
         arrived_s=np.ascontiguousarray(arrived_s, dtype=np.float64),
-        prompt_tokens=np.ascontiguousarray(prompt, dtype=np.int64),
-        output_tokens=np.ascontiguousarray(output, dtype=np.int64),
+        prompt_tokens=np.ascontiguousarray(clipped_prompt, dtype=np.int64),
+        output_tokens=np.ascontiguousarray(clipped_output, dtype=np.int64),
+        content=content,
     )
 
 
-# ----------------------------------------------------------------------------- synthetic generators
+def _content_after_clipping(content: TokenContent, prompt: np.ndarray, clipped_prompt: np.ndarray,
+                            clipped_output: np.ndarray) -> TokenContent:
+    """Keys that still describe the clipped requests.
 
-
-def synthetic_arrivals_s(
-    process: str, n: int, rate_qps: float, interarrival_cv: float, rng: np.random.Generator
-) -> np.ndarray:
-    """`n` arrival times (s), the first at 0, with gaps of mean 1 / rate_qps.
-
-    poisson: exponential gaps; gamma: gamma gaps with std/mean = interarrival_cv; fixed: equal gaps.
+    A clipped prompt keeps its first tokens, so the keys covering them stay; keys past it (the rest of
+    the prompt, or an output the content knew) go, since the answer to a cut prompt is other text. An
+    unclipped prompt keeps its keys, and keys of an output only as far as the clipped output reaches.
     """
-    mean_gap_s = 1.0 / rate_qps
-    if process == "poisson":
-        gaps = rng.exponential(mean_gap_s, n - 1)
-    elif process == "gamma":
-        shape = 1.0 / interarrival_cv**2
-        gaps = rng.gamma(shape, mean_gap_s / shape, n - 1)
-    elif process == "fixed":
-        return np.arange(n, dtype=np.float64) * mean_gap_s
-    else:
-        raise ConfigError(f"workload.arrival: unknown '{process}'; expected one of {ARRIVALS}")
-    arrived = np.empty(n, dtype=np.float64)
-    arrived[0] = 0.0
-    np.cumsum(gaps, out=arrived[1:])
-    return arrived
-
-
-def synthetic_lengths(
-    distribution: str,
-    n: int,
-    min_tokens: int,
-    max_tokens: int,
-    prefill_decode_ratio: float,
-    zipf_theta: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(prompt_tokens, output_tokens), each int64 of length n, with prompt + output in
-    [min_tokens, max_tokens] and both >= 1.
-
-    uniform: every total equally likely. zipf: the k-th smallest total has probability
-    proportional to 1 / k**zipf_theta (bounded Zipf). The total is split as
-    output = round(total / (1 + prefill_decode_ratio)).
-    """
-    if distribution == "uniform":
-        total = rng.integers(min_tokens, max_tokens + 1, n, dtype=np.int64)
-    elif distribution == "zipf":
-        ranks = np.arange(1, max_tokens - min_tokens + 2, dtype=np.float64)
-        cdf = np.cumsum(ranks**-zipf_theta)
-        cdf /= cdf[-1]
-        # Inverse-CDF sampling: O(n log k) and no per-sample Python work.
-        total = min_tokens + np.searchsorted(cdf, rng.random(n), side="right").astype(np.int64)
-        np.minimum(total, max_tokens, out=total)  # guards the rounding of cdf[-1] to 1.0
-    else:
-        raise ConfigError(f"workload.lengths: unknown '{distribution}'; expected one of {LENGTHS}")
-    output = np.rint(total / (1.0 + prefill_decode_ratio)).astype(np.int64)
-    np.clip(output, 1, total - 1, out=output)
-    return total - output, output
-
-
-def _shuffled_rows(num_rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n row indices: a fresh random permutation of all rows for every pass over the trace."""
-    passes = -(-n // num_rows)
-    return np.concatenate([rng.permutation(num_rows) for _ in range(passes)])[:n]
-
-
-# ----------------------------------------------------------------------------- trace readers
-
-
-def resolve_trace_path(trace: str) -> Path:
-    """An absolute path as is; a relative one under the repository root, else the working directory."""
-    path = Path(trace).expanduser()
-    if path.is_absolute():
-        candidates = [path]
-    else:
-        candidates = [REPO_ROOT / path, Path.cwd() / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    tried = " or ".join(str(c) for c in dict.fromkeys(candidates))
-    raise TraceError(f"workload.trace: no trace file '{trace}' (looked for {tried})")
-
-
-def read_trace(trace: str | None, trace_format: str = "auto") -> Trace:
-    """Read a vidur- or azure-format CSV trace, checking every row.
-
-    Raises TraceError naming the file, the 1-based line (the header is line 1) and the column of the
-    first bad value: a missing value, a token count that is not a whole number >= 1, or an arrival
-    that is unparsable or earlier than the row before it.
-    """
-    if not trace:
-        raise ConfigError("workload.trace is empty, but workload.arrival or workload.lengths is 'trace'")
-    path = resolve_trace_path(trace)
-    header, rows = _read_csv(path)
-    if not rows:
-        raise TraceError(f"{path}: the trace has a header but no requests")
-    columns = {}
-    for index, name in enumerate(header):
-        columns.setdefault(name, index)  # a repeated name means its first column
-
-    fmt = _detect_format(path, header, trace_format)
-    arrival_col, prompt_col, output_col = VIDUR_COLUMNS if fmt == "vidur" else AZURE_COLUMNS
-    needed = (prompt_col, output_col) if fmt == "vidur" else (arrival_col, prompt_col, output_col)
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise TraceError(
-            f"{path}: missing column(s) {missing} for the {fmt} trace format; expected "
-            f"{_format_description(fmt)}; found {header}"
-        )
-
-    def texts(name: str) -> list[str]:
-        index = columns[name]
-        return [row[index] if index < len(row) else "" for row in rows]
-
-    prompt = _token_counts(texts(prompt_col), path, prompt_col, "prompt")
-    output = _token_counts(texts(output_col), path, output_col, "output")
-    if arrival_col not in columns:
-        arrived = None
-    elif fmt == "vidur":
-        arrived = _seconds_column(texts(arrival_col), path, arrival_col)
-    else:
-        arrived = _timestamp_column(texts(arrival_col), path, arrival_col)
-    return Trace(path=path, arrived_s=arrived, prompt_tokens=prompt, output_tokens=output)
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a CSV file; row i is on line i + 2 (a blank line is a row of missing values).
-
-    Blank lines at the end of the file are harmless and dropped; blank lines inside it stay, so that
-    they are reported as rows with missing values.
-    """
-    try:
-        # utf-8-sig: a byte-order mark (as spreadsheet exports write) is not part of the first column's name.
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            lines = list(csv.reader(file))
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise TraceError(f"{path}: not a readable CSV trace ({e})") from None
-    if not lines:
-        raise TraceError(f"{path}: not a readable CSV trace (No columns to parse from file)")
-    # An empty name gets pandas' label for it, so the names in messages read as they always have.
-    header = [name.strip() or f"Unnamed: {i}" for i, name in enumerate(lines[0])]
-    rows = lines[1:]
-    while rows and all(text in MISSING_TEXTS for text in rows[-1]):
-        rows.pop()
-    if rows and max(map(len, rows)) > len(header):
-        row = next(i for i, fields in enumerate(rows) if len(fields) > len(header))
-        raise TraceError(f"{path}: not a readable CSV trace (line {_line(row)} has {len(rows[row])} fields, "
-                         f"the header {len(header)})")
-    return header, rows
-
-
-def _detect_format(path: Path, columns, trace_format: str) -> str:
-    if trace_format != "auto":
-        return trace_format
-    if AZURE_COLUMNS[1] in columns or AZURE_COLUMNS[0] in columns:
-        return "azure"
-    if VIDUR_COLUMNS[1] in columns or VIDUR_COLUMNS[2] in columns:
-        return "vidur"
-    raise TraceError(
-        f"{path}: cannot tell the trace format from the header {list(columns)}; expected either "
-        f"{_format_description('vidur')} or {_format_description('azure')}"
-    )
-
-
-def _format_description(fmt: str) -> str:
-    if fmt == "vidur":
-        return "vidur columns [arrived_at (optional, seconds), num_prefill_tokens, num_decode_tokens]"
-    return "azure columns [TIMESTAMP (datetime), ContextTokens, GeneratedTokens]"
-
-
-def _line(row: int) -> int:
-    return row + 2  # 1-based, and the header is line 1
-
-
-# Texts that mean "no value": pandas.read_csv's defaults, which this reader replaced (same messages).
-MISSING_TEXTS = frozenset({
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
-    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
-})
-
-
-def _is_missing(text: str) -> bool:
-    return text in MISSING_TEXTS or text.isspace()
-
-
-def _plain_numbers(texts: list[str]) -> bool:
-    """False when a text has an underscore or a non-ASCII character: Python's int() and float() accept
-    '1_000' and fullwidth digits, which a CSV number never has."""
-    joined = "".join(texts)
-    return joined.isascii() and "_" not in joined
-
-
-def _integers(texts: list[str]) -> np.ndarray | None:
-    """int64 values when every text is an integer, else None."""
-    if _plain_numbers(texts):
-        try:
-            return np.fromiter(map(int, texts), np.int64, len(texts))
-        except (ValueError, OverflowError):
-            pass
-    return None
-
-
-def _floats(texts: list[str]) -> np.ndarray:
-    """float64 values of the texts; NaN where a text is missing or not a number."""
-    if _plain_numbers(texts):
-        try:
-            return np.fromiter(map(float, texts), np.float64, len(texts))
-        except ValueError:
-            pass  # some text is not a number: convert one at a time
-
-    def number(text: str) -> float:
-        if _is_missing(text) or not _plain_numbers([text]):
-            return np.nan
-        try:
-            return float(text)
-        except ValueError:
-            return np.nan
-
-    return np.fromiter(map(number, texts), np.float64, len(texts))
-
-
-def _shown(texts: list[str], numbers: np.ndarray, row: int) -> str:
-    """A bad value as messages quote it: a column of numbers (missing values aside) shows the number as
-    a float ('12.5', '2.0'), any other column the text itself."""
-    numeric = all(not np.isnan(x) or _is_missing(t) for t, x in zip(texts, numbers))
-    return str(numbers[row]) if numeric else texts[row]
-
-
-def _token_counts(texts: list[str], path: Path, name: str, what: str) -> np.ndarray:
-    """The column as int64, or TraceError at the first value that is not a whole number from 1 to
-    MAX_TOKENS_PER_REQUEST."""
-    values = _integers(texts)
-    if values is None:
-        numbers = _floats(texts)
-        bad = ~np.isfinite(numbers) | (numbers != np.floor(numbers))
-        if bad.any():
-            row = int(np.argmax(bad))
-            if _is_missing(texts[row]):
-                problem = "missing value"
-            else:
-                problem = f"'{_shown(texts, numbers, row)}' is not a whole number"
-            raise TraceError(f"{path}, line {_line(row)}, column {name}: {problem} ({what} tokens expected)")
-    # Range checks before the cast to int64, which would wrap a count beyond it into a negative one.
-    counts = numbers if values is None else values
-    too_large = counts > MAX_TOKENS_PER_REQUEST
-    if too_large.any():
-        row = int(np.argmax(too_large))
-        raise TraceError(f"{path}, line {_line(row)}, column {name}: {texts[row].strip()} tokens is more than "
-                         f"any request holds (at most {MAX_TOKENS_PER_REQUEST:,}); a corrupt row?")
-    too_small = counts < 1
-    if too_small.any():
-        row = int(np.argmax(too_small))
-        why = "a request must generate at least one output token" if what == "output" else "a prompt needs at least one token"
-        raise TraceError(f"{path}, line {_line(row)}, column {name}: {int(counts[row])} tokens ({why})")
-    return values if values is not None else numbers.astype(np.int64)
-
-
-def _seconds_column(texts: list[str], path: Path, name: str) -> np.ndarray:
-    """Arrival times in seconds, checked to be numbers in non-decreasing order."""
-    numbers = _floats(texts)
-    bad = ~np.isfinite(numbers)
-    if bad.any():
-        row = int(np.argmax(bad))
-        problem = "missing value" if _is_missing(texts[row]) else f"'{_shown(texts, numbers, row)}' is not a number"
-        raise TraceError(f"{path}, line {_line(row)}, column {name}: {problem} (arrival time in seconds expected)")
-
-    def shown(row: int) -> str:  # as a column of numbers: '2' if every value is an integer, else '2.0'
-        integers = _integers(texts)
-        return str(numbers[row] if integers is None else integers[row])
-
-    _check_sorted(numbers, shown, path, name)
-    return numbers
-
-
-_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_NAIVE = datetime(1970, 1, 1)  # a time without a zone is UTC
-_MICROSECOND = timedelta(microseconds=1)
-# Digits 7 to 9 of a fraction of a second. datetime keeps six; the Azure 2023 traces write seven, and the
-# pandas reader this one replaced kept nanoseconds, so they still count.
-_SUB_MICROSECOND = re.compile(r"[.,]\d{6}(\d{1,3})")
-
-
-def _microseconds(text: str) -> int | None:
-    """ISO 8601 text -> whole microseconds since 1970 UTC; None if unparsable."""
-    try:
-        stamp = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    return (stamp - (_EPOCH_NAIVE if stamp.tzinfo is None else _EPOCH_UTC)) // _MICROSECOND
-
-
-def _timestamp_column(texts: list[str], path: Path, name: str) -> np.ndarray:
-    """Datetime strings -> seconds since the first row. Time zones are honoured; naive times are UTC."""
-    stamps_us = [_microseconds(text) for text in texts]
-    if None in stamps_us:
-        row = stamps_us.index(None)
-        problem = "missing value" if _is_missing(texts[row]) else f"cannot parse '{texts[row]}' as a datetime"
-        raise TraceError(
-            f"{path}, line {_line(row)}, column {name}: {problem} (expected e.g. 2023-11-16 18:15:46.6805900)"
-        )
-    elapsed_ns = (np.array(stamps_us, dtype=np.int64) - stamps_us[0]) * 1000
-    if _SUB_MICROSECOND.search("\n".join(texts)):
-        extra_ns = np.array([int(m[1].ljust(3, "0")) if (m := _SUB_MICROSECOND.search(text)) else 0
-                             for text in texts], dtype=np.int64)
-        elapsed_ns += extra_ns - extra_ns[0]
-    # Whole seconds plus the rest, added as pandas' total_seconds() adds them, so arrivals are bit for bit
-    # those of the pandas reader (up to 104 days from the first row: beyond 2**53 ns pandas nudges a few
-    # values by one ulp).
-    whole_s, rest_ns = np.divmod(elapsed_ns, 10**9)
-    arrived = whole_s + rest_ns / 1e9
-    _check_sorted(arrived, lambda row: texts[row], path, name)
-    return arrived
-
-
-def _check_sorted(arrived: np.ndarray, shown: Callable[[int], str], path: Path, name: str) -> None:
-    """TraceError at the first arrival earlier than the row before it; `shown(row)` quotes a value."""
-    earlier = np.diff(arrived) < 0
-    if earlier.any():
-        row = int(np.argmax(earlier)) + 1
-        raise TraceError(
-            f"{path}, line {_line(row)}, column {name}: '{shown(row)}' is earlier than the previous "
-            f"row's '{shown(row - 1)}'; a trace must be sorted by arrival time"
-        )
+    unit = content.unit_tokens
+    kept_tokens = np.where(clipped_prompt < prompt, clipped_prompt, prompt + clipped_output)
+    kept_units = (-(-kept_tokens // unit)).tolist()
+    return TokenContent(unit, [keys[:k] if k < len(keys) else keys for keys, k in zip(content.keys, kept_units)])
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -527,6 +256,22 @@ def _validate(cfg: WorkloadConfig) -> None:
          f"<= {MAX_TOKENS_PER_REQUEST:,} (far beyond any model's context)"),
         (cfg.prefill_decode_ratio > 0, "prefill_decode_ratio", "> 0"),
         (cfg.zipf_theta >= 0, "zipf_theta", ">= 0"),
+        (cfg.lengths != "multiturn" or cfg.arrival != "trace", "arrival",
+         "poisson, gamma or fixed with lengths=multiturn (the process by which sessions start)"),
+    ]
+    if cfg.lengths == "multiturn":  # the session fields are ignored otherwise
+        checks += [
+            (cfg.turns_mean >= 1, "turns_mean", ">= 1 (a session has at least one turn)"),
+            (cfg.turns_max >= 1, "turns_max", ">= 1"),
+            (0 <= cfg.think_time_s < float("inf"), "think_time_s", "a number of seconds >= 0"),
+            (0 <= cfg.expected_tpot_s < float("inf"), "expected_tpot_s", "a number of seconds >= 0"),
+            (cfg.system_prompt_tokens >= 0, "system_prompt_tokens", ">= 0 (0: no system prompt)"),
+            (cfg.num_system_prompts >= 1, "num_system_prompts", ">= 1"),
+            (cfg.system_prompt_tokens + cfg.turns_max * cfg.max_tokens <= MAX_TOKENS_PER_REQUEST, "turns_max",
+             (f"turns_max x max_tokens + system_prompt_tokens <= {MAX_TOKENS_PER_REQUEST:,} (a session's "
+              f"last prompt would be longer than any request)")),
+        ]
+    checks += [
         (cfg.max_prompt_tokens is None or cfg.max_prompt_tokens >= 1, "max_prompt_tokens", "None or >= 1"),
         (cfg.max_output_tokens is None or cfg.max_output_tokens >= 1, "max_output_tokens", "None or >= 1"),
     ]

@@ -60,6 +60,7 @@ def test_summary_reports_setup_and_slo_verdicts():
     ({"cluster": {"tp": 3}}, "cluster.tp=3"),
     ({"cluster": {"pp": 5}}, "cluster.pp=5"),
     ({"cluster": {"router": "fastest"}}, "cluster.router"),
+    ({"cluster": {"router_load_weight": -0.5}}, "cluster.router_load_weight"),
     ({"predictor": "magic"}, "predictor"),
     ({"policy": {"name": "vllm", "max_num_batched_tokens": 1024}}, "policy.max_num_batched_tokens"),
     ({"cluster": {"num_replicas": 0}}, "cluster.num_replicas"),
