@@ -80,7 +80,7 @@ def main() -> None:
         ("synthetic 1M gamma + zipf", WorkloadConfig(trace=None, arrival="gamma", interarrival_cv=3.0,
                                                      lengths="zipf", num_requests=1_000_000)),
         ("load mooncake conversation (12,031 rows)", WorkloadConfig(
-            trace="data/traces/mooncake/conversation_trace.jsonl")),
+            trace="data/traces/mooncake/conversation_trace.jsonl.gz")),
         ("multi-turn sessions, 1M turns", WorkloadConfig(trace=None, arrival="poisson", lengths="multiturn",
                                                          num_requests=1_000_000)),
     ]:

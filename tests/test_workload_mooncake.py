@@ -145,3 +145,16 @@ def test_long_prompts_are_rejected_by_a_short_context_model_not_an_error():
     requests = RequestState.create(w.arrived_s, w.prompt_tokens, w.output_tokens, 8192, content=w.content)
     too_long = (w.prompt_tokens + w.output_tokens > 8192).sum()
     assert requests.rejected.sum() == too_long == 519
+
+
+def test_gzipped_trace_reads_as_the_plain_one(tmp_path):
+    import gzip
+
+    rows = [{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [3, 4]},
+            {"timestamp": 250, "input_length": 100, "output_length": 2, "hash_ids": [3]}]
+    plain = write(tmp_path, rows)
+    packed = tmp_path / "trace.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a, b = read_trace(str(plain)), read_trace(str(packed))
+    assert (a.prompt_tokens == b.prompt_tokens).all() and (a.arrived_s == b.arrived_s).all()
+    assert [k.tolist() for k in b.content.keys] == [[3, 4], [3]]

@@ -9,6 +9,7 @@ ids as the requests' token content (simulator/content.py) in units of 512 tokens
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -23,11 +24,20 @@ MOONCAKE_BLOCK_TOKENS = 512  # tokens each hash id stands for
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
+def _open_text(path: Path, errors: str = "strict"):
+    """The file as text; a name ending in .gz is read through gzip (the shipped traces are compressed)."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors=errors)
+    return path.open(encoding="utf-8-sig", errors=errors)
+
+
 def looks_like_mooncake(path: Path) -> bool:
-    """True for a .jsonl file, or one whose first non-blank line is a JSON object with Mooncake's fields."""
-    if path.suffix.lower() == ".jsonl":
+    """True for a .jsonl (or .jsonl.gz) file, or one whose first non-blank line is a JSON object with
+    Mooncake's fields."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    if suffixes[-1:] == [".jsonl"] or suffixes == [".jsonl", ".gz"]:
         return True
-    with path.open(encoding="utf-8-sig", errors="replace") as file:
+    with _open_text(path, errors="replace") as file:
         first = next((line for line in file if line.strip()), "").strip()
     if not first.startswith("{"):
         return False
@@ -49,9 +59,9 @@ def read_mooncake_trace(path: Path) -> Trace:
     not ceil(input_length / 512).
     """
     try:
-        with path.open(encoding="utf-8-sig") as file:
+        with _open_text(path) as file:
             lines = file.read().splitlines()
-    except UnicodeDecodeError as e:
+    except (UnicodeDecodeError, OSError, EOFError) as e:
         raise TraceError(f"{path}: not a readable Mooncake trace ({e})") from None
     while lines and not lines[-1].strip():
         lines.pop()  # blank lines at the end are harmless
