@@ -71,6 +71,9 @@ def format_table(result) -> str:
     for key in BREAKDOWN_KEYS:
         lines.append(f"  {key:<16}{result.breakdown_ms[key]:10.3f} ms")
     lines.append("stages           " + "  ".join(f"{ms:.3f}" for ms in result.stage_ms) + " ms")
+    if result.transferred_from:
+        lines.append(f"kernel times transferred from {result.transferred_from} profiles (no measured profile of "
+                     f"this GPU; docs/gpu_transfer.md)")
     if result.calibration:
         c = result.calibration
         lines.append(f"kernel times calibrated x{c['scale']:.4f} + {c['per_layer_ms'] * 1e3:.1f} us per layer "

@@ -109,10 +109,11 @@ class Breakdown:
     stage_ms: list
     calibration: dict | None = None  # RuntimePredictor.calibration (printed by the CLI, not in as_json)
     engine: str = ""  # the engine profile the batch was priced under
+    transferred_from: str = ""  # the profiled GPU whose tables were transferred ("" = measured on this GPU)
 
     def as_json(self) -> dict:
         return {"total_ms": self.total_ms, "breakdown_ms": self.breakdown_ms, "stage_ms": self.stage_ms,
-                "engine": self.engine}
+                "engine": self.engine, "transferred_from": self.transferred_from}
 
 
 class RuntimePredictor:
@@ -321,7 +322,8 @@ class RuntimePredictor:
         out["launch_wait"] = float((gpu_s - kernels_s).sum()) * 1e3
         out["cpu_overhead"] = (max(0.0, host_s - float(gpu_s[0])) if self._async else host_s) * 1e3
         return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist(),
-                         calibration=self.calibration, engine=self.engine.name)
+                         calibration=self.calibration, engine=self.engine.name,
+                         transferred_from=self.fitted.transferred_from)
 
     def _attention_parts_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, float]:
         """(prefill, decode) milliseconds of one layer's attention of the batch, as the engine launches it."""
@@ -427,7 +429,7 @@ def transferred_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, f
     fitted = uncalibrated_runtime(model, hardware, tp, files, cache_directory, progress)
     source_files = profile_files(model, source_hw, profiles_dir)
     source_fit = fitted_runtime(model, source_hw, tp, source_files, cache_directory, progress, attention_launch)
-    source, target = transfer_pair(source_hw, hardware, read_meta(source_files.meta_json))
+    source, target = transfer_pair(source_hw, hardware, read_meta(source_files.meta_json))  # memory ceilings
     return transfer_calibration(fitted, source_fit, source, target)
 
 

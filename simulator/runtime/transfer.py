@@ -54,6 +54,7 @@ class Ceilings:
     matmul_flops_per_s: float
     attention_flops_per_s: float
     bytes_per_s: float
+    attention_bytes_per_s: float
     num_sms: int
     link_bytes_per_s: float
 
@@ -89,13 +90,22 @@ def reached_fractions(hardware: HardwareConfig, meta: dict) -> tuple[float, floa
             memory / hardware.memory_bandwidth_tbps if memory else DEFAULT_MEMORY_FRACTION)
 
 
-def ceilings(hardware: HardwareConfig, matmul_fraction: float, memory_fraction: float) -> Ceilings:
-    """Achievable ceilings of `hardware`, reaching the given fractions of its datasheet peaks."""
+def ceilings(hardware: HardwareConfig, matmul_fraction: float, memory_fraction: float,
+             attention_bytes_per_sm_s: float | None = None) -> Ceilings:
+    """Achievable ceilings of `hardware`, reaching the given fractions of its datasheet peaks.
+
+    attention_bytes_per_sm_s: the bytes/s per SM the attention kernel streams KV at when the SMs, not the
+    memory, limit it (FlashAttention-2's decode keeps few loads in flight per SM: on H100 it reaches
+    ~3 TB/s and on H200, with 43 % more bandwidth and the same 132 SMs, 2-3 % more); None: memory only.
+    """
     peak = hardware.bf16_dense_tflops * 1e12
+    bytes_per_s = hardware.memory_bandwidth_tbps * 1e12 * memory_fraction
+    attention_bytes_per_s = bytes_per_s if attention_bytes_per_sm_s is None else \
+        min(bytes_per_s, attention_bytes_per_sm_s * hardware.num_sms)
     return Ceilings(name=hardware.name, matmul_flops_per_s=peak * matmul_fraction,
-                    attention_flops_per_s=peak * hardware.attention_efficiency,
-                    bytes_per_s=hardware.memory_bandwidth_tbps * 1e12 * memory_fraction,
-                    num_sms=int(hardware.num_sms), link_bytes_per_s=link_gbps(hardware) * 1e9)
+                    attention_flops_per_s=peak * hardware.attention_efficiency, bytes_per_s=bytes_per_s,
+                    attention_bytes_per_s=attention_bytes_per_s, num_sms=int(hardware.num_sms),
+                    link_bytes_per_s=link_gbps(hardware) * 1e9)
 
 
 def roofline_ms(flops, bytes_, flops_per_s: float, bytes_per_s: float) -> np.ndarray:
@@ -108,9 +118,9 @@ def transfer_ms(time_ms, flops, bytes_, source: Ceilings, target: Ceilings, comp
     roofline explains rescaled to the target's roofline of the same FLOPs and bytes, the rest by the SM
     count. compute: "matmul" (GEMM ceiling) or "attention" (the attention kernel's ceiling)."""
     time_ms = np.asarray(time_ms, dtype=float)
-    flops_attr = f"{compute}_flops_per_s"
-    source_roof = roofline_ms(flops, bytes_, getattr(source, flops_attr), source.bytes_per_s)
-    target_roof = roofline_ms(flops, bytes_, getattr(target, flops_attr), target.bytes_per_s)
+    flops_attr, bytes_attr = f"{compute}_flops_per_s", "attention_bytes_per_s" if compute == "attention" else "bytes_per_s"
+    source_roof = roofline_ms(flops, bytes_, getattr(source, flops_attr), getattr(source, bytes_attr))
+    target_roof = roofline_ms(flops, bytes_, getattr(target, flops_attr), getattr(target, bytes_attr))
     bound = np.minimum(source_roof, time_ms)
     ratio = np.divide(target_roof, source_roof, out=np.ones_like(time_ms), where=source_roof > 0)
     return bound * ratio + (time_ms - bound) * (source.num_sms / target.num_sms)
@@ -193,12 +203,22 @@ def transfer_calibration(fitted: FittedRuntime, source_fit: FittedRuntime, sourc
 # ---------------------------------------------------------------------- I/O
 
 
-def transfer_pair(source_hw: HardwareConfig, target_hw: HardwareConfig, source_meta: dict) -> tuple[Ceilings, Ceilings]:
-    """(source, target) ceilings, both GPUs' facts checked; the target reaches the source's fractions."""
+def attention_bytes_per_sm_s(attention: pd.DataFrame, hardware: HardwareConfig) -> float:
+    """Bytes/s per SM of the fastest-streaming launches of a measured attention table (its 99th
+    percentile of achieved TB/s, over the GPU's SMs)."""
+    return float(np.percentile(attention["tbps"].to_numpy(dtype=float), 99)) * 1e12 / hardware.num_sms
+
+
+def transfer_pair(source_hw: HardwareConfig, target_hw: HardwareConfig, source_meta: dict,
+                  source_attention: pd.DataFrame | None = None) -> tuple[Ceilings, Ceilings]:
+    """(source, target) ceilings, both GPUs' facts checked; the target reaches the source's fractions of
+    its peaks, and its attention kernel the source's KV bytes/s per SM (where `source_attention`, the
+    source's measured attention table, is given)."""
     check_facts(target_hw, "target")
     check_facts(source_hw, "source")
     fractions = reached_fractions(source_hw, source_meta)
-    return ceilings(source_hw, *fractions), ceilings(target_hw, *fractions)
+    per_sm = None if source_attention is None else attention_bytes_per_sm_s(source_attention, source_hw)
+    return ceilings(source_hw, *fractions, per_sm), ceilings(target_hw, *fractions, per_sm)
 
 
 def write_transferred_tables(source_dir: Path, source_comm_dir: Path, out_dir: Path, out_comm_dir: Path,
@@ -211,12 +231,13 @@ def write_transferred_tables(source_dir: Path, source_comm_dir: Path, out_dir: P
     from simulator.runtime.tables import read_meta
 
     meta = read_meta(source_dir / "meta.json")
-    source, target = transfer_pair(source_hw, target_hw, meta)
+    frames = {name: pd.read_csv(source_dir / name) for name in ("ops.csv", "attention.csv")}
+    source, target = transfer_pair(source_hw, target_hw, meta, frames["attention.csv"])
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_if_changed(out_dir / "meta.json", json.dumps(transfer_meta(meta, source_hw, target_hw, target), indent=1))
     for name, transfer in (("ops.csv", transfer_ops), ("attention.csv", transfer_attention)):
-        frame = pd.read_csv(source_dir / name)
-        _write_if_changed(out_dir / name, transfer(frame, source, target).to_csv(index=False, float_format="%.6g"))
+        _write_if_changed(out_dir / name, transfer(frames[name], source, target).to_csv(index=False,
+                                                                                       float_format="%.6g"))
     if (source_comm_dir / "comm.csv").exists():
         out_comm_dir.mkdir(parents=True, exist_ok=True)
         frame = pd.read_csv(source_comm_dir / "comm.csv")
@@ -230,3 +251,16 @@ def _write_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
     write_atomically(path, lambda temp: temp.write_text(text))
+
+
+def validation_words(source_name: str, summary_path: Path) -> str:
+    """How well transferring from `source_name` predicted a measured GPU, in words, from the summary
+    bench/gpu_transfer.py writes ("" when it holds no pair with that source)."""
+    try:
+        summary = json.loads(Path(summary_path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    pairs = [(pair, entry) for pair, entry in summary.items()
+             if pair.split(" -> ")[0] == source_name and entry.get("whole_forward_median_pct") is not None]
+    return "; ".join(f"validated {pair}: whole forwards within {entry['whole_forward_median_pct']:.1f} % median, "
+                     f"{entry['whole_forward_p95_pct']:.1f} % P95 (worst model)" for pair, entry in pairs)
