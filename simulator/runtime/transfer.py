@@ -218,6 +218,8 @@ def transfer_pair(source_hw: HardwareConfig, target_hw: HardwareConfig, source_m
     check_facts(source_hw, "source")
     fractions = reached_fractions(source_hw, source_meta)
     per_sm = None if source_attention is None else attention_bytes_per_sm_s(source_attention, source_hw)
+    if per_sm is not None and not per_sm > 0:  # a table without byte counts says nothing about streaming
+        per_sm = None
     return ceilings(source_hw, *fractions, per_sm), ceilings(target_hw, *fractions, per_sm)
 
 
