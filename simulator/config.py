@@ -99,6 +99,7 @@ class HardwareConfig:
     # Facts the kernel-time transfer needs (simulator/runtime/transfer.py, docs/gpu_transfer.md); a GPU
     # without a measured profile is priced from `transfer_from`'s tables with them.
     num_sms: int | None = None
+    boost_clock_mhz: float | None = None
     l2_cache_mib: float | None = None
     pcie_bandwidth_gbps: float | None = None
     attention_kernel: str | None = None  # the kernel this GPU runs attention with, in words

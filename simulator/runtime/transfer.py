@@ -8,7 +8,8 @@ do: its FLOPs and the fewest bytes it must move (profiler/schema.py). On the pro
          reductions), a GEMM's partly filled last wave.
 On the target the bound part becomes the target's roofline time of the same work, so a compute-bound
 op scales with achieved FLOP/s, a memory-bound one with achieved bytes/s, and the transition follows
-the roofline of each row's own FLOPs and bytes; the rest scales with the SM count.
+the roofline of each row's own FLOPs and bytes; the rest scales with the SMs' instruction rate (SM
+count x boost clock).
 
 Achievable ceilings are datasheet peaks times a fraction. The profiled GPU's meta.json records what a
 large GEMM and a streaming read reach (profiler `peaks`), and the target is assumed to reach the same
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from simulator.runtime.fitted import FittedRuntime
 
 # Facts of conf/hardware/<gpu>.yaml the transfer reads, on both GPUs (plus an interconnect: NVLink, else PCIe).
-TRANSFER_FIELDS = ("bf16_dense_tflops", "memory_bandwidth_tbps", "num_sms", "l2_cache_mib", "attention_kernel",
-                   "attention_efficiency")
+TRANSFER_FIELDS = ("bf16_dense_tflops", "memory_bandwidth_tbps", "num_sms", "boost_clock_mhz", "l2_cache_mib",
+                   "attention_kernel", "attention_efficiency")
 # Fractions of the datasheet peaks assumed reachable when a profile's meta.json recorded none (the
 # H100 and H200 profiles record 0.80-0.81 of bf16 peak on an 8192^3 GEMM and 0.88-0.92 of memory bandwidth).
 DEFAULT_MATMUL_FRACTION = 0.8
@@ -48,7 +49,7 @@ DEFAULT_MEMORY_FRACTION = 0.9
 @dataclass(frozen=True)
 class Ceilings:
     """What one GPU can reach: FLOP/s of GEMMs and of its attention kernel, bytes/s of memory and of
-    the link collectives cross, and its SM count."""
+    the link collectives cross, its SM count and SM cycles per second (SMs x boost clock)."""
 
     name: str
     matmul_flops_per_s: float
@@ -57,6 +58,7 @@ class Ceilings:
     attention_bytes_per_s: float
     num_sms: int
     link_bytes_per_s: float
+    sm_cycles_per_s: float
 
 
 def check_facts(hardware: HardwareConfig, role: str) -> None:
@@ -105,7 +107,8 @@ def ceilings(hardware: HardwareConfig, matmul_fraction: float, memory_fraction: 
     return Ceilings(name=hardware.name, matmul_flops_per_s=peak * matmul_fraction,
                     attention_flops_per_s=peak * hardware.attention_efficiency, bytes_per_s=bytes_per_s,
                     attention_bytes_per_s=attention_bytes_per_s, num_sms=int(hardware.num_sms),
-                    link_bytes_per_s=link_gbps(hardware) * 1e9)
+                    link_bytes_per_s=link_gbps(hardware) * 1e9,
+                    sm_cycles_per_s=hardware.num_sms * hardware.boost_clock_mhz * 1e6)
 
 
 def roofline_ms(flops, bytes_, flops_per_s: float, bytes_per_s: float) -> np.ndarray:
@@ -115,15 +118,15 @@ def roofline_ms(flops, bytes_, flops_per_s: float, bytes_per_s: float) -> np.nda
 
 def transfer_ms(time_ms, flops, bytes_, source: Ceilings, target: Ceilings, compute: str = "matmul") -> np.ndarray:
     """Target milliseconds of work measured at `time_ms` on the source: the part of each time the source's
-    roofline explains rescaled to the target's roofline of the same FLOPs and bytes, the rest by the SM
-    count. compute: "matmul" (GEMM ceiling) or "attention" (the attention kernel's ceiling)."""
+    roofline explains rescaled to the target's roofline of the same FLOPs and bytes, the rest by the SMs'
+    cycles per second. compute: "matmul" (GEMM ceiling) or "attention" (the attention kernel's ceiling)."""
     time_ms = np.asarray(time_ms, dtype=float)
     flops_attr, bytes_attr = f"{compute}_flops_per_s", "attention_bytes_per_s" if compute == "attention" else "bytes_per_s"
     source_roof = roofline_ms(flops, bytes_, getattr(source, flops_attr), getattr(source, bytes_attr))
     target_roof = roofline_ms(flops, bytes_, getattr(target, flops_attr), getattr(target, bytes_attr))
     bound = np.minimum(source_roof, time_ms)
     ratio = np.divide(target_roof, source_roof, out=np.ones_like(time_ms), where=source_roof > 0)
-    return bound * ratio + (time_ms - bound) * (source.num_sms / target.num_sms)
+    return bound * ratio + (time_ms - bound) * (source.sm_cycles_per_s / target.sm_cycles_per_s)
 
 
 def transfer_comm_ms(time_ms, busbw_gbps, best_busbw_gbps, source: Ceilings, target: Ceilings) -> np.ndarray:

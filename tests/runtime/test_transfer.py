@@ -23,10 +23,10 @@ from simulator.runtime.transfer import (
 )
 
 SOURCE = Ceilings(name="src", matmul_flops_per_s=800e12, attention_flops_per_s=350e12, bytes_per_s=3e12,
-                  attention_bytes_per_s=3e12, num_sms=132, link_bytes_per_s=900e9)
+                  attention_bytes_per_s=3e12, num_sms=132, link_bytes_per_s=900e9, sm_cycles_per_s=132 * 1.98e9)
 TARGET = Ceilings(name="tgt", matmul_flops_per_s=250e12, attention_flops_per_s=230e12, bytes_per_s=1.8e12,
-                  attention_bytes_per_s=1.8e12, num_sms=108, link_bytes_per_s=600e9)
-FACTS = {"num_sms": 100, "l2_cache_mib": 40.0, "pcie_bandwidth_gbps": 64.0, "attention_kernel": "FA2",
+                  attention_bytes_per_s=1.8e12, num_sms=108, link_bytes_per_s=600e9, sm_cycles_per_s=108 * 1.41e9)
+FACTS = {"num_sms": 100, "boost_clock_mhz": 1500.0, "l2_cache_mib": 40.0, "pcie_bandwidth_gbps": 64.0, "attention_kernel": "FA2",
          "attention_efficiency": 0.5}
 
 
@@ -50,17 +50,20 @@ def test_a_purely_memory_bound_op_scales_by_the_bandwidth_ratio_exactly():
     np.testing.assert_allclose(got, at_source_ceiling_ms * 3.0 / 1.8, rtol=1e-12)
 
 
-def test_the_transition_follows_each_rows_roofline_and_the_rest_scales_with_sms():
+SM_RATIO = (132 * 1.98) / (108 * 1.41)  # SM cycles per second, source over target
+
+
+def test_the_transition_follows_each_rows_roofline_and_the_rest_scales_with_sm_cycles():
     # 1e12 FLOPs and 3e9 bytes: 1.25 ms of compute and 1 ms of memory on the source (compute-bound);
     # on the target 4 ms of compute and 1.667 ms of memory (compute-bound). Measured 1.5 ms: 0.25 ms no
-    # ceiling explains, which takes 132/108 as long on the target's fewer SMs.
+    # ceiling explains, which takes SM_RATIO as long on the target's fewer, slower-clocked SMs.
     got = transfer_ms([1.5], [1e12], [3e9], SOURCE, TARGET)
-    assert got[0] == pytest.approx(4.0 + 0.25 * 132 / 108)
+    assert got[0] == pytest.approx(4.0 + 0.25 * SM_RATIO)
     # An op memory-bound on the source and compute-bound on the target: 4e11 FLOPs, 3e9 bytes.
     got = transfer_ms([1.0], [4e11], [3e9], SOURCE, TARGET)
     assert got[0] == pytest.approx(max(4e11 / 250e12, 3e9 / 1.8e12) * 1e3)
-    # Launch-bound (no work): only the SM ratio applies.
-    assert transfer_ms([0.004], [0.0], [0.0], SOURCE, TARGET)[0] == pytest.approx(0.004 * 132 / 108)
+    # No work counted (a launch, index arithmetic): only the SM ratio applies.
+    assert transfer_ms([0.004], [0.0], [0.0], SOURCE, TARGET)[0] == pytest.approx(0.004 * SM_RATIO)
 
 
 def test_attention_uses_the_attention_kernels_ceiling_not_the_gemms():
@@ -86,7 +89,7 @@ def test_a100_reaches_flash_attention_2s_share_of_its_peak():
     assert ceilings(load_hardware_config("l40s"), 0.8, 0.9).link_bytes_per_s == 64e9  # no NVLink: PCIe
 
 
-@pytest.mark.parametrize("field", ["num_sms", "l2_cache_mib", "attention_efficiency"])
+@pytest.mark.parametrize("field", ["num_sms", "boost_clock_mhz", "l2_cache_mib", "attention_efficiency"])
 def test_a_missing_fact_stops_with_the_field_named(field):
     gpu = dataclasses.replace(TEST_GPU, **(FACTS | {field: None}))
     with pytest.raises(ConfigError, match=f"testgpu.yaml: field '{field}' is missing"):
@@ -111,7 +114,7 @@ def test_shipped_gpus_have_every_fact():
 def test_a_transferred_predictor_says_where_its_times_come_from(profiles_dir, cache_dir, monkeypatch):
     """A GPU without tables, transferred from the synthetic one: slower where the hardware is, named as
     transferred, and a measured profile wins once it exists."""
-    source = dataclasses.replace(TEST_GPU, **(FACTS | {"num_sms": 132}))
+    source = dataclasses.replace(TEST_GPU, **FACTS)
     target = dataclasses.replace(source, name="slowgpu", profile="slowgpu", comm_profile="slowgpu",
                                  bf16_dense_tflops=source.bf16_dense_tflops / 2,
                                  memory_bandwidth_tbps=source.memory_bandwidth_tbps / 2, transfer_from="testgpu")
