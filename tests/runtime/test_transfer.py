@@ -107,7 +107,7 @@ def test_a_yaml_without_a_fact_stops_before_any_fit(tmp_path, nothing_runs):
 
 
 def test_shipped_gpus_have_every_fact():
-    for name in ("h100", "h200", "a100", "l40s", "b200"):
+    for name in ("h100", "h200", "a100", "a100_pcie", "l40s", "b200"):
         check_facts(load_hardware_config(name), "target")
 
 
