@@ -135,9 +135,10 @@ def test_a_transferred_predictor_says_where_its_times_come_from(profiles_dir, ca
     assert predictor_module.profile_source(TINY_MODEL, source, profiles_dir) == "testgpu"
 
 
-def test_a_run_on_a100_says_its_times_are_transferred_from_h100():
+def test_a_run_on_a100_says_its_times_are_transferred_from_h100(capsys):
     from simulator.run import SimulationConfig, run_simulation
     from simulator.run_header import setup_lines
+    from simulator.runtime.cli import main as predict_main
 
     workload = {"trace": None, "arrival": "poisson", "rate_qps": 2.0, "lengths": "uniform",
                 "min_tokens": 64, "max_tokens": 512, "num_requests": 20}
@@ -151,3 +152,6 @@ def test_a_run_on_a100_says_its_times_are_transferred_from_h100():
     h100 = run_simulation(dataclasses.replace(cfg, hardware=load_hardware_config("h100")))
     assert result.summary["e2e_s"]["mean"] > h100.summary["e2e_s"]["mean"]
     assert "transferred" not in h100.summary["setup"]["predictor_description"]
+    # servesim-predict says the same
+    assert predict_main(["model=llama-2-7b", "hardware=a100", "batch=[[512,0],[1,1024]]"]) == 0
+    assert "kernel times transferred from h100 profiles" in capsys.readouterr().out
