@@ -131,6 +131,13 @@ def test_a_transferred_predictor_says_where_its_times_come_from(profiles_dir, ca
     # Half the FLOP/s and bytes/s, the same SMs: the tiny model's GEMMs are half launch time (4 us, kept)
     # and half work (doubled), so its linear layers take about 1.5 times as long.
     assert 1.3 < slow.breakdown_ms["linear"] / fast.breakdown_ms["linear"] < 2.0
+    # Collectives: half the NVLink bandwidth; large all-reduces are link-bound, so they take longer.
+    slow_link = dataclasses.replace(target, name="slowlink", profile="slowlink", comm_profile="slowlink",
+                                    nvlink_bandwidth_gbps=source.nvlink_bandwidth_gbps / 2)
+    tp2 = [build_predictor(TINY_MODEL, gpu, 2, 1, 0.0, engine="servesim_execute", profiles_dir=profiles_dir,
+                           cache_directory=cache_dir).breakdown(np.array([8192]), np.array([0]))
+           for gpu in (source, slow_link)]
+    assert 1.5 < tp2[1].breakdown_ms["communication"] / tp2[0].breakdown_ms["communication"] <= 2.0
     assert predictor_module.profile_source(TINY_MODEL, target, profiles_dir) == "testgpu"
     assert predictor_module.profile_source(TINY_MODEL, source, profiles_dir) == "testgpu"
 
