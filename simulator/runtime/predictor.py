@@ -523,7 +523,10 @@ def profile_source(model: ModelConfig, hardware: HardwareConfig, profiles_dir: P
     except ProfileError:
         if not hardware.transfer_from:
             raise
-    source_hw = load_hardware_config(hardware.transfer_from)
+    try:
+        source_hw = load_hardware_config(hardware.transfer_from)
+    except ConfigError as e:
+        raise ConfigError(f"conf/hardware/{hardware.name}.yaml: transfer_from='{hardware.transfer_from}': {e}") from None
     profile_files(model, source_hw, profiles_dir)  # the source must have measured the model
     return source_hw.profile
 

@@ -15,7 +15,9 @@ Achievable ceilings are datasheet peaks times a fraction. The profiled GPU's met
 large GEMM and a streaming read reach (profiler `peaks`), and the target is assumed to reach the same
 fraction of its own datasheet. Attention's compute ceiling is the fraction of peak its attention kernel
 reaches on long prefills (`attention_efficiency`, from the kernel's paper: FlashAttention-2 reaches
-35 % on Hopper and 73 % on Ampere). Collectives: the bound part is the row's bus bandwidth over the best
+35 % on Hopper and 73 % on Ampere); its KV streaming is capped per SM as well as by memory, at the
+bytes per SM the source's fastest launches reached (FlashAttention-2's decode keeps too few loads in
+flight to use an H200's extra bandwidth). Collectives: the bound part is the row's bus bandwidth over the best
 the table reaches, and scales with the interconnect (NVLink, else PCIe).
 
 Everything above the I/O helpers at the bottom is a pure function of arrays, frames and configs.

@@ -10,7 +10,7 @@ import pytest
 from synthetic import TEST_GPU, TINY_MODEL
 
 import simulator.runtime.predictor as predictor_module
-from simulator.config import ConfigError, load_hardware_config
+from simulator.config import ConfigError, load_hardware_config, load_model_config
 from simulator.runtime.predictor import build_predictor, predict_batch
 from simulator.runtime.transfer import (
     Ceilings,
@@ -104,6 +104,12 @@ def test_a_yaml_without_a_fact_stops_before_any_fit(tmp_path, nothing_runs):
                               if v is not None))
     with pytest.raises(ConfigError, match="field 'num_sms' is missing"):
         predict_batch("llama-2-7b", str(path), [[1, 16]])
+
+
+def test_an_unknown_source_gpu_is_named_with_the_field():
+    gpu = dataclasses.replace(load_hardware_config("a100"), transfer_from="v100")
+    with pytest.raises(ConfigError, match="a100.yaml: transfer_from='v100': unknown hardware 'v100'"):
+        build_predictor(load_model_config("llama-2-7b"), gpu, 1, 1)
 
 
 def test_shipped_gpus_have_every_fact():
