@@ -96,6 +96,15 @@ class HardwareConfig:
     profile: str
     comm_profile: str
     price_per_hour_usd: float = 0.0
+    # Facts the kernel-time transfer needs (simulator/runtime/transfer.py, docs/gpu_transfer.md); a GPU
+    # without a measured profile is priced from `transfer_from`'s tables with them.
+    num_sms: int | None = None
+    boost_clock_mhz: float | None = None
+    l2_cache_mib: float | None = None
+    pcie_bandwidth_gbps: float | None = None
+    attention_kernel: str | None = None  # the kernel this GPU runs attention with, in words
+    attention_efficiency: float | None = None  # its achieved fraction of bf16_dense_tflops on long prefills
+    transfer_from: str | None = None  # a profiled GPU (conf/hardware name) to transfer kernel times from
 
 
 def _load_yaml(group: str, name: str) -> tuple[Path, dict]:

@@ -61,5 +61,24 @@ def predictor_description(cfg: SimulationConfig) -> str:
     if cfg.predictor != "fitted":
         return "linear roofline formula (uncalibrated; predictor=fitted uses the GPU profiles)"
     engine_words = cfg.engine.follows.split(":")[0].split(",")[0].strip()
-    return (f"runtime model fitted to {cfg.hardware.profile} profiles; engine {cfg.engine.name}"
+    return (f"runtime model fitted to {profile_words(cfg)}; engine {cfg.engine.name}"
             + (f": {engine_words}" if engine_words else ""))
+
+
+def profile_words(cfg: SimulationConfig) -> str:
+    """ "h100 profiles" (measured on that GPU), or "a100 kernel times transferred from h100 profiles (...)"
+    with how the transfer validated where both GPUs are measured (docs/gpu_transfer.md)."""
+    from simulator.paths import DATA_DIR
+    from simulator.runtime import ProfileError
+    from simulator.runtime.predictor import profile_source
+    from simulator.runtime.transfer import validation_words
+
+    try:
+        source = profile_source(cfg.model, cfg.hardware)
+    except ProfileError:
+        source = cfg.hardware.profile
+    if source == cfg.hardware.profile:
+        return f"{source} profiles"
+    validation = validation_words(cfg.hardware.transfer_from, DATA_DIR / "validation" / "gpu_transfer.json")
+    return (f"{cfg.hardware.name} kernel times transferred from {cfg.hardware.transfer_from} profiles "
+            f"({validation + '; ' if validation else ''}docs/gpu_transfer.md)")

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from simulator.atomic import write_text_atomically
-from simulator.config import ConfigError
+from simulator.config import ConfigError, load_hardware_config
 from simulator.paths import PROFILES_DIR, REPO_ROOT
 
 CODE_PACKAGES = ("simulator", "policies")
@@ -51,7 +51,8 @@ def point_fingerprint(simulation, search, repo_root: Path = REPO_ROOT, profiles_
     its resolved configuration (`simulation`, `search`: the typed configs a point composes to), the bytes
     of the trace it reads, the simulator's code with only its own policy's module among the policies
     (another policy's file, added or edited, leaves it alone), and with predictor=fitted the profiles of
-    its model on its GPU plus the communication tables. A sweep reruns a finished point whose
+    its model on its GPU plus the communication tables (and those of the GPU it transfers kernel times
+    from, simulator/runtime/transfer.py). A sweep reruns a finished point whose
     fingerprint changed (simulator/sweep.py)."""
     import dataclasses
 
@@ -71,6 +72,13 @@ def point_fingerprint(simulation, search, repo_root: Path = REPO_ROOT, profiles_
     if simulation.predictor == "fitted":
         hardware = simulation.hardware
         folders = [profiles_dir / hardware.profile / simulation.model.name, profiles_dir / hardware.comm_profile / "comm"]
+        if hardware.transfer_from:  # kernel times transferred from another GPU's tables: those count too
+            try:
+                source = load_hardware_config(hardware.transfer_from)
+                folders += [profiles_dir / source.profile / simulation.model.name,
+                            profiles_dir / source.comm_profile / "comm"]
+            except ConfigError:
+                pass  # the point fails when it runs; its fingerprint still names the field
         files = [p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
         digest.update(_digest(files, profiles_dir).encode())
     return digest.hexdigest()[:16]

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 from simulator.config import ConfigError, ModelConfig, load_model_config
+from simulator.paths import DATA_DIR
 from simulator.runtime.predictor import BREAKDOWN_KEYS, _config, predict_batch
+from simulator.runtime.transfer import validation_words
 
 USAGE = ('usage: servesim-predict model=NAME hardware=NAME batch="[[q,kv],...]" '
          "[tp=1] [pp=1] [engine=vllm_v1] [cpu_overhead_ms=X] [--json]")
@@ -71,6 +73,10 @@ def format_table(result) -> str:
     for key in BREAKDOWN_KEYS:
         lines.append(f"  {key:<16}{result.breakdown_ms[key]:10.3f} ms")
     lines.append("stages           " + "  ".join(f"{ms:.3f}" for ms in result.stage_ms) + " ms")
+    if result.transferred_from:
+        validation = validation_words(result.transferred_from, DATA_DIR / "validation" / "gpu_transfer.json")
+        lines.append(f"kernel times transferred from {result.transferred_from} profiles (no measured profile of "
+                     f"this GPU; {validation + '; ' if validation else ''}docs/gpu_transfer.md)")
     if result.calibration:
         c = result.calibration
         lines.append(f"kernel times calibrated x{c['scale']:.4f} + {c['per_layer_ms'] * 1e3:.1f} us per layer "

@@ -25,7 +25,7 @@ TARGET_P95_PCT = 10.0
 # Files whose code determines a cached fit (the calibration is computed through the predictor); their
 # bytes are part of the cache key.
 _CODE_FILES = ("features.py", "model.py", "fit.py", "fitted.py", "tables.py", "predictor.py",
-               "attention_time.py", "decode_attention.py")
+               "attention_time.py", "decode_attention.py", "transfer.py")
 
 
 def code_version() -> str:
@@ -79,6 +79,9 @@ class FittedRuntime:
     # Where the calibration comes from: "" (none), "measured" (this model and TP degree), or "borrowed from
     # <model> tp=<n>, ..." (none measured here: predictor.borrow_calibration).
     calibration_source: str = ""
+    # The profiled GPU whose tables were transferred to this one (simulator/runtime/transfer.py); "" when
+    # the tables were measured on this GPU.
+    transferred_from: str = ""
     chosen: dict[str, str] = field(default_factory=dict)  # op -> family kept
     scores: dict[str, dict[str, FamilyScore]] = field(default_factory=dict)  # op -> family -> score
     fit_seconds: float = 0.0

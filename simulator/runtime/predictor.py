@@ -58,9 +58,11 @@ from simulator.runtime.tables import (
     profile_files,
     read_comm,
     read_iterations,
+    read_meta,
     validation_csv,
     validation_csvs,
 )
+from simulator.runtime.transfer import transfer_calibration, transfer_pair, write_transferred_tables
 
 LINEAR_OPS = ("qkv_proj", "attn_out_proj", "mlp_up_gate", "mlp_down")
 # Per layer: two norms and two residual adds (before attention and before the MLP).
@@ -107,10 +109,11 @@ class Breakdown:
     stage_ms: list
     calibration: dict | None = None  # RuntimePredictor.calibration (printed by the CLI, not in as_json)
     engine: str = ""  # the engine profile the batch was priced under
+    transferred_from: str = ""  # the profiled GPU whose tables were transferred ("" = measured on this GPU)
 
     def as_json(self) -> dict:
         return {"total_ms": self.total_ms, "breakdown_ms": self.breakdown_ms, "stage_ms": self.stage_ms,
-                "engine": self.engine}
+                "engine": self.engine, "transferred_from": self.transferred_from}
 
 
 class RuntimePredictor:
@@ -319,7 +322,8 @@ class RuntimePredictor:
         out["launch_wait"] = float((gpu_s - kernels_s).sum()) * 1e3
         out["cpu_overhead"] = (max(0.0, host_s - float(gpu_s[0])) if self._async else host_s) * 1e3
         return Breakdown(total_ms=float(stage_ms.sum()), breakdown_ms=out, stage_ms=stage_ms.tolist(),
-                         calibration=self.calibration, engine=self.engine.name)
+                         calibration=self.calibration, engine=self.engine.name,
+                         transferred_from=self.fitted.transferred_from)
 
     def _attention_parts_ms(self, q: np.ndarray, kv: np.ndarray) -> tuple[float, float]:
         """(prefill, decode) milliseconds of one layer's attention of the batch, as the engine launches it."""
@@ -354,10 +358,7 @@ def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files:
     code; the calibrated entry also the launch mode and every whole-iteration measurement of the GPU (a fit
     may borrow another model's calibration)."""
     version = code_version()
-    base_key = cache.cache_key([
-        version, file_digest([files.ops_csv, files.attention_csv, files.meta_json]),
-        json.dumps(model.__dict__, sort_keys=True), json.dumps(hardware.__dict__, sort_keys=True), str(tp),
-    ])
+    base_key = _base_key(model, hardware, tp, files, version)
     launches = ["fused_varlen"] + ([attention_launch] if attention_launch != "fused_varlen" else [])
     measured = [path for launch in launches for path in validation_csvs(hardware, attention_launch=launch)]
     key = cache.cache_key([base_key, attention_launch,
@@ -365,13 +366,7 @@ def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files:
     fitted = cache.load(key, version, cache_directory)
     if fitted is not None:
         return fitted
-    fitted = cache.load(base_key, version, cache_directory)
-    if fitted is None:
-        from simulator.runtime.fit import fit_runtime  # scikit-learn and SciPy: only when fitting
-
-        fitted = fit_runtime(model, hardware, tp, files, progress=progress)
-        _save(fitted, base_key, version, cache_directory)
-    fitted = dataclasses.replace(fitted)
+    fitted = dataclasses.replace(uncalibrated_runtime(model, hardware, tp, files, cache_directory, progress))
     calibrated = False
     for launch in reversed(launches):  # this launch mode's own forwards first, then the fused ones
         validation = validation_csv(model, hardware, attention_launch=launch)
@@ -384,6 +379,58 @@ def fitted_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files:
         borrow_calibration(fitted, hardware, files, cache_directory, progress)
     _save(fitted, key, version, cache_directory)
     return fitted
+
+
+def _base_key(model: ModelConfig, hardware: HardwareConfig, tp: int, files: ProfileFiles, version: str) -> str:
+    return cache.cache_key([
+        version, file_digest([files.ops_csv, files.attention_csv, files.meta_json]),
+        json.dumps(model.__dict__, sort_keys=True), json.dumps(hardware.__dict__, sort_keys=True), str(tp),
+    ])
+
+
+def uncalibrated_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: ProfileFiles,
+                         cache_directory: Path | None = None, progress: bool = False) -> FittedRuntime:
+    """The fit of `files`' tables alone (no calibration): from the cache when valid, else fitted and cached."""
+    version = code_version()
+    base_key = _base_key(model, hardware, tp, files, version)
+    fitted = cache.load(base_key, version, cache_directory)
+    if fitted is None:
+        from simulator.runtime.fit import fit_runtime  # scikit-learn and SciPy: only when fitting
+
+        fitted = fit_runtime(model, hardware, tp, files, progress=progress)
+        _save(fitted, base_key, version, cache_directory)
+    return fitted
+
+
+def transferred_files(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Path = PROFILES_DIR,
+                      cache_directory: Path | None = None) -> ProfileFiles:
+    """The profile set of `model` on `hardware` transferred from `hardware.transfer_from`'s measured tables
+    (simulator/runtime/transfer.py), written under the cache directory; communication tables measured
+    for `hardware` win over transferred ones. ProfileError when the source has no tables of the model;
+    ConfigError naming the field when either GPU's YAML lacks a fact the transfer needs."""
+    source_hw = load_hardware_config(hardware.transfer_from)
+    source = profile_files(model, source_hw, profiles_dir)
+    out_root = Path(cache_directory or cache.cache_dir()) / "transferred" / f"from-{source_hw.profile}"
+    out_dir = out_root / hardware.profile / model.name
+    measured_comm = Path(profiles_dir) / hardware.comm_profile / "comm"
+    comm_dir = measured_comm if (measured_comm / "comm.csv").exists() else out_root / hardware.comm_profile / "comm"
+    write_transferred_tables(source.profile_dir, source.comm_dir, out_dir, out_root / hardware.comm_profile / "comm",
+                             source_hw, hardware)
+    return ProfileFiles(profile_dir=out_dir, comm_dir=comm_dir)
+
+
+def transferred_runtime(model: ModelConfig, hardware: HardwareConfig, tp: int, files: ProfileFiles,
+                        profiles_dir: Path = PROFILES_DIR, cache_directory: Path | None = None,
+                        progress: bool = False, attention_launch: str = "fused_varlen") -> FittedRuntime:
+    """The FittedRuntime of `model` on `hardware` fitted to `files` (transferred_files: tables transferred
+    from `hardware.transfer_from`), calibrated as that GPU's own fit of the model is (never on measured
+    forwards of `hardware`: what is transferred is predicted, not fitted to the target)."""
+    source_hw = load_hardware_config(hardware.transfer_from)
+    fitted = uncalibrated_runtime(model, hardware, tp, files, cache_directory, progress)
+    source_files = profile_files(model, source_hw, profiles_dir)
+    source_fit = fitted_runtime(model, source_hw, tp, source_files, cache_directory, progress, attention_launch)
+    source, target = transfer_pair(source_hw, hardware, read_meta(source_files.meta_json))  # memory ceilings
+    return transfer_calibration(fitted, source_fit, source, target)
 
 
 def _save(fitted: FittedRuntime, key: str, version: str, cache_directory: Path | None) -> None:
@@ -466,6 +513,24 @@ def calibrate(fitted: FittedRuntime, model: ModelConfig, iterations, attention_l
     return True
 
 
+def profile_source(model: ModelConfig, hardware: HardwareConfig, profiles_dir: Path = PROFILES_DIR) -> str:
+    """The GPU profile whose measured tables price `model` on `hardware`: its own where measured (a measured
+    profile always wins), else `hardware.transfer_from`'s, through the transfer. Without either, the
+    ProfileError naming the missing directory."""
+    try:
+        profile_files(model, hardware, profiles_dir)
+        return hardware.profile
+    except ProfileError:
+        if not hardware.transfer_from:
+            raise
+    try:
+        source_hw = load_hardware_config(hardware.transfer_from)
+    except ConfigError as e:
+        raise ConfigError(f"conf/hardware/{hardware.name}.yaml: transfer_from='{hardware.transfer_from}': {e}") from None
+    profile_files(model, source_hw, profiles_dir)  # the source must have measured the model
+    return source_hw.profile
+
+
 def build_predictor(model: ModelConfig, hardware: HardwareConfig, tp: int, pp: int,
                     cpu_overhead_s: float | None = None, *, engine: EngineProfile | str = "vllm_v1",
                     profiles_dir: Path = PROFILES_DIR, cache_directory: Path | None = None,
@@ -482,14 +547,20 @@ def build_predictor(model: ModelConfig, hardware: HardwareConfig, tp: int, pp: i
     if pp < 1:
         raise ConfigError(f"cluster.pp={pp} must be >= 1")
     engine = with_cpu_overhead(load_engine_profile(engine), cpu_overhead_s)
-    files = profile_files(model, hardware, profiles_dir)
+    transfer = profile_source(model, hardware, profiles_dir) != hardware.profile
+    files = transferred_files(model, hardware, profiles_dir, cache_directory) if transfer \
+        else profile_files(model, hardware, profiles_dir)
     if engine.attention_launch == "packed_gqa":
         raise ProfileError(
             f"engine {engine.name}: attention_launch=packed_gqa needs {files.profile_dir / 'attention_packed_gqa.csv'} "
             f"(launches of a varlen kernel that packs grouped-query heads), which was not profiled: torch exposes "
             f"no such kernel on the profiled GPUs (docs/engine_profiles.md); use attention_launch=split")
     comm_frame = read_comm(files.comm_csv) if tp > 1 or pp > 1 else None
-    fitted = fitted_runtime(model, hardware, tp, files, cache_directory, progress, engine.attention_launch)
+    if transfer:
+        fitted = transferred_runtime(model, hardware, tp, files, profiles_dir, cache_directory, progress,
+                                     engine.attention_launch)
+    else:
+        fitted = fitted_runtime(model, hardware, tp, files, cache_directory, progress, engine.attention_launch)
     return RuntimePredictor(fitted, model, pp, engine, comm_frame, files.comm_csv)
 
 

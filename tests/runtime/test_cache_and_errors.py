@@ -1,4 +1,5 @@
 """Fits are cached on disk and never trusted blindly; missing profiles fail with clear errors."""
+import dataclasses
 import json
 import shutil
 
@@ -157,9 +158,10 @@ def test_hardware_without_profiles_names_the_directory(profiles_dir):
     assert str(profiles_dir / "nogpu") in message and "servesim-profile" in message
 
 
-def test_shipped_a100_config_is_refused_with_the_directory():
+def test_a_gpu_without_profiles_or_a_transfer_source_is_refused_with_the_directory():
+    untransferred = dataclasses.replace(load_hardware_config("a100"), transfer_from=None)
     with pytest.raises(ProfileError, match=r"profiles[/\\]a100"):
-        build_predictor(load_model_config("llama-2-7b"), load_hardware_config("a100"), 1, 1)
+        build_predictor(load_model_config("llama-2-7b"), untransferred, 1, 1)
 
 
 def test_unprofiled_model_and_tp_are_errors(profiles_dir, tmp_path):

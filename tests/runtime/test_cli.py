@@ -21,7 +21,8 @@ def config_files(tmp_path, profiles_dir, cache_dir, make_predictor):
 def test_json_output_shape(config_files, capsys):
     assert main([*config_files, "batch=[[2048,0],[1,1024]]", "cpu_overhead_ms=0.5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"total_ms", "breakdown_ms", "stage_ms", "engine"} and out["engine"] == "vllm_v1"
+    assert set(out) == {"total_ms", "breakdown_ms", "stage_ms", "engine", "transferred_from"}
+    assert out["engine"] == "vllm_v1" and out["transferred_from"] == ""  # measured tables
     assert set(out["breakdown_ms"]) == set(BREAKDOWN_KEYS)
     assert out["breakdown_ms"]["cpu_overhead"] == pytest.approx(0.5)
     assert len(out["stage_ms"]) == 1 and out["stage_ms"][0] == pytest.approx(out["total_ms"])
@@ -45,8 +46,8 @@ def test_bad_arguments_exit_2_with_a_message(capsys):
     assert "batch" in capsys.readouterr().err
     assert main(["model=llama-2-7b", "hardware=h100", "batch=[[0,2]]"]) == 2
     assert "q_tokens >= 1" in capsys.readouterr().err
-    assert main(["model=llama-2-7b", "hardware=a100", "batch=[[1,2]]"]) == 2
-    assert "a100" in capsys.readouterr().err
+    assert main(["model=llama-2-7b", "hardware=v100", "batch=[[1,2]]"]) == 2
+    assert "unknown hardware 'v100'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown argument"):
         parse_args(["modle=x"])
 
