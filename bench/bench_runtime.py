@@ -26,6 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from profiler.schema import OPS_CSV, table_path
 from simulator.config import load_hardware_config, load_model_config
 from simulator.paths import PROFILES_DIR, TRACES_DIR
 from simulator.runtime import build_predictor
@@ -173,7 +174,7 @@ def main() -> int:
     parser.add_argument("--policies", default="vllm,sarathi", help="policies of the in-simulation run ('' = skip)")
     args = parser.parse_args()
     gpu_dir = PROFILES_DIR / load_hardware_config(args.hardware).profile
-    models = args.models or sorted(p.name for p in gpu_dir.glob("*") if (p / "ops.csv").exists())
+    models = args.models or sorted(p.name for p in gpu_dir.glob("*") if table_path(p, OPS_CSV).exists())
     if not models:
         print(f"no profiles under {gpu_dir}: run the profiler first (docs/profiler.md)")
         return 1

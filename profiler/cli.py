@@ -1,7 +1,7 @@
 """servesim-profile: measure kernel tables on this machine's GPU (or CPU).
 
   servesim-profile check                                  environment + attention correctness per backend
-  servesim-profile profile --models llama-3-8b mistral-7b ops.csv/attention.csv/meta.json per model
+  servesim-profile profile --models llama-3-8b mistral-7b ops.csv.gz/attention.csv.gz/meta.json per model
   servesim-profile iterations --models llama-3-8b --tp 1  whole-forward validation timings
   servesim-profile comm                                   NCCL all_reduce / send_recv (all visible GPUs)
   servesim-profile probe-attention --out probe.json       which kernels launch mixed batches, and their cost
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None)
 
-    p = sub.add_parser("profile", help="ops.csv + attention.csv + meta.json per model")
+    p = sub.add_parser("profile", help="ops.csv.gz + attention.csv.gz + meta.json per model")
     _common(p)
     p.add_argument("--models", "--model", nargs="+", default=None,
                    help=f"conf/model names or YAML paths (default: all: {' '.join(ALL_MODELS)})")

@@ -1,12 +1,14 @@
-"""Profile one or more models: ops.csv, attention.csv and meta.json under <out>/<gpu>/<model>/.
+"""Profile one or more models: ops.csv.gz, attention.csv.gz and meta.json under <out>/<gpu>/<model>/.
 
 Every distinct (op, shape) is measured once per run and written into each model's tables that need it
 (meta.json says which rows were shared and from which model). Rows are appended as they are measured; a
 rerun skips rows already on disk and copies shared rows from tables that already have them, so an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped. While a run measures, its tables are plain .csv files (a run
+killed outright leaves them so, and the next run resumes from them); they are gzipped when it ends.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -29,7 +31,7 @@ from profiler.grid import (
 )
 from profiler.ops import build_op
 from profiler.progress import progress
-from profiler.schema import ATTENTION_COLUMNS, OP_NAMES, OPS_COLUMNS
+from profiler.schema import ATTENTION_COLUMNS, ATTENTION_CSV, OP_NAMES, OPS_COLUMNS, OPS_CSV
 from profiler.tables import ResumableCsv, attention_key, ops_key, read_json, write_json
 from profiler.timing import TimingSettings, input_sets_needed, time_call
 from simulator.config import ModelConfig
@@ -146,6 +148,12 @@ class ProfileRequest:
 
 def run_profile(req: ProfileRequest, log=print) -> dict:
     """Measure every missing row of every requested model; returns the run summary written to meta.json."""
+    # Every table is gzipped again when the run ends: complete, at its time limit or interrupted.
+    with contextlib.ExitStack() as open_tables:
+        return _run_profile(req, open_tables, log)
+
+
+def _run_profile(req: ProfileRequest, open_tables: contextlib.ExitStack, log) -> dict:
     started = time.perf_counter()
     env = environment(req.device)
     log(f"device: {env.get('gpu_name', env.get('cpu'))}; torch {env['torch']}, CUDA {env['cuda']}")
@@ -161,9 +169,11 @@ def run_profile(req: ProfileRequest, log=print) -> dict:
     tables, grids = [], {}
     for model in req.models:
         directory = req.out_dir / req.gpu / model.name
-        t = ModelTables(model, directory,
-                        ResumableCsv(directory / "ops.csv", OPS_COLUMNS, ops_key),
-                        ResumableCsv(directory / "attention.csv", ATTENTION_COLUMNS, attention_key))
+        ops = open_tables.enter_context(
+            ResumableCsv(directory / OPS_CSV, OPS_COLUMNS, ops_key, compressed=True))
+        attention = open_tables.enter_context(
+            ResumableCsv(directory / ATTENTION_CSV, ATTENTION_COLUMNS, attention_key, compressed=True))
+        t = ModelTables(model, directory, ops, attention)
         tables.append(t)
         tps = [tp for tp in req.tps if _divides(model, tp)]
         max_tokens = req.max_tokens or (64 if req.tiny else max(16384, model.max_model_len))

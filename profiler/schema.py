@@ -1,8 +1,8 @@
 """Column layout of the profile tables under data/profiles/ (the profiler writes, the runtime model reads).
 
 Layout on disk:
-  data/profiles/<gpu>/<model>/ops.csv         token-wise ops of one layer (and embedding, LM head, sampling)
-  data/profiles/<gpu>/<model>/attention.csv   attention launches of one layer
+  data/profiles/<gpu>/<model>/ops.csv.gz      token-wise ops of one layer (and embedding, LM head, sampling)
+  data/profiles/<gpu>/<model>/attention.csv.gz  attention launches of one layer
   data/profiles/<gpu>/<model>/meta.json       how it was made: GPU, driver, CUDA, torch, backend, date, command,
                                               repeatability check, measured peaks, time spent per op family
   data/profiles/<gpu>/comm/comm.csv           NCCL all_reduce and send_recv (model independent)
@@ -10,8 +10,17 @@ Layout on disk:
   data/validation/<gpu>/<model>/iterations.csv  whole-model forward passes of random batch compositions
                                               (iterations_split.csv: the same with split attention launches)
 
+A model's two kernel tables are stored gzipped; while the profiler appends to one it is the plain .csv
+(profiler/tables.py, ResumableCsv). Readers find either through `table_path`.
+
 All times are milliseconds on one GPU (one TP shard): median over repeats, with p10/p90 spread.
 """
+from pathlib import Path
+
+# Kept as <name>.gz between profiler runs: as plain CSV they were half the repository's bytes (the attention
+# tables' composition strings most of it); gzip shrinks an attention table about 6x, an ops table 3x.
+OPS_CSV = "ops.csv"
+ATTENTION_CSV = "attention.csv"
 
 # Every timed row carries these.
 TIMING_COLUMNS = ["time_ms", "p10_ms", "p90_ms", "repeats"]
@@ -68,3 +77,10 @@ def iteration_file_names(attention_launch: str) -> tuple[str, str]:
     if attention_launch == "fused_varlen":
         return "iterations.csv", "meta.json"
     return f"iterations_{attention_launch}.csv", f"meta_{attention_launch}.json"
+
+
+def table_path(directory: Path, name: str) -> Path:
+    """The file holding table `name` (e.g. "attention.csv") in `directory`: `name`.gz when that exists,
+    else `name` (which may not exist either). pandas reads both alike."""
+    compressed = Path(directory) / f"{name}.gz"
+    return compressed if compressed.exists() else Path(directory) / name

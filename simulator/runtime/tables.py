@@ -6,6 +6,7 @@ Every function here returns plain pandas frames restricted to what one fit needs
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,11 +15,14 @@ import numpy as np
 
 from profiler.schema import (
     ATTENTION_COLUMNS,
+    ATTENTION_CSV,
     COMM_COLUMNS,
     ITERATION_COLUMNS,
     OP_NAMES,
     OPS_COLUMNS,
+    OPS_CSV,
     iteration_file_names,
+    table_path,
 )
 from simulator.config import ConfigError, HardwareConfig, ModelConfig
 from simulator.paths import DATA_DIR, PROFILES_DIR
@@ -46,11 +50,13 @@ class ProfileFiles:
 
     @property
     def ops_csv(self) -> Path:
-        return self.profile_dir / "ops.csv"
+        """ops.csv.gz, or ops.csv where a profiler run was killed before it packed the table."""
+        return table_path(self.profile_dir, OPS_CSV)
 
     @property
     def attention_csv(self) -> Path:
-        return self.profile_dir / "attention.csv"
+        """attention.csv.gz, or attention.csv (as ops_csv)."""
+        return table_path(self.profile_dir, ATTENTION_CSV)
 
     @property
     def meta_json(self) -> Path:
@@ -88,6 +94,8 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ProfileError(f"{path}: cannot be read as CSV ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:  # a damaged .gz
+        raise ProfileError(f"{path}: cannot be read ({e})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ProfileError(f"{path}: missing column(s) {missing}; expected the layout in profiler/schema.py")

@@ -7,7 +7,14 @@ import torch
 
 import profiler.model_profile as mp
 from profiler.cli import load_model, main
-from profiler.schema import ATTENTION_COLUMNS, ITERATION_COLUMNS, OPS_COLUMNS, SPLIT_ITERATION_COLUMNS
+from profiler.schema import (
+    ATTENTION_COLUMNS,
+    ITERATION_COLUMNS,
+    OPS_COLUMNS,
+    SPLIT_ITERATION_COLUMNS,
+    table_path,
+)
+from profiler.tables import ResumableCsv
 from profiler.timing import TimingSettings
 
 OPS = ["rmsnorm", "qkv_proj", "lm_head"]
@@ -22,11 +29,17 @@ def request(models, out_dir, **kw):
 
 def read(out_dir, model):
     d = out_dir / "cpu" / model
-    return pd.read_csv(d / "ops.csv"), pd.read_csv(d / "attention.csv"), json.loads((d / "meta.json").read_text())
+    return (pd.read_csv(table_path(d, "ops.csv")), pd.read_csv(table_path(d, "attention.csv")),
+            json.loads((d / "meta.json").read_text()))
+
+
+def files(out_dir, model):
+    return sorted(p.name for p in (out_dir / "cpu" / model).iterdir())
 
 
 def test_tables_follow_the_schema(tiny_model, tmp_path):
     mp.run_profile(request([tiny_model], tmp_path), log=lambda *_: None)
+    assert files(tmp_path, "tiny-llama") == ["attention.csv.gz", "meta.json", "ops.csv.gz"]
     ops, att, meta = read(tmp_path, "tiny-llama")
     assert list(ops.columns) == OPS_COLUMNS and list(att.columns) == ATTENTION_COLUMNS
     assert len(ops) == 2 * 3 * 8                              # tp x ops x token counts 1..8
@@ -59,7 +72,10 @@ def test_second_model_shares_every_non_vocab_row(tiny_yaml, tmp_path):
     assert meta2["runs"][-1]["rows_measured_for_this_model"] == 2 * 8   # only its own lm_head rows
 
 
-def test_interrupted_run_resumes_to_the_same_table(tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["interrupted", "killed"])
+def test_interrupted_run_resumes_to_the_same_table(tiny_model, tmp_path, monkeypatch, stop):
+    """An interrupted run packs its tables (.gz) as it stops; one killed outright leaves them plain. Either
+    way the next run resumes from the rows written and ends with the whole tables gzipped."""
     reference_dir, resumed_dir = tmp_path / "ref", tmp_path / "resumed"
     mp.run_profile(request([tiny_model], reference_dir), log=lambda *_: None)
 
@@ -73,11 +89,15 @@ def test_interrupted_run_resumes_to_the_same_table(tiny_model, tmp_path, monkeyp
         return real(*args, **kw)
 
     monkeypatch.setattr(mp, "measure_point", dies_after_20)
+    if stop == "killed":  # no exit code runs: the tables stay as they were being appended to
+        monkeypatch.setattr(ResumableCsv, "close", lambda self: None)
     with pytest.raises(KeyboardInterrupt):
         mp.run_profile(request([tiny_model], resumed_dir), log=lambda *_: None)
-    partial_ops = pd.read_csv(resumed_dir / "cpu" / "tiny-llama" / "ops.csv")
+    suffix = ".gz" if stop == "interrupted" else ""
+    assert files(resumed_dir, "tiny-llama") == [f"attention.csv{suffix}", f"ops.csv{suffix}"]
+    partial_ops = pd.read_csv(resumed_dir / "cpu" / "tiny-llama" / f"ops.csv{suffix}")
     assert 0 < len(partial_ops) < 36
-    monkeypatch.setattr(mp, "measure_point", real)
+    monkeypatch.undo()  # measure_point and close as they were
 
     counted = {"n": 0}
 
@@ -87,6 +107,7 @@ def test_interrupted_run_resumes_to_the_same_table(tiny_model, tmp_path, monkeyp
 
     monkeypatch.setattr(mp, "measure_point", counting)
     mp.run_profile(request([tiny_model], resumed_dir), log=lambda *_: None)
+    assert files(resumed_dir, "tiny-llama") == ["attention.csv.gz", "meta.json", "ops.csv.gz"]
     ops_ref, att_ref, _ = read(reference_dir, "tiny-llama")
     ops, att, meta = read(resumed_dir, "tiny-llama")
     key = ["tp", "op", "num_tokens"]

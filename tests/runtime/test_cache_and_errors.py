@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from synthetic import NO_PROFILE_GPU, TEST_GPU, TINY_MODEL, write_profiles
 
+from profiler.tables import pack
 from simulator.config import ConfigError, load_hardware_config, load_model_config
 from simulator.runtime import ProfileError, build_predictor, cache
 from simulator.runtime import fit as fit_module  # the predictor imports fit_runtime from here when it fits
+from simulator.runtime.tables import profile_files, read_attention, read_ops
 
 
 @pytest.fixture()
@@ -63,6 +65,25 @@ def test_editing_a_profile_file_refits(own_profiles, monkeypatch, make_predictor
     assert len(fits) == 1
     build(profiles, cache)
     assert len(fits) == 1  # and the new fit is cached in turn
+
+
+def test_gzipped_tables_read_alike_and_refit_once(own_profiles, monkeypatch, make_predictor):
+    profiles, cache = own_profiles
+    model_dir = profiles / "testgpu" / TINY_MODEL.name
+    plain = read_ops(model_dir / "ops.csv", 1), read_attention(model_dir / "attention.csv", 1)
+    pack(model_dir / "ops.csv")
+    pack(model_dir / "attention.csv")
+    files = profile_files(TINY_MODEL, TEST_GPU, profiles)
+    assert (files.ops_csv.name, files.attention_csv.name) == ("ops.csv.gz", "attention.csv.gz")
+    pd.testing.assert_frame_equal(read_ops(files.ops_csv, 1), plain[0])
+    packed, unpacked = read_attention(files.attention_csv, 1), plain[1]
+    pd.testing.assert_frame_equal(packed.drop(columns="composition"), unpacked.drop(columns="composition"))
+    assert all((a == b).all() for a, b in zip(packed.composition, unpacked.composition, strict=True))
+    fits = count_fits(monkeypatch, make_predictor)
+    build(profiles, cache)
+    assert len(fits) == 1  # the cache key covers the files' bytes: other files, one new fit
+    build(profiles, cache)
+    assert len(fits) == 1
 
 
 def damage_entry(cache, how, entry=None):

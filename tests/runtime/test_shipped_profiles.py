@@ -7,6 +7,7 @@ against regressions, the report says how close we are.
 import numpy as np
 import pytest
 
+from profiler.schema import ATTENTION_CSV, OPS_CSV, table_path
 from simulator.config import load_hardware_config, load_model_config
 from simulator.paths import DATA_DIR, PROFILES_DIR
 from simulator.runtime import build_predictor
@@ -15,7 +16,8 @@ from simulator.runtime.features import composition_arrays
 from simulator.runtime.fit import percent_errors
 from simulator.runtime.tables import read_iterations
 
-MODELS = [m for m in ("llama-3-8b", "llama-2-7b") if (PROFILES_DIR / "h100" / m / "attention.csv").exists()]
+MODELS = [m for m in ("llama-3-8b", "llama-2-7b")
+          if table_path(PROFILES_DIR / "h100" / m, ATTENTION_CSV).exists()]
 # Held-out (grid region) error bounds, in percent (median, P95): regression guards a little above what
 # the committed H100 llama-3-8b tables give (docs/runtime_accuracy.md), not the issue's targets.
 OP_BOUND = {"attention": (6.5, 24.0), "attention_decode": (8.5, 25.0), "attention_chunk": (5.0, 24.0),
@@ -80,7 +82,7 @@ def test_tensor_parallel_communication_on_the_shipped_nccl_tables(tokens):
     from simulator.runtime.comm import comm_curve
 
     model, hardware = load_model_config("llama-3-8b"), load_hardware_config("h100")
-    if not (PROFILES_DIR / "h100" / model.name / "ops.csv").exists():
+    if not table_path(PROFILES_DIR / "h100" / model.name, OPS_CSV).exists():
         pytest.skip("no H100 profiles committed")
     comm_csv = PROFILES_DIR / hardware.comm_profile / "comm" / "comm.csv"
     table = pd.read_csv(comm_csv)
@@ -95,3 +97,12 @@ def test_tensor_parallel_communication_on_the_shipped_nccl_tables(tokens):
     layers_and_embedding = (2 * model.num_layers + 1) * all_reduce_ms
     assert tp1.breakdown_ms["communication"] == 0.0
     assert layers_and_embedding <= tp2.breakdown_ms["communication"] <= layers_and_embedding + 0.1  # + logits
+
+
+def test_shipped_kernel_tables_are_gzipped():
+    """Plain kernel tables are 3-6x the bytes (the repository ships to GPU machines whole); the profiler
+    leaves them plain only while it measures, or when it was killed before it packed them."""
+    profiled = [p for p in PROFILES_DIR.glob("*/*") if (p / "meta.json").exists() and p.name != "comm"]
+    plain = sorted(str(p / name) for p in profiled for name in (OPS_CSV, ATTENTION_CSV) if (p / name).exists())
+    assert not plain, f"{plain}: rerun their profile command to finish and gzip them (profiler/tables.py, pack)"
+    assert profiled and all(table_path(p, OPS_CSV).name == "ops.csv.gz" for p in profiled)
