@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from profiler.schema import table_path
 from simulator.config import load_hardware_config, load_model_config
 from simulator.paths import DATA_DIR, PROFILES_DIR, REPO_ROOT
 from simulator.runtime.cpu_overhead import kernels_only
@@ -114,8 +115,8 @@ def report(pairs, model_names: list[str] | None = None) -> tuple[list[str], dict
 
     lines, summary = [f"Made with {library_versions()}.", ""], {}
     for source_name, target_name in pairs:
-        profiled = sorted(p.name for p in (PROFILES_DIR / target_name).iterdir() if (p / "ops.csv").exists())
-        models = [m for m in (model_names or profiled) if (PROFILES_DIR / source_name / m / "ops.csv").exists()
+        profiled = sorted(p.name for p in (PROFILES_DIR / target_name).iterdir() if table_path(p, "ops.csv").exists())
+        models = [m for m in (model_names or profiled) if table_path(PROFILES_DIR / source_name / m, "ops.csv").exists()
                   and m in profiled]
         rows = pd.concat([op_rows(m, source_name, target_name) for m in models])
         pair = f"{source_name} -> {target_name}"

@@ -235,10 +235,12 @@ def write_transferred_tables(source_dir: Path, source_comm_dir: Path, out_dir: P
     alone, so their digests (the fit cache key) stay."""
     import pandas as pd
 
+    from profiler.schema import table_path
     from simulator.runtime.tables import read_meta
 
     meta = read_meta(source_dir / "meta.json")
-    frames = {name: pd.read_csv(source_dir / name) for name in ("ops.csv", "attention.csv")}
+    # The source tables may be committed compressed (ops.csv.gz); the transferred ones are a plain cache.
+    frames = {name: pd.read_csv(table_path(source_dir, name)) for name in ("ops.csv", "attention.csv")}
     source, target = transfer_pair(source_hw, target_hw, meta, frames["attention.csv"])
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_if_changed(out_dir / "meta.json", json.dumps(transfer_meta(meta, source_hw, target_hw, target), indent=1))
