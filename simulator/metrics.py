@@ -123,7 +123,10 @@ def _tokens_per_request(records: RequestRecords) -> np.ndarray:
     return np.diff(np.asarray(records.token_offsets, dtype=np.int64))
 
 
-TOKENS_PER_CHUNK = 1 << 22  # token-sized temporaries are built this many tokens at a time (32 MiB each)
+TOKENS_PER_CHUNK = 1 << 20  # token-sized temporaries are built this many tokens at a time (8 MiB each)
+# A run with more tokens than this reads its TBT gaps in chunks (StreamedGaps) rather than copying them all
+# (32 MiB here; hundreds of MiB beside the token times of a million requests).
+GAPS_IN_ONE_ARRAY_MAX_TOKENS = 1 << 22
 
 
 def _request_chunks(offsets: np.ndarray, tokens_per_chunk: int = TOKENS_PER_CHUNK):
@@ -183,11 +186,12 @@ def tbt_gaps_s(records: RequestRecords, request_ids: np.ndarray | None = None) -
     return gaps
 
 
-def all_tbt_gaps(records: RequestRecords, tokens_per_chunk: int = TOKENS_PER_CHUNK) -> np.ndarray | StreamedGaps:
-    """What the summary and the SLO verdicts read of the TBT gaps: tbt_gaps_s(records) when the run's
-    tokens fit one chunk, else a StreamedGaps over them (the same statistics, without a second
-    token-sized array beside the token times)."""
-    if len(records.token_times_s) <= tokens_per_chunk:
+def all_tbt_gaps(records: RequestRecords, max_tokens_in_one_array: int = GAPS_IN_ONE_ARRAY_MAX_TOKENS,
+                 tokens_per_chunk: int = TOKENS_PER_CHUNK) -> np.ndarray | StreamedGaps:
+    """What the summary and the SLO verdicts read of the TBT gaps: tbt_gaps_s(records) when the run has
+    at most `max_tokens_in_one_array` tokens, else a StreamedGaps over them (the same statistics, without
+    a second token-sized array beside the token times)."""
+    if len(records.token_times_s) <= max_tokens_in_one_array:
         return tbt_gaps_s(records)
     return StreamedGaps(records, tokens_per_chunk)
 
@@ -542,12 +546,14 @@ def _iteration_summary(iters: IterationRecords | None) -> dict:
         return {"num_iterations": 0, "batch_size_mean": None, "batch_size_max": None,
                 "iteration_s": latency_stats(np.empty(0))}
     first_stage = np.asarray(iters.stage) == 0
-    batch = np.asarray(iters.batch_size)[first_stage]
+    batch = np.asarray(iters.batch_size)
+    batch = batch if first_stage.all() else batch[first_stage]  # (no copy of tens of millions of rows)
     return {
         "num_iterations": int(first_stage.sum()),
         "batch_size_mean": _round(batch.mean()) if len(batch) else None,
         "batch_size_max": int(batch.max()) if len(batch) else None,
-        "iteration_s": latency_stats(np.asarray(iters.duration_s)[first_stage]),
+        # Boolean indexing copies: the copy is ours to reorder.
+        "iteration_s": latency_stats(np.asarray(iters.duration_s)[first_stage], overwrite=True),
     }
 
 
@@ -599,9 +605,8 @@ def prepare_output_dir(out_dir: str | Path) -> Path:
     return out
 
 
-# The token and iteration tables are written this many rows at a time (about 20 and 90 MB as DataFrames;
-# pyarrow's default row group is as long).
-WRITE_ROWS_PER_CHUNK = 1 << 20
+# The token and iteration tables are written this many rows at a time (about 10 and 45 MB as DataFrames).
+WRITE_ROWS_PER_CHUNK = 1 << 19
 
 # zstd instead of Parquet's default snappy: the whole conversation trace's tables shrink from 19.5 to
 # 16.2 MB (token times alone 8.1 -> 5.8 MB), read back by pandas/pyarrow as before.

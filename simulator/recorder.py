@@ -72,11 +72,12 @@ class Recorder:
         self._emit_steps.append(len(times_ns))
         _append(self._emit_times_ns, times_ns)
 
-    def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
         """Every emitted token's time (seconds), request after request, and CSR offsets (num_requests + 1).
 
         The log holds (event, request) pairs; they are expanded a range of request ids at a time (about
-        `pairs_per_chunk` pairs each), so temporary memory stays bounded however long the simulation.
+        `pairs_per_chunk` pairs each, a decode run's pair holding one token per step), so temporary memory
+        stays bounded however long the simulation.
         """
         offsets = np.zeros(num_requests + 1, np.int64)
         if not self._emit_sizes:
@@ -103,8 +104,9 @@ class Recorder:
             pair_start = np.cumsum(steps) - steps
             instant = np.repeat(event_first[event] - pair_start, steps)
             instant += np.arange(len(instant))
-            # Straight into the output: no token-sized temporary for the gathered times.
-            np.divide(np.take(times_ns, instant), 1e9, out=token_times_s[offsets[lo]: offsets[hi]])
+            # Gathered over the indices and then straight into the output: no other token-sized temporary.
+            np.take(times_ns, instant, out=instant)
+            np.divide(instant, 1e9, out=token_times_s[offsets[lo]: offsets[hi]])
         return token_times_s, offsets
 
     def pop_iteration_records(self) -> IterationRecords:

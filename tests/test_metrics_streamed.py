@@ -101,5 +101,5 @@ def test_summary_and_slo_verdicts_from_streamed_gaps_equal_the_in_memory_ones(sm
         assert slo.evaluate_slos(strict, latencies, streamed) == \
             slo.evaluate_slos(strict, latencies, metrics.tbt_gaps_s(records))
     # Above one chunk of tokens, runs read the gaps streamed; below, as one array.
-    assert isinstance(metrics.all_tbt_gaps(records, tokens_per_chunk=100), metrics.StreamedGaps)
+    assert isinstance(metrics.all_tbt_gaps(records, max_tokens_in_one_array=100), metrics.StreamedGaps)
     assert isinstance(metrics.all_tbt_gaps(records), np.ndarray)
