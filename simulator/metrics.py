@@ -246,8 +246,10 @@ class StreamedGaps:
         keys = ["mean", *(f"p{p}" for p in PERCENTILES), "max"]
         if self.count == 0:
             return dict.fromkeys(keys)
-        total_s = sum(float(chunk.sum()) for chunk in self.chunks())
-        numbers = [total_s / self.count, *self.percentiles(PERCENTILES), self._order_statistics([self.count - 1])[0]]
+        total_s = largest_s = 0.0
+        for chunk in self.chunks():
+            total_s, largest_s = total_s + float(chunk.sum()), max(largest_s, float(chunk.max()))
+        numbers = [total_s / self.count, *self.percentiles(PERCENTILES), largest_s]
         return {k: _round(v) for k, v in zip(keys, numbers)}
 
     def percentiles(self, qs) -> list[float]:
