@@ -14,6 +14,7 @@ and summary.json are written.
 Each size runs in a fresh Python process, so that its peak memory is its own. Columns:
   requests    simulated requests;  iterations  simulated iterations (stage 0);  tokens  output tokens
   wall_s      run_simulation, result files included (the process's start-up and imports excluded)
+  cpu_s       user + system CPU seconds of the same (less sensitive than wall_s to a busy machine)
   write_s     writing the result files (part of wall_s)
   sim_MiB     peak resident memory up to the end of the simulation (the recorder's buffers)
   peak_MiB    peak resident memory of the whole process (the target: under 4 GB at 1M requests)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,11 @@ def _peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def child(args: argparse.Namespace) -> None:
@@ -72,14 +79,14 @@ def child(args: argparse.Namespace) -> None:
         "cluster": {"num_replicas": args.replicas, "router": "least_outstanding_requests"},
     })
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as out_dir:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_s()
         result = run_simulation(cfg, out_dir=out_dir)
-        wall_s = time.perf_counter() - started
+        wall_s, cpu_s = time.perf_counter() - started, _cpu_s() - cpu_started
         files_bytes = sum(p.stat().st_size for p in Path(out_dir).iterdir())
     s = result.summary
     print(json.dumps({
         "requests": s["num_requests"], "completed": s["completed"], "iterations": s["num_iterations"],
-        "tokens": s["output_tokens_completed"], "wall_s": wall_s, "write_s": phases.get("write_s", 0.0),
+        "tokens": s["output_tokens_completed"], "wall_s": wall_s, "cpu_s": cpu_s, "write_s": phases.get("write_s", 0.0),
         "sim_mib": phases.get("sim_mib", 0.0), "peak_mib": _peak_rss_mib(), "files_mib": files_bytes / 2**20,
         "ttft_p99_ms": (s["ttft_s"]["p99"] or 0) * 1e3, "tbt_p99_ms": (s["tbt_s"]["p99"] or 0) * 1e3,
     }))
@@ -101,7 +108,7 @@ def main() -> None:
 
     print(f"servesim scale benchmark: llama-3-8b, {args.replicas} x h100, {args.policy}, conversation lengths, "
           f"Poisson {args.rate * args.replicas:g} req/s, predictor {args.predictor}, result files written")
-    header = (f"{'requests':>10}{'iterations':>12}{'tokens':>13}{'wall_s':>8}{'write_s':>8}"
+    header = (f"{'requests':>10}{'iterations':>12}{'tokens':>13}{'wall_s':>8}{'cpu_s':>8}{'write_s':>8}"
               f"{'sim_MiB':>9}{'peak_MiB':>9}{'files_MiB':>10}{'TTFT p99 ms':>12}{'TBT p99 ms':>11}")
     print(header)
     print("-" * len(header))
@@ -115,7 +122,8 @@ def main() -> None:
             failed += 1
             continue
         m = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{m['requests']:>10,}{m['iterations']:>12,}{m['tokens']:>13,}{m['wall_s']:>8.1f}{m['write_s']:>8.1f}"
+        print(f"{m['requests']:>10,}{m['iterations']:>12,}{m['tokens']:>13,}{m['wall_s']:>8.1f}{m['cpu_s']:>8.1f}"
+              f"{m['write_s']:>8.1f}"
               f"{m['sim_mib']:>9,.0f}{m['peak_mib']:>9,.0f}{m['files_mib']:>10,.1f}{m['ttft_p99_ms']:>12.1f}"
               f"{m['tbt_p99_ms']:>11.1f}", flush=True)
     if failed:
