@@ -181,7 +181,8 @@ def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, r
     counts = np.maximum((steps[run_of_request] - spare + (block_size - 1)) // block_size, 0)
     owner = np.repeat(np.arange(len(spare)), counts)
     run_start = np.cumsum(steps) - steps  # index of each run's first step in the output
-    # Output index of each new block's step: its run's first step + spare (+ 1, 1-based, - 1) + nth * bs.
+    # Output index of each new block's step (step spare + 1 + nth * block_size of its run, counting from 1):
+    # the run's first index + spare + nth * block_size.
     block_step = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     block_step *= block_size
     block_step += spare[owner] + run_start[run_of_request[owner]]
