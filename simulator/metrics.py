@@ -647,7 +647,7 @@ def write_outputs(out_dir: str | Path, records: RequestRecords, iters: Iteration
                      lambda temp: _write_parquet_chunks(temp, iteration_chunks, iteration_table(iters, 0, 0)))
     write_text_atomically(paths["summary.json"], summary_json(summary))
     if trace:
-        write_chrome_trace(paths["trace.json"], iters)
+        write_atomically(paths["trace.json"], lambda temp: write_chrome_trace(temp, iters))
     return paths
 
 
