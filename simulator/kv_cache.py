@@ -172,19 +172,25 @@ def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, r
     request with `spare` free slots takes a new block at steps spare + 1, spare + 1 + block_size, ...
     Vectorised over all runs at once (the recorder calls it when the simulation is over).
     """
+    # Tens of millions of steps for a million requests: step-sized arrays are built once and updated in
+    # place (two at a time at most).
     steps = np.asarray(steps, np.int64)
     spare = np.asarray(spare_slots, np.int64)
     run_of_request = np.repeat(np.arange(len(steps)), requests_per_run)
-    run_steps = steps[run_of_request]
     # Each request's new blocks within its run: steps spare+1, spare+1+bs, ... up to the run's length.
-    counts = np.maximum((run_steps - spare + (block_size - 1)) // block_size, 0)
+    counts = np.maximum((steps[run_of_request] - spare + (block_size - 1)) // block_size, 0)
     owner = np.repeat(np.arange(len(spare)), counts)
-    nth = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
-    step_of_block = spare[owner] + 1 + nth * block_size  # 1-based step within its run
     run_start = np.cumsum(steps) - steps  # index of each run's first step in the output
-    new_per_step = np.bincount(run_start[run_of_request[owner]] + step_of_block - 1,
-                               minlength=int(steps.sum()))
-    cumulative = np.cumsum(new_per_step)
-    # Restart the running total at each run: subtract what earlier runs added.
-    before_run = np.repeat(cumulative[run_start] - new_per_step[run_start], steps)
-    return np.repeat(np.asarray(used_at_start, np.int64), steps) + cumulative - before_run
+    # Output index of each new block's step (step spare + 1 + nth * block_size of its run, counting from 1):
+    # the run's first index + spare + nth * block_size.
+    block_step = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+    block_step *= block_size
+    block_step += spare[owner] + run_start[run_of_request[owner]]
+    del owner, counts, run_of_request
+    used = np.bincount(block_step, minlength=int(steps.sum()))
+    del block_step
+    first_new = used[run_start]
+    np.cumsum(used, out=used)
+    # Restart the running total at each run (subtract what earlier runs added) from its used_at_start.
+    used += np.repeat(np.asarray(used_at_start, np.int64) - (used[run_start] - first_new), steps)
+    return used

@@ -77,7 +77,10 @@ class RequestRecords:
 
 @dataclass
 class IterationRecords:
-    """One row per batch a pipeline stage executed (with pp > 1 a batch appears once per stage)."""
+    """One row per batch a pipeline stage executed (with pp > 1 a batch appears once per stage).
+
+    The integer columns may be int32 or int64 (the simulator's recorder keeps int32: tens of millions of
+    rows for a million requests); iteration_table gives int64 either way."""
 
     replica_id: np.ndarray  # int64
     stage: np.ndarray  # int64, pipeline stage index, 0 first
@@ -120,7 +123,10 @@ def _tokens_per_request(records: RequestRecords) -> np.ndarray:
     return np.diff(np.asarray(records.token_offsets, dtype=np.int64))
 
 
-TOKENS_PER_CHUNK = 1 << 22  # token-sized temporaries are built this many tokens at a time (32 MiB each)
+TOKENS_PER_CHUNK = 1 << 20  # token-sized temporaries are built this many tokens at a time (8 MiB each)
+# A run with more tokens than this reads its TBT gaps in chunks (StreamedGaps) rather than copying them all
+# (32 MiB here; hundreds of MiB beside the token times of a million requests).
+GAPS_IN_ONE_ARRAY_MAX_TOKENS = 1 << 22
 
 
 def _request_chunks(offsets: np.ndarray, tokens_per_chunk: int = TOKENS_PER_CHUNK):
@@ -178,6 +184,142 @@ def tbt_gaps_s(records: RequestRecords, request_ids: np.ndarray | None = None) -
         gaps[filled: filled + len(chunk)] = chunk
         filled += len(chunk)
     return gaps
+
+
+def all_tbt_gaps(records: RequestRecords, max_tokens_in_one_array: int = GAPS_IN_ONE_ARRAY_MAX_TOKENS,
+                 tokens_per_chunk: int = TOKENS_PER_CHUNK) -> np.ndarray | StreamedGaps:
+    """What the summary and the SLO verdicts read of the TBT gaps: tbt_gaps_s(records) when the run has
+    at most `max_tokens_in_one_array` tokens, else a StreamedGaps over them (the same statistics, without
+    a second token-sized array beside the token times)."""
+    if len(records.token_times_s) <= max_tokens_in_one_array:
+        return tbt_gaps_s(records)
+    return StreamedGaps(records, tokens_per_chunk)
+
+
+# Percentiles of more values than one chunk pick each wanted order statistic out of the bit patterns of
+# the values: non-negative floats sort as their bit patterns do as integers. A pass over the values
+# counts them per range of patterns (this many bits at a time) and keeps the range holding the order
+# statistic, until that range has few enough values (a chunk's worth) to sort.
+_PATTERN_BITS_PER_PASS = 19
+
+
+@dataclass
+class StreamedGaps:
+    """Every TBT gap (s) of non-rejected requests (what tbt_gaps_s returns), computed from the token times
+    a chunk of requests at a time whenever read, so that no gap-sized array is held.
+
+    Statistics match those of the whole array: percentiles exactly (np.percentile's linear method), the
+    mean up to the rounding of a sum taken in chunks. `unbounded` adds that many infinitely long gaps (an
+    unfinished request's missing tokens, as the SLO checks count them).
+    """
+
+    records: RequestRecords
+    tokens_per_chunk: int = TOKENS_PER_CHUNK
+    unbounded: int = 0
+
+    def __post_init__(self) -> None:
+        check_records(self.records)
+        self._keep = ~np.asarray(self.records.rejected, dtype=bool)
+        self._counts = _gaps_per_request(self.records)
+        self.count = int(self._counts[self._keep].sum())  # finite gaps
+
+    def __len__(self) -> int:
+        return self.count + self.unbounded
+
+    def with_unbounded(self, unbounded: int) -> StreamedGaps:
+        """The same gaps and `unbounded` infinite ones."""
+        return StreamedGaps(self.records, self.tokens_per_chunk, unbounded)
+
+    def chunks(self):
+        """The gaps, a chunk of requests at a time, in tbt_gaps_s' order."""
+        times = np.asarray(self.records.token_times_s, dtype=np.float64)
+        offsets = np.asarray(self.records.token_offsets, dtype=np.int64)
+        for lo, hi in _request_chunks(offsets, self.tokens_per_chunk):
+            chunk = _chunk_gaps_s(times, offsets, lo, hi)
+            if not self._keep[lo:hi].all():
+                chunk = chunk[np.repeat(self._keep[lo:hi], self._counts[lo:hi])]
+            if len(chunk):
+                yield chunk
+
+    def stats(self) -> dict:
+        """latency_stats of the gaps: {mean, p50, p90, p99, max} (None when there are none)."""
+        keys = ["mean", *(f"p{p}" for p in PERCENTILES), "max"]
+        if self.count == 0:
+            return dict.fromkeys(keys)
+        total_s = largest_s = 0.0
+        for chunk in self.chunks():
+            total_s, largest_s = total_s + float(chunk.sum()), max(largest_s, float(chunk.max()))
+        numbers = [total_s / self.count, *self.percentiles(PERCENTILES), largest_s]
+        return {k: _round(v) for k, v in zip(keys, numbers)}
+
+    def percentiles(self, qs) -> list[float]:
+        """np.percentile (linear) of the gaps at each of `qs` (0-100); inf where a percentile falls among
+        the unbounded gaps, NaN when there are no gaps at all (slo.percentiles' rules)."""
+        n = len(self)
+        if n == 0:
+            return [float("nan")] * len(qs)
+        finite_cap = 1e300  # stands in for inf, as in slo.percentiles
+        # np.percentile's linear method: virtual index (n - 1) q, interpolated between its neighbours.
+        virtual = (n - 1) * np.true_divide(np.asarray(qs, dtype=np.float64), 100)
+        below = np.floor(virtual).astype(np.int64)
+        above = np.minimum(below + 1, n - 1)
+        below = np.minimum(below, n - 1)
+        gamma = virtual - below
+        ranks = sorted(set(below.tolist()) | set(above.tolist()))
+        finite = [r for r in ranks if r < self.count]
+        value = dict(zip(finite, self._order_statistics(finite)))
+        value.update({r: finite_cap for r in ranks if r >= self.count})
+        low, high = np.array([value[r] for r in below]), np.array([value[r] for r in above])
+        # numpy's _lerp: from the nearer end, so that gamma 0 or 1 gives that neighbour exactly.
+        difference = high - low
+        results = low + difference * gamma
+        np.subtract(high, difference * (1 - gamma), out=results, where=gamma >= 0.5)
+        return [float("inf") if r >= finite_cap / 2 else float(r) for r in results]
+
+    def _order_statistics(self, ranks) -> list[float]:
+        """The values at each 0-based position of `ranks` in the sorted finite gaps (all >= 0)."""
+        # Each wanted rank: (shift, prefix, rank among the values whose bit pattern >> shift == prefix, count).
+        wanted = {rank: (63, 0, rank, self.count) for rank in ranks}
+        while True:
+            narrow = {(shift, prefix) for shift, prefix, _, count in wanted.values()
+                      if shift > 0 and count > self.tokens_per_chunk}
+            if not narrow:
+                break
+            histograms = {key: np.zeros(1 << (key[0] - max(key[0] - _PATTERN_BITS_PER_PASS, 0)), np.int64)
+                          for key in narrow}
+            for chunk in self.chunks():
+                bits = chunk.view(np.int64)
+                for (shift, prefix), histogram in histograms.items():
+                    inside = bits[(bits >> shift) == prefix] if shift < 63 else bits
+                    new_shift = max(shift - _PATTERN_BITS_PER_PASS, 0)
+                    histogram += np.bincount((inside >> new_shift) & (len(histogram) - 1),
+                                             minlength=len(histogram))
+            for rank, (shift, prefix, within, count) in wanted.items():
+                if (shift, prefix) in histograms:
+                    histogram = histograms[(shift, prefix)]
+                    new_shift = max(shift - _PATTERN_BITS_PER_PASS, 0)
+                    cumulative = np.cumsum(histogram)
+                    part = int(np.searchsorted(cumulative, within, side="right"))
+                    before = int(cumulative[part - 1]) if part else 0
+                    wanted[rank] = (new_shift, (prefix << (shift - new_shift)) | part, within - before,
+                                    int(histogram[part]))
+        # Few enough values left in each range: collect and sort them (a single pattern is its value).
+        collect = {(shift, prefix) for shift, prefix, _, _ in wanted.values() if shift > 0}
+        found: dict = {key: [] for key in collect}
+        if collect:
+            for chunk in self.chunks():
+                bits = chunk.view(np.int64)
+                for (shift, prefix), parts in found.items():
+                    parts.append(chunk[(bits >> shift) == prefix] if shift < 63 else chunk)
+        ordered = {key: np.sort(np.concatenate(parts)) for key, parts in found.items()}
+        values = []
+        for rank in ranks:
+            shift, prefix, within, _ = wanted[rank]
+            if shift == 0:
+                values.append(float(np.int64(prefix).view(np.float64)))
+            else:
+                values.append(float(ordered[(shift, prefix)][within]))
+        return values
 
 
 def _per_request_tbt(records: RequestRecords, q: float = 99.0) -> tuple[np.ndarray, np.ndarray]:
@@ -288,24 +430,32 @@ def _tpot_s(records: RequestRecords, completed: np.ndarray) -> np.ndarray:
     return tpot
 
 
-def iteration_table(iters: IterationRecords) -> pd.DataFrame:
+def iteration_table(iters: IterationRecords, lo: int = 0, hi: int | None = None) -> pd.DataFrame:
     """One row per stage iteration: replica_id, stage, start_s, duration_s, end_s, kind
-    (prefill/decode/mixed/empty), batch_size, num_prefill_tokens, num_decode_tokens, kv_blocks_used."""
+    (prefill/decode/mixed/empty), batch_size, num_prefill_tokens, num_decode_tokens, kv_blocks_used.
+    `lo`, `hi`: only rows lo..hi-1 (default all)."""
     import pandas as pd
 
-    start = np.asarray(iters.start_s, dtype=np.float64)
-    duration = np.asarray(iters.duration_s, dtype=np.float64)
+    rows = slice(lo, hi)
+
+    def column(values, dtype) -> np.ndarray:
+        return np.asarray(np.asarray(values)[rows], dtype=dtype)
+
+    start = column(iters.start_s, np.float64)
+    duration = column(iters.duration_s, np.float64)
+    num_prefill_tokens = column(iters.num_prefill_tokens, np.int64)
+    num_decode_tokens = column(iters.num_decode_tokens, np.int64)
     return pd.DataFrame({
-        "replica_id": np.asarray(iters.replica_id, dtype=np.int64),
-        "stage": np.asarray(iters.stage, dtype=np.int64),
+        "replica_id": column(iters.replica_id, np.int64),
+        "stage": column(iters.stage, np.int64),
         "start_s": start,
         "duration_s": duration,
         "end_s": start + duration,
-        "kind": iteration_kinds(iters.num_prefill_tokens, iters.num_decode_tokens),
-        "batch_size": np.asarray(iters.batch_size, dtype=np.int64),
-        "num_prefill_tokens": np.asarray(iters.num_prefill_tokens, dtype=np.int64),
-        "num_decode_tokens": np.asarray(iters.num_decode_tokens, dtype=np.int64),
-        "kv_blocks_used": np.asarray(iters.kv_blocks_used, dtype=np.int64),
+        "kind": iteration_kinds(num_prefill_tokens, num_decode_tokens),
+        "batch_size": column(iters.batch_size, np.int64),
+        "num_prefill_tokens": num_prefill_tokens,
+        "num_decode_tokens": num_decode_tokens,
+        "kv_blocks_used": column(iters.kv_blocks_used, np.int64),
     })
 
 
@@ -338,7 +488,7 @@ def latency_stats(values: np.ndarray, overwrite: bool = False) -> dict:
 
 def summarize(records: RequestRecords, iters: IterationRecords | None, simulated_s: float, wall_s: float,
               latencies: RequestTable | None = None,
-              tbt_gaps: np.ndarray | None = None) -> dict:
+              tbt_gaps: np.ndarray | StreamedGaps | None = None) -> dict:
     """The run's headline numbers as a JSON-ready dict (floats rounded, NaN -> None).
 
     Latency blocks (ttft_s, tbt_s, tpot_s, e2e_s, normalized_e2e_s_per_token, queueing_delay_s)
@@ -348,12 +498,12 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
     arrival rate, (requests - 1) / (last arrival - first arrival). Iteration numbers count stage-0
     rows (each batch once, whatever the pipeline depth).
 
-    A caller that already built `request_latencies(records)` or `tbt_gaps_s(records)` passes them
-    (`latencies`, `tbt_gaps`; a request_table DataFrame will do too) to save building them again; the
-    gaps are then reordered in place (their values stay).
+    A caller that already built `request_latencies(records)` or `all_tbt_gaps(records)` passes them
+    (`latencies`, `tbt_gaps`; a request_table DataFrame or tbt_gaps_s' array will do too) to save building
+    them again; an array of gaps is then reordered in place (its values stay).
     """
     table = request_latencies(records) if latencies is None else latencies
-    gaps = tbt_gaps_s(records) if tbt_gaps is None else tbt_gaps
+    gaps = all_tbt_gaps(records) if tbt_gaps is None else tbt_gaps
     rejected = np.asarray(table["rejected"], dtype=bool)
     completed_s = np.asarray(table["completed_s"], dtype=np.float64)
     completed = ~rejected & ~np.isnan(completed_s)
@@ -374,7 +524,7 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
         "rejected": int(rejected.sum()),
         "rejected_by_reason": {str(r): int(c) for r, c in zip(reasons, reason_counts)},
         "ttft_s": latency_stats(table["ttft_s"]),
-        "tbt_s": latency_stats(gaps, overwrite=True),
+        "tbt_s": gaps.stats() if isinstance(gaps, StreamedGaps) else latency_stats(gaps, overwrite=True),
         "tpot_s": latency_stats(table["tpot_s"]),
         "e2e_s": latency_stats(table["e2e_s"]),
         "normalized_e2e_s_per_token": latency_stats(table["normalized_e2e_s_per_token"]),
@@ -398,12 +548,14 @@ def _iteration_summary(iters: IterationRecords | None) -> dict:
         return {"num_iterations": 0, "batch_size_mean": None, "batch_size_max": None,
                 "iteration_s": latency_stats(np.empty(0))}
     first_stage = np.asarray(iters.stage) == 0
-    batch = np.asarray(iters.batch_size)[first_stage]
+    batch = np.asarray(iters.batch_size)
+    batch = batch if first_stage.all() else batch[first_stage]  # (no copy of tens of millions of rows)
     return {
         "num_iterations": int(first_stage.sum()),
         "batch_size_mean": _round(batch.mean()) if len(batch) else None,
         "batch_size_max": int(batch.max()) if len(batch) else None,
-        "iteration_s": latency_stats(np.asarray(iters.duration_s)[first_stage]),
+        # Boolean indexing copies: the copy is ours to reorder.
+        "iteration_s": latency_stats(np.asarray(iters.duration_s)[first_stage], overwrite=True),
     }
 
 
@@ -415,17 +567,19 @@ def summary_json(summary: dict) -> str:
 # ----------------------------------------------------------------------------- files
 
 
-def token_times_table(records: RequestRecords) -> pd.DataFrame:
+def token_times_table(records: RequestRecords, lo: int = 0, hi: int | None = None) -> pd.DataFrame:
     """Every output token: request_id, token_index (0 = first token), time_s. TBT gaps are the
-    differences of time_s within a request_id."""
+    differences of time_s within a request_id. `lo`, `hi`: only requests lo..hi-1 (default all)."""
     import pandas as pd
 
-    counts = _tokens_per_request(records)
     offsets = np.asarray(records.token_offsets, dtype=np.int64)
+    hi = len(offsets) - 1 if hi is None else hi
+    counts = np.diff(offsets[lo: hi + 1])
+    first, last = offsets[lo], offsets[hi]
     return pd.DataFrame({
-        "request_id": np.repeat(np.asarray(records.request_id, dtype=np.int64), counts),
-        "token_index": (np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)).astype(np.int32),
-        "time_s": np.asarray(records.token_times_s, dtype=np.float64),
+        "request_id": np.repeat(np.asarray(records.request_id, dtype=np.int64)[lo:hi], counts),
+        "token_index": (np.arange(first, last) - np.repeat(offsets[lo:hi], counts)).astype(np.int32),
+        "time_s": np.asarray(records.token_times_s, dtype=np.float64)[first:last],
     })
 
 
@@ -453,35 +607,71 @@ def prepare_output_dir(out_dir: str | Path) -> Path:
     return out
 
 
+# The token and iteration tables are written this many rows at a time (about 10 and 45 MB as DataFrames).
+WRITE_ROWS_PER_CHUNK = 1 << 19
+
 # zstd instead of Parquet's default snappy: the whole conversation trace's tables shrink from 19.5 to
 # 16.2 MB (token times alone 8.1 -> 5.8 MB), read back by pandas/pyarrow as before.
 PARQUET_COMPRESSION = "zstd"
 
 
 def write_outputs(out_dir: str | Path, records: RequestRecords, iters: IterationRecords | None,
-                  summary: dict, trace: bool = True) -> dict[str, Path]:
+                  summary: dict, trace: bool = True, rows_per_chunk: int = WRITE_ROWS_PER_CHUNK) -> dict[str, Path]:
     """Write a run's result files into `out_dir` (created if missing) and return their paths:
 
     requests.parquet (request_table), iterations.parquet (iteration_table), token_times.parquet
     (token_times_table), summary.json (summary_json), and with `trace` trace.json (Perfetto/Chrome trace;
     open it in ui.perfetto.dev; about 25 MB per 100,000 iterations). Simulations pass their config's
     `trace` (off by default); real-GPU runs (simulator/execute) keep this function's default.
+    The token and iteration tables are written about `rows_per_chunk` rows at a time.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = [name for name in RESULT_FILES if name != "trace.json" or trace]
     paths = {name: out / name for name in names}
     # Each file is written whole or not at all (a kill mid-write leaves the previous one).
-    parquet = lambda table: lambda temp: table.to_parquet(temp, index=False, compression=PARQUET_COMPRESSION)
-    write_atomically(paths["requests.parquet"], parquet(request_table(records)))
-    write_atomically(paths["token_times.parquet"], parquet(token_times_table(records)))
+    write_atomically(paths["requests.parquet"],
+                     lambda temp: request_table(records).to_parquet(temp, index=False,
+                                                                     compression=PARQUET_COMPRESSION))
+    # The token and iteration tables have a row per output token and per iteration (hundreds of millions
+    # for a million requests): they are written a chunk of rows at a time, never built whole.
+    offsets = np.asarray(records.token_offsets, dtype=np.int64)
+    token_chunks = (token_times_table(records, lo, hi) for lo, hi in _request_chunks(offsets, rows_per_chunk))
+    write_atomically(paths["token_times.parquet"],
+                     lambda temp: _write_parquet_chunks(temp, token_chunks, token_times_table(records, 0, 0)))
     if iters is None:
         iters = IterationRecords(*(np.empty(0, dtype=np.int64) for _ in fields(IterationRecords)))
-    write_atomically(paths["iterations.parquet"], parquet(iteration_table(iters)))
+    iteration_chunks = (iteration_table(iters, lo, lo + rows_per_chunk)
+                        for lo in range(0, len(iters), rows_per_chunk))
+    write_atomically(paths["iterations.parquet"],
+                     lambda temp: _write_parquet_chunks(temp, iteration_chunks, iteration_table(iters, 0, 0)))
     write_text_atomically(paths["summary.json"], summary_json(summary))
     if trace:
-        write_chrome_trace(paths["trace.json"], iters)
+        write_atomically(paths["trace.json"], lambda temp: write_chrome_trace(temp, iters))
     return paths
+
+
+def _write_parquet_chunks(path: Path, chunks, empty: pd.DataFrame) -> None:
+    """One parquet file from DataFrames of the same columns, one after another: what
+    pd.concat(chunks).to_parquet(path, index=False) writes (`empty` when there are no chunks), holding
+    one chunk at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for chunk in chunks:
+            if len(chunk) == 0:
+                continue
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression=PARQUET_COMPRESSION)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        empty.to_parquet(path, index=False, compression=PARQUET_COMPRESSION)
 
 
 # ----------------------------------------------------------------------------- terminal

@@ -22,8 +22,9 @@ ITERATION_COLUMNS = ("replica_id", "stage", "start_ns", "duration_ns", "batch_si
 class Recorder:
     """Iteration rows and token emissions of one simulation.
 
-    Everything goes into flat `array.array` buffers of int64 (8 bytes a value, amortised O(1) appends, no
-    Python object per row); `pop_iteration_records` and `pop_request_records` build numpy columns at the end.
+    Everything goes into flat `array.array` buffers of int64 (8 bytes a value, request ids 4; amortised O(1)
+    appends, no Python object per row); `pop_iteration_records` and `pop_request_records` build numpy
+    columns at the end.
     """
 
     def __init__(self, kv_block_size: int):
@@ -36,7 +37,7 @@ class Recorder:
         self._run_spare_slots = array("q")
         # Token emissions, per event: how many requests emitted (and which), and at how many instants (when).
         self._emit_sizes = array("q")
-        self._emit_ids = array("q")
+        self._emit_ids = array("i")  # request ids: 4 bytes (C int) each, one per request per event
         self._emit_steps = array("q")
         self._emit_times_ns = array("q")
 
@@ -71,11 +72,12 @@ class Recorder:
         self._emit_steps.append(len(times_ns))
         _append(self._emit_times_ns, times_ns)
 
-    def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    def token_times(self, num_requests: int, pairs_per_chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
         """Every emitted token's time (seconds), request after request, and CSR offsets (num_requests + 1).
 
         The log holds (event, request) pairs; they are expanded a range of request ids at a time (about
-        `pairs_per_chunk` pairs each), so temporary memory stays bounded however long the simulation.
+        `pairs_per_chunk` pairs each, a decode run's pair holding one token per step), so temporary memory
+        stays bounded however long the simulation.
         """
         offsets = np.zeros(num_requests + 1, np.int64)
         if not self._emit_sizes:
@@ -84,8 +86,8 @@ class Recorder:
         event_sizes = np.frombuffer(self._emit_sizes, np.int64)
         event_first = np.cumsum(event_steps) - event_steps  # index of each event's first instant
         event_first_pair = np.cumsum(event_sizes) - event_sizes  # index of each event's first pair
-        times_s = np.frombuffer(self._emit_times_ns, np.int64) / 1e9
-        ids = np.frombuffer(self._emit_ids, np.int64)
+        times_ns = np.frombuffer(self._emit_times_ns, np.int64)  # converted a chunk at a time, not copied
+        ids = np.frombuffer(self._emit_ids, np.intc)
         token_times_s = np.empty(int((event_steps * event_sizes).sum()), np.float64)
         ids_per_chunk = max(1, int(num_requests * pairs_per_chunk // max(len(ids), 1)))
         for lo in range(0, num_requests, ids_per_chunk):
@@ -102,57 +104,61 @@ class Recorder:
             pair_start = np.cumsum(steps) - steps
             instant = np.repeat(event_first[event] - pair_start, steps)
             instant += np.arange(len(instant))
-            # Straight into the output: no token-sized temporary for the gathered times.
-            np.take(times_s, instant, out=token_times_s[offsets[lo]: offsets[hi]])
+            # Gathered over the indices and then straight into the output: no other token-sized temporary.
+            np.take(times_ns, instant, out=instant)
+            np.divide(instant, 1e9, out=token_times_s[offsets[lo]: offsets[hi]])
         return token_times_s, offsets
 
     def pop_iteration_records(self) -> IterationRecords:
-        """All iteration rows, sorted by start time. Empties the iteration
-        buffers, so that their memory is free before the token times are built."""
-        columns = {name: [] for name in ITERATION_COLUMNS}
-        rows = runs = ends = starts = spare_slots = None
-        if self._rows:
-            rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS))
-            for i, name in enumerate(ITERATION_COLUMNS):
-                columns[name].append(rows[:, i])
-        if self._runs:
-            runs = np.frombuffer(self._runs, np.int64).reshape(-1, 5)
-            steps = runs[:, 2]
-            replica, batch = np.repeat(runs[:, 0], steps), np.repeat(runs[:, 1], steps)
-            ends = np.frombuffer(self._run_end_ns, np.int64)
-            # A step starts when the one before it ends; the first step of a run at the run's start.
-            starts = np.empty_like(ends)
-            starts[1:] = ends[:-1]
-            starts[np.cumsum(steps) - steps] = runs[:, 4]
-            columns["replica_id"].append(replica)
-            columns["stage"].append(np.zeros(len(replica), np.int64))
-            columns["start_ns"].append(starts)
-            columns["duration_ns"].append(ends - starts)
-            columns["batch_size"].append(batch)
-            columns["num_prefill_tokens"].append(np.zeros(len(replica), np.int64))
-            columns["num_decode_tokens"].append(batch)
-            spare_slots = np.frombuffer(self._run_spare_slots, np.int64)
-            columns["kv_blocks_used"].append(
-                decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps, self.kv_block_size))
-        cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64)
-                for name, parts in columns.items()}
-        del columns, rows, runs, ends, starts, spare_slots  # release the buffers' views, then them
-        self._rows, self._runs, self._run_end_ns, self._run_spare_slots = (array("q") for _ in range(4))
+        """All iteration rows, sorted by start time. Empties the iteration buffers, so that their memory is
+        free before the token times are built.
+
+        Counts (replica, stage, batch size, tokens, KV blocks) come as int32: a million requests make tens
+        of millions of rows, and they are read as numbers, never written back (the tables give int64)."""
+        rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS)) if self._rows else \
+            np.empty((0, len(ITERATION_COLUMNS)), np.int64)
+        runs = np.frombuffer(self._runs, np.int64).reshape(-1, 5) if self._runs else np.empty((0, 5), np.int64)
+        steps = runs[:, 2]
+        ends = np.frombuffer(self._run_end_ns, np.int64) if self._run_end_ns else np.empty(0, np.int64)
+        # A step of a decode run starts when the one before it ends; the first step at the run's start.
+        run_starts = np.empty_like(ends)
+        run_starts[1:] = ends[:-1]
+        run_starts[np.cumsum(steps) - steps] = runs[:, 4]
+        start_ns = np.concatenate([rows[:, 2], run_starts])
         # Both row groups are nearly in time order already: a stable sort merges them quickly.
-        order = np.argsort(cols["start_ns"], kind="stable")
-        for name in cols:
-            cols[name] = cols[name][order]
-        return IterationRecords(
-            replica_id=cols["replica_id"], stage=cols["stage"], start_s=cols["start_ns"] / 1e9,
-            duration_s=cols["duration_ns"] / 1e9, batch_size=cols["batch_size"],
-            num_prefill_tokens=cols["num_prefill_tokens"], num_decode_tokens=cols["num_decode_tokens"],
-            kv_blocks_used=cols["kv_blocks_used"],
+        order = np.argsort(start_ns, kind="stable")
+
+        def column(single, per_step, dtype) -> np.ndarray:
+            """Single rows' values then the decode steps', in start order, as `dtype` (one column at a
+            time, so that the temporaries are one column's)."""
+            return np.concatenate([single, per_step], dtype=dtype)[order]
+
+        start_s = start_ns[order] / 1e9
+        del start_ns
+        np.subtract(ends, run_starts, out=run_starts)  # now the steps' durations
+        duration_s = column(rows[:, 3], run_starts, np.float64)
+        duration_s /= 1e9
+        del run_starts
+        no_steps = np.zeros(len(ends), np.int32)
+        batch_per_step = np.repeat(runs[:, 1].astype(np.int32), steps)
+        spare_slots = np.frombuffer(self._run_spare_slots, np.int64) if self._run_spare_slots else np.empty(0, np.int64)
+        records = IterationRecords(
+            replica_id=column(rows[:, 0], np.repeat(runs[:, 0].astype(np.int32), steps), np.int32),
+            stage=column(rows[:, 1], no_steps, np.int32), start_s=start_s, duration_s=duration_s,
+            batch_size=column(rows[:, 4], batch_per_step, np.int32),
+            num_prefill_tokens=column(rows[:, 5], no_steps, np.int32),
+            num_decode_tokens=column(rows[:, 6], batch_per_step, np.int32),
+            kv_blocks_used=column(rows[:, 7], decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps,
+                                                                      self.kv_block_size), np.int32),
         )
+        del rows, runs, steps, ends, spare_slots, no_steps, batch_per_step  # the buffers' views, then them
+        self._rows, self._runs, self._run_end_ns, self._run_spare_slots = (array("q") for _ in range(4))
+        return records
 
     def pop_request_records(self, requests: RequestState) -> RequestRecords:
         """Per-request records with every token's time. Empties the emission buffers."""
         token_times_s, token_offsets = self.token_times(len(requests))
-        self._emit_sizes, self._emit_ids = array("q"), array("q")
+        self._emit_sizes, self._emit_ids = array("q"), array("i")
         self._emit_steps, self._emit_times_ns = array("q"), array("q")
 
         def seconds(ns: np.ndarray) -> np.ndarray:

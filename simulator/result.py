@@ -52,7 +52,7 @@ def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: d
     # SLOs read latencies and percentiles only, so neither the per-request TBT columns nor the gaps' order
     # matter to them).
     latencies = metrics.request_latencies(out.records)
-    tbt_gaps_s = metrics.tbt_gaps_s(out.records)
+    tbt_gaps_s = metrics.all_tbt_gaps(out.records)  # streamed when there are too many to copy
     summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s,
                                 latencies=latencies, tbt_gaps=tbt_gaps_s)
     summary["setup"] = setup

@@ -75,7 +75,10 @@ def percentile(values: np.ndarray, q: float) -> float:
 
 def percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
     """`percentile` at each of `qs`, from one copy and one partial sort of the values (the TBT gaps are
-    one per output token: millions)."""
+    one per output token: millions). `values` may also be an object with its own `percentiles(qs)` that
+    follows these rules (metrics.StreamedGaps: gaps too many to hold at once)."""
+    if hasattr(values, "percentiles"):
+        return values.percentiles(qs)
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return [float("nan")] * len(qs)
@@ -101,9 +104,12 @@ def _metric_values(measured: RequestTable, tbt_gaps_s: np.ndarray) -> tuple[dict
         "unfinished": unfinished,
     }
     # An unfinished request's missing tokens are gaps of unbounded length.
-    gaps = np.asarray(tbt_gaps_s, dtype=float)
-    if unfinished:  # (no copy of the token-sized array otherwise)
-        gaps = np.append(gaps, np.full(unfinished, np.inf))
+    if hasattr(tbt_gaps_s, "with_unbounded"):  # metrics.StreamedGaps: read in chunks, never copied
+        gaps = tbt_gaps_s.with_unbounded(unfinished)
+    else:
+        gaps = np.asarray(tbt_gaps_s, dtype=float)
+        if unfinished:  # (no copy of the token-sized array otherwise)
+            gaps = np.append(gaps, np.full(unfinished, np.inf))
     values = {"tbt_s": gaps}
     for name in REQUEST_METRICS:
         if name in measured:
