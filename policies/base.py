@@ -20,8 +20,9 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from simulator.config import ConfigError, check_number
+from simulator.config import ConfigError, HardwareConfig, check_number
 from simulator.kv_cache import KVCache
+from simulator.prefix_cache import PrefixCachingKV
 from simulator.request import RequestState, int_list
 
 
@@ -55,13 +56,22 @@ class Parameter:
     name: str  # the keyword argument of the policy's __init__ (and the config field policy.<name>)
     meaning: str  # what the value is, for error messages ("token budget per iteration")
     minimum: int = 1
-    type: type = int  # int (a whole number) or float; a bool is neither
+    type: type = int  # int (a whole number), float, bool (true/false) or str (one of `choices`)
     # Non-empty: why the value may not be below the model's max_model_len (e.g. a prompt must fit one batch).
     at_least_max_model_len: str = ""
+    choices: tuple[str, ...] = ()  # the values a str parameter may take
 
     def check(self, field: str, value, max_model_len: int | None = None) -> None:
         """Raise ConfigError naming `field` unless `value` has this type and range (and, when
         max_model_len is given, is not below it where the policy needs a whole context)."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{field}={value!r}: expected true or false ({self.meaning})")
+            return
+        if self.type is str:
+            if value not in self.choices:
+                raise ConfigError(f"{field}={value!r}: expected one of {', '.join(self.choices)} ({self.meaning})")
+            return
         check_number(field, value, self.minimum, whole=self.type is int, why=self.meaning)
         if self.at_least_max_model_len and max_model_len is not None and value < max_model_len:
             raise ConfigError(f"{field}={value} is below the model's max_model_len={max_model_len}: "
@@ -87,6 +97,12 @@ class Policy:
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
     # one step. Set False in a policy whose choices depend on the clock.
     fast_forward_decodes = True
+
+    @classmethod
+    def hardware_defaults(cls, hardware: HardwareConfig) -> dict:
+        """Parameter defaults that depend on the GPU (as an engine picks them at start-up); values set in
+        the config win. None here."""
+        return {}
 
     def __init__(self, kv: KVCache, requests: RequestState):
         self.kv = kv
@@ -114,13 +130,27 @@ class Policy:
 
     # --- helpers shared by several policies -------------------------------------------------------
 
-    def admit(self, request_id: int, num_tokens: int) -> bool:
+    def use_prefix_cache(self, cache_class: type[PrefixCachingKV]) -> None:
+        """Swap `self.kv` (still empty) for a prefix cache of the same size (simulator/prefix_cache.py,
+        simulator/radix_cache.py). A workload without content shares no prefix: the plain cache is kept,
+        which gives the same results faster."""
+        if self.requests.content is not None:
+            self.kv = cache_class.replacing(self.kv, self.requests)
+
+    def admit(self, request_id: int, num_tokens: int, watermark: bool = True) -> bool:
         """Move a waiting request to the back of `running` if the KV cache can hold `num_tokens` for it
-        (keeping the watermark free); False and no change otherwise."""
-        if not self.kv.allocate(request_id, num_tokens, admission=True):
+        (keeping the watermark free unless `watermark` is False); False and no change otherwise.
+
+        With a prefix cache, the request's cached leading blocks (within num_tokens) count as computed:
+        `requests.pending_tokens(request_id)` is smaller after admission."""
+        cached_tokens = self.kv.prefix_hit_tokens(request_id)
+        if not self.kv.allocate(request_id, num_tokens, admission=watermark):
             return False
         self.waiting.remove(request_id)  # O(1) for the head of the queue, the usual case
         self.running.append(request_id)
+        if cached_tokens:
+            block_size = self.kv.block_size
+            self.requests.start_from_cache(request_id, min(cached_tokens, num_tokens // block_size * block_size))
         return True
 
     def preempt(self, request_id: int) -> None:

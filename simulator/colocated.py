@@ -27,7 +27,7 @@ def run_colocated(cfg: SimulationConfig, out_dir: Path | None, progress: bool, s
     # Whatever the config can get wrong (cluster, policy, the model not fitting its GPUs, the workload)
     # is found before fitting the predictor, which takes up to a minute on a cold cache.
     cfg.cluster.validate(cfg.model)
-    make_policy = parts.policy_factory(cfg.policy, cfg.model.max_model_len)
+    make_policy = parts.policy_factory(cfg.policy, cfg.model.max_model_len, cfg.hardware)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
     notes: list[str] = []  # what building the predictor warned about, for the header (not as raw warnings)

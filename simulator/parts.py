@@ -7,7 +7,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from simulator.announce import notice_if_slow
-from simulator.config import ConfigError, PolicyConfig
+from simulator.config import ConfigError, HardwareConfig, PolicyConfig
 
 if TYPE_CHECKING:
     from simulator.run import SimulationConfig
@@ -15,16 +15,20 @@ if TYPE_CHECKING:
 PREDICTORS = ("fitted", "linear")
 
 
-def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
+def policy_factory(policy: PolicyConfig, max_model_len: int | None = None,
+                   hardware: HardwareConfig | None = None):
     """A callable (kv, requests) -> policy instance.
 
-    Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
+    Given the `hardware`, parameters left unset take the policy's defaults for that GPU (vLLM V1's and
+    SGLang's depend on it); without it, the class defaults. Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
     range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
     on the context, which the callable otherwise checks when it builds the policy.
     """
-    from policies.base import check_parameters, new_policy
+    from policies.base import POLICIES, check_parameters, new_policy
 
     kwargs = policy.policy_kwargs()
+    if hardware is not None and policy.name in POLICIES:
+        kwargs = POLICIES[policy.name].hardware_defaults(hardware) | kwargs
     check_parameters(policy.name, kwargs, max_model_len)
     return functools.partial(new_policy, policy.name, kwargs)
 

@@ -16,7 +16,8 @@ from simulator.request import NOT_YET, RequestState, int_list
 
 # Columns of an iteration row, in IterationRecords' order (times in integer nanoseconds here).
 ITERATION_COLUMNS = ("replica_id", "stage", "start_ns", "duration_ns", "batch_size", "num_prefill_tokens",
-                     "num_decode_tokens", "kv_blocks_used")
+                     "num_decode_tokens", "kv_blocks_used", "kv_blocks_cached")
+RUN_COLUMNS = 6  # values per decode run: replica_id, batch_size, steps, blocks used, blocks cached, start
 
 
 class Recorder:
@@ -29,8 +30,8 @@ class Recorder:
     def __init__(self, kv_block_size: int):
         self.kv_block_size = kv_block_size
         self._rows = array("q")  # single iterations: ITERATION_COLUMNS values each
-        # Decode runs: 5 values per run (replica_id, batch_size, steps, KV blocks used at the start, start
-        # instant), the end of every step, and the spare KV slots of every request at the start.
+        # Decode runs: RUN_COLUMNS values per run (replica_id, batch_size, steps, KV blocks used and cached at
+        # the start, start instant), the end of every step, and the spare KV slots of every request at the start.
         self._runs = array("q")
         self._run_end_ns = array("q")
         self._run_spare_slots = array("q")
@@ -41,18 +42,20 @@ class Recorder:
         self._emit_times_ns = array("q")
 
     def add_iteration(self, replica_id: int, stage: int, start_ns: int, duration_ns: int, batch_size: int,
-                      num_prefill_tokens: int, num_decode_tokens: int, kv_blocks_used: int) -> None:
+                      num_prefill_tokens: int, num_decode_tokens: int, kv_blocks_used: int,
+                      kv_blocks_cached: int = 0) -> None:
         """One stage of one iteration (for pp=1, the iteration)."""
         self._rows.extend((replica_id, stage, start_ns, duration_ns, batch_size, num_prefill_tokens,
-                           num_decode_tokens, kv_blocks_used))
+                           num_decode_tokens, kv_blocks_used, kv_blocks_cached))
 
     def add_decode_run(self, replica_id: int, start_ns: int, end_ns, batch_size: int,
-                       kv_blocks_used_at_start: int, spare_slots) -> None:
+                       kv_blocks_used_at_start: int, spare_slots, kv_blocks_cached_at_start: int = 0) -> None:
         """Consecutive decode-only iterations of a pp=1 replica, the first starting at start_ns and each
         starting when the previous ends (end_ns: one end instant per step, a list or an int array). The
         blocks in use at each step follow from the requests' spare slots (a list or an int array, one per
-        request; kv_cache.decode_run_blocks_used)."""
-        self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start, start_ns))
+        request; kv_cache.decode_run_blocks_used). Cached blocks are recorded as they were at the start."""
+        self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start, kv_blocks_cached_at_start,
+                           start_ns))
         _append(self._run_end_ns, end_ns)
         self._run_spare_slots.fromlist(int_list(spare_slots))
 
@@ -116,14 +119,14 @@ class Recorder:
             for i, name in enumerate(ITERATION_COLUMNS):
                 columns[name].append(rows[:, i])
         if self._runs:
-            runs = np.frombuffer(self._runs, np.int64).reshape(-1, 5)
+            runs = np.frombuffer(self._runs, np.int64).reshape(-1, RUN_COLUMNS)
             steps = runs[:, 2]
             replica, batch = np.repeat(runs[:, 0], steps), np.repeat(runs[:, 1], steps)
             ends = np.frombuffer(self._run_end_ns, np.int64)
             # A step starts when the one before it ends; the first step of a run at the run's start.
             starts = np.empty_like(ends)
             starts[1:] = ends[:-1]
-            starts[np.cumsum(steps) - steps] = runs[:, 4]
+            starts[np.cumsum(steps) - steps] = runs[:, 5]
             columns["replica_id"].append(replica)
             columns["stage"].append(np.zeros(len(replica), np.int64))
             columns["start_ns"].append(starts)
@@ -134,6 +137,7 @@ class Recorder:
             spare_slots = np.frombuffer(self._run_spare_slots, np.int64)
             columns["kv_blocks_used"].append(
                 decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps, self.kv_block_size))
+            columns["kv_blocks_cached"].append(np.repeat(runs[:, 4], steps))
         cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64)
                 for name, parts in columns.items()}
         del columns, rows, runs, ends, starts, spare_slots  # release the buffers' views, then them
@@ -146,7 +150,7 @@ class Recorder:
             replica_id=cols["replica_id"], stage=cols["stage"], start_s=cols["start_ns"] / 1e9,
             duration_s=cols["duration_ns"] / 1e9, batch_size=cols["batch_size"],
             num_prefill_tokens=cols["num_prefill_tokens"], num_decode_tokens=cols["num_decode_tokens"],
-            kv_blocks_used=cols["kv_blocks_used"],
+            kv_blocks_used=cols["kv_blocks_used"], kv_blocks_cached=cols["kv_blocks_cached"],
         )
 
     def pop_request_records(self, requests: RequestState) -> RequestRecords:
@@ -166,7 +170,7 @@ class Recorder:
             first_token_s=seconds(requests.first_token_ns),
             completed_s=seconds(requests.completed_ns), preemptions=requests.preemptions.copy(),
             rejected=requests.rejected, reject_reason=requests.reject_reason.copy(),
-            token_times_s=token_times_s, token_offsets=token_offsets,
+            token_times_s=token_times_s, token_offsets=token_offsets, cached_tokens=requests.cached_tokens.copy(),
         )
 
 
