@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simulator.announce import warnings_as_notes
-from simulator.parts import predictor_description
+from simulator.parts import policy_parameters, predictor_description
 from simulator.result import SimulationResult, build_result
 from simulator.workload import describe_source, load_workload, trace_file_name
 
@@ -53,7 +53,8 @@ def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int,
         "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": cfg.cluster.num_replicas,
         "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
         "gpus_per_replica": gpus_per_replica, "num_gpus": cfg.cluster.num_replicas * gpus_per_replica,
-        "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload_name,
+        "policy": cfg.policy.name,
+        "policy_params": policy_parameters(cfg.policy, cfg.hardware), "workload": workload_name,
         "workload_source": describe_source(cfg.workload), "trace": trace_file_name(cfg.workload),
         "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
         "predictor_description": predictor_description(cfg),

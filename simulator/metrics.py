@@ -511,6 +511,15 @@ def write_outputs(out_dir: str | Path, records: RequestRecords, iters: Iteration
 # ----------------------------------------------------------------------------- terminal
 
 
+def _prefix_cache_line(prefix_cache: dict) -> list[str]:
+    """The summary's prefix-cache line, or none when nothing was cached (no cache, or no shared prefix)."""
+    if not prefix_cache.get("cached_tokens") and not prefix_cache.get("evictions"):
+        return []
+    return [(f"prefix cache {prefix_cache['cached_tokens']:,} prompt tokens cached "
+             f"({100 * (prefix_cache.get('hit_rate_tokens') or 0):.1f} %), "
+             f"{prefix_cache.get('evictions', 0):,} blocks evicted")]
+
+
 def format_summary(summary: dict) -> str:
     """A multi-line, human-readable table of `summary` for the terminal (times in ms, E2E in s)."""
     def number(x, scale=1.0, digits=1):
@@ -528,6 +537,7 @@ def format_summary(summary: dict) -> str:
          f"{number(summary['output_tokens_per_s'])} output tokens/s "
          f"(offered {number(summary['offered_rps'], digits=3)} req/s)"),
         f"preemptions {summary['preemptions']:,} ({summary['requests_preempted']:,} requests)",
+        *_prefix_cache_line(summary.get("prefix_cache") or {}),
         (f"iterations  {summary['num_iterations']:,}, mean batch {number(summary['batch_size_mean'])}, "
          f"max batch {summary['batch_size_max'] if summary['batch_size_max'] is not None else '-'}"),
         f"time        {number(summary['simulated_s'])} s simulated in {number(simulation_wall_s, digits=2)} s"
