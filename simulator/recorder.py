@@ -142,6 +142,8 @@ class Recorder:
                 for name, parts in columns.items()}
         del columns, rows, runs, ends, starts, spare_slots  # release the buffers' views, then them
         self._rows, self._runs, self._run_end_ns, self._run_spare_slots = (array("q") for _ in range(4))
+        if not cols["kv_blocks_cached"].any():  # no prefix cache kept anything: no column to sort and carry
+            del cols["kv_blocks_cached"]
         # Both row groups are nearly in time order already: a stable sort merges them quickly.
         order = np.argsort(cols["start_ns"], kind="stable")
         for name in cols:
@@ -150,7 +152,7 @@ class Recorder:
             replica_id=cols["replica_id"], stage=cols["stage"], start_s=cols["start_ns"] / 1e9,
             duration_s=cols["duration_ns"] / 1e9, batch_size=cols["batch_size"],
             num_prefill_tokens=cols["num_prefill_tokens"], num_decode_tokens=cols["num_decode_tokens"],
-            kv_blocks_used=cols["kv_blocks_used"], kv_blocks_cached=cols["kv_blocks_cached"],
+            kv_blocks_used=cols["kv_blocks_used"], kv_blocks_cached=cols.get("kv_blocks_cached"),
         )
 
     def pop_request_records(self, requests: RequestState) -> RequestRecords:
