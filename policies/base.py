@@ -95,7 +95,10 @@ class Policy:
 
     # True when, as long as nothing arrives, finishes or runs out of KV blocks, a decode-only batch from
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
-    # one step. Set False in a policy whose choices depend on the clock.
+    # one step, except after a `schedule` that admitted or preempted: the batch may then be one of a kind
+    # (a preempted request whose cached blocks leave one token to recompute looks like a decode), and a
+    # preempted request may come back next iteration (vLLM V1). Set False in a policy whose choices depend
+    # on the clock.
     fast_forward_decodes = True
 
     @classmethod
@@ -109,6 +112,8 @@ class Policy:
         self.requests = requests
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
+        # Admissions and preemptions so far (the replica reads them: see fast_forward_decodes).
+        self.num_admitted = self.num_preempted = 0
 
     def add_request(self, request_id: int) -> None:
         """A request routed to this scheduler joins the back of the waiting queue."""
@@ -148,6 +153,7 @@ class Policy:
             return False
         self.waiting.remove(request_id)  # O(1) for the head of the queue, the usual case
         self.running.append(request_id)
+        self.num_admitted += 1
         if cached_tokens:
             block_size = self.kv.block_size
             self.requests.start_from_cache(request_id, min(cached_tokens, num_tokens // block_size * block_size))
@@ -157,6 +163,7 @@ class Policy:
         """Preempt by recompute: drop the request's KV and put it at the front of `waiting`. It keeps the
         tokens it has emitted and will recompute prompt + generated tokens when scheduled again."""
         self.kv.free([request_id])
+        self.num_preempted += 1
         self.requests.computed_tokens[request_id] = 0
         self.requests.preemptions[request_id] += 1
         self.running.remove(request_id)

@@ -9,10 +9,13 @@ tokens skip prefill. New blocks come from the head of the free queue, evicting t
 so the least recently freed blocks go first; a finished or preempted request's blocks join the tail
 last block first, so that its ends are evicted before the prefixes other requests may share.
 
-A block is cached once it is full, at the allocation that makes room for its last token (vLLM caches
-the blocks a step will fill when it schedules the step), during prefill and decode alike: content keys
-may cover output tokens, which a multi-turn session's next turn sends back. Two requests computing the
-same block at the same time keep two copies; only the first is cached (vLLM keeps both findable).
+A prompt block is cached once full, at the allocation that makes room for its last token (vLLM caches
+the blocks a step will fill when it schedules the step). Blocks filled by decoding are cached when the
+request leaves (finishes or is preempted); vLLM caches them as they fill, which only differs for a
+request sharing text another is still generating, and keeps a run of decodes free of cache changes, so
+that the replica may advance it in one step. Content keys may cover output tokens, which a multi-turn
+session's next turn sends back. Two requests computing the same block at the same time keep two copies;
+only the first is cached (vLLM keeps both findable).
 
 Everything else is KVCache's: `free_blocks` counts every block nobody holds (cached or not, all can be
 handed out), so the policies' admission checks and the replica's runs of decodes work unchanged.
@@ -146,7 +149,7 @@ class PrefixCachingKV(KVCache):
                                     min(self._max_hit_blocks(request_id), num_tokens // self.block_size))
         needed = -(-num_tokens // self.block_size) - held - len(hits)
         if needed <= 0 and not hits:
-            self._cache_full_blocks(request_id, num_tokens)
+            self._cache_prompt_blocks(request_id, num_tokens)
             return True
         ref_count = self.ref_count
         free_hits = sum(1 for b in hits if ref_count[b] == 0)  # cached blocks back in use: no longer free
@@ -166,7 +169,7 @@ class PrefixCachingKV(KVCache):
         self._held[request_id] = len(owned)
         if hits:
             self._checked_blocks[request_id] = len(hits)
-        self._cache_full_blocks(request_id, num_tokens)
+        self._cache_prompt_blocks(request_id, num_tokens)
         return True
 
     def allocate_all(self, request_ids, num_tokens) -> bool:
@@ -185,13 +188,16 @@ class PrefixCachingKV(KVCache):
         for r, new in growing:
             self._grow(r, new)
         for r, n in zip(request_ids, num_tokens):
-            self._cache_full_blocks(r, n)
+            self._cache_prompt_blocks(r, n)
         return True
 
     def free(self, request_ids) -> None:
         """Release the blocks of these requests (finished or preempted): they stay cached, and join the
         free queue's tail last block first."""
+        computed = self.requests.ints.computed_tokens
         for r in int_list(request_ids):
+            if self._held[r]:
+                self._cache_full_blocks(r, computed[r])  # what its decodes filled
             owned = self.blocks_of.pop(r, None)
             self._checked_blocks.pop(r, None)
             self._hashes.pop(r, None)
@@ -202,13 +208,12 @@ class PrefixCachingKV(KVCache):
                     self._release(block)
 
     def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
-        """KVCache.take_decode_run_blocks, with real blocks; blocks the run filled are cached (the replica
-        has already counted the run's tokens as computed)."""
-        computed, block_size = self.requests.ints.computed_tokens, self.block_size
+        """KVCache.take_decode_run_blocks, with real blocks (the blocks decodes fill are cached when the
+        request leaves)."""
+        block_size = self.block_size
         for r, s in zip(request_ids, spare_slots):
             if s < num_steps:
                 self._grow(r, -(-(num_steps - s) // block_size))
-            self._cache_full_blocks(r, computed[r])
 
     # --- blocks ------------------------------------------------------------------------------------
 
@@ -243,6 +248,15 @@ class PrefixCachingKV(KVCache):
             if self.block_hash[block] is not None:
                 self.cached_free_blocks += 1
             self._push_free(block)
+
+    def _cache_prompt_blocks(self, request_id: int, num_tokens: int) -> None:
+        """Cache the blocks an allocation for `num_tokens` tokens fills when it is for prefill (a prompt, or
+        what a preempted request recomputes); a decode's blocks wait until the request leaves."""
+        ints = self.requests.ints
+        generated = ints.generated_tokens[request_id]
+        if generated and ints.computed_tokens[request_id] + 1 == ints.prompt_tokens[request_id] + generated:
+            return
+        self._cache_full_blocks(request_id, num_tokens)
 
     def _cache_full_blocks(self, request_id: int, num_tokens: int) -> None:
         """Offer the request's blocks full within its first `num_tokens` tokens to the cache, once each."""

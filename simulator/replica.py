@@ -150,12 +150,15 @@ class Replica:
         env, engine = self.env, self.engines[0]
         fast = self.fast_decode_runs and engine.fast_forward_decodes
         while True:
+            changes_before = engine.num_admitted + engine.num_preempted
             batch = engine.schedule(env.now / 1e9)
             if batch is None:
                 yield from self._idle()
                 continue
             step = self._scheduled(0, batch)
-            if fast and step.num_decode == len(step.request_ids):
+            # After an admission or a preemption the next choice may differ (Policy.fast_forward_decodes).
+            if (fast and step.num_decode == len(step.request_ids)
+                    and engine.num_admitted + engine.num_preempted == changes_before):
                 yield from self._decode_run(engine, step)
                 continue
             self._check_allocated(step)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from simkit import linear, run, token_times_ms
+from simkit import linear, random_workload, run, token_times_ms
 
 from policies import POLICIES
 from simulator.content import TokenContent
@@ -247,6 +247,37 @@ def test_vllm_v1_defaults_follow_the_gpu():
     assert cls.hardware_defaults(load_hardware_config("h200")) == {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
     assert cls.hardware_defaults(load_hardware_config("a100")) == {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
     assert POLICIES["sglang"].hardware_defaults(load_hardware_config("h100")) == {"chunked_prefill_size": 8192}
+
+
+def shared_prefix_workload(n, seed):
+    """Random arrivals and lengths; each request starts with one of four 256-token texts, cut anywhere, and
+    its content covers its output too (so decodes fill cacheable blocks)."""
+    arrivals, prompts, outputs = random_workload(n, seed=seed, rate_qps=30)
+    rng = np.random.default_rng(seed)
+    keys = []
+    for i, total in enumerate((prompts + outputs).tolist()):
+        units = -(-total // 8)
+        common = min(units, int(rng.integers(0, 33)))
+        own = np.arange(units - common) + 1000 * (i + 1)
+        keys.append(np.concatenate([np.arange(common) + 100_000 * int(rng.integers(1, 5)), own]))
+    return arrivals, prompts, outputs, content(8, *keys)
+
+
+@pytest.mark.parametrize("policy", [("vllm_v1", {"max_num_batched_tokens": 256}), ("sglang", {}),
+                                    ("sglang", {"schedule_policy": "lpm", "enable_mixed_chunk": True}),
+                                    ("sarathi", {"enable_prefix_caching": True}),
+                                    ("vllm", {"enable_prefix_caching": True})], ids=str)
+@pytest.mark.parametrize("kv_blocks", [10_000, 120], ids=["ample_kv", "tight_kv"])
+def test_prefix_caching_runs_the_same_with_and_without_the_decode_run_fast_path(policy, kv_blocks):
+    arrivals, prompts, outputs, shared = shared_prefix_workload(200, seed=3)
+    fast, slow = (run(policy, arrivals, prompts, outputs, predictor=linear(kv_ms=0.01), kv_blocks=kv_blocks,
+                      block_size=8, content=shared, fast_decode_runs=flag) for flag in (True, False))
+    assert fast.records.cached_tokens.sum() > 0
+    for name in ("first_token_s", "completed_s", "preemptions", "token_times_s", "cached_tokens"):
+        assert np.array_equal(getattr(fast.records, name), getattr(slow.records, name)), name
+    assert fast.prefix_cache == slow.prefix_cache
+    produced = np.diff(fast.records.token_offsets)
+    assert np.array_equal(produced[~fast.records.rejected], outputs[~fast.records.rejected])
 
 
 # --- properties ------------------------------------------------------------------------------------------
