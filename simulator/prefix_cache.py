@@ -72,6 +72,10 @@ class PrefixCachingKV(KVCache):
     def _push_free(self, block: int) -> None:
         self._free_queue[block] = None
 
+    def _push_free_all(self, blocks: list[int]) -> None:
+        """_push_free of each block, in order."""
+        self._free_queue.update(dict.fromkeys(blocks))
+
     def _unfree(self, block: int) -> None:
         """A free cached block is taken by a request hitting it."""
         del self._free_queue[block]
@@ -164,9 +168,9 @@ class PrefixCachingKV(KVCache):
             self._reference(block)
         owned += hits
         self._touch(hits)
-        for _ in range(needed):
-            owned.append(self._new_block())
         self._held[request_id] = len(owned)
+        if needed > 0:
+            self._grow(request_id, needed)
         if hits:
             self._checked_blocks[request_id] = len(hits)
         self._cache_prompt_blocks(request_id, num_tokens)
@@ -195,6 +199,7 @@ class PrefixCachingKV(KVCache):
         """Release the blocks of these requests (finished or preempted): they stay cached, and join the
         free queue's tail last block first."""
         computed = self.requests.ints.computed_tokens
+        ref_count, block_hash = self.ref_count, self.block_hash
         for r in int_list(request_ids):
             if self._held[r]:
                 self._cache_full_blocks(r, computed[r])  # what its decodes filled
@@ -202,10 +207,17 @@ class PrefixCachingKV(KVCache):
             self._checked_blocks.pop(r, None)
             self._hashes.pop(r, None)
             self._held[r] = 0
-            if owned:
-                self._touch(owned)
-                for block in reversed(owned):
-                    self._release(block)
+            if not owned:
+                continue
+            self._touch(owned)
+            released = []
+            for block in reversed(owned):
+                ref_count[block] -= 1
+                if ref_count[block] == 0:
+                    released.append(block)
+            self.free_blocks += len(released)
+            self.cached_free_blocks += sum(1 for b in released if block_hash[b] is not None)
+            self._push_free_all(released)
 
     def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
         """KVCache.take_decode_run_blocks, with real blocks (the blocks decodes fill are cached when the
@@ -218,21 +230,19 @@ class PrefixCachingKV(KVCache):
     # --- blocks ------------------------------------------------------------------------------------
 
     def _grow(self, request_id: int, new_blocks: int) -> None:
-        owned = self.blocks_of.setdefault(request_id, [])
-        for _ in range(new_blocks):
-            owned.append(self._new_block())
-        self._held[request_id] = len(owned)
-
-    def _new_block(self) -> int:
-        """A free block for new KV, evicting what it cached."""
-        if self.free_blocks <= 0:
+        """Give the request `new_blocks` blocks from the free list (the caller checked they are free)."""
+        if new_blocks > self.free_blocks:
             raise AssertionError("KV blocks handed out beyond capacity")  # a caller skipped the free check
-        block = self._pop_free()
-        self.free_blocks -= 1
-        if self.block_hash[block] is not None:
-            self._evict(block)
-        self.ref_count[block] = 1
-        return block
+        owned = self.blocks_of.setdefault(request_id, [])
+        pop_free, block_hash, ref_count = self._pop_free, self.block_hash, self.ref_count
+        for _ in range(new_blocks):
+            block = pop_free()
+            if block_hash[block] is not None:
+                self._evict(block)
+            ref_count[block] = 1
+            owned.append(block)
+        self.free_blocks -= new_blocks
+        self._held[request_id] = len(owned)
 
     def _reference(self, block: int) -> None:
         if self.ref_count[block] == 0:
@@ -240,14 +250,6 @@ class PrefixCachingKV(KVCache):
             self.free_blocks -= 1
             self.cached_free_blocks -= 1  # hits are cached blocks
         self.ref_count[block] += 1
-
-    def _release(self, block: int) -> None:
-        self.ref_count[block] -= 1
-        if self.ref_count[block] == 0:
-            self.free_blocks += 1
-            if self.block_hash[block] is not None:
-                self.cached_free_blocks += 1
-            self._push_free(block)
 
     def _cache_prompt_blocks(self, request_id: int, num_tokens: int) -> None:
         """Cache the blocks an allocation for `num_tokens` tokens fills when it is for prefill (a prompt, or

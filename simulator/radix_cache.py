@@ -50,6 +50,10 @@ class RadixCache(PrefixCachingKV):
         elif self._children[block] == 0:
             heapq.heappush(self._leaves, (self._last_used[block], block))
 
+    def _push_free_all(self, blocks: list[int]) -> None:
+        for block in blocks:
+            self._push_free(block)
+
     def _unfree(self, block: int) -> None:
         pass  # a hit block's entry among the leaves, if any, is skipped when popped
 
