@@ -52,6 +52,9 @@ class PrefixCachingKV(KVCache):
         self._hashes: dict[int, list[int]] = {}  # request -> chain hashes of its blocks, while it holds any
         self.cached_free_blocks = 0
         self.evictions = self.lookup_blocks = self.hit_blocks = 0
+        # A policy asks for a request's hit, then admits it: the lookup is kept until the cache changes.
+        self._version = 0  # moves whenever a block is cached or evicted
+        self._last_lookup: tuple = (-1, -1, -1, [])  # (request, its hit limit, version, cached blocks)
         self._start_free_list(num_blocks)
 
     @classmethod
@@ -95,6 +98,7 @@ class PrefixCachingKV(KVCache):
         return True
 
     def _evict(self, block: int) -> None:
+        self._version += 1
         del self.cached[self.block_hash[block]]
         self.block_hash[block] = None
         self.cached_free_blocks -= 1
@@ -136,7 +140,16 @@ class PrefixCachingKV(KVCache):
         """Tokens a request holding no blocks and no computed tokens finds cached now (whole blocks)."""
         if self._held[request_id] or self.requests.ints.computed_tokens[request_id]:
             return 0
-        return len(self._cached_run(self._hashes_of(request_id), self._max_hit_blocks(request_id))) * self.block_size
+        return len(self._prefix_blocks(request_id)) * self.block_size
+
+    def _prefix_blocks(self, request_id: int) -> list[int]:
+        """The cached blocks a request holding none would take now (a copy may be sliced, not changed)."""
+        limit = self._max_hit_blocks(request_id)
+        last_request, last_limit, version, blocks = self._last_lookup
+        if last_request != request_id or last_limit != limit or version != self._version:
+            blocks = self._cached_run(self._hashes_of(request_id), limit)
+            self._last_lookup = (request_id, limit, self._version, blocks)
+        return blocks
 
     # --- allocation --------------------------------------------------------------------------------
 
@@ -149,8 +162,7 @@ class PrefixCachingKV(KVCache):
         held = self._held[request_id]
         hits: list[int] = []
         if held == 0 and not self.requests.ints.computed_tokens[request_id]:
-            hits = self._cached_run(self._hashes_of(request_id),
-                                    min(self._max_hit_blocks(request_id), num_tokens // self.block_size))
+            hits = self._prefix_blocks(request_id)[: num_tokens // self.block_size]
         needed = -(-num_tokens // self.block_size) - held - len(hits)
         if needed <= 0 and not hits:
             self._cache_prompt_blocks(request_id, num_tokens)
@@ -266,6 +278,7 @@ class PrefixCachingKV(KVCache):
         full = min(num_tokens // self.block_size, self._held[request_id])
         if full <= start:
             return
+        self._version += 1
         hashes = self._hashes_of(request_id)
         owned = self.blocks_of[request_id]
         for j in range(start, min(full, len(hashes))):
