@@ -143,7 +143,7 @@ class PrefixCachingKV(KVCache):
         return len(self._prefix_blocks(request_id)) * self.block_size
 
     def _prefix_blocks(self, request_id: int) -> list[int]:
-        """The cached blocks a request holding none would take now (a copy may be sliced, not changed)."""
+        """The cached blocks a request holding none would take now (callers slice the list, never change it)."""
         limit = self._max_hit_blocks(request_id)
         last_request, last_limit, version, blocks = self._last_lookup
         if last_request != request_id or last_limit != limit or version != self._version:

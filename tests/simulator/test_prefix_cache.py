@@ -159,6 +159,21 @@ def test_blocks_filled_while_decoding_are_cached_when_the_content_covers_the_out
     assert kv.prefix_hit_tokens(1) == 12
 
 
+@pytest.mark.parametrize("cls", [PrefixCachingKV, RadixCache])
+def test_prefix_hit_blocks_counts_the_leading_full_prompt_blocks_held_now(cls):
+    # What a prefix-aware router asks every engine. Request 0 cached blocks [1, 2]; request 1's prompt
+    # starts [1, 2, 3]: 2 blocks (its last token is no concern here); request 2 shares nothing.
+    req = state([8, 12, 8], [1, 1, 1], content(4, [1, 2], [1, 2, 3], [5, 2]))
+    kv = cache(cls, 8, 4, req)
+    assert kv.allocate(0, 8)
+    kv.free([0])
+    recency = (list(getattr(kv, "_free_queue", [])), list(getattr(kv, "_last_used", [])))
+    assert [kv.prefix_hit_blocks(r) for r in (0, 1, 2)] == [2, 2, 0]
+    assert (list(getattr(kv, "_free_queue", [])), list(getattr(kv, "_last_used", []))) == recency  # no LRU change
+    plain = KVCache(8, 4, np.zeros(3, np.int64))
+    assert plain.prefix_hit_blocks(1) == 0 and plain.prefix_hit_tokens(1) == 0
+
+
 # --- the radix cache -------------------------------------------------------------------------------------
 
 
