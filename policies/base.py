@@ -169,11 +169,14 @@ class Policy:
         self.running.remove(request_id)
         self.waiting.appendleft(request_id)
 
+    def preemption_victim(self) -> int:
+        """The running request to preempt when decodes run out of KV blocks: the newest, as vLLM does."""
+        return self.running[-1]
+
     def schedule_decodes(self, candidates: list[int]) -> list[int]:
         """Reserve one more KV slot for each candidate (running requests, in priority order).
 
-        When blocks run out, preempt the lowest-priority running request (the back of `running`, as vLLM
-        does) and retry; a candidate that is itself the lowest is preempted. Returns the candidates that
+        When blocks run out, preempt `preemption_victim()` (the back of `running`, as vLLM does) and retry; a candidate that is itself the lowest is preempted. Returns the candidates that
         got their slot, in order.
         """
         computed = self.requests.ints.computed_tokens
@@ -184,7 +187,7 @@ class Policy:
             if r in preempted:
                 continue
             while not self.kv.allocate(r, computed[r] + 1):
-                victim = self.running[-1]
+                victim = self.preemption_victim()
                 self.preempt(victim)
                 preempted.add(victim)
                 if victim in scheduled:  # only if candidates were not in running order

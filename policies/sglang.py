@@ -14,10 +14,11 @@ Defaults: chunked_prefill_size by GPU memory as SGLang's ServerArgs sets it (819
 H100, H200, A100 80GB; 4096 below 60 GiB, 2048 below 35 GiB, 16384 above), fcfs, no mixed chunks,
 max_running_requests 4096 (what SGLang derives for an 8B model on an H100: its request pool is
 clamp(KV tokens / context length x 512, 2048, 4096)).
+When decodes run out of KV blocks, the request with the fewest output tokens (the longest prompt among
+those, then the newest) is preempted by recompute, as SGLang's retract_decode chooses.
 Approximations: SGLang allocates KV per chunk and admits a request when its prompt and an estimate of
 the running requests' future output fit (new_token_ratio); we take the whole prompt's blocks at
-admission and keep the cluster's watermark free instead. When decodes run out of KV, SGLang retracts the
-request with the fewest output tokens; we preempt the newest (policies.base.schedule_decodes).
+admission and keep the cluster's watermark free instead (nor is the estimate raised after a retraction).
 """
 from __future__ import annotations
 
@@ -105,6 +106,13 @@ class SGLang(Policy):
         # No prefill: every running request decodes (preempting the newest when blocks run out).
         decodes = self.schedule_decodes(decoding)
         return Batch.of(decodes, [1] * len(decodes))
+
+    def preemption_victim(self) -> int:
+        # retract_decode's order: fewest output tokens, then longest prompt; the newest among equals. The
+        # request part-way through its prefill is not in SGLang's running batch.
+        generated, prompt = self.requests.ints.generated_tokens, self.requests.ints.prompt_tokens
+        batch = [r for r in reversed(self.running) if r != self.chunked] or self.running[-1:]
+        return min(batch, key=lambda r: (generated[r], -prompt[r]))
 
     def preempt(self, request_id: int) -> None:
         super().preempt(request_id)

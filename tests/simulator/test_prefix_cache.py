@@ -232,6 +232,19 @@ def test_sglang_lpm_admits_the_longest_cached_prefix_first():
     assert order("fcfs") == ([1, 2, 3], [12, 4, 8])
 
 
+def test_sglang_preempts_the_request_with_the_fewest_output_tokens_then_the_longest_prompt():
+    # retract_decode's order. Running in admission order 0, 1, 2; vLLM would preempt 2, the newest.
+    req = state([10, 30, 20], [50, 50, 50], None)
+    policy = POLICIES["sglang"](KVCache(64, 4, np.zeros(3, np.int64)), req)
+    policy.running = [0, 1, 2]
+    req.generated_tokens[:] = [1, 3, 2]
+    assert policy.preemption_victim() == 0  # fewest output tokens, though the oldest
+    req.generated_tokens[:] = [2, 2, 2]
+    assert policy.preemption_victim() == 1  # all equal: the longest prompt
+    req.prompt_tokens[:] = [20, 20, 20]
+    assert policy.preemption_victim() == 2  # all equal: the newest
+
+
 def test_sglang_runs_prefill_batches_apart_from_decodes_unless_mixed():
     # Iteration = 10 ms + 1 ms a prefill token + 2 ms a decode. A (8 tokens) prefills 0-18; B arrives at 5
     # and prefills alone 18-34 while A waits; then both decode 34-48.
