@@ -176,8 +176,9 @@ class Policy:
     def schedule_decodes(self, candidates: list[int]) -> list[int]:
         """Reserve one more KV slot for each candidate (running requests, in priority order).
 
-        When blocks run out, preempt `preemption_victim()` (the back of `running`, as vLLM does) and retry; a candidate that is itself the lowest is preempted. Returns the candidates that
-        got their slot, in order.
+        When blocks run out, preempt `preemption_victim()` (the back of `running`, as vLLM does) and
+        retry; a candidate that is itself the victim gets no slot. Returns the candidates that got their
+        slot, in order.
         """
         computed = self.requests.ints.computed_tokens
         if self.kv.allocate_all(candidates, [computed[r] + 1 for r in candidates]):
@@ -190,7 +191,7 @@ class Policy:
                 victim = self.preemption_victim()
                 self.preempt(victim)
                 preempted.add(victim)
-                if victim in scheduled:  # only if candidates were not in running order
+                if victim in scheduled:  # a victim chosen otherwise than last, or candidates out of order
                     scheduled.remove(victim)
                 if victim == r:
                     break
