@@ -116,10 +116,17 @@ class Recorder:
         rows = runs = ends = starts = spare_slots = None
         if self._rows:
             rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS))
-            for i, name in enumerate(ITERATION_COLUMNS):
-                columns[name].append(rows[:, i])
         if self._runs:
             runs = np.frombuffer(self._runs, np.int64).reshape(-1, RUN_COLUMNS)
+        # Without a prefix cache keeping anything there is no cached-blocks column to build, sort and carry.
+        any_cached = (rows is not None and rows[:, -1].any()) or (runs is not None and runs[:, 4].any())
+        if not any_cached:
+            del columns["kv_blocks_cached"]
+        if rows is not None:
+            for i, name in enumerate(ITERATION_COLUMNS):
+                if name in columns:
+                    columns[name].append(rows[:, i])
+        if runs is not None:
             steps = runs[:, 2]
             replica, batch = np.repeat(runs[:, 0], steps), np.repeat(runs[:, 1], steps)
             ends = np.frombuffer(self._run_end_ns, np.int64)
@@ -137,13 +144,12 @@ class Recorder:
             spare_slots = np.frombuffer(self._run_spare_slots, np.int64)
             columns["kv_blocks_used"].append(
                 decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps, self.kv_block_size))
-            columns["kv_blocks_cached"].append(np.repeat(runs[:, 4], steps))
+            if any_cached:
+                columns["kv_blocks_cached"].append(np.repeat(runs[:, 4], steps))
         cols = {name: np.concatenate(parts) if parts else np.empty(0, np.int64)
                 for name, parts in columns.items()}
         del columns, rows, runs, ends, starts, spare_slots  # release the buffers' views, then them
         self._rows, self._runs, self._run_end_ns, self._run_spare_slots = (array("q") for _ in range(4))
-        if not cols["kv_blocks_cached"].any():  # no prefix cache kept anything: no column to sort and carry
-            del cols["kv_blocks_cached"]
         # Both row groups are nearly in time order already: a stable sort merges them quickly.
         order = np.argsort(cols["start_ns"], kind="stable")
         for name in cols:
