@@ -103,7 +103,7 @@ class SGLang(Policy):
         if prefills or self.enable_mixed_chunk:
             return Batch.of(ids, tokens)
 
-        # No prefill: every running request decodes (preempting the newest when blocks run out).
+        # No prefill: every running request decodes (preempting as preemption_victim says if blocks run out).
         decodes = self.schedule_decodes(decoding)
         return Batch.of(decodes, [1] * len(decodes))
 
