@@ -20,8 +20,9 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from simulator.config import ConfigError, check_number
+from simulator.config import ConfigError, HardwareConfig, check_number
 from simulator.kv_cache import KVCache
+from simulator.prefix_cache import PrefixCachingKV
 from simulator.request import RequestState, int_list
 
 
@@ -55,13 +56,22 @@ class Parameter:
     name: str  # the keyword argument of the policy's __init__ (and the config field policy.<name>)
     meaning: str  # what the value is, for error messages ("token budget per iteration")
     minimum: int = 1
-    type: type = int  # int (a whole number) or float; a bool is neither
+    type: type = int  # int (a whole number), float, bool (true/false) or str (one of `choices`)
     # Non-empty: why the value may not be below the model's max_model_len (e.g. a prompt must fit one batch).
     at_least_max_model_len: str = ""
+    choices: tuple[str, ...] = ()  # the values a str parameter may take
 
     def check(self, field: str, value, max_model_len: int | None = None) -> None:
         """Raise ConfigError naming `field` unless `value` has this type and range (and, when
         max_model_len is given, is not below it where the policy needs a whole context)."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{field}={value!r}: expected true or false ({self.meaning})")
+            return
+        if self.type is str:
+            if value not in self.choices:
+                raise ConfigError(f"{field}={value!r}: expected one of {', '.join(self.choices)} ({self.meaning})")
+            return
         check_number(field, value, self.minimum, whole=self.type is int, why=self.meaning)
         if self.at_least_max_model_len and max_model_len is not None and value < max_model_len:
             raise ConfigError(f"{field}={value} is below the model's max_model_len={max_model_len}: "
@@ -85,14 +95,25 @@ class Policy:
 
     # True when, as long as nothing arrives, finishes or runs out of KV blocks, a decode-only batch from
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
-    # one step. Set False in a policy whose choices depend on the clock.
+    # one step, except after a `schedule` that admitted or preempted: the batch may then be one of a kind
+    # (a preempted request whose cached blocks leave one token to recompute looks like a decode), and a
+    # preempted request may come back next iteration (vLLM V1). Set False in a policy whose choices depend
+    # on the clock.
     fast_forward_decodes = True
+
+    @classmethod
+    def hardware_defaults(cls, hardware: HardwareConfig) -> dict:
+        """Parameter defaults that depend on the GPU (as an engine picks them at start-up); values set in
+        the config win. None here."""
+        return {}
 
     def __init__(self, kv: KVCache, requests: RequestState):
         self.kv = kv
         self.requests = requests
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
+        # Admissions and preemptions so far (the replica reads them: see fast_forward_decodes).
+        self.num_admitted = self.num_preempted = 0
 
     def add_request(self, request_id: int) -> None:
         """A request routed to this scheduler joins the back of the waiting queue."""
@@ -114,30 +135,50 @@ class Policy:
 
     # --- helpers shared by several policies -------------------------------------------------------
 
-    def admit(self, request_id: int, num_tokens: int) -> bool:
+    def use_prefix_cache(self, cache_class: type[PrefixCachingKV]) -> None:
+        """Swap `self.kv` (still empty) for a prefix cache of the same size (simulator/prefix_cache.py,
+        simulator/radix_cache.py). A workload without content shares no prefix: the plain cache is kept,
+        which gives the same results faster."""
+        if self.requests.content is not None:
+            self.kv = cache_class.replacing(self.kv, self.requests)
+
+    def admit(self, request_id: int, num_tokens: int, watermark: bool = True) -> bool:
         """Move a waiting request to the back of `running` if the KV cache can hold `num_tokens` for it
-        (keeping the watermark free); False and no change otherwise."""
-        if not self.kv.allocate(request_id, num_tokens, admission=True):
+        (keeping the watermark free unless `watermark` is False); False and no change otherwise.
+
+        With a prefix cache, the request's cached leading blocks (within num_tokens) count as computed:
+        `requests.pending_tokens(request_id)` is smaller after admission."""
+        cached_tokens = self.kv.prefix_hit_tokens(request_id)
+        if not self.kv.allocate(request_id, num_tokens, admission=watermark):
             return False
         self.waiting.remove(request_id)  # O(1) for the head of the queue, the usual case
         self.running.append(request_id)
+        self.num_admitted += 1
+        if cached_tokens:
+            block_size = self.kv.block_size
+            self.requests.start_from_cache(request_id, min(cached_tokens, num_tokens // block_size * block_size))
         return True
 
     def preempt(self, request_id: int) -> None:
         """Preempt by recompute: drop the request's KV and put it at the front of `waiting`. It keeps the
         tokens it has emitted and will recompute prompt + generated tokens when scheduled again."""
         self.kv.free([request_id])
+        self.num_preempted += 1
         self.requests.computed_tokens[request_id] = 0
         self.requests.preemptions[request_id] += 1
         self.running.remove(request_id)
         self.waiting.appendleft(request_id)
 
+    def preemption_victim(self) -> int:
+        """The running request to preempt when decodes run out of KV blocks: the newest, as vLLM does."""
+        return self.running[-1]
+
     def schedule_decodes(self, candidates: list[int]) -> list[int]:
         """Reserve one more KV slot for each candidate (running requests, in priority order).
 
-        When blocks run out, preempt the lowest-priority running request (the back of `running`, as vLLM
-        does) and retry; a candidate that is itself the lowest is preempted. Returns the candidates that
-        got their slot, in order.
+        When blocks run out, preempt `preemption_victim()` (the back of `running`, as vLLM does) and
+        retry; a candidate that is itself the victim gets no slot. Returns the candidates that got their
+        slot, in order.
         """
         computed = self.requests.ints.computed_tokens
         if self.kv.allocate_all(candidates, [computed[r] + 1 for r in candidates]):
@@ -147,10 +188,10 @@ class Policy:
             if r in preempted:
                 continue
             while not self.kv.allocate(r, computed[r] + 1):
-                victim = self.running[-1]
+                victim = self.preemption_victim()
                 self.preempt(victim)
                 preempted.add(victim)
-                if victim in scheduled:  # only if candidates were not in running order
+                if victim in scheduled:  # a victim chosen otherwise than last, or candidates out of order
                     scheduled.remove(victim)
                 if victim == r:
                     break

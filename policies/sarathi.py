@@ -6,20 +6,27 @@ chunks of new requests in FCFS order, with at most `max_batch_size` requests per
 KV blocks for its whole prompt are taken when it is admitted (Sarathi-Serve's block manager does this);
 decodes grow one block at a time and preempt the newest request by recompute when blocks run out.
 Defaults: chunk 512 and batch cap 128, the paper's strict-SLO setting (2048 for relaxed SLOs).
+`enable_prefix_caching` (off by default) reuses cached prompt blocks (simulator/prefix_cache.py); blocks
+are cached when allocated, so a prompt taken whole at admission is findable before all its chunks ran.
 """
 from __future__ import annotations
 
 from policies.base import POLICIES, Batch, Parameter, Policy
+from simulator.prefix_cache import PrefixCachingKV
 
 
 class SarathiServe(Policy):
     parameters = (
         Parameter("chunk_size", "token budget per iteration: decodes plus prefill chunks"),
         Parameter("max_batch_size", "requests per batch"),
+        Parameter("enable_prefix_caching", "reuse cached prompt blocks", type=bool),
     )
 
-    def __init__(self, kv, requests, chunk_size: int = 512, max_batch_size: int = 128):
+    def __init__(self, kv, requests, chunk_size: int = 512, max_batch_size: int = 128,
+                 enable_prefix_caching: bool = False):
         super().__init__(kv, requests)
+        if enable_prefix_caching:
+            self.use_prefix_cache(PrefixCachingKV)
         self.chunk_size = chunk_size
         self.max_batch_size = max_batch_size
 
@@ -51,6 +58,7 @@ class SarathiServe(Policy):
             need = self.requests.pending_tokens(r)
             if not self.admit(r, need):
                 break
+            need = self.requests.pending_tokens(r)  # less what a prefix cache held
             ids.append(r), tokens.append(min(need, budget))
             budget -= tokens[-1]
         return Batch.of(ids, tokens)

@@ -37,6 +37,8 @@ class SimulationOutput:
     iterations: IterationRecords
     simulated_s: float
     kv_blocks_per_engine: int
+    # Prefix caches' counts over all engines: lookup_blocks, hit_blocks, evictions (all 0 without one).
+    prefix_cache: dict | None = None
 
 
 class _ArrivalTimeout(Event):
@@ -105,7 +107,10 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
     # reference cycles, so they would otherwise live until the next garbage collection).
     iterations = recorder.pop_iteration_records()
     records = recorder.pop_request_records(requests)
-    return SimulationOutput(records, iterations, env.now / 1e9, blocks_per_engine)
+    caches = [engine.kv for replica in replicas for engine in replica.engines]
+    prefix_cache = {name: sum(getattr(kv, name) for kv in caches)
+                    for name in ("lookup_blocks", "hit_blocks", "evictions")}
+    return SimulationOutput(records, iterations, env.now / 1e9, blocks_per_engine, prefix_cache)
 
 
 def _run(env: simpy.Environment, replicas: list[Replica], num_requests: int, progress: bool) -> None:

@@ -210,12 +210,13 @@ class PolicyConfig:
     chunk_size: int | None = None
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
+    enable_prefix_caching: bool | None = None  # vllm, sarathi, vllm_v1, sglang
     params: dict = field(default_factory=dict)
 
     def policy_kwargs(self) -> dict:
         """The parameters set in this config, as keyword arguments for the policy class."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "params")}
-        return {k: v for k, v in kwargs.items() if v is not None} | dict(self.params)
+        return {k: v for k, v in (kwargs | dict(self.params)).items() if v is not None}
 
 
 def _default_slos() -> list:

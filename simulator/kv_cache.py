@@ -1,8 +1,9 @@
 """The paged KV cache every policy shares: fixed-size blocks, allocation, freeing, capacity sizing.
 
-Only block counts matter for timing (no prefix caching), so the cache keeps how many blocks each request
-holds and how many are free; it never hands out more blocks than it has. Policies ask it for room and
-preempt (by recompute) when it says no; that decision stays in the policy.
+Only block counts matter for timing, so the cache keeps how many blocks each request holds and how many
+are free; it never hands out more blocks than it has. Policies ask it for room and preempt (by recompute)
+when it says no; that decision stays in the policy. This cache shares nothing between requests; the
+prefix caches (simulator/prefix_cache.py, simulator/radix_cache.py) keep its interface and add sharing.
 """
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ class KVCache:
     A request needing capacity for n tokens holds ceil(n / block_size) blocks.
     """
 
+    # What a prefix cache reports (simulator/prefix_cache.py); this cache keeps nothing once freed.
+    cached_free_blocks = 0  # blocks no request holds that still keep reusable KV
+    evictions = 0  # cached blocks given to other KV
+    lookup_blocks = 0  # full blocks of the requests looked up when first admitted
+    hit_blocks = 0  # of those, blocks found cached
+
     def __init__(self, num_blocks: int, block_size: int, blocks_held: np.ndarray, watermark_blocks: int = 0):
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -73,6 +80,14 @@ class KVCache:
     def can_ever_hold(self, num_tokens: np.ndarray) -> np.ndarray:
         """True where a request of `num_tokens` tokens could be admitted into an empty cache."""
         return self.blocks_for(num_tokens) <= self.num_blocks - self.watermark_blocks
+
+    def prefix_hit_blocks(self, request_id: int) -> int:
+        """How many of the request's leading full prompt blocks this cache holds now: none here."""
+        return 0
+
+    def prefix_hit_tokens(self, request_id: int) -> int:
+        """Tokens a request holding no blocks would find cached when admitted (they skip prefill): none here."""
+        return 0
 
     def allocate(self, request_id: int, num_tokens: int, admission: bool = False) -> bool:
         """Grow the request's blocks to hold `num_tokens` tokens; False (and no change) if they don't fit.

@@ -70,6 +70,9 @@ class RequestRecords:
     # Optional per-request columns (n entries each) appended to request_table as they are, e.g. the KV
     # transfer time of disaggregated serving (simulator/disagg). Empty for colocated runs.
     extra_columns: dict = field(default_factory=dict)
+    # int64: prompt tokens a prefix cache held at the request's first admission (they skip prefill);
+    # None: no prefix cache ran (all zeros).
+    cached_tokens: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -90,6 +93,9 @@ class IterationRecords:
     num_prefill_tokens: np.ndarray  # int64, prompt tokens processed in this iteration
     num_decode_tokens: np.ndarray  # int64, decode tokens (one per decoding request)
     kv_blocks_used: np.ndarray  # int64, KV blocks allocated on the replica when the iteration started
+    # int64, blocks no request holds that keep cached KV (prefix caches) then; None: no prefix cache (0).
+    # A run of decodes repeats its first step's value.
+    kv_blocks_cached: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.start_s)
@@ -103,6 +109,8 @@ def check_records(records: RequestRecords) -> None:
     n = len(records.request_id)
     for f in fields(RequestRecords):
         if f.name in ("token_times_s", "token_offsets", "request_id", "extra_columns"):
+            continue
+        if f.name == "cached_tokens" and records.cached_tokens is None:
             continue
         if len(getattr(records, f.name)) != n:
             raise ValueError(f"RequestRecords.{f.name} has {len(getattr(records, f.name))} entries, expected {n}")
@@ -360,7 +368,9 @@ def request_table(records: RequestRecords) -> pd.DataFrame:
 
     request_id, replica_id, arrived_s, prompt_tokens, output_tokens, first_scheduled_s,
     first_token_s, completed_s, ttft_s, tpot_s, e2e_s, normalized_e2e_s_per_token,
-    queueing_delay_s, tbt_max_s, tbt_p99_s, preemptions, rejected, reject_reason, then the records'
+    queueing_delay_s, tbt_max_s, tbt_p99_s, preemptions, cached_tokens (prompt tokens a prefix cache
+    held at first admission), prompt_tokens_computed (prompt_tokens - cached_tokens: what prefill
+    computed, recomputation after preemption aside), rejected, reject_reason, then the records'
     extra_columns if any (disaggregated runs: docs/disaggregation.md).
     Latencies are NaN where undefined (rejected, unfinished, or a single output token for TPOT/TBT).
     """
@@ -384,6 +394,9 @@ def _request_columns(records: RequestRecords, per_request_tbt: bool) -> RequestC
     first_token = np.asarray(records.first_token_s, dtype=np.float64)
     output_tokens = np.asarray(records.output_tokens, dtype=np.int64)
     rejected = np.asarray(records.rejected, dtype=bool)
+    prompt_tokens = np.asarray(records.prompt_tokens, dtype=np.int64)
+    cached_tokens = (np.zeros(len(prompt_tokens), np.int64) if records.cached_tokens is None
+                     else np.asarray(records.cached_tokens, dtype=np.int64))
     e2e = completed - arrived
     if per_request_tbt:
         tbt_max, tbt_p99 = _per_request_tbt(records)
@@ -393,7 +406,7 @@ def _request_columns(records: RequestRecords, per_request_tbt: bool) -> RequestC
         "request_id": np.asarray(records.request_id, dtype=np.int64),
         "replica_id": np.asarray(records.replica_id, dtype=np.int64),
         "arrived_s": arrived,
-        "prompt_tokens": np.asarray(records.prompt_tokens, dtype=np.int64),
+        "prompt_tokens": prompt_tokens,
         "output_tokens": output_tokens,
         "first_scheduled_s": np.asarray(records.first_scheduled_s, dtype=np.float64),
         "first_token_s": first_token,
@@ -406,6 +419,8 @@ def _request_columns(records: RequestRecords, per_request_tbt: bool) -> RequestC
         "tbt_max_s": tbt_max,
         "tbt_p99_s": tbt_p99,
         "preemptions": np.asarray(records.preemptions, dtype=np.int64),
+        "cached_tokens": cached_tokens,
+        "prompt_tokens_computed": prompt_tokens - cached_tokens,
         "rejected": rejected,
         "reject_reason": np.asarray(records.reject_reason, dtype=object),
         **{name: np.asarray(column) for name, column in records.extra_columns.items()},
@@ -432,7 +447,8 @@ def _tpot_s(records: RequestRecords, completed: np.ndarray) -> np.ndarray:
 
 def iteration_table(iters: IterationRecords, lo: int = 0, hi: int | None = None) -> pd.DataFrame:
     """One row per stage iteration: replica_id, stage, start_s, duration_s, end_s, kind
-    (prefill/decode/mixed/empty), batch_size, num_prefill_tokens, num_decode_tokens, kv_blocks_used.
+    (prefill/decode/mixed/empty), batch_size, num_prefill_tokens, num_decode_tokens, kv_blocks_used,
+    kv_blocks_cached (free blocks keeping prefix-cached KV; 0 without a prefix cache).
     `lo`, `hi`: only rows lo..hi-1 (default all)."""
     import pandas as pd
 
@@ -456,6 +472,8 @@ def iteration_table(iters: IterationRecords, lo: int = 0, hi: int | None = None)
         "num_prefill_tokens": num_prefill_tokens,
         "num_decode_tokens": num_decode_tokens,
         "kv_blocks_used": column(iters.kv_blocks_used, np.int64),
+        "kv_blocks_cached": (np.zeros(len(start), np.int64) if iters.kv_blocks_cached is None
+                             else column(iters.kv_blocks_cached, np.int64)),
     })
 
 
@@ -516,6 +534,9 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
     output_tokens_done = int(np.asarray(table["output_tokens"])[completed].sum())
     arrival_span_s = arrived.max() - arrived.min() if n else 0.0
     preemptions = np.asarray(table["preemptions"])
+    # Tables written before prefix caching existed have no cached_tokens column: nothing was cached.
+    cached = np.asarray(table["cached_tokens"])[~rejected] if "cached_tokens" in table else np.zeros(0)
+    prompt_total = int(np.asarray(table["prompt_tokens"])[~rejected].sum())
 
     summary = {
         "num_requests": n,
@@ -536,6 +557,9 @@ def summarize(records: RequestRecords, iters: IterationRecords | None, simulated
         "output_tokens_completed": output_tokens_done,
         "preemptions": int(preemptions.sum()),
         "requests_preempted": int((preemptions > 0).sum()),
+        # Block counts and evictions are added by the caches (simulator/result.py).
+        "prefix_cache": {"cached_tokens": int(cached.sum()),
+                         "hit_rate_tokens": _round(cached.sum() / prompt_total) if prompt_total else 0.0},
         "simulated_s": _round(simulated_s),
         "wall_s": _round(wall_s),
     }
@@ -677,6 +701,15 @@ def _write_parquet_chunks(path: Path, chunks, empty: pd.DataFrame) -> None:
 # ----------------------------------------------------------------------------- terminal
 
 
+def _prefix_cache_line(prefix_cache: dict) -> list[str]:
+    """The summary's prefix-cache line, or none when nothing was cached (no cache, or no shared prefix)."""
+    if not prefix_cache.get("cached_tokens") and not prefix_cache.get("evictions"):
+        return []
+    return [(f"prefix cache {prefix_cache['cached_tokens']:,} prompt tokens cached "
+             f"({100 * (prefix_cache.get('hit_rate_tokens') or 0):.1f} %), "
+             f"{prefix_cache.get('evictions', 0):,} blocks evicted")]
+
+
 def format_summary(summary: dict) -> str:
     """A multi-line, human-readable table of `summary` for the terminal (times in ms, E2E in s)."""
     def number(x, scale=1.0, digits=1):
@@ -694,6 +727,7 @@ def format_summary(summary: dict) -> str:
          f"{number(summary['output_tokens_per_s'])} output tokens/s "
          f"(offered {number(summary['offered_rps'], digits=3)} req/s)"),
         f"preemptions {summary['preemptions']:,} ({summary['requests_preempted']:,} requests)",
+        *_prefix_cache_line(summary.get("prefix_cache") or {}),
         (f"iterations  {summary['num_iterations']:,}, mean batch {number(summary['batch_size_mean'])}, "
          f"max batch {summary['batch_size_max'] if summary['batch_size_max'] is not None else '-'}"),
         f"time        {number(summary['simulated_s'])} s simulated in {number(simulation_wall_s, digits=2)} s"

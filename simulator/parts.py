@@ -7,7 +7,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from simulator.announce import notice_if_slow
-from simulator.config import ConfigError, PolicyConfig
+from simulator.config import ConfigError, HardwareConfig, PolicyConfig
 
 if TYPE_CHECKING:
     from simulator.run import SimulationConfig
@@ -15,8 +15,20 @@ if TYPE_CHECKING:
 PREDICTORS = ("fitted", "linear")
 
 
-def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
-    """A callable (kv, requests) -> policy instance.
+def policy_parameters(policy: PolicyConfig, hardware: HardwareConfig | None = None) -> dict:
+    """The policy's keyword arguments: those set in the config, and for the rest, given the `hardware`,
+    the policy's defaults for that GPU (vLLM V1's and SGLang's depend on it)."""
+    from policies.base import POLICIES
+
+    kwargs = policy.policy_kwargs()
+    if hardware is not None and policy.name in POLICIES:
+        kwargs = POLICIES[policy.name].hardware_defaults(hardware) | kwargs
+    return kwargs
+
+
+def policy_factory(policy: PolicyConfig, max_model_len: int | None = None,
+                   hardware: HardwareConfig | None = None):
+    """A callable (kv, requests) -> policy instance, with `policy_parameters(policy, hardware)`.
 
     Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
     range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
@@ -24,7 +36,7 @@ def policy_factory(policy: PolicyConfig, max_model_len: int | None = None):
     """
     from policies.base import check_parameters, new_policy
 
-    kwargs = policy.policy_kwargs()
+    kwargs = policy_parameters(policy, hardware)
     check_parameters(policy.name, kwargs, max_model_len)
     return functools.partial(new_policy, policy.name, kwargs)
 

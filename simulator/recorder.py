@@ -16,7 +16,8 @@ from simulator.request import NOT_YET, RequestState, int_list
 
 # Columns of an iteration row, in IterationRecords' order (times in integer nanoseconds here).
 ITERATION_COLUMNS = ("replica_id", "stage", "start_ns", "duration_ns", "batch_size", "num_prefill_tokens",
-                     "num_decode_tokens", "kv_blocks_used")
+                     "num_decode_tokens", "kv_blocks_used", "kv_blocks_cached")
+RUN_COLUMNS = 6  # values per decode run: replica_id, batch_size, steps, blocks used, blocks cached, start
 
 
 class Recorder:
@@ -30,8 +31,8 @@ class Recorder:
     def __init__(self, kv_block_size: int):
         self.kv_block_size = kv_block_size
         self._rows = array("q")  # single iterations: ITERATION_COLUMNS values each
-        # Decode runs: 5 values per run (replica_id, batch_size, steps, KV blocks used at the start, start
-        # instant), the end of every step, and the spare KV slots of every request at the start.
+        # Decode runs: RUN_COLUMNS values per run (replica_id, batch_size, steps, KV blocks used and cached at
+        # the start, start instant), the end of every step, and the spare KV slots of every request at the start.
         self._runs = array("q")
         self._run_end_ns = array("q")
         self._run_spare_slots = array("q")
@@ -42,18 +43,20 @@ class Recorder:
         self._emit_times_ns = array("q")
 
     def add_iteration(self, replica_id: int, stage: int, start_ns: int, duration_ns: int, batch_size: int,
-                      num_prefill_tokens: int, num_decode_tokens: int, kv_blocks_used: int) -> None:
+                      num_prefill_tokens: int, num_decode_tokens: int, kv_blocks_used: int,
+                      kv_blocks_cached: int = 0) -> None:
         """One stage of one iteration (for pp=1, the iteration)."""
         self._rows.extend((replica_id, stage, start_ns, duration_ns, batch_size, num_prefill_tokens,
-                           num_decode_tokens, kv_blocks_used))
+                           num_decode_tokens, kv_blocks_used, kv_blocks_cached))
 
     def add_decode_run(self, replica_id: int, start_ns: int, end_ns, batch_size: int,
-                       kv_blocks_used_at_start: int, spare_slots) -> None:
+                       kv_blocks_used_at_start: int, spare_slots, kv_blocks_cached_at_start: int = 0) -> None:
         """Consecutive decode-only iterations of a pp=1 replica, the first starting at start_ns and each
         starting when the previous ends (end_ns: one end instant per step, a list or an int array). The
         blocks in use at each step follow from the requests' spare slots (a list or an int array, one per
-        request; kv_cache.decode_run_blocks_used)."""
-        self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start, start_ns))
+        request; kv_cache.decode_run_blocks_used). Cached blocks are recorded as they were at the start."""
+        self._runs.extend((replica_id, batch_size, len(end_ns), kv_blocks_used_at_start, kv_blocks_cached_at_start,
+                           start_ns))
         _append(self._run_end_ns, end_ns)
         self._run_spare_slots.fromlist(int_list(spare_slots))
 
@@ -117,13 +120,14 @@ class Recorder:
         of millions of rows, and they are read as numbers, never written back (the tables give int64)."""
         rows = np.frombuffer(self._rows, np.int64).reshape(-1, len(ITERATION_COLUMNS)) if self._rows else \
             np.empty((0, len(ITERATION_COLUMNS)), np.int64)
-        runs = np.frombuffer(self._runs, np.int64).reshape(-1, 5) if self._runs else np.empty((0, 5), np.int64)
+        runs = np.frombuffer(self._runs, np.int64).reshape(-1, RUN_COLUMNS) if self._runs else \
+            np.empty((0, RUN_COLUMNS), np.int64)
         steps = runs[:, 2]
         ends = np.frombuffer(self._run_end_ns, np.int64) if self._run_end_ns else np.empty(0, np.int64)
         # A step of a decode run starts when the one before it ends; the first step at the run's start.
         run_starts = np.empty_like(ends)
         run_starts[1:] = ends[:-1]
-        run_starts[np.cumsum(steps) - steps] = runs[:, 4]
+        run_starts[np.cumsum(steps) - steps] = runs[:, 5]
         start_ns = np.concatenate([rows[:, 2], run_starts])
         # Both row groups are nearly in time order already: a stable sort merges them quickly.
         order = np.argsort(start_ns, kind="stable")
@@ -141,6 +145,8 @@ class Recorder:
         del run_starts
         no_steps = np.zeros(len(ends), np.int32)
         batch_per_step = np.repeat(runs[:, 1].astype(np.int32), steps)
+        # Without a prefix cache keeping anything there is no cached-blocks column to build, sort and carry.
+        any_cached = bool(rows[:, -1].any() or runs[:, 4].any())
         spare_slots = np.frombuffer(self._run_spare_slots, np.int64) if self._run_spare_slots else np.empty(0, np.int64)
         records = IterationRecords(
             replica_id=column(rows[:, 0], np.repeat(runs[:, 0].astype(np.int32), steps), np.int32),
@@ -150,6 +156,7 @@ class Recorder:
             num_decode_tokens=column(rows[:, 6], batch_per_step, np.int32),
             kv_blocks_used=column(rows[:, 7], decode_run_blocks_used(runs[:, 3], spare_slots, runs[:, 1], steps,
                                                                       self.kv_block_size), np.int32),
+            kv_blocks_cached=column(rows[:, -1], np.repeat(runs[:, 4], steps), np.int32) if any_cached else None,
         )
         del rows, runs, steps, ends, spare_slots, no_steps, batch_per_step  # the buffers' views, then them
         self._rows, self._runs, self._run_end_ns, self._run_spare_slots = (array("q") for _ in range(4))
@@ -172,7 +179,7 @@ class Recorder:
             first_token_s=seconds(requests.first_token_ns),
             completed_s=seconds(requests.completed_ns), preemptions=requests.preemptions.copy(),
             rejected=requests.rejected, reject_reason=requests.reject_reason.copy(),
-            token_times_s=token_times_s, token_offsets=token_offsets,
+            token_times_s=token_times_s, token_offsets=token_offsets, cached_tokens=requests.cached_tokens.copy(),
         )
 
 

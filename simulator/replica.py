@@ -80,6 +80,7 @@ class Scheduled:
     pending: list[int]  # tokens each had to compute before emitting its next one
     num_decode: int  # requests that decode (compute the one token they emitted last)
     kv_blocks_used: int  # on the whole replica, after the policy's allocations
+    kv_blocks_cached: int  # on the whole replica: free blocks keeping prefix-cached KV
     stage_ns: list[int] | None = None  # time on each pipeline stage (pp > 1)
 
     @property
@@ -149,12 +150,15 @@ class Replica:
         env, engine = self.env, self.engines[0]
         fast = self.fast_decode_runs and engine.fast_forward_decodes
         while True:
+            changes_before = engine.num_admitted + engine.num_preempted
             batch = engine.schedule(env.now / 1e9)
             if batch is None:
                 yield from self._idle()
                 continue
             step = self._scheduled(0, batch)
-            if fast and step.num_decode == len(step.request_ids):
+            # After an admission or a preemption the next choice may differ (Policy.fast_forward_decodes).
+            if (fast and step.num_decode == len(step.request_ids)
+                    and engine.num_admitted + engine.num_preempted == changes_before):
                 yield from self._decode_run(engine, step)
                 continue
             self._check_allocated(step)
@@ -163,7 +167,8 @@ class Replica:
             seconds = self.predictor.stage_times_s(batch.num_tokens, step.kv_tokens)[0]
             duration = second_to_duration_ns(seconds)
             self.recorder.add_iteration(self.replica_id, 0, start, duration, len(batch),
-                                        step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
+                                        step.num_prefill_tokens, step.num_decode, step.kv_blocks_used,
+                                        step.kv_blocks_cached)
             yield env.timeout(duration)
             self._apply(step, env.now)
 
@@ -188,7 +193,8 @@ class Replica:
             del ends[steps:]
             end = ends[-1]
             yield env.timeout(end - env.now)
-        self.recorder.add_decode_run(self.replica_id, start, ends, len(ids), kv.used_blocks, spare_slots)
+        self.recorder.add_decode_run(self.replica_id, start, ends, len(ids), kv.used_blocks, spare_slots,
+                                     step.kv_blocks_cached)
         computed, generated = req.ints.computed_tokens, req.ints.generated_tokens
         for r, k, g in zip(ids, step.kv_tokens, step.generated):
             computed[r] = k + steps
@@ -243,7 +249,8 @@ class Replica:
     def _hold_stage(self, stage: int, step: Scheduled):
         duration = step.stage_ns[stage]
         self.recorder.add_iteration(self.replica_id, stage, self.env.now, duration, len(step.batch),
-                                    step.num_prefill_tokens, step.num_decode, step.kv_blocks_used)
+                                    step.num_prefill_tokens, step.num_decode, step.kv_blocks_used,
+                                    step.kv_blocks_cached)
         yield self.env.timeout(duration)
 
     # --- effects of a batch (both layouts) ----------------------------------------------------------
@@ -257,11 +264,15 @@ class Replica:
         pending = [prompt[r] + g - k for r, g, k in zip(ids, generated, kv_tokens)]
         # A policy never computes more than a request's pending tokens, so pending == 1 means one token.
         num_decode = [p for p, g in zip(pending, generated) if g > 0].count(1)
-        kv_used = self.engines[0].kv.used_blocks if len(self.engines) == 1 else sum(
-            e.kv.used_blocks for e in self.engines)
+        if len(self.engines) == 1:
+            kv = self.engines[0].kv
+            kv_used, kv_cached = kv.used_blocks, kv.cached_free_blocks
+        else:
+            kv_used = sum(e.kv.used_blocks for e in self.engines)
+            kv_cached = sum(e.kv.cached_free_blocks for e in self.engines)
         output = ints.output_tokens
         return Scheduled(engine, batch, ids, batch.num_tokens, kv_tokens, generated,
-                         [output[r] for r in ids], pending, num_decode, kv_used)
+                         [output[r] for r in ids], pending, num_decode, kv_used, kv_cached)
 
     def _check_allocated(self, step: Scheduled) -> None:
         """A policy must hold KV blocks for every token it schedules; say which policy broke that rule."""

@@ -51,6 +51,9 @@ class RequestState:
     first_token_ns: np.ndarray
     completed_ns: np.ndarray
     preemptions: np.ndarray  # int64
+    # int64, prompt tokens a prefix cache held when the request was first admitted (they skip prefill);
+    # 0 without a prefix cache. As vLLM reports it: hits when recomputing after a preemption are not counted.
+    cached_tokens: np.ndarray
     reject_reason: np.ndarray  # object, "" unless rejected
     max_model_len: int  # the model's context limit (prompt + output tokens)
     # What the tokens are (simulator/content.py), for prefix caches; None: no request shares a prefix.
@@ -88,7 +91,7 @@ class RequestState:
             arrived_ns=arrived_ns, prompt_tokens=prompt, output_tokens=output,
             computed_tokens=np.zeros(n, np.int64), generated_tokens=np.zeros(n, np.int64),
             replica_id=not_yet(), first_scheduled_ns=not_yet(), first_token_ns=not_yet(),
-            completed_ns=not_yet(), preemptions=np.zeros(n, np.int64),
+            completed_ns=not_yet(), preemptions=np.zeros(n, np.int64), cached_tokens=np.zeros(n, np.int64),
             reject_reason=np.full(n, "", dtype=object), max_model_len=max_model_len, content=content,
         )
         if content is not None and len(content.keys) != n:
@@ -121,6 +124,14 @@ class RequestState:
         prompt, generated, computed = self.ints.prompt_tokens, self.ints.generated_tokens, self.ints.computed_tokens
         return [prompt[r] + generated[r] - computed[r] for r in request_ids]
 
+    def start_from_cache(self, request_id: int, cached_tokens: int) -> None:
+        """A request just admitted found its first `cached_tokens` tokens in a prefix cache: they count as
+        computed (their KV is there), and as its cached tokens if this is its first admission."""
+        ints = self.ints
+        ints.computed_tokens[request_id] = cached_tokens
+        if ints.preemptions[request_id] == 0:
+            ints.cached_tokens[request_id] = cached_tokens
+
     def is_decoding(self, request_ids: np.ndarray) -> np.ndarray:
         """True where a request (of an int array) has emitted a token and its next iteration computes just
         that token."""
@@ -147,3 +158,5 @@ class IntViews:
         self.first_scheduled_ns = memoryview(state.first_scheduled_ns)
         self.first_token_ns = memoryview(state.first_token_ns)
         self.completed_ns = memoryview(state.completed_ns)
+        self.preemptions = memoryview(state.preemptions)
+        self.cached_tokens = memoryview(state.cached_tokens)

@@ -130,7 +130,8 @@ def test_tables_have_the_simulator_columns_and_consistent_steps(executed, policy
     assert list(metrics.request_table(result.records).columns) == [
         "request_id", "replica_id", "arrived_s", "prompt_tokens", "output_tokens", "first_scheduled_s",
         "first_token_s", "completed_s", "ttft_s", "tpot_s", "e2e_s", "normalized_e2e_s_per_token",
-        "queueing_delay_s", "tbt_max_s", "tbt_p99_s", "preemptions", "rejected", "reject_reason"]
+        "queueing_delay_s", "tbt_max_s", "tbt_p99_s", "preemptions", "cached_tokens", "prompt_tokens_computed",
+        "rejected", "reject_reason"]
     iterations = metrics.iteration_table(result.iterations)
     steps = result.steps
     assert list(steps.columns) == ["iteration", *STEP_COLUMNS]

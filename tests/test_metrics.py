@@ -77,8 +77,12 @@ def test_request_table_hand_computed():
     assert list(table.columns) == [
         "request_id", "replica_id", "arrived_s", "prompt_tokens", "output_tokens", "first_scheduled_s",
         "first_token_s", "completed_s", "ttft_s", "tpot_s", "e2e_s", "normalized_e2e_s_per_token",
-        "queueing_delay_s", "tbt_max_s", "tbt_p99_s", "preemptions", "rejected", "reject_reason",
+        "queueing_delay_s", "tbt_max_s", "tbt_p99_s", "preemptions", "cached_tokens", "prompt_tokens_computed",
+        "rejected", "reject_reason",
     ]
+    # Records without a prefix cache's counts: nothing cached, the whole prompt computed.
+    assert list(table["cached_tokens"]) == [0, 0, 0]
+    assert list(table["prompt_tokens_computed"]) == list(table["prompt_tokens"])
 
 
 def test_tbt_gaps_mask_request_boundaries():

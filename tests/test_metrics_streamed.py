@@ -86,7 +86,7 @@ def test_results_written_in_chunks_equal_the_in_memory_tables(small_run, tmp_pat
     tokens = pd.read_parquet(chunked["token_times.parquet"])
     assert tokens.dtypes.astype(str).tolist() == ["int64", "int32", "float64"]
     rows = pd.read_parquet(chunked["iterations.parquet"])
-    assert rows.drop(columns="kind").dtypes.astype(str).tolist() == ["int64"] * 2 + ["float64"] * 3 + ["int64"] * 4
+    assert rows.drop(columns="kind").dtypes.astype(str).tolist() == ["int64"] * 2 + ["float64"] * 3 + ["int64"] * 5  # ... kv_blocks_used, kv_blocks_cached
 
 
 def test_summary_and_slo_verdicts_from_streamed_gaps_equal_the_in_memory_ones(small_run):

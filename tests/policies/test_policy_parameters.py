@@ -40,6 +40,16 @@ def test_every_shipped_policy_declares_exactly_the_parameters_it_takes():
     ({"name": "sarathi", "params": {"chunk_size": "512"}}, r"policy\.chunk_size='512'"),
     ({"name": "orca", "chunk_size": 64},
      r"policy\.chunk_size is not a parameter of policy 'orca' \(it takes: max_batch_size\)"),
+    ({"name": "vllm_v1", "params": {"enable_prefix_caching": 1}},
+     r"policy\.enable_prefix_caching=1: expected true or false"),
+    ({"name": "sarathi", "params": {"enable_prefix_caching": "yes"}},
+     r"policy\.enable_prefix_caching='yes': expected true or false"),
+    ({"name": "sglang", "params": {"schedule_policy": "lifo"}},
+     r"policy\.schedule_policy='lifo': expected one of fcfs, lpm"),
+    ({"name": "vllm_v1", "params": {"long_prefill_token_threshold": -1}},
+     r"policy\.long_prefill_token_threshold=-1: expected a whole number >= 0"),
+    ({"name": "orca", "enable_prefix_caching": True},
+     r"policy\.enable_prefix_caching is not a parameter of policy 'orca'"),
 ])
 def test_a_parameter_out_of_range_stops_before_anything_runs(policy, message, nothing_runs):
     with pytest.raises(ConfigError, match=message):

@@ -14,6 +14,7 @@ import numpy as np
 from policies import POLICIES
 from simulator.cluster import SimulationError, simulate
 from simulator.config import ROUTERS
+from simulator.content import TokenContent
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
 from simulator.kv_cache import KVCache
 from simulator.linear_predictor import LinearPredictor
@@ -77,6 +78,7 @@ class Scenario:
     max_output: int
     streaming_layers: int = 0
     seed: int | None = field(default=None)  # the fuzz seed that drew it, if any
+    content_unit_tokens: int = 0  # > 0: requests share prefixes (token content in units this long)
 
     @property
     def disaggregated(self) -> bool:
@@ -89,12 +91,36 @@ class Scenario:
         return (arrivals, rng.integers(1, self.max_prompt + 1, self.num_requests),
                 rng.integers(1, self.max_output + 1, self.num_requests))
 
+    def content(self, prompts: np.ndarray, outputs: np.ndarray) -> TokenContent | None:
+        """Token content where requests start with one of three shared texts (or a part of one), then
+        text of their own; None when content_unit_tokens is 0."""
+        unit = self.content_unit_tokens
+        if not unit:
+            return None
+        rng = np.random.default_rng(self.workload_seed + 1)
+        units_needed = -(-(prompts + outputs) // unit)
+        longest = int(units_needed.max())
+        shared = [np.arange(longest) + 1_000_000 * (k + 1) for k in range(3)]
+        keys, own = [], 0
+        for n in units_needed.tolist():
+            common = rng.integers(0, n + 1)
+            mine = np.arange(own, own + n - common)
+            own += n - common
+            keys.append(np.concatenate([shared[rng.integers(0, 3)][:common], mine]).astype(np.int64))
+        return TokenContent(unit, keys)
+
 
 def draw_params(choices, policy: str, max_model_len: int) -> dict:
     """Valid values for some of the policy's declared parameters (the rest keep their defaults)."""
     params = {}
     for p in POLICIES[policy].parameters:
         if choices.integer(0, 3) == 0:
+            continue
+        if p.type is bool:
+            params[p.name] = bool(choices.integer(0, 1))
+            continue
+        if p.type is str:
+            params[p.name] = choices.one_of(p.choices)
             continue
         low = max(p.minimum, max_model_len) if p.at_least_max_model_len else p.minimum
         value = choices.integer(low, low + (8 if choices.integer(0, 1) else 2 * max_model_len))
@@ -136,7 +162,8 @@ def draw_scenario(choices, disaggregated: bool | None = None, seed: int | None =
         block_size=block_size, kv_watermark=choices.one_of((0.0, 0.01, 0.1)), max_model_len=max_model_len,
         workload_seed=choices.integer(0, 2**31), num_requests=choices.one_of((1, 8, 20, 40)),
         rate_qps=choices.one_of((20.0, 200.0, 2000.0)), max_prompt=max_model_len // choices.one_of((1, 2, 4)),
-        max_output=max_model_len // choices.one_of((1, 2, 4, 8)), streaming_layers=choices.one_of((0, 0, 4)), seed=seed)
+        max_output=max_model_len // choices.one_of((1, 2, 4, 8)), streaming_layers=choices.one_of((0, 0, 4)), seed=seed,
+        content_unit_tokens=choices.one_of((0, 4, 16)))
 
 
 @dataclass
@@ -145,23 +172,25 @@ class Outcome:
     prompts: np.ndarray
     outputs: np.ndarray
     out: object | None  # SimulationOutput or DisaggregatedOutput; None when the simulation raised
-    caches: list  # every engine's KVCache
+    caches: list  # every engine's KVCache, as built
     error: Exception | None = None
+    engines: list = field(default_factory=list)  # every engine (policy); engine.kv is the cache it uses
 
 
 def simulate_scenario(s: Scenario, fast_decode_runs: bool | None = None) -> Outcome:
     """Run the scenario with the linear predictor (10 ms + 1 ms a prefill token + 2 ms a decode per stage)."""
     arrivals, prompts, outputs = s.workload()
-    requests = RequestState.create(arrivals, prompts, outputs, s.max_model_len)
+    requests = RequestState.create(arrivals, prompts, outputs, s.max_model_len, s.content(prompts, outputs))
     fast = s.fast_decode_runs if fast_decode_runs is None else fast_decode_runs
-    caches = []
+    caches, engines = [], []
 
     def factory(pool: Pool):
         cls = POLICIES[pool.policy]
 
         def new_engine(kv, reqs):
             caches.append(kv)
-            return cls(kv, reqs, **pool.params)
+            engines.append(cls(kv, reqs, **pool.params))
+            return engines[-1]
         return new_engine
 
     def predictor(pool: Pool):
@@ -181,8 +210,8 @@ def simulate_scenario(s: Scenario, fast_decode_runs: bool | None = None) -> Outc
                            num_replicas=p.num_replicas, router=s.router, kv_watermark=s.kv_watermark,
                            fast_decode_runs=fast)
     except SimulationError as error:
-        return Outcome(s, prompts, outputs, None, caches, error)
-    return Outcome(s, prompts, outputs, out, caches)
+        return Outcome(s, prompts, outputs, None, caches, error, engines)
+    return Outcome(s, prompts, outputs, out, caches, error=None, engines=engines)
 
 
 # --- the invariants: each takes an Outcome and raises AssertionError with what it found ----------------
@@ -247,12 +276,16 @@ def time_moves_forward(o: Outcome) -> None:
 
 
 def blocks_returned(o: Outcome) -> None:
-    """At the end every KV block is back in its cache and no request holds one."""
+    """At the end every KV block is back in its cache and no request holds one; a prefix cache's own
+    bookkeeping (reference counts, free list, cache index) agrees."""
     assert o.out is not None, "no output"
     assert o.caches, "no KV cache was built"
-    for cache in o.caches:
+    for engine in o.engines:
+        cache = engine.kv  # a policy may have swapped in a prefix cache
         assert cache.free_blocks == cache.num_blocks, f"{cache.num_blocks - cache.free_blocks} blocks never freed"
         assert (cache.blocks_held == 0).all(), "a request still holds blocks"
+        if hasattr(cache, "check_invariants"):
+            cache.check_invariants()
 
 
 INVARIANTS = {f.__name__: f for f in

@@ -17,10 +17,11 @@ def linear(fixed_ms=10.0, prefill_ms=1.0, decode_ms=2.0, kv_ms=0.0, stages=1) ->
 
 
 def run(policy, arrivals_s, prompts, outputs, *, predictor=None, kv_blocks=10_000, block_size=16,
-        kv_watermark=0.0, max_model_len=100_000, **kwargs) -> SimulationOutput:
-    """Simulate requests with `policy` (a name, or (name, params)) and return the simulation's output."""
+        kv_watermark=0.0, max_model_len=100_000, content=None, **kwargs) -> SimulationOutput:
+    """Simulate requests with `policy` (a name, or (name, params)) and return the simulation's output.
+    `content` (a TokenContent) says which requests share prefixes."""
     name, params = (policy, {}) if isinstance(policy, str) else policy
-    requests = RequestState.create(np.asarray(arrivals_s, float), prompts, outputs, max_model_len)
+    requests = RequestState.create(np.asarray(arrivals_s, float), prompts, outputs, max_model_len, content)
     return simulate(requests, functools.partial(POLICIES[name], **params), predictor or linear(),
                     kv_blocks, block_size=block_size, kv_watermark=kv_watermark, **kwargs)
 

@@ -5,7 +5,8 @@ import pytest
 from simkit import linear, random_workload, run
 
 POLICIES = ["vllm", ("sarathi", {"chunk_size": 128}), ("orca", {"max_batch_size": 8}),
-            ("faster_transformer", {"max_batch_size": 4}), "shortest_prompt_first"]
+            ("faster_transformer", {"max_batch_size": 4}), "shortest_prompt_first",
+            ("vllm_v1", {"max_num_batched_tokens": 128}), ("sglang", {"chunked_prefill_size": 128})]
 KV_BLOCKS, BLOCK_SIZE = 100, 8
 
 

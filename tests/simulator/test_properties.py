@@ -34,19 +34,19 @@ def test_fast_path_matches_stepping_on_any_scenario(data):
 
 
 def test_the_checks_catch_what_they_guard():
-    # One scenario (2 replicas of pp=2, 20 requests served, 3 preemptions) broken after the fact: each
-    # invariant must notice its own violation.
+    # One scenario (sglang with its radix cache, 2+ replicas of pp=2, 30 requests served, 20 preemptions)
+    # broken after the fact: each invariant must notice its own violation.
     def outcome():
-        o = simulate_scenario(draw_scenario(RngChoices(23), disaggregated=False))
+        o = simulate_scenario(draw_scenario(RngChoices(71), disaggregated=False))
         check_all(o)
-        assert (~o.out.records.rejected).sum() == 20 and o.out.records.preemptions.sum() == 3
+        assert (~o.out.records.rejected).sum() == 30 and o.out.records.preemptions.sum() == 20
         return o
 
     broken = {
         "tokens_once": lambda o: o.outputs.__setitem__(np.flatnonzero(~o.out.records.rejected)[0], 10**6),
         "kv_within_capacity": lambda o: o.out.iterations.kv_blocks_used.__setitem__(0, 10**6),
         "time_moves_forward": lambda o: o.out.iterations.duration_s.__setitem__(0, 0.0),
-        "blocks_returned": lambda o: setattr(o.caches[0], "free_blocks", o.caches[0].free_blocks - 1),
+        "blocks_returned": lambda o: setattr(o.engines[0].kv, "free_blocks", o.engines[0].kv.free_blocks - 1),
         "completes_or_rejected": lambda o: o.out.records.completed_s.__setitem__(
             np.flatnonzero(~o.out.records.rejected)[0], np.nan),
     }

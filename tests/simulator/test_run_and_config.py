@@ -204,7 +204,7 @@ def test_cli_help_describes_servesim_and_its_everyday_commands():
                           text=True, timeout=120, check=True)
     assert done.stdout.startswith("servesim: simulate LLM-inference serving on a CPU.")
     assert "Everyday commands:" in done.stdout and "servesim trace=true" in done.stdout
-    assert "policy: faster_transformer, orca, sarathi, shortest_prompt_first, vllm" in done.stdout
+    assert "policy: faster_transformer, orca, sarathi, sglang, shortest_prompt_first, vllm, vllm_v1" in done.stdout
     assert "powered by Hydra" not in done.stdout
 
 

@@ -1,0 +1,92 @@
+"""vLLM's V1 scheduler (vllm/v1/core/sched/scheduler.py, v0.11), with automatic prefix caching.
+
+Reproduces one step of `Scheduler.schedule`: a single budget of `max_num_batched_tokens` tokens. Running
+requests go first, in admission order: a decoding request takes one token, one still in prefill the next
+chunk of its prompt (capped by `long_prefill_token_threshold` when > 0) as far as the budget goes. KV
+blocks are allocated per step for the tokens scheduled; when they run out, the most recently admitted
+running request is preempted by recompute (back to the front of the waiting queue) until the allocation
+fits or the request itself was the one preempted. Then, if nobody was preempted this step, waiting
+requests are admitted in arrival order while the budget, `max_num_seqs` and the free blocks allow, each
+with its cached prefix (prefix caching is on by default, `enable_prefix_caching`) and a chunk of the rest.
+
+Defaults are vLLM's for the API server (EngineArgs._set_default_args): 8192 tokens and 1024 sequences on
+GPUs with at least 70 GiB that are not A100s (H100, H200), 2048 and 256 otherwise; the policy takes them
+from the configured hardware (`hardware_defaults`), and these class defaults are the H100's.
+V1 keeps no free-block watermark at admission (v0's 1 %), so neither does this policy.
+"""
+from __future__ import annotations
+
+from policies.base import POLICIES, Batch, Parameter, Policy
+from simulator.config import HardwareConfig
+from simulator.prefix_cache import PrefixCachingKV
+
+
+class VLLMv1(Policy):
+    parameters = (
+        Parameter("max_num_batched_tokens", "token budget per step: decodes plus prefill chunks"),
+        Parameter("max_num_seqs", "running sequences at most"),
+        Parameter("long_prefill_token_threshold", "prefill tokens one request takes per step, 0 = no cap",
+                  minimum=0),
+        Parameter("enable_prefix_caching", "reuse cached prompt blocks", type=bool),
+    )
+
+    def __init__(self, kv, requests, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024,
+                 long_prefill_token_threshold: int = 0, enable_prefix_caching: bool = True):
+        super().__init__(kv, requests)
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.long_prefill_token_threshold = long_prefill_token_threshold
+        if enable_prefix_caching:
+            self.use_prefix_cache(PrefixCachingKV)
+
+    @classmethod
+    def hardware_defaults(cls, hardware: HardwareConfig) -> dict:
+        """vLLM's API-server defaults for this GPU: larger ones on GPUs of 70 GiB or more but A100s."""
+        if hardware.memory_gib >= 70 and "a100" not in hardware.gpu_name.lower():
+            return {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+        return {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
+
+    def _chunk(self, pending: int, budget: int) -> int:
+        threshold = self.long_prefill_token_threshold
+        if 0 < threshold < pending:
+            pending = threshold
+        return min(pending, budget)
+
+    def schedule(self, now_s: float) -> Batch | None:
+        requests, kv = self.requests, self.kv
+        computed = requests.ints.computed_tokens
+        budget = self.max_num_batched_tokens
+        ids, tokens = [], []
+
+        # 1. Running requests, in admission order: a decode token or the next prefill chunk each.
+        preempted = False
+        index = 0
+        while index < len(self.running) and budget > 0:
+            r = self.running[index]
+            n = self._chunk(requests.pending_tokens(r), budget)
+            while not kv.allocate(r, computed[r] + n):
+                victim = self.running[-1]  # the newest; never one scheduled already (they are in front)
+                self.preempt(victim)
+                preempted = True
+                if victim == r:
+                    break
+            else:
+                ids.append(r), tokens.append(n)
+                budget -= n
+                index += 1
+                continue
+            break
+
+        # 2. Waiting requests in arrival order (preempted ones first), unless this step preempted.
+        while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            r = self.waiting[0]
+            cached = kv.prefix_hit_tokens(r)
+            n = self._chunk(requests.pending_tokens(r) - cached, budget)
+            if not self.admit(r, cached + n, watermark=False):
+                break
+            ids.append(r), tokens.append(n)
+            budget -= n
+        return Batch.of(ids, tokens)
+
+
+POLICIES["vllm_v1"] = VLLMv1

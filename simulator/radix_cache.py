@@ -1,0 +1,108 @@
+"""SGLang's radix cache (python/sglang/srt/mem_cache/radix_cache.py): a tree of cached prefixes, evicted
+leaf first, least recently used first.
+
+SGLang keeps every computed sequence in a radix tree of token runs; a new request matches the longest
+cached path from the root, nodes a running request uses are locked, and when memory runs out the least
+recently used unlocked leaves are evicted (a shared prefix outlives every branch hanging from it).
+Memory nobody caches is used before any cached KV is evicted.
+
+Approximation: we keep the cluster's KV block as SGLang's page (SGLang's default page is one token), so
+the tree's nodes are whole blocks, linked by the chain hashes of simulator/content.py, and a match ends
+at a block boundary. Content is only known per unit key (simulator/content.py), so token-level matching
+could not go finer than a unit anyway; with units that are multiples of the block (a Mooncake trace's
+512-token hash ids) the match is the one SGLang finds. Only the last, partial block of a match is lost.
+"""
+from __future__ import annotations
+
+import heapq
+
+from simulator.prefix_cache import PrefixCachingKV
+
+
+class RadixCache(PrefixCachingKV):
+    """A PrefixCachingKV whose cached blocks form a tree (a block's parent caches the block before it)
+    and whose evictions take the least recently used unreferenced leaf."""
+
+    def _start_free_list(self, num_blocks: int) -> None:
+        self._uncached_free = list(range(num_blocks - 1, -1, -1))  # a stack, block 0 on top
+        self._parent = [-1] * num_blocks  # the cached block before this one (-1: the root, or uncached)
+        self._children = [0] * num_blocks  # cached blocks whose parent this is
+        self._last_used = [0] * num_blocks
+        self._clock = 0
+        # (last used, block) of unreferenced cached leaves; entries whose block has changed since are
+        # skipped when popped (cheaper than removing them from the heap).
+        self._leaves: list[tuple[int, int]] = []
+
+    def _pop_free(self) -> int:
+        if self._uncached_free:
+            return self._uncached_free.pop()
+        while True:
+            last_used, block = heapq.heappop(self._leaves)
+            if self._is_evictable_leaf(block) and self._last_used[block] == last_used:
+                return block
+
+    def _is_evictable_leaf(self, block: int) -> bool:
+        return self.ref_count[block] == 0 and self.block_hash[block] is not None and self._children[block] == 0
+
+    def _push_free(self, block: int) -> None:
+        if self.block_hash[block] is None:
+            self._uncached_free.append(block)
+        elif self._children[block] == 0:
+            heapq.heappush(self._leaves, (self._last_used[block], block))
+
+    def _push_free_all(self, blocks: list[int]) -> None:
+        for block in blocks:
+            self._push_free(block)
+
+    def _unfree(self, block: int) -> None:
+        pass  # a hit block's entry among the leaves, if any, is skipped when popped
+
+    def _touch(self, blocks: list[int]) -> None:
+        self._clock += 1
+        for block in blocks:
+            self._last_used[block] = self._clock
+
+    def _free_set(self) -> set[int]:
+        return set(self._uncached_free) | {b for b in range(self.num_blocks)
+                                           if self.ref_count[b] == 0 and self.block_hash[b] is not None}
+
+    def _cache_block(self, owned: list[int], j: int, hash_: int) -> bool:
+        # A block joins the tree under the request's own previous block; if that one is not in the tree
+        # (another copy is), the rest of this request's sequence stays out of it, as a branch would
+        # have no parent. A node referenced by a request then always has referenced ancestors.
+        block = owned[j]
+        if hash_ in self.cached or self.block_hash[block] is not None:
+            return False
+        parent = owned[j - 1] if j else -1
+        if parent >= 0 and self.block_hash[parent] is None:
+            return False
+        self.cached[hash_] = block
+        self.block_hash[block] = hash_
+        self._parent[block] = parent
+        if parent >= 0:
+            self._children[parent] += 1
+        self._last_used[block] = self._clock
+        return True
+
+    def _evict(self, block: int) -> None:
+        super()._evict(block)
+        parent = self._parent[block]
+        self._parent[block] = -1
+        if parent >= 0:
+            self._children[parent] -= 1
+            if self._is_evictable_leaf(parent):
+                heapq.heappush(self._leaves, (self._last_used[parent], parent))
+
+    def check_invariants(self) -> None:
+        """PrefixCachingKV.check_invariants, and the tree: child counts match parents, every cached
+        block's parent is cached, and a referenced block's ancestors are referenced."""
+        super().check_invariants()
+        children = [0] * self.num_blocks
+        for block, parent in enumerate(self._parent):
+            if parent >= 0:
+                assert self.block_hash[block] is not None and self.block_hash[parent] is not None, \
+                    f"block {block} in the tree under an uncached parent"
+                assert self.ref_count[block] == 0 or self.ref_count[parent] > 0, \
+                    f"block {block} is referenced but its parent {parent} is not"
+                children[parent] += 1
+        assert children == self._children, "child counts differ from the tree"
