@@ -3,7 +3,7 @@
   attainment  share of the measured requests that meet BOTH the TTFT and the TPOT target. A rejected or
               unfinished request misses; a completed one-token request has no TPOT and meets that part.
   goodput     the highest request rate at which attainment >= target (e.g. 90 %), found with
-              simulator.capacity.search_capacity (the same bracketing search as the capacity app), and
+              simulator.experiments.capacity.search_capacity (the same bracketing search as the capacity app), and
               reported per GPU so that clusters of different sizes compare.
 
 An experiment (conf/experiment/distserve_*.yaml) names systems (Hydra overrides: a disaggregated
@@ -70,7 +70,7 @@ def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, warmup_
             cooldown_fraction: float = 0.1) -> dict:
     """Simulate `cfg` at `rate_qps` and return one row: attainment over the trimmed window and the
     latency percentiles behind it (seconds)."""
-    from simulator.capacity import native_rate_qps, with_rate
+    from simulator.experiments.capacity import native_rate_qps, with_rate
     from simulator.run import run_simulation
     from simulator.slo import measured_requests
 
@@ -97,9 +97,9 @@ def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, warmup_
 
 def goodput_search(cfg, slo: AttainmentSLO, num_requests: int, initial_rate_qps: float, tolerance: float = 0.04,
                    warmup_fraction: float = 0.1, cooldown_fraction: float = 0.1):
-    """simulator.capacity.search_capacity with attainment >= slo.target as the pass criterion.
+    """simulator.experiments.capacity.search_capacity with attainment >= slo.target as the pass criterion.
     Returns its CapacityResult (capacity_qps is the goodput of the whole cluster)."""
-    from simulator.capacity import SearchConfig, Trial, search_capacity
+    from simulator.experiments.capacity import SearchConfig, Trial, search_capacity
     from simulator.slo import SLO
 
     def evaluate(rate_qps: float) -> Trial:
@@ -136,7 +136,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
                    fingerprint: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Attainment curves and goodput of every system x workload; resumes from out_dir's CSVs, only under
     the same `fingerprint` (simulator.provenance.results_fingerprint(); None: no check)."""
-    from simulator.capacity import compose_capacity_config
+    from simulator.experiments.capacity import compose_capacity_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
