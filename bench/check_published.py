@@ -65,7 +65,7 @@ def distserve() -> dict:
 def fidelity() -> dict:
     import pandas as pd
 
-    from simulator.compare import main
+    from simulator.experiments.compare.cli import main
 
     with tempfile.TemporaryDirectory() as scratch:
         main([str(REPO_ROOT / "data/validation/h100/fidelity/runs"), "--held-out", "--out", scratch])
