@@ -54,7 +54,7 @@ def sarathi() -> dict:
 def distserve() -> dict:
     import pandas as pd
 
-    from simulator.disagg.goodput import main
+    from simulator.experiments.goodput import main
 
     with tempfile.TemporaryDirectory() as scratch:
         main([str(REPO_ROOT / "conf/experiment/distserve_llama3_8b.yaml"), "--out", scratch])

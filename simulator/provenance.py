@@ -3,7 +3,7 @@
 A sweep resumes by skipping the points already in its results file. That is only right while the code
 and the profiles are the ones that computed them: after `git pull` or a re-profile, the old points would
 silently mix with new ones. Sweeps record this fingerprint when they start and refuse to resume under a
-different one (simulator/experiments/sweep/, simulator/disagg/goodput.py).
+different one (simulator/experiments/sweep/, simulator/experiments/goodput.py).
 """
 from __future__ import annotations
 

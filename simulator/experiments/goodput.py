@@ -8,7 +8,7 @@
 
 An experiment (conf/experiment/distserve_*.yaml) names systems (Hydra overrides: a disaggregated
 cluster, colocated vLLM, colocated Sarathi ...), workloads (overrides and their TTFT/TPOT targets) and
-per-GPU rates. `python -m simulator.disagg.goodput conf/experiment/distserve_llama3_8b.yaml --out DIR`
+per-GPU rates. `python -m simulator.experiments.goodput conf/experiment/distserve_llama3_8b.yaml --out DIR`
 writes DIR/curve.csv (one row per system x workload x rate: attainment, latency percentiles, hand-off
 times) and DIR/goodput.csv (one row per system x workload). Finished rows are kept when it is run again
 (resume). `python -m plots.disaggregation DIR` draws them.
