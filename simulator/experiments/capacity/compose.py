@@ -11,6 +11,7 @@ CAPACITY_CONFIG_NAME = "servesim_capacity"
 
 
 CAPACITY_SCHEMA_NAME = "servesim_capacity_schema"
+CAPACITY_JOB_NAME = "capacity"
 
 
 def register_capacity_config() -> None:
@@ -36,8 +37,10 @@ def register_capacity_config() -> None:
         "CapacitySchema", [("search", search_schema, dataclasses.field(default_factory=search_schema))],
         bases=(simulation_schema,))
     store.store(name=CAPACITY_SCHEMA_NAME, node=capacity_schema)
+    # Hydra names the job (and its log file, capacity.log) after the app's module unless told.
     store.store(name=CAPACITY_CONFIG_NAME,
-                node={"defaults": [CAPACITY_SCHEMA_NAME, "config", {"search": "default"}, "_self_"]})
+                node={"defaults": [CAPACITY_SCHEMA_NAME, "config", {"search": "default"}, "_self_"],
+                      "hydra": {"job": {"name": CAPACITY_JOB_NAME}}})
 
 
 def split_hydra_config(cfg) -> tuple:
