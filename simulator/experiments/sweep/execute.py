@@ -28,8 +28,6 @@ from simulator.experiments.sweep.space import SweepPoint
 from simulator.paths import REPO_ROOT
 from simulator.provenance import check_fingerprint
 
-# --- running -------------------------------------------------------------------------------------
-
 PointRunner = Callable[[SweepPoint, Path], dict]
 
 
