@@ -24,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simulator.capacity import compose_capacity_config, run_capacity_search
+from simulator.experiments.capacity import compose_capacity_config, run_capacity_search
+from simulator.experiments.sweep import capacity_point_runner, enumerate_points, load_space, run_sweep
 from simulator.paths import CONF_DIR, PROFILES_DIR
-from simulator.sweep import capacity_point_runner, enumerate_points, load_space, run_sweep
 
 
 def predictor_override() -> list[str]:

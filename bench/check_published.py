@@ -54,7 +54,7 @@ def sarathi() -> dict:
 def distserve() -> dict:
     import pandas as pd
 
-    from simulator.disagg.goodput import main
+    from simulator.experiments.goodput import main
 
     with tempfile.TemporaryDirectory() as scratch:
         main([str(REPO_ROOT / "conf/experiment/distserve_llama3_8b.yaml"), "--out", scratch])
@@ -65,7 +65,7 @@ def distserve() -> dict:
 def fidelity() -> dict:
     import pandas as pd
 
-    from simulator.compare import main
+    from simulator.experiments.compare.cli import main
 
     with tempfile.TemporaryDirectory() as scratch:
         main([str(REPO_ROOT / "data/validation/h100/fidelity/runs"), "--held-out", "--out", scratch])

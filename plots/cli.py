@@ -214,7 +214,7 @@ def skip_warning(directory: Path, error: Exception) -> None:
 
 def capacity_rows(capacity_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per capacity.json, one row per trial), in the same shape as a sweep's tables."""
-    from simulator.capacity import record_row, trial_rows
+    from simulator.experiments.capacity import record_row, trial_rows
 
     rows, trials = [], []
     for directory in capacity_dirs:

@@ -2,7 +2,7 @@
 
     python -m plots.disaggregation results/distserve_llama3_8b          # -> docs/disaggregation_<name>.png
 
-Reads curve.csv and goodput.csv written by `python -m simulator.disagg.goodput` (docs/disaggregation.md).
+Reads curve.csv and goodput.csv written by `python -m simulator.experiments.goodput` (docs/disaggregation.md).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def attainment_figure(curve: pd.DataFrame, goodput: pd.DataFrame, target: float)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="directory written by python -m simulator.disagg.goodput")
+    parser.add_argument("results", help="directory written by python -m simulator.experiments.goodput")
     parser.add_argument("--out", default=None, help="PNG path (default docs/disaggregation_<name>.png)")
     args = parser.parse_args(argv)
     results = Path(args.results)

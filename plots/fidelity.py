@@ -1,4 +1,4 @@
-"""Fidelity figures: simulated vs real execution (simulator/compare.py builds the comparisons).
+"""Fidelity figures: simulated vs real execution (simulator/experiments/compare/ builds the comparisons).
 
   fidelity_iterations.png   per-iteration predicted vs measured time, one panel per policy
   fidelity_cdf_<trace>.png  measured (solid) and simulated (dashed) CDFs of TTFT, TBT and E2E, a row per

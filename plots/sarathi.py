@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra override for every point, e.g. search.num_requests=500")
     args = parser.parse_args(argv)
     if not args.no_run:
-        from simulator.sweep import main as sweep_main
+        from simulator.experiments.sweep.cli import main as sweep_main
 
         for name in SPACES:
             sweep_args = [str(CONF_DIR / "sweep" / f"{name}.yaml"), "--out", str(args.sweeps_dir / name),

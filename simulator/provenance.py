@@ -3,7 +3,7 @@
 A sweep resumes by skipping the points already in its results file. That is only right while the code
 and the profiles are the ones that computed them: after `git pull` or a re-profile, the old points would
 silently mix with new ones. Sweeps record this fingerprint when they start and refuse to resume under a
-different one (simulator/sweep.py, simulator/disagg/goodput.py).
+different one (simulator/experiments/sweep/, simulator/experiments/goodput.py).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def point_fingerprint(simulation, search, repo_root: Path = REPO_ROOT, profiles_
     (another policy's file, added or edited, leaves it alone), and with predictor=fitted the profiles of
     its model on its GPU plus the communication tables (and those of the GPU it transfers kernel times
     from, simulator/runtime/transfer.py). A sweep reruns a finished point whose
-    fingerprint changed (simulator/sweep.py)."""
+    fingerprint changed (simulator/experiments/sweep/)."""
     import dataclasses
 
     digest = hashlib.sha256()

@@ -127,6 +127,10 @@ def as_simulation_config(cfg) -> SimulationConfig:
 def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = False) -> SimulationResult:
     """Simulate `cfg` (SimulationConfig, mapping or DictConfig) and return its tables and summary.
 
+    A SimulationConfig is taken as resolved and used as given, not parsed again: the run checks its settings
+    (check_before_running) and its cluster kind builds the parts. Experiments (simulator/experiments/)
+    resolve one configuration and derive each run's from it with dataclasses.replace.
+
     Writes result files (simulator.metrics.write_outputs) into `out_dir`, or cfg.output_dir when
     out_dir is None and that is set. The summary's `wall_s` is the only field that differs between two
     runs of the same config and seed. The cluster kind (colocated, disaggregated) is chosen from the

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.capacity import (
+from simulator.experiments.capacity import (
     SearchConfig,
     SearchError,
     Trial,

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from simulator.capacity import record_row, trial_rows
+from simulator.experiments.capacity import record_row, trial_rows
 from simulator.report import capacity_markdown, config_label, markdown_table, sweep_html, sweep_markdown
 
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from simulator.capacity import (
+from simulator.config import SLOConfig
+from simulator.experiments.capacity import (
     SearchError,
     native_rate_qps,
     run_capacity_search,
@@ -13,7 +14,6 @@ from simulator.capacity import (
     with_rate,
     write_capacity_outputs,
 )
-from simulator.config import SLOConfig
 from simulator.run import SimulationConfig, run_simulation
 from simulator.workload import load_workload
 

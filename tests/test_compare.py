@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from simulator import compare
 from simulator.execute.loop import PredictorRunner
 from simulator.execute.runner import StepTiming
 from simulator.execute.serve import run_execution
+from simulator.experiments import compare
+from simulator.experiments.compare.cli import main as compare_main
 from simulator.run import SimulationConfig, build_predictor
 
 torch.set_num_threads(1)
@@ -137,7 +138,7 @@ def test_known_iteration_and_latency_errors_when_the_gpu_is_twice_as_slow(tmp_pa
 def test_cli_writes_tables_report_and_figures(tmp_path, capsys):
     cfg = linear_config()
     run_execution(cfg, ScaledRunner(build_predictor(cfg), 1.5), tmp_path / "runs" / "a")
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "cmp"), "--markdown",
+    assert compare_main([str(tmp_path / "runs"), "--out", str(tmp_path / "cmp"), "--markdown",
                          str(tmp_path / "report.md"), "--figures", str(tmp_path / "fig"),
                          "--cpu-overhead", "measured"]) == 0
     table = pd.read_csv(tmp_path / "cmp" / "summary.csv")

@@ -285,7 +285,7 @@ def test_fast_decode_runs_match_stepping():
 def test_slo_attainment_counts_requests_meeting_both_targets():
     import pandas as pd
 
-    from simulator.disagg.goodput import slo_attainment
+    from simulator.experiments.goodput import slo_attainment
 
     table = pd.DataFrame({  # meets both; TTFT miss; TPOT miss; one token (no TPOT); unfinished; rejected
         "ttft_s": [0.1, 0.3, 0.1, 0.1, 0.1, np.nan], "tpot_s": [0.02, 0.02, 0.03, np.nan, np.nan, np.nan],

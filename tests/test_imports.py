@@ -13,7 +13,7 @@ def run_python(code: str) -> str:
 
 def test_simulator_modules_do_not_import_pandas():
     code = ("import sys; import simulator.run, simulator.cluster, simulator.workload, simulator.metrics, "
-            "simulator.capacity; print('pandas' in sys.modules)")
+            "simulator.experiments.capacity; print('pandas' in sys.modules)")
     assert run_python(code) == "False"
 
 

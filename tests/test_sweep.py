@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from simulator.config import ConfigError, load_hardware_config, load_model_config
-from simulator.sweep import (
+from simulator.experiments.sweep import (
     RESULTS_JSONL,
     enumerate_points,
     infeasibility_reason,
@@ -202,7 +202,7 @@ def test_results_tables_are_replaced_whole_never_torn(tmp_path, monkeypatch):
 
 
 def test_report_on_a_truncated_results_file_is_a_one_line_error_naming_it(tmp_path, capsys):
-    from simulator.sweep import main
+    from simulator.experiments.sweep.cli import main
 
     points = enumerate_points(parse_space(SPACE))
     run_sweep(points[:2], tmp_path, fake_runner, executor="serial", progress=False)
@@ -267,7 +267,7 @@ def _sweep_in_subprocess(tmp_path, runner: str, indices: list[int]):
 
     tests_dir = Path(__file__).parent
     script = (f"from test_sweep import SPACE, {runner}\n"
-              "from simulator.sweep import enumerate_points, parse_space, run_sweep\n"
+              "from simulator.experiments.sweep import enumerate_points, parse_space, run_sweep\n"
               f"points = [enumerate_points(parse_space(SPACE))[i] for i in {indices}]\n"
               f"run_sweep(points, {str(tmp_path)!r}, {runner}, executor='local', workers=2, progress=False)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
@@ -340,7 +340,7 @@ def test_a_point_whose_inputs_changed_runs_again_the_others_are_kept(tmp_path):
 def test_point_fingerprint_follows_config_trace_own_policy_and_code_only(tmp_path):
     import shutil
 
-    from simulator.capacity import compose_capacity_config
+    from simulator.experiments.capacity import compose_capacity_config
     from simulator.paths import REPO_ROOT
     from simulator.provenance import point_fingerprint
 

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from simulator.capacity import compose_capacity_config
-from simulator.sweep import check_points, enumerate_points, main, parse_space
+from simulator.experiments.capacity import compose_capacity_config
+from simulator.experiments.sweep import check_points, enumerate_points, parse_space
+from simulator.experiments.sweep.cli import main
 
 TINY = ["predictor=linear", "workload=synthetic_uniform", "workload.num_requests=150", "search=quick",
         "search.num_requests=150", "search.tolerance=0.1", "search.initial_rate_qps=4"]

@@ -61,7 +61,7 @@ def config_from_args(args):
         "workload": workload, "seed": args.seed,
     })
     if args.rate_qps:
-        from simulator.capacity import native_rate_qps, with_rate
+        from simulator.experiments.capacity import native_rate_qps, with_rate
 
         cfg = with_rate(cfg, args.rate_qps, cfg.workload.num_requests, native_rate_qps(cfg))
     return cfg

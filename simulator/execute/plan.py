@@ -1,6 +1,6 @@
 """The fidelity matrix, planned on a CPU: which configurations run on the GPU, at what rates, how many.
 
-For every (trace, policy) it searches the simulated SLO capacity (simulator/capacity.py, relaxed SLOs,
+For every (trace, policy) it searches the simulated SLO capacity (simulator/experiments/capacity/, relaxed SLOs,
 2,048 requests a trial), then makes one cell per load fraction with rate = load x capacity. A cell takes
 the first requests of the trace (conversation: recorded arrivals compressed to the rate; arXiv: Poisson
 arrivals at the rate) - as many as arrive in WINDOW_S seconds, within [MIN_REQUESTS, MAX_REQUESTS] -
@@ -44,7 +44,7 @@ def base_config(model: str, hardware: str, trace: str, policy: dict, slo: str = 
 
 def capacity_qps(cfg, num_requests: int = 2048) -> dict:
     """The simulated SLO capacity of cfg (its `slo` group) with the default search settings."""
-    from simulator.capacity import SearchConfig, run_capacity_search
+    from simulator.experiments.capacity import SearchConfig, run_capacity_search
     from simulator.slo import slos_from_config
 
     search = SearchConfig(slos=slos_from_config(cfg.slo.slos), num_requests=num_requests)
@@ -58,7 +58,7 @@ def capacity_qps(cfg, num_requests: int = 2048) -> dict:
 
 def cell_config(cfg, rate_qps: float, num_requests: int):
     """cfg serving `num_requests` requests at a mean of `rate_qps` (the capacity search's own rule)."""
-    from simulator.capacity import native_rate_qps, with_rate
+    from simulator.experiments.capacity import native_rate_qps, with_rate
 
     sized = dataclasses.replace(cfg, workload=dataclasses.replace(cfg.workload, num_requests=num_requests))
     return with_rate(sized, rate_qps, num_requests, native_rate_qps(sized))

@@ -16,9 +16,9 @@ Measured on servesim's own engine (servesim-execute, Llama-3-8B on one H100, 24 
 CUDA-graph decode iterations; data/validation/h100/fidelity/cpu_overhead.json): host time the GPU waits for
 per iteration (schedule 0.04 + prepare inputs 0.17 + graph launch 0.11 + apply outputs 0.03 ms at the
 median), fitted as 0.350 ms + 0.0015 ms per sequence; a 32-layer forward launched op by op lasts at least
-15.631 ms (0.4885 ms per layer; simulator.compare.measured_eager_floor_s). The exponent p = 6 minimises the
-median error of the GPU span of the 2,314 eager iterations of those runs (3.1 %; no floor: 5.0 %; a hard
-maximum: 4.5 %). conf/engine/servesim_execute.yaml holds these numbers.
+15.631 ms (0.4885 ms per layer; simulator.experiments.compare.measured_eager_floor_s). The exponent
+p = 6 minimises the median error of the GPU span of the 2,314 eager iterations of those runs (3.1 %; no
+floor: 5.0 %; a hard maximum: 4.5 %). conf/engine/servesim_execute.yaml holds these numbers.
 
 Host time and the GPU: a synchronous engine schedules, prepares and processes outputs while the GPU waits,
 so an iteration lasts GPU + host; with async scheduling (vLLM V1's AsyncScheduler, SGLang's overlap

@@ -3,12 +3,12 @@
   attainment  share of the measured requests that meet BOTH the TTFT and the TPOT target. A rejected or
               unfinished request misses; a completed one-token request has no TPOT and meets that part.
   goodput     the highest request rate at which attainment >= target (e.g. 90 %), found with
-              simulator.capacity.search_capacity (the same bracketing search as the capacity app), and
+              simulator.experiments.capacity.search_capacity (the same bracketing search as the capacity app), and
               reported per GPU so that clusters of different sizes compare.
 
 An experiment (conf/experiment/distserve_*.yaml) names systems (Hydra overrides: a disaggregated
 cluster, colocated vLLM, colocated Sarathi ...), workloads (overrides and their TTFT/TPOT targets) and
-per-GPU rates. `python -m simulator.disagg.goodput conf/experiment/distserve_llama3_8b.yaml --out DIR`
+per-GPU rates. `python -m simulator.experiments.goodput conf/experiment/distserve_llama3_8b.yaml --out DIR`
 writes DIR/curve.csv (one row per system x workload x rate: attainment, latency percentiles, hand-off
 times) and DIR/goodput.csv (one row per system x workload). Finished rows are kept when it is run again
 (resume). `python -m plots.disaggregation DIR` draws them.
@@ -66,15 +66,17 @@ def num_gpus(cfg) -> int:
     return cfg.cluster.num_replicas * cfg.cluster.tp * cfg.cluster.pp
 
 
-def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, warmup_fraction: float = 0.1,
-            cooldown_fraction: float = 0.1) -> dict:
-    """Simulate `cfg` at `rate_qps` and return one row: attainment over the trimmed window and the
-    latency percentiles behind it (seconds)."""
-    from simulator.capacity import native_rate_qps, with_rate
+def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, trace_rate_qps: float | None,
+            warmup_fraction: float = 0.1, cooldown_fraction: float = 0.1) -> dict:
+    """Simulate `cfg` (a resolved SimulationConfig) at `rate_qps` and return one row: attainment over the
+    trimmed window and the latency percentiles behind it (seconds). `trace_rate_qps`: the trace's own
+    rate (simulator.experiments.capacity.native_rate_qps, found once per configuration), None for
+    synthetic arrivals."""
+    from simulator.experiments.capacity import with_rate
     from simulator.run import run_simulation
     from simulator.slo import measured_requests
 
-    result = run_simulation(with_rate(cfg, rate_qps, num_requests, native_rate_qps(cfg)))
+    result = run_simulation(with_rate(cfg, rate_qps, num_requests, trace_rate_qps))
     table = measured_requests(result.requests, warmup_fraction, cooldown_fraction)
     row = {"rate_qps": rate_qps, "attainment": slo_attainment(table, slo.ttft_max_s, slo.tpot_max_s),
            "ttft_attainment": float((table["ttft_s"] <= slo.ttft_max_s).mean()),
@@ -97,13 +99,15 @@ def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, warmup_
 
 def goodput_search(cfg, slo: AttainmentSLO, num_requests: int, initial_rate_qps: float, tolerance: float = 0.04,
                    warmup_fraction: float = 0.1, cooldown_fraction: float = 0.1):
-    """simulator.capacity.search_capacity with attainment >= slo.target as the pass criterion.
+    """simulator.experiments.capacity.search_capacity with attainment >= slo.target as the pass criterion.
     Returns its CapacityResult (capacity_qps is the goodput of the whole cluster)."""
-    from simulator.capacity import SearchConfig, Trial, search_capacity
+    from simulator.experiments.capacity import SearchConfig, Trial, native_rate_qps, search_capacity
     from simulator.slo import SLO
 
+    trace_rate_qps = native_rate_qps(cfg)  # once per search: every trial replays the same requests
+
     def evaluate(rate_qps: float) -> Trial:
-        row = measure(cfg, rate_qps, slo, num_requests, warmup_fraction, cooldown_fraction)
+        row = measure(cfg, rate_qps, slo, num_requests, trace_rate_qps, warmup_fraction, cooldown_fraction)
         passed = row["attainment"] >= slo.target
         violations = [] if passed else [f"attainment {row['attainment']:.3f} < {slo.target}"]
         return Trial(rate_qps=rate_qps, feasible=passed, metrics=row, violations=violations)
@@ -136,7 +140,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
                    fingerprint: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Attainment curves and goodput of every system x workload; resumes from out_dir's CSVs, only under
     the same `fingerprint` (simulator.provenance.results_fingerprint(); None: no check)."""
-    from simulator.capacity import compose_capacity_config
+    from simulator.experiments.capacity import compose_capacity_config, native_rate_qps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,8 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
         slo = AttainmentSLO(float(wspec["ttft_max_s"]), float(wspec["tpot_max_s"]), target)
         for system, overrides in spec["systems"].items():
             cfg, _ = compose_capacity_config([*spec.get("base", []), *overrides, *wspec["overrides"]])
-            gpus = num_gpus(cfg)
+            # One resolved configuration per system and workload; each rate's run replaces its workload's rate.
+            gpus, trace_rate_qps = num_gpus(cfg), native_rate_qps(cfg)
             for rate_per_gpu in wspec["rates_per_gpu"]:
                 bar.update(1)
                 if _done(curve, system=system, workload=workload, rate_per_gpu=float(rate_per_gpu)):
@@ -166,7 +171,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
                 row = {"system": system, "workload": workload, "num_gpus": gpus,
                        "rate_per_gpu": float(rate_per_gpu), "ttft_max_s": slo.ttft_max_s,
                        "tpot_max_s": slo.tpot_max_s,
-                       **measure(cfg, float(rate_per_gpu) * gpus, slo, num_requests, *trims)}
+                       **measure(cfg, float(rate_per_gpu) * gpus, slo, num_requests, trace_rate_qps, *trims)}
                 curve = pd.concat([curve, pd.DataFrame([row])], ignore_index=True)
                 write_atomically(curve_path, lambda temp, table=curve: table.to_csv(temp, index=False))
             bar.update(1)
