@@ -326,20 +326,27 @@ def plot_all(roots: list[Path], out_dir: Path) -> list[Path]:
     """Every figure the results under `roots` support; returns the written paths."""
     found = find_results(roots)
     written = run_figures(found["runs"], out_dir)
+    combined = capacity_tables(found)
+    if combined is not None:
+        written += capacity_figures(*combined, out_dir)
+    return written
+
+
+def capacity_tables(found: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(results, trials) of every sweep and capacity search in `found` (find_results), one row per point or
+    search (a search counts as a point with status ok); None when there are none."""
     tables, trials = [], []
     if found["sweeps"]:
-        t, tr = sweep_tables(found["sweeps"])
-        tables.append(t)
-        trials.append(tr)
+        table, trial_table = sweep_tables(found["sweeps"])
+        tables.append(table)
+        trials.append(trial_table)
     if found["capacity"]:
-        t, tr = capacity_rows(found["capacity"])
-        tables.append(t)
-        trials.append(tr)
-    if tables:
-        table = pd.concat(tables, ignore_index=True)
-        trial_table = pd.concat(trials, ignore_index=True)
-        written += capacity_figures(table, trial_table, out_dir)
-    return written
+        table, trial_table = capacity_rows(found["capacity"])
+        tables.append(table.assign(status="ok", error=""))
+        trials.append(trial_table)
+    if not tables:
+        return None
+    return pd.concat(tables, ignore_index=True), pd.concat(trials, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,7 +105,7 @@ def _unreadable_table(path: Path) -> str | None:
 def _report_only(dirs: list[Path], out_dir: Path | None, pareto_latency: str) -> int:
     import sys
 
-    from plots.cli import capacity_rows, find_results, sweep_tables
+    from plots.cli import capacity_tables, find_results
 
     found = find_results(dirs)
     for sweep_dir in found["sweeps"]:
@@ -114,22 +114,13 @@ def _report_only(dirs: list[Path], out_dir: Path | None, pareto_latency: str) ->
             print(f"servesim-sweep: {sweep_dir / 'results.parquet'} cannot be read ({unreadable}); rerun the "
                   f"sweep into {sweep_dir} to rebuild it from {RESULTS_JSONL}", file=sys.stderr)
             return 2
-    tables, trials = [], []
-    if found["sweeps"]:
-        table, trial_table = sweep_tables(found["sweeps"])
-        tables.append(table)
-        trials.append(trial_table)
-    if found["capacity"]:
-        table, trial_table = capacity_rows(found["capacity"])
-        tables.append(table.assign(status="ok", error=""))
-        trials.append(trial_table)
-    if not tables:
+    combined = capacity_tables(found)
+    if combined is None:
         print("servesim-sweep: no results.parquet or capacity.json under " + ", ".join(map(str, dirs)))
         return 1
     out_dir = out_dir or dirs[0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    md_path, html_path = write_report(out_dir, pd.concat(tables, ignore_index=True),
-                                      pd.concat(trials, ignore_index=True), out_dir.name, pareto_latency)
+    md_path, html_path = write_report(out_dir, *combined, out_dir.name, pareto_latency)
     print(f"{md_path}\n{html_path}")
     return 0
 
