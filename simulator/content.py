@@ -13,7 +13,7 @@ prefixes. `block_hashes` computes those hashes for a whole sequence at once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -97,6 +97,9 @@ def block_hashes(keys: np.ndarray, unit_tokens: int, block_size: int, num_tokens
         return _splitmix64(prefix_sums * _cached_powers(False, n))
 
 
+MEMO_REQUESTS = 4096  # requests whose block hashes TokenContent keeps
+
+
 @dataclass(frozen=True)
 class TokenContent:
     """The token content of every request of a workload (aligned with its arrays, arrival order).
@@ -107,6 +110,9 @@ class TokenContent:
 
     unit_tokens: int
     keys: list[np.ndarray]
+    # (request, block size) -> hashes of all the request's keys, for the requests asked about last: a router
+    # asks every replica about a new request and its cache asks again at admission, one hashing serves all.
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def check_block_size(self, block_size: int, field: str = "cluster.block_size") -> None:
         """Raise ConfigError unless blocks of `block_size` tokens tile the workload's units."""
@@ -117,8 +123,17 @@ class TokenContent:
                 f"needs one to be a multiple of the other); use a block size dividing {u}")
 
     def hashes(self, request_id: int, block_size: int, num_tokens: int) -> np.ndarray:
-        """block_hashes of request `request_id`'s first `num_tokens` tokens."""
-        return block_hashes(self.keys[request_id], self.unit_tokens, block_size, num_tokens)
+        """block_hashes of request `request_id`'s first `num_tokens` tokens (hash j depends on blocks 0..j
+        alone, so they are the leading part of the hashes of all its keys)."""
+        memo_key = (request_id, block_size)
+        every = self._memo.get(memo_key)
+        if every is None:
+            keys = self.keys[request_id]
+            every = block_hashes(keys, self.unit_tokens, block_size, len(keys) * self.unit_tokens)
+            if len(self._memo) >= MEMO_REQUESTS:
+                del self._memo[next(iter(self._memo))]  # the request asked about first
+            self._memo[memo_key] = every
+        return every[: min(num_tokens, len(self.keys[request_id]) * self.unit_tokens) // block_size]
 
     def subset(self, rows: np.ndarray) -> TokenContent:
         """The content of the requests at `rows` (an index array), in that order."""
