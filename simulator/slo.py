@@ -19,7 +19,7 @@ import numpy as np
 from simulator.config import ConfigError, SLOConfig
 
 if TYPE_CHECKING:
-    from simulator.metrics import RequestTable  # a trial's requests: columns or a DataFrame
+    from simulator.metrics.records import RequestTable  # a trial's requests: columns or a DataFrame
 
 # Per-request latency columns of the simulator's requests table that an SLO can bound, plus "tbt_s",
 # which is taken over every inter-token gap of the measured requests (not a per-request statistic).

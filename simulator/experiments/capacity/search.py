@@ -26,7 +26,7 @@ import numpy as np
 from simulator.slo import SLO, slos_from_config, trial_metrics
 
 if TYPE_CHECKING:
-    from simulator.metrics import RequestTable  # a trial's requests: columns or a DataFrame
+    from simulator.metrics.records import RequestTable  # a trial's requests: columns or a DataFrame
 
 class SearchError(ValueError):
     """A search setting is wrong; the message names the field."""
