@@ -28,16 +28,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-TRACE = "data/traces/mooncake/conversation_trace.jsonl.gz"
 MEMORY_SCALES = (0.5, 1, 2, 4, 8)
 RATE_SCALES = (0.25, 0.5, 1, 2, 4)
 
 
 def trace_reuse() -> tuple[float, float, int, int]:
     """(block share, token share, repeated blocks, full blocks) of the trace's own reuse."""
-    from simulator.workload import read_trace
+    from simulator.workload import load_workload_config, read_trace
 
-    trace = read_trace(TRACE, "mooncake")
+    trace = read_trace(load_workload_config("mooncake_conversation").trace, "mooncake")
     seen: set[tuple] = set()
     repeated = full = repeated_tokens = 0
     for keys, prompt in zip(trace.content.keys, trace.prompt_tokens.tolist()):
@@ -55,17 +54,22 @@ def trace_reuse() -> tuple[float, float, int, int]:
     return repeated / full, repeated_tokens / int(trace.prompt_tokens.sum()), repeated, full
 
 
-def base_config(num_requests, replicas: int, rate_scale: float = 1.0, memory_scale: float = 1.0, **workload):
+def base_config(num_requests, replicas: int, rate_scale: float = 1.0, memory_scale: float = 1.0,
+                router: str = "prefix_aware", **workload):
+    """conf/workload/mooncake_conversation.yaml's trace on Llama-3.1-8B and vllm_v1, with these fields
+    replaced (workload: more WorkloadConfig fields); memory_scale multiplies the GPU's memory."""
     from simulator.run import SimulationConfig
+    from simulator.workload import load_workload_config
 
     cfg = SimulationConfig.from_dict({
         "model": "llama-3.1-8b", "hardware": "h100", "progress": False, "policy": {"name": "vllm_v1"},
-        "workload": {"name": "mooncake_conversation", "trace": TRACE, "trace_format": "mooncake",
-                     "num_requests": num_requests, "rate_scale": rate_scale, **workload},
-        "cluster": {"num_replicas": replicas, "router": "prefix_aware"},
+        "cluster": {"num_replicas": replicas, "router": router},
     })
-    hardware = dataclasses.replace(cfg.hardware, memory_gib=cfg.hardware.memory_gib * memory_scale)
-    return dataclasses.replace(cfg, hardware=hardware)
+    trace = load_workload_config("mooncake_conversation", num_requests=num_requests, rate_scale=rate_scale,
+                                 **workload)
+    return dataclasses.replace(
+        cfg, workload=trace,
+        hardware=dataclasses.replace(cfg.hardware, memory_gib=cfg.hardware.memory_gib * memory_scale))
 
 
 def hit_rate(cfg) -> tuple[float, dict]:

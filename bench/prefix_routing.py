@@ -20,16 +20,11 @@ ROUTERS = ("round_robin", "least_outstanding_tokens", "prefix_aware")
 
 
 def simulate_router(router: str, num_requests: int, replicas: int):
-    from simulator.run import SimulationConfig, run_simulation
+    from prefix_hit_rate import base_config  # the same configuration (bench/ is on the path when run)
 
-    cfg = SimulationConfig.from_dict({
-        "model": "llama-3.1-8b", "hardware": "h100", "progress": False,
-        "policy": {"name": "vllm_v1"},
-        "workload": {"name": "mooncake_conversation", "trace": "data/traces/mooncake/conversation_trace.jsonl.gz",
-                     "trace_format": "mooncake", "num_requests": num_requests},
-        "cluster": {"num_replicas": replicas, "router": router},
-    })
-    return run_simulation(cfg)
+    from simulator.run import run_simulation
+
+    return run_simulation(base_config(num_requests, replicas, router=router))
 
 
 def main() -> None:

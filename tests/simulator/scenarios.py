@@ -16,7 +16,6 @@ from simulator.cluster import SimulationError, simulate
 from simulator.config import ROUTERS
 from simulator.content import TokenContent
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
-from simulator.kv_cache import KVCache
 from simulator.linear_predictor import LinearPredictor
 from simulator.request import RequestState
 
@@ -129,7 +128,6 @@ def draw_params(choices, policy: str, max_model_len: int) -> dict:
 
 
 # prefix_aware asks each KV cache how much of a request's prefix it holds; drawn once the caches answer.
-DRAWN_ROUTERS = tuple(r for r in ROUTERS if r != "prefix_aware" or hasattr(KVCache, "prefix_hit_blocks"))
 
 
 def draw_pool(choices, policy: str, max_model_len: int, block_size: int, max_replicas: int) -> Pool:
@@ -158,7 +156,7 @@ def draw_scenario(choices, disaggregated: bool | None = None, seed: int | None =
     pools = {name: draw_pool(choices, policies.get(name) or choices.one_of(names), max_model_len, block_size,
                              replicas) for name, names in choose.items()}
     return Scenario(
-        pools=pools, router=choices.one_of(DRAWN_ROUTERS), fast_decode_runs=bool(choices.integer(0, 1)),
+        pools=pools, router=choices.one_of(ROUTERS), fast_decode_runs=bool(choices.integer(0, 1)),
         block_size=block_size, kv_watermark=choices.one_of((0.0, 0.01, 0.1)), max_model_len=max_model_len,
         workload_seed=choices.integer(0, 2**31), num_requests=choices.one_of((1, 8, 20, 40)),
         rate_qps=choices.one_of((20.0, 200.0, 2000.0)), max_prompt=max_model_len // choices.one_of((1, 2, 4)),
