@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from policies.base import Policy
 from simulator.kv_cache import KVCache
-from simulator.metrics import IterationRecords, RequestRecords
+from simulator.metrics import IterationRecords, RequestRecords, prefix_cache_counts
 from simulator.predictor import IterationTimePredictor
 from simulator.recorder import Recorder
 from simulator.replica import Replica
@@ -107,9 +107,7 @@ def simulate(requests: RequestState, policy: PolicyFactory, predictor: Iteration
     # reference cycles, so they would otherwise live until the next garbage collection).
     iterations = recorder.pop_iteration_records()
     records = recorder.pop_request_records(requests)
-    caches = [engine.kv for replica in replicas for engine in replica.engines]
-    prefix_cache = {name: sum(getattr(kv, name) for kv in caches)
-                    for name in ("lookup_blocks", "hit_blocks", "evictions")}
+    prefix_cache = prefix_cache_counts(engine.kv for replica in replicas for engine in replica.engines)
     return SimulationOutput(records, iterations, env.now / 1e9, blocks_per_engine, prefix_cache)
 
 

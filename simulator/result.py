@@ -56,11 +56,8 @@ def build_result(cfg, out, setup: dict, wall_s: float, out_dir, extra_summary: d
     summary = metrics.summarize(out.records, out.iterations, out.simulated_s, wall_s,
                                 latencies=latencies, tbt_gaps=tbt_gaps_s)
     summary["setup"] = setup
-    counts = getattr(out, "prefix_cache", None)  # the caches' own counts, where the cluster kind has them
-    if counts:
-        lookups = counts["lookup_blocks"]
-        summary["prefix_cache"] |= counts | {"hit_rate_blocks": round(counts["hit_blocks"] / lookups, 7)
-                                             if lookups else 0.0}
+    # the caches' own counts, where the cluster kind has them
+    metrics.add_prefix_cache_counts(summary, getattr(out, "prefix_cache", None))
     summary.update(extra_summary or {})
     summary["slo"] = evaluate_slos(cfg.slo, latencies, tbt_gaps_s)
     destination = out_dir if out_dir is not None else (cfg.output_dir or None)

@@ -95,7 +95,7 @@ def pack(results: Path, archive: Path) -> None:
 
 def run_plan(args, log) -> int:
     from simulator.execute.loop import ExecutionTimeout
-    from simulator.execute.serve import build_runner, run_execution, warm_up
+    from simulator.execute.serve import build_runner, caches_prefixes, run_execution, warm_up
     from simulator.run import SimulationConfig
 
     started = time.perf_counter()
@@ -107,15 +107,18 @@ def run_plan(args, log) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = [with_engine(SimulationConfig.from_dict(c["config"]), args.engine, args.as_hardware) for c in cells]
+    # One runner serves every cell: its prefix store is there if any cell's policy caches prefixes.
     runner = build_runner(configs[0], args.device, args.num_layers, not args.no_cuda_graphs,
-                          args.kv_capacity_tokens, log=log)
+                          args.kv_capacity_tokens, log=log,
+                          prefix_store=any(caches_prefixes(c.policy) for c in configs))
     warm_s = warm_up(runner)
     log(f"warm-up {warm_s:.1f} s")
     _write_environment(out, args, runner, warm_s)
     done, skipped, failed = [], [], []
     for cell, cfg in zip(cells, configs):
         elapsed = time.perf_counter() - started
-        estimate = cell.get("predicted_served_s", 0.0) * args.estimate_margin + 3.0
+        predicted_s = cell_seconds(cell, args.clock)
+        estimate = predicted_s * args.estimate_margin + 3.0
         if args.deadline_s and elapsed + estimate > args.deadline_s:
             log(f"skip {cell['name']}: predicted {estimate:.0f} s would pass the deadline "
                 f"({elapsed:.0f} of {args.deadline_s:.0f} s used)")
@@ -127,7 +130,7 @@ def run_plan(args, log) -> int:
         t = time.perf_counter()
         # A cell far slower than simulated is abandoned (so are cells running past the deadline), so the
         # command ends on its own with every finished cell packed.
-        stop_at = t + max(3.0 * cell.get("predicted_served_s", 0.0), 60.0)
+        stop_at = t + max(3.0 * predicted_s, 60.0)
         if args.deadline_s:
             stop_at = min(stop_at, started + args.deadline_s + args.deadline_grace_s)
         try:
@@ -160,6 +163,14 @@ def run_plan(args, log) -> int:
     log(f"plan finished in {time.perf_counter() - started:.0f} s: {len(done)} cells run, "
         f"{len(skipped)} skipped, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def cell_seconds(cell: dict, clock: str) -> float:
+    """Host seconds a plan cell is predicted to take: its busy time on the busy clock (idle gaps are
+    skipped), else its whole serving time."""
+    if clock == "busy" and "predicted_busy_s" in cell:
+        return cell["predicted_busy_s"]
+    return cell.get("predicted_served_s", 0.0)
 
 
 def _write_cells(out: Path, done: list, skipped: list, failed: list) -> None:

@@ -16,7 +16,8 @@ Clocks (`clock=`):
   wall  real time: the loop sleeps until the next arrival.
 
 Request state, the KV block accounting and the tables are the simulator's (RequestState, KVCache,
-Recorder, metrics), so an execution's files compare column by column with a simulation's.
+Recorder, metrics), so an execution's files compare column by column with a simulation's. A policy with a
+prefix cache decides hits as in the simulator, and the runner reuses those tokens' K/V for real.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import pandas as pd
 
 from policies.base import Policy
 from simulator.kv_cache import KVCache
-from simulator.metrics import IterationRecords, RequestRecords
+from simulator.metrics import IterationRecords, RequestRecords, prefix_cache_counts
 from simulator.recorder import Recorder
 from simulator.request import NOT_YET, RequestState
 
@@ -124,6 +125,7 @@ class ExecutionOutput:
     compositions: pd.DataFrame
     served_s: float
     kv_blocks: int
+    prefix_cache: dict | None = None  # the policy's cache's counts (metrics.prefix_cache_counts)
 
 
 def execute(requests: RequestState, policy: Callable[[KVCache, RequestState], Policy], runner, kv_blocks: int,
@@ -137,6 +139,9 @@ def execute(requests: RequestState, policy: Callable[[KVCache, RequestState], Po
     blocks_held = np.zeros(len(requests), dtype=np.int64)
     kv = KVCache(kv_blocks, block_size, blocks_held, int(kv_watermark * kv_blocks))
     engine = policy(kv, requests)
+    attach = getattr(runner, "attach", None)
+    if attach is not None:  # a real runner follows the content and reuses the policy's prefix hits
+        attach(engine.kv, requests)
     too_big = ~kv.can_ever_hold(requests.prompt_tokens + requests.output_tokens)
     requests.reject(too_big, f"prompt + output tokens exceed one KV cache ({kv_blocks} blocks "
                              f"of {block_size} tokens, less the watermark)")
@@ -149,7 +154,7 @@ def execute(requests: RequestState, policy: Callable[[KVCache, RequestState], Po
     iterations = loop.recorder.pop_iteration_records()
     records = loop.recorder.pop_request_records(requests)
     return ExecutionOutput(records, iterations, loop.steps_table(), loop.compositions_table(),
-                           loop.clock.now_ns() / 1e9, kv_blocks)
+                           loop.clock.now_ns() / 1e9, kv_blocks, prefix_cache_counts([engine.kv]))
 
 
 class _Loop:
@@ -197,7 +202,7 @@ class _Loop:
             self._check_allocated(ids, num_tokens, kv_tokens)
             unseen = ids[req.first_scheduled_ns[ids] == NOT_YET]
             req.first_scheduled_ns[unseen] = start_ns
-            kv_blocks_used = engine.kv.used_blocks
+            kv_blocks_used, kv_blocks_cached = engine.kv.used_blocks, engine.kv.cached_free_blocks
             t1 = time.perf_counter_ns()
             timing = self.runner.execute(ids, num_tokens, kv_tokens, req.prompt_tokens[ids], generated,
                                          req.prompt_tokens[ids] + req.output_tokens[ids])
@@ -210,7 +215,7 @@ class _Loop:
                 measured_ns = t3 - t0 - int(timing.excluded_s * 1e9)
             end_ns = clock.end_iteration(start_ns, measured_ns, timing.excluded_s)
             self._record(ids, num_tokens, kv_tokens, generated, pending, emitted, done, start_ns, end_ns,
-                         kv_blocks_used, timing, (t1 - t0) / 1e9, (t3 - t2) / 1e9)
+                         (kv_blocks_used, kv_blocks_cached), timing, (t1 - t0) / 1e9, (t3 - t2) / 1e9)
             if bar is not None and len(done):
                 bar.update(len(done))
             previous_end = time.perf_counter_ns()
@@ -245,7 +250,8 @@ class _Loop:
         return emitted, done
 
     def _record(self, ids, num_tokens, kv_tokens, generated, pending, emitted, done, start_ns, end_ns,
-                kv_blocks_used, timing, schedule_s, apply_s) -> None:
+                kv_blocks, timing, schedule_s, apply_s) -> None:
+        """kv_blocks: (used, cached and free) when the batch was scheduled."""
         req = self.requests
         if len(emitted):
             first = emitted[req.generated_tokens[emitted] == 1]
@@ -257,7 +263,7 @@ class _Loop:
         num_decode = int(np.count_nonzero((pending == 1) & (generated > 0)))
         num_prefill = int(num_tokens.sum()) - num_decode
         self.recorder.add_iteration(0, 0, start_ns, end_ns - start_ns, len(ids), num_prefill, num_decode,
-                                    kv_blocks_used)
+                                    *kv_blocks)
         iteration = len(self.steps["start_s"])
         values = (start_ns / 1e9, (end_ns - start_ns) / 1e9, len(ids), num_prefill, num_decode, timing.path,
                   timing.padded_batch, schedule_s, timing.prepare_s, timing.launch_s, timing.sync_s, apply_s,

@@ -17,6 +17,10 @@ How a batch is launched follows an engine profile (simulator/engine.py):
   (profiler/piecewise.py); "none": everything eager.
 Graph capture happens the first time a shape is needed and its time is reported apart
 (`StepTiming.excluded_s`) so that it never counts as serving time.
+
+With a prefix cache (`attach`), cached tokens are not recomputed: their K/V rows come from a
+block store kept after the slots (simulator/execute/prefix_rows.py), and token ids follow the requests'
+content, so requests sharing a prefix feed the model the same tokens. The copies are excluded time too.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from profiler.ops import apply_rope, embed, linear, residual_add, rms_norm, samp
 from profiler.piecewise import PiecewiseForward
 from simulator.config import ModelConfig
 from simulator.engine import EngineProfile, padded_capture_size
+from simulator.execute.prefix_rows import ContentTokens, PrefixRows
 from simulator.execute.slots import SlotAllocator
 
 TEMPERATURE = 0.8  # sampling temperature of every request (the work is the same at any value)
@@ -107,9 +112,23 @@ def slot_attention(backend: str, q, k_cache, v_cache, a: SlotAttention, scale: f
                      f"use torch_flash or sdpa_masked")
 
 
+@dataclass
+class CopiedFirst:
+    """An attention launch (`attn`) that first copies K/V rows src -> dst in the layer's cache: prefix
+    blocks another request of the same step computes, written by this layer just before (prefix_rows.py)."""
+
+    attn: object
+    src: torch.Tensor
+    dst: torch.Tensor
+
+
 def launch_attention(backend: str, q, k_cache, v_cache, attn, scale: float) -> torch.Tensor:
-    """One layer's attention: `attn` is a SlotAttention (one launch) or a tuple of them whose query rows
-    follow one another (a split launch: the chunks' launch, then the decodes')."""
+    """One layer's attention: `attn` is a SlotAttention (one launch), a tuple of them whose query rows
+    follow one another (a split launch: the chunks' launch, then the decodes'), or a CopiedFirst."""
+    if isinstance(attn, CopiedFirst):
+        for cache in (k_cache, v_cache):
+            cache.index_copy_(0, attn.dst, cache.index_select(0, attn.src))
+        attn = attn.attn
     if isinstance(attn, SlotAttention):
         return slot_attention(backend, q, k_cache, v_cache, attn, scale)
     outs, start = [], 0
@@ -199,18 +218,23 @@ class TorchModelRunner:
     cuda_graphs      False: no CUDA graphs at all, whatever the engine profile says
     engine           how batches are launched (attention_launch, cuda_graphs, graph limits); None: fused
                      varlen attention and decode-only graphs of up to 256 sequences (servesim's engine)
+    store_tokens     rows kept after the slots for the K/V of prefix-cache blocks (0: no prefix reuse);
+                     at least the prefix cache's blocks x block size
     """
 
     def __init__(self, model: ModelConfig, device, capacity_tokens: int, dtype=None,
                  num_layers: int | None = None, cuda_graphs: bool = True, seed: int = 0,
-                 engine: EngineProfile | None = None):
+                 engine: EngineProfile | None = None, store_tokens: int = 0):
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
         backend = "torch_flash" if on_gpu else "sdpa_masked"
         self.model = model
         self.shard = LlamaShard(model, 1, self.device, dtype, backend, num_layers, seed)
-        self.capacity_tokens = capacity_tokens + SCRATCH_TOKENS
+        self.capacity_tokens = capacity_tokens + SCRATCH_TOKENS + store_tokens
+        self.store_tokens = store_tokens
+        self.prefix: PrefixRows | None = None  # set by attach
+        self.content: ContentTokens | None = None
         self.kv = self.shard.new_kv_cache(self.capacity_tokens, fill_random=False)
         self.slots = SlotAllocator(capacity_tokens)
         self.slot_start: dict[int, int] = {}  # request id -> first row of its slot (after the scratch rows)
@@ -237,15 +261,18 @@ class TorchModelRunner:
 
     # --- slots --------------------------------------------------------------------------------------
 
-    def _slots_for(self, ids: np.ndarray, reserve_tokens: np.ndarray) -> np.ndarray:
+    def _slots_for(self, ids: np.ndarray, reserve_tokens: np.ndarray) -> tuple[np.ndarray, list[bool]]:
+        """Each request's slot start, and whether its slot is new this step."""
         starts = np.empty(len(ids), np.int64)
+        fresh = [False] * len(ids)
         for i, (r, size) in enumerate(zip(ids.tolist(), reserve_tokens.tolist())):
             start = self.slot_start.get(r)
             if start is None:
                 start = self.slots.allocate(size) + SCRATCH_TOKENS
                 self.slot_start[r], self.slot_size[r] = start, size
+                fresh[i] = True
             starts[i] = start
-        return starts
+        return starts, fresh
 
     def release(self, request_ids) -> None:
         """These requests finished or were preempted: their slots go back (their K/V is gone)."""
@@ -254,6 +281,60 @@ class TorchModelRunner:
             if start is not None:
                 self.slots.free(start - SCRATCH_TOKENS, self.slot_size.pop(int(r)))
             self.last_token.pop(int(r), None)
+            if self.prefix is not None:
+                self.prefix.forget(int(r))
+            if self.content is not None:
+                self.content.forget(int(r))
+
+    # --- prefix reuse ---------------------------------------------------------------------------------
+
+    def attach(self, kv, requests) -> None:
+        """Serve `requests` with a policy whose cache is `kv`: token ids follow the requests' content when
+        they have one, and a prefix cache's hits (kv a PrefixCachingKV) are reused for real, their K/V
+        copied from the block store instead of being recomputed."""
+        from simulator.prefix_cache import PrefixCachingKV
+
+        self.content = None if requests.content is None else ContentTokens(requests, kv.block_size)
+        self.prefix = None
+        if isinstance(kv, PrefixCachingKV):
+            need = kv.num_blocks * kv.block_size
+            if need > self.store_tokens:
+                raise ValueError(f"the prefix cache's {kv.num_blocks} blocks of {kv.block_size} tokens need "
+                                 f"{need} store rows; this runner keeps {self.store_tokens} (store_tokens)")
+            self.prefix = PrefixRows(kv, requests, self.capacity_tokens - self.store_tokens)
+
+    def _copy_rows(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Copy K/V rows src -> dst in every layer (disjoint sets of rows)."""
+        if not len(src):
+            return
+        src_d = torch.from_numpy(src).to(self.device)
+        dst_d = torch.from_numpy(dst).to(self.device)
+        for cache in (*self.kv.k, *self.kv.v):
+            cache.index_copy_(0, dst_d, cache.index_select(0, src_d))
+
+    def _copy_time(self, copies) -> float:
+        """Seconds to make `copies` [(src, dst), ...] in order, the device finished."""
+        started = time.perf_counter()
+        for src, dst in copies:
+            self._copy_rows(src, dst)
+        if self.on_gpu and any(len(src) for src, _ in copies):
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
+    def _content_token_ids(self, ids: np.ndarray, q: np.ndarray, p: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
+        """Overwrite token_ids (packed, q[i] tokens of ids[i] from position p[i]) where the request's content
+        is known; True there."""
+        known = np.zeros(len(token_ids), dtype=bool)
+        first = 0
+        tokens, vocab = self.content, self.model.vocab_size
+        for r, n, start in zip(ids.tolist(), q.tolist(), p.tolist()):
+            if start < tokens.covered_tokens(r):
+                content = tokens.token_ids(r, np.arange(start, start + n), vocab)
+                mask = content >= 0
+                token_ids[first:first + n][mask] = content[mask]
+                known[first:first + n] = mask
+            first += n
+        return known
 
     @property
     def slot_holders(self) -> list[int]:
@@ -271,7 +352,15 @@ class TorchModelRunner:
         reserve_tokens: slot size of a request seen for the first time (its prompt + output tokens).
         """
         t0 = time.perf_counter()
-        starts = self._slots_for(ids, reserve_tokens)
+        starts, fresh = self._slots_for(ids, reserve_tokens)
+        copy_s, layer_copies = 0.0, None
+        if self.prefix is not None:  # cached tokens arrive by copy, not by computing them again
+            copies = self.prefix.before_step(ids.tolist(), kv_tokens.tolist(), num_tokens.tolist(), fresh,
+                                             starts.tolist())
+            copy_s = self._copy_time([(self.prefix.rows(copies.store_src), self.prefix.rows(copies.store_dst))])
+            if copies.layer_src:
+                layer_copies = tuple(torch.from_numpy(self.prefix.rows(rows)).to(self.device)
+                                     for rows in (copies.layer_src, copies.layer_dst))
         # Slot order; a split launch takes the chunks first (each kind in slot order).
         order = np.lexsort((starts, num_tokens == 1)) if self.split_attention else np.argsort(starts, kind="stable")
         ids, q, p, starts = ids[order], num_tokens[order], kv_tokens[order], starts[order]
@@ -281,23 +370,33 @@ class TorchModelRunner:
         positions = np.arange(total_q) - np.repeat(first_q - p, q)
         owner = np.repeat(np.arange(len(ids)), q)
         token_ids = (ids[owner] * 1_000_003 + positions * 7_919) % self.model.vocab_size
-        # The token a decode computes is the one it sampled last (known once the request has emitted one).
+        known = None if self.content is None else self._content_token_ids(ids, q, p, token_ids)
+        # The token a decode computes is the one it sampled last (known once the request has emitted one),
+        # unless the workload says what it is (a conversation's next turn resends the answer it recorded).
         fed_back = positions == (prompt + generated - 1)[owner]
         fed_back &= (generated > 0)[owner]
+        if known is not None:
+            fed_back &= ~known
         if fed_back.any():
             token_ids[fed_back] = [self.last_token.get(r, 0) for r in ids[owner[fed_back]].tolist()]
         write_index = starts[owner] + positions
         k_lens = p + q
         use_graph = (self.cuda_graphs and total_q == len(ids) and len(ids) <= self.graph_max_batch
-                     and int(k_lens.max()) <= self.model.max_model_len)
+                     and int(k_lens.max()) <= self.model.max_model_len and layer_copies is None)
         if use_graph:
             timing, tokens = self._run_graph(t0, token_ids, positions, write_index, starts, k_lens)
         else:
-            timing, tokens = self._run_eager(t0, token_ids, positions, write_index, q, starts, k_lens)
+            timing, tokens = self._run_eager(t0, token_ids, positions, write_index, q, starts, k_lens,
+                                             layer_copies)
         self.last_token.update(zip(ids.tolist(), tokens))
+        if self.prefix is not None:  # the blocks this step filled go to the store, before anything frees them
+            copy_out_s = self._copy_time([self.prefix.after_step(ids.tolist(), p.tolist(), q.tolist(),
+                                                                 starts.tolist())])
+            timing.prepare_s -= copy_s  # the copies in happened while preparing
+            timing.excluded_s += copy_s + copy_out_s
         return timing
 
-    def _run_eager(self, t0, token_ids, positions, write_index, q, starts, k_lens):
+    def _run_eager(self, t0, token_ids, positions, write_index, q, starts, k_lens, layer_copies=None):
         n = len(q)
         cu_q = np.concatenate([[0], np.cumsum(q)])
         longs = torch.from_numpy(np.concatenate([token_ids, positions, write_index, cu_q[1:] - 1])).to(self.device)
@@ -305,6 +404,8 @@ class TorchModelRunner:
         ids_d, pos_d, write_d, last_d = longs[:total_q], longs[total_q:2 * total_q], \
             longs[2 * total_q:3 * total_q], longs[3 * total_q:]
         attn = self._attention_launch(q, starts, k_lens)
+        if layer_copies is not None:
+            attn = CopiedFirst(attn, *layer_copies)
         pieces = self.pieces if self.pieces is not None and total_q <= self.pieces.max_tokens else None
         excluded = 0.0
         if pieces is not None:  # capture a new size before the clock starts: capture is not serving time

@@ -33,10 +33,27 @@ def check_executable(cfg) -> None:
                           f"{c.num_replicas}, cluster.tp={c.tp}, cluster.pp={c.pp}")
 
 
+def caches_prefixes(policy) -> bool:
+    """Whether a PolicyConfig's policy keeps a prefix cache: its enable_prefix_caching, else the policy's
+    default (on for vllm_v1 and sglang, off for vllm and sarathi, absent elsewhere)."""
+    import inspect
+
+    from policies import POLICIES
+
+    param = inspect.signature(POLICIES[policy.name]).parameters.get("enable_prefix_caching")
+    if param is None:
+        return False
+    return bool(policy.policy_kwargs().get("enable_prefix_caching", param.default))
+
+
 def build_runner(cfg, device: str, num_layers: int | None = None, cuda_graphs: bool = True,
-                 kv_capacity_tokens: int | None = None, log=print):
+                 kv_capacity_tokens: int | None = None, log=print, prefix_store: bool | None = None):
     """The model of `cfg` on `device` with a slot KV cache as large as the simulator's cache for this
-    config (or `kv_capacity_tokens`), checked for correct attention before it is returned."""
+    config (or `kv_capacity_tokens`), checked for correct attention before it is returned.
+
+    prefix_store: keep rows for the K/V of every prefix-cache block (simulator/execute/prefix_rows.py), so
+    cached prompt tokens are reused rather than recomputed; None: when cfg's policy caches prefixes. The
+    store takes the simulated cache's size from the device memory left for slots."""
     import torch
 
     from simulator.execute.runner import TorchModelRunner, kv_rows_that_fit
@@ -44,23 +61,35 @@ def build_runner(cfg, device: str, num_layers: int | None = None, cuda_graphs: b
 
     check_executable(cfg)
     started = time.perf_counter()
+    simulated_tokens = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster) * cfg.cluster.block_size
+    if prefix_store is None:
+        prefix_store = caches_prefixes(cfg.policy)
+    store_tokens = simulated_tokens if prefix_store else 0
     if kv_capacity_tokens is None:
-        blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
-        kv_capacity_tokens = blocks * cfg.cluster.block_size
+        kv_capacity_tokens = simulated_tokens
         if torch.device(device).type == "cuda":
             # Piecewise graphs keep their pieces' outputs for every capture size used: more headroom.
             headroom = (12 if cfg.engine.cuda_graphs == "piecewise" else 6) * GIB
-            fits = kv_rows_that_fit(cfg.model, device, headroom)
-            if fits < kv_capacity_tokens:
-                log(f"the GPU holds {fits} KV tokens, fewer than the simulated cache's {kv_capacity_tokens}; "
+            fits = kv_rows_that_fit(cfg.model, device, headroom) - store_tokens
+            if fits < cfg.model.max_model_len:
+                raise ConfigError(
+                    f"the GPU holds {fits + store_tokens} KV rows: after the prefix store's {store_tokens} "
+                    f"(the simulated cache) no slot of {cfg.model.max_model_len} tokens fits; lower "
+                    f"cluster.gpu_memory_utilization (a smaller simulated cache) or run without prefix caching")
+            if store_tokens:
+                # Requests sharing a cached prefix each hold a whole slot: give slots all the room left.
+                kv_capacity_tokens = fits
+            elif fits < kv_capacity_tokens:
+                log(f"the GPU holds {fits} KV slot tokens, fewer than the simulated cache's {kv_capacity_tokens}; "
                     f"slots come from the smaller space (the policy still accounts the simulated size)")
                 kv_capacity_tokens = fits
     runner = TorchModelRunner(cfg.model, device, kv_capacity_tokens, num_layers=num_layers,
-                              cuda_graphs=cuda_graphs, seed=cfg.seed, engine=cfg.engine)
+                              cuda_graphs=cuda_graphs, seed=cfg.seed, engine=cfg.engine, store_tokens=store_tokens)
     runner.attention_check_error = runner.check_slot_attention()
     runner.build_s = time.perf_counter() - started
     log(f"{cfg.model.name}: {runner.shard.num_layers} layers on {device}, "
-        f"KV slots for {kv_capacity_tokens} tokens, "
+        f"KV slots for {kv_capacity_tokens} tokens"
+        f"{f' and a prefix store of {store_tokens}' if store_tokens else ''}, "
         f"attention {runner.shard.backend} (check error {runner.attention_check_error:.2g}), "
         f"engine {cfg.engine.name} ({cfg.engine.attention_launch} attention, {cfg.engine.cuda_graphs} graphs), "
         f"built in {runner.build_s:.1f} s")
@@ -114,6 +143,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
                   kv_watermark=cfg.cluster.kv_watermark, clock=clock, progress=progress, stop_at=stop_at)
     wall_s = time.perf_counter() - started
     summary = metrics.summarize(out.records, out.iterations, out.served_s, wall_s)
+    metrics.add_prefix_cache_counts(summary, out.prefix_cache)
     summary["setup"] = {
         "model": cfg.model.name, "hardware": cfg.hardware.name, "num_replicas": 1, "tp": 1, "pp": 1,
         "policy": cfg.policy.name, "policy_params": cfg.policy.policy_kwargs(), "workload": workload.name,
@@ -142,6 +172,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
         "graphs_captured_total": len(getattr(runner, "graphs", {})),
         "graph_capture_s_this_run": getattr(runner, "graph_capture_s", 0.0) - capture_before,
         "kv_slot_tokens": getattr(getattr(runner, "slots", None), "capacity_tokens", None),
+        "prefix_reuse": runner.prefix.facts() if getattr(runner, "prefix", None) is not None else None,
         "served_s": out.served_s,
         "wall_s": wall_s,
         "iterations": len(out.steps),

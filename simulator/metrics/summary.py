@@ -120,6 +120,21 @@ def _iteration_summary(iters: IterationRecords | None) -> dict:
     }
 
 
+def prefix_cache_counts(caches) -> dict:
+    """The block counts every KV cache keeps (lookup_blocks, hit_blocks, evictions), summed over `caches`."""
+    caches = list(caches)
+    return {name: sum(getattr(kv, name) for kv in caches) for name in ("lookup_blocks", "hit_blocks", "evictions")}
+
+
+def add_prefix_cache_counts(summary: dict, counts: dict | None) -> None:
+    """Add a cluster's prefix_cache_counts to the summary's prefix_cache block, with the block hit rate."""
+    if not counts:
+        return
+    lookups = counts["lookup_blocks"]
+    summary["prefix_cache"] |= counts | {"hit_rate_blocks": round(counts["hit_blocks"] / lookups, 7)
+                                         if lookups else 0.0}
+
+
 def summary_json(summary: dict) -> str:
     """Deterministic JSON text: sorted keys, two-space indent, no NaN (they are null already)."""
     return json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
