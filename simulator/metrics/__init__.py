@@ -42,15 +42,46 @@ from simulator.metrics.records import (
     _round,
     check_records,
 )
-from simulator.metrics.summary import add_prefix_cache_counts, format_summary, prefix_cache_counts, latency_stats, load_notes, summarize, summary_json
+from simulator.metrics.summary import (
+    add_prefix_cache_counts,
+    format_summary,
+    latency_stats,
+    load_notes,
+    prefix_cache_counts,
+    summarize,
+    summary_json,
+)
 from simulator.metrics.tables import iteration_table, request_latencies, request_table, token_times_table
 from simulator.perfetto import write_chrome_trace
 
 __all__ = [
-    "GAPS_IN_ONE_ARRAY_MAX_TOKENS", "PARQUET_COMPRESSION", "PERCENTILES", "RESULT_FILES", "SIGNIFICANT_DIGITS",
-    "TOKENS_PER_CHUNK", "WRITE_ROWS_PER_CHUNK", "IterationRecords", "RequestColumns", "RequestRecords",
-    "StreamedGaps", "_round", "add_prefix_cache_counts", "prefix_cache_counts", "all_tbt_gaps", "check_records", "format_summary",
-    "iteration_table", "latency_stats", "load_notes", "prepare_output_dir", "request_latencies",
-    "request_table", "summarize", "summary_json", "tbt_gaps_s", "token_times_table", "write_chrome_trace",
+    "GAPS_IN_ONE_ARRAY_MAX_TOKENS",
+    "PARQUET_COMPRESSION",
+    "PERCENTILES",
+    "RESULT_FILES",
+    "SIGNIFICANT_DIGITS",
+    "TOKENS_PER_CHUNK",
+    "WRITE_ROWS_PER_CHUNK",
+    "IterationRecords",
+    "RequestColumns",
+    "RequestRecords",
+    "StreamedGaps",
+    "_round",
+    "add_prefix_cache_counts",
+    "all_tbt_gaps",
+    "check_records",
+    "format_summary",
+    "iteration_table",
+    "latency_stats",
+    "load_notes",
+    "prefix_cache_counts",
+    "prepare_output_dir",
+    "request_latencies",
+    "request_table",
+    "summarize",
+    "summary_json",
+    "tbt_gaps_s",
+    "token_times_table",
+    "write_chrome_trace",
     "write_outputs",
 ]
