@@ -22,7 +22,7 @@ handed out), so the policies' admission checks and the replica's runs of decodes
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 
 import numpy as np
 
@@ -65,37 +65,89 @@ class PrefixCachingKV(KVCache):
     # --- the free list: vLLM's free queue (a subclass may order it otherwise) ------------------------
 
     def _start_free_list(self, num_blocks: int) -> None:
-        # Insertion-ordered, with O(1) removal from the middle when a cached free block is hit.
-        self._free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        # A FIFO from which a hit may take a block out of the middle. Kept as a deque of entries
+        # (stamp x num_blocks + block) and each block's live entry: taking a block out only forgets its
+        # entry, which is dropped when it reaches the head. A block freed again gets a new stamp, so an old
+        # entry of it is never mistaken for the new one. (An OrderedDict does the same at a few times the
+        # cost per block, which is most of what a long-prompt trace costs the simulator.)
+        self._free_queue: deque[int] = deque(range(num_blocks))
+        self._queued = list(range(num_blocks))  # block -> its live entry; -1 when not in the free queue
+        self._stamp = 1
 
     def _pop_free(self) -> int:
         """The free block to hand out next (the least recently freed)."""
-        return self._free_queue.popitem(last=False)[0]
+        popleft, queued, n = self._free_queue.popleft, self._queued, self.num_blocks
+        while True:
+            entry = popleft()
+            block = entry % n
+            if queued[block] == entry:
+                queued[block] = -1
+                return block
 
     def _push_free(self, block: int) -> None:
-        self._free_queue[block] = None
+        self._push_free_all([block])
 
     def _push_free_all(self, blocks: list[int]) -> None:
-        """_push_free of each block, in order."""
-        self._free_queue.update(dict.fromkeys(blocks))
+        """_push_free of each block, in order (each block once)."""
+        base = self._stamp * self.num_blocks
+        self._stamp += 1
+        queued = self._queued
+        entries = [base + b for b in blocks]
+        for block, entry in zip(blocks, entries):
+            queued[block] = entry
+        self._free_queue.extend(entries)
 
     def _unfree(self, block: int) -> None:
         """A free cached block is taken by a request hitting it."""
-        del self._free_queue[block]
+        self._queued[block] = -1
 
     def _touch(self, blocks: list[int]) -> None:
         """These blocks were used now (vLLM's order is the free queue's alone)."""
 
-    def _free_set(self) -> set[int]:
-        return set(self._free_queue)
+    def free_queue_order(self) -> list[int]:
+        """The free blocks in the order they would be handed out."""
+        n, queued = self.num_blocks, self._queued
+        return [e % n for e in self._free_queue if queued[e % n] == e]
 
-    def _cache_block(self, owned: list[int], j: int, hash_: int) -> bool:
-        """Make owned[j] findable under `hash_`; False stops caching the request's later blocks."""
-        block = owned[j]
-        if self.block_hash[block] is None and hash_ not in self.cached:
-            self.cached[hash_] = block
-            self.block_hash[block] = hash_
-        return True
+    def _free_set(self) -> set[int]:
+        return set(self.free_queue_order())
+
+    def _take_free_blocks(self, count: int) -> list[int]:
+        """`count` blocks from the head of the free list, their cached KV evicted (the caller checked
+        there are enough). One loop for the lot: this runs once per block a prompt fills."""
+        popleft, queued, n = self._free_queue.popleft, self._queued, self.num_blocks
+        block_hash, cached = self.block_hash, self.cached
+        taken: list[int] = []
+        evicted = 0
+        while count:
+            entry = popleft()
+            block = entry % n
+            if queued[block] != entry:
+                continue  # taken out by a hit since it was queued
+            queued[block] = -1
+            hash_ = block_hash[block]
+            if hash_ is not None:
+                del cached[hash_]
+                block_hash[block] = None
+                evicted += 1
+            taken.append(block)
+            count -= 1
+        if evicted:
+            self._version += 1
+            self.cached_free_blocks -= evicted
+            self.evictions += evicted
+        return taken
+
+    def _cache_blocks(self, owned: list[int], start: int, stop: int, hashes: list[int]) -> int:
+        """Make owned[j] findable under hashes[j] for j in [start, stop) (unless another block already
+        caches that hash, or owned[j] caches one); return where caching stopped (stop: everywhere)."""
+        cached, block_hash = self.cached, self.block_hash
+        for j in range(start, stop):
+            block, hash_ = owned[j], hashes[j]
+            if block_hash[block] is None and hash_ not in cached:
+                cached[hash_] = block
+                block_hash[block] = hash_
+        return stop
 
     def _evict(self, block: int) -> None:
         self._version += 1
@@ -246,13 +298,11 @@ class PrefixCachingKV(KVCache):
         if new_blocks > self.free_blocks:
             raise AssertionError("KV blocks handed out beyond capacity")  # a caller skipped the free check
         owned = self.blocks_of.setdefault(request_id, [])
-        pop_free, block_hash, ref_count = self._pop_free, self.block_hash, self.ref_count
-        for _ in range(new_blocks):
-            block = pop_free()
-            if block_hash[block] is not None:
-                self._evict(block)
+        taken = self._take_free_blocks(new_blocks)
+        ref_count = self.ref_count
+        for block in taken:
             ref_count[block] = 1
-            owned.append(block)
+        owned += taken
         self.free_blocks -= new_blocks
         self._held[request_id] = len(owned)
 
@@ -281,10 +331,9 @@ class PrefixCachingKV(KVCache):
         self._version += 1
         hashes = self._hashes_of(request_id)
         owned = self.blocks_of[request_id]
-        for j in range(start, min(full, len(hashes))):
-            if not self._cache_block(owned, j, hashes[j]):
-                full = len(owned)  # never offer this request's later blocks
-                break
+        stop = min(full, len(hashes))
+        if self._cache_blocks(owned, start, stop, hashes) < stop:
+            full = len(owned)  # never offer this request's later blocks
         self._checked_blocks[request_id] = full
 
     # --- checks ------------------------------------------------------------------------------------

@@ -66,6 +66,27 @@ class RadixCache(PrefixCachingKV):
         return set(self._uncached_free) | {b for b in range(self.num_blocks)
                                            if self.ref_count[b] == 0 and self.block_hash[b] is not None}
 
+    def _take_free_blocks(self, count: int) -> list[int]:
+        # One at a time: evicting a leaf can make its parent the next leaf to go.
+        taken = []
+        for _ in range(count):
+            block = self._pop_free()
+            if self.block_hash[block] is not None:
+                self._evict(block)
+            taken.append(block)
+        return taken
+
+    def free_queue_order(self) -> list[int]:
+        """The free blocks: uncached ones in the order they would be handed out, then cached ones by block."""
+        return list(reversed(self._uncached_free)) + sorted(
+            b for b in range(self.num_blocks) if self.ref_count[b] == 0 and self.block_hash[b] is not None)
+
+    def _cache_blocks(self, owned: list[int], start: int, stop: int, hashes: list[int]) -> int:
+        for j in range(start, stop):
+            if not self._cache_block(owned, j, hashes[j]):
+                return j
+        return stop
+
     def _cache_block(self, owned: list[int], j: int, hash_: int) -> bool:
         # A block joins the tree under the request's own previous block; if that one is not in the tree
         # (another copy is), the rest of this request's sequence stays out of it, as a branch would

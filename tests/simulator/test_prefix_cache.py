@@ -107,7 +107,7 @@ def test_free_blocks_are_evicted_least_recently_freed_first_and_a_request_s_last
     assert kv.allocate(0, 8)
     assert kv.blocks_of[0] == [0, 1] and kv.prefix_hit_blocks(0) == 2
     kv.free([0])
-    assert list(kv._free_queue) == [2, 3, 1, 0] and kv.cached_free_blocks == 2
+    assert kv.free_queue_order() == [2, 3, 1, 0] and kv.cached_free_blocks == 2
     # Request 1 needs 3 blocks: 2, 3, then 1, evicting request 0's second block and keeping its first.
     assert kv.allocate(1, 12)
     assert kv.blocks_of[1] == [2, 3, 1] and kv.evictions == 1
@@ -167,9 +167,9 @@ def test_prefix_hit_blocks_counts_the_leading_full_prompt_blocks_held_now(cls):
     kv = cache(cls, 8, 4, req)
     assert kv.allocate(0, 8)
     kv.free([0])
-    recency = (list(getattr(kv, "_free_queue", [])), list(getattr(kv, "_last_used", [])))
+    recency = (kv.free_queue_order(), list(getattr(kv, "_last_used", [])))
     assert [kv.prefix_hit_blocks(r) for r in (0, 1, 2)] == [2, 2, 0]
-    assert (list(getattr(kv, "_free_queue", [])), list(getattr(kv, "_last_used", []))) == recency  # no LRU change
+    assert (kv.free_queue_order(), list(getattr(kv, "_last_used", []))) == recency  # no LRU change
     plain = KVCache(8, 4, np.zeros(3, np.int64))
     assert plain.prefix_hit_blocks(1) == 0 and plain.prefix_hit_tokens(1) == 0
 
