@@ -16,7 +16,7 @@ import sys
 import typing
 from pathlib import Path
 
-from simulator.config import ConfigError, HardwareConfig, ModelConfig
+from simulator.config import ClusterConfig, ConfigError, HardwareConfig, ModelConfig
 from simulator.engine import EngineProfile
 from simulator.paths import CONF_DIR
 
@@ -48,15 +48,26 @@ def unique_dir(path: str) -> str:
     return _claimed_dirs[path]
 
 
-def _mutable_schema(cls):
-    """A non-frozen copy of a frozen config dataclass: Hydra must be able to merge into its nodes."""
+def _hydra_schema(cls, written: dict | None = None, localns: dict | None = None):
+    """A copy of config dataclass `cls` for Hydra to merge YAML and overrides into: mutable (ModelConfig and
+    the like are frozen; Hydra must merge into their nodes), and with the fields in `written` ({name: (type,
+    default factory)}) in the shape YAML writes them, which SimulationConfig.from_dict resolves into typed
+    objects (SLOs, disaggregated pools): one parse and one set of error messages, from Python or the command
+    line. `localns`: names that `cls`'s annotations use but its module imports for type checkers only."""
     from omegaconf import MISSING
 
-    hints = typing.get_type_hints(cls)
+    written = written or {}
+    hints = typing.get_type_hints(cls, localns=localns)
     specs = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else MISSING
-        specs.append((f.name, hints[f.name], dataclasses.field(default=default)))
+        if f.name in written:
+            kind, factory = written[f.name]
+            specs.append((f.name, kind, dataclasses.field(default_factory=factory)))
+        elif f.default_factory is not dataclasses.MISSING:
+            specs.append((f.name, hints[f.name], dataclasses.field(default_factory=f.default_factory)))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else MISSING
+            specs.append((f.name, hints[f.name], dataclasses.field(default=default)))
     return dataclasses.make_dataclass(cls.__name__, specs)
 
 
@@ -68,15 +79,23 @@ def register_configs() -> None:
 
     OmegaConf.register_new_resolver(UNIQUE_DIR_RESOLVER, unique_dir, use_cache=True, replace=True)
 
+    from simulator.disagg.config import DisaggConfig
     from simulator.run import SimulationConfig
+    from simulator.slo import SLOConfig, default_slos
 
     hints = typing.get_type_hints(SimulationConfig)
-    mutable = {"model": _mutable_schema(ModelConfig), "hardware": _mutable_schema(HardwareConfig),
-               "engine": _mutable_schema(EngineProfile)}
+    required = {"model": _hydra_schema(ModelConfig), "hardware": _hydra_schema(HardwareConfig),
+                "engine": _hydra_schema(EngineProfile)}
+    slo_entries = lambda: [dataclasses.asdict(s) for s in default_slos()]
+    written_groups = {"cluster": _hydra_schema(ClusterConfig, {"disagg": (dict, dict)}, {"DisaggConfig": DisaggConfig}),
+                      "slo": _hydra_schema(SLOConfig, {"slos": (list, slo_entries)})}
     specs = []
     for f in dataclasses.fields(SimulationConfig):
-        if f.name in mutable:
-            specs.append((f.name, mutable[f.name], dataclasses.field(default=MISSING)))
+        if f.name in required:
+            specs.append((f.name, required[f.name], dataclasses.field(default=MISSING)))
+        elif f.name in written_groups:
+            schema = written_groups[f.name]
+            specs.append((f.name, schema, dataclasses.field(default_factory=schema)))
         elif f.default_factory is not dataclasses.MISSING:
             specs.append((f.name, hints[f.name], dataclasses.field(default_factory=f.default_factory)))
         else:

@@ -10,10 +10,14 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from simulator.paths import CONF_DIR
+
+if TYPE_CHECKING:  # the pools' types sit with the cluster kind that runs them; nothing here builds one
+    from simulator.disagg.config import DisaggConfig
 
 
 class ConfigError(ValueError):
@@ -141,7 +145,8 @@ def load_hardware_config(name: str) -> HardwareConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Simulator config groups (cluster, policy, slo, linear predictor). Mutable, so Hydra can compose them.
+# Simulator config groups (cluster, policy, linear predictor). Mutable, so Hydra can compose them. The
+# slo group's SLOConfig lives with the objectives it holds, in simulator/slo.py.
 # ---------------------------------------------------------------------------------------------------
 
 ROUTERS = ("round_robin", "least_outstanding_requests", "least_outstanding_tokens", "random", "prefix_aware")
@@ -169,9 +174,10 @@ class ClusterConfig:
     gpu_memory_utilization: float = 0.9
     activation_reserve_gib: float = 2.0
     kv_watermark: float = 0.01  # share of blocks kept free when admitting a new request (vLLM's watermark)
-    # Non-empty: a disaggregated cluster (prefill and decode pools with their own replicas, tp and pp,
-    # and a KV link); num_replicas/tp/pp above are then unused. Fields: simulator/disagg/config.py.
-    disagg: dict = field(default_factory=dict)
+    # Set: a disaggregated cluster (prefill and decode pools with their own replicas, tp and pp, and a KV
+    # link); num_replicas/tp/pp above are then unused. Written as a mapping (conf/cluster/disagg_*.yaml),
+    # resolved once with the rest of the configuration (simulator/disagg/config.py: resolve_disagg).
+    disagg: DisaggConfig | None = None
 
     def validate(self, model: ModelConfig) -> None:
         """Raise ConfigError naming the field if this cluster cannot run `model`."""
@@ -217,24 +223,6 @@ class PolicyConfig:
         """The parameters set in this config, as keyword arguments for the policy class."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "params")}
         return {k: v for k, v in (kwargs | dict(self.params)).items() if v is not None}
-
-
-def _default_slos() -> list:
-    return [
-        {"metric": "tbt_s", "percentile": 99.0, "max_s": 0.5},
-        {"metric": "ttft_s", "percentile": 90.0, "max_s": 2.0},
-        {"metric": "queueing_delay_s", "percentile": 99.0, "max_s": 5.0},
-    ]
-
-
-@dataclass
-class SLOConfig:
-    """Latency objectives a run is judged against: each entry says the `percentile` of `metric` must be
-    at most `max_s` (same shape as simulator.slo.SLO; metrics: tbt_s, ttft_s, e2e_s, tpot_s,
-    normalized_e2e_s_per_token, queueing_delay_s)."""
-
-    name: str = "relaxed"
-    slos: list = field(default_factory=_default_slos)
 
 
 @dataclass

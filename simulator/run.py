@@ -23,16 +23,16 @@ from simulator.config import (
     LinearPredictorConfig,
     ModelConfig,
     PolicyConfig,
-    SLOConfig,
     check_number,
     from_dict,
     load_hardware_config,
     load_model_config,
 )
+from simulator.disagg.config import resolve_disagg
 from simulator.engine import EngineProfile, load_engine_profile
 from simulator.parts import PREDICTORS, build_predictor, policy_factory, predictor_description  # noqa: F401 - re-exported
 from simulator.result import SimulationResult, build_result  # noqa: F401 - re-exported
-from simulator.slo import slo_objectives
+from simulator.slo import SLOConfig
 from simulator.workload import WorkloadConfig
 
 DEFAULT_ENGINE = "vllm_v1"  # what a user on an H100 runs today (conf/config.yaml names the same)
@@ -75,7 +75,9 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SimulationConfig:
         """Build from plain mappings (e.g. a Hydra DictConfig as a container). `model` and `hardware` may
-        be names of conf/ files instead of mappings. Errors name the field."""
+        be names of conf/ files instead of mappings. This is where a configuration is resolved, once: the
+        SLOs become simulator.slo.SLO objects and a disaggregated cluster's pools a validated DisaggConfig.
+        Errors name the field."""
         values = dict(values)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -91,11 +93,13 @@ class SimulationConfig:
                 values[name] = loader(values[name])
             elif isinstance(values[name], Mapping):
                 values[name] = from_dict(kind, dict(values[name]), name)
-        groups = {"cluster": ClusterConfig, "policy": PolicyConfig, "workload": WorkloadConfig,
-                  "slo": SLOConfig, "linear_predictor": LinearPredictorConfig}
+        groups = {"policy": PolicyConfig, "workload": WorkloadConfig, "slo": SLOConfig,
+                  "linear_predictor": LinearPredictorConfig}
         for name, kind in groups.items():
             if isinstance(values.get(name), Mapping):
                 values[name] = from_dict(kind, dict(values[name]), name)
+        if isinstance(values.get("cluster"), Mapping):
+            values["cluster"] = cluster_from_dict(values["cluster"], values["model"], values["hardware"])
         return cls(**values)
 
     def check_run_settings(self) -> None:
@@ -111,6 +115,17 @@ class SimulationConfig:
         if not isinstance(self.output_dir, str | os.PathLike):
             raise ConfigError(f"output_dir={self.output_dir!r}: expected a directory path (\"\" = none)")
         self.linear_predictor.validate()
+
+
+def cluster_from_dict(values: Mapping, model: ModelConfig, hardware: HardwareConfig) -> ClusterConfig:
+    """The `cluster` group from its mapping, its disaggregated pools (`disagg`, empty for a colocated
+    cluster) parsed and validated against `model` here, once: the runs and experiments built on the
+    resulting SimulationConfig use them as they are."""
+    values = dict(values)
+    disagg = values.pop("disagg", None)
+    cluster = from_dict(ClusterConfig, values, "cluster")
+    cluster.disagg = resolve_disagg(disagg, model, hardware)
+    return cluster
 
 
 def as_simulation_config(cfg) -> SimulationConfig:
@@ -146,16 +161,16 @@ def run_simulation(cfg, out_dir: str | Path | None = None, progress: bool = Fals
 
 def check_before_running(cfg: SimulationConfig, out_dir: str | Path | None) -> Path | None:
     """The checks every run makes before any work, whatever its cluster kind (which then checks its own
-    parts): run settings, the output directory, readied for this run's files (emptied of an earlier run's
-    results: simulator.metrics.prepare_output_dir), and SLO objectives. Returns that directory: `out_dir`,
-    else cfg.output_dir, else None (no files)."""
+    parts): run settings and the output directory, readied for this run's files (emptied of an earlier
+    run's results: simulator.metrics.prepare_output_dir). The SLOs were checked when cfg.slo was built
+    (simulator.slo.SLOConfig). Returns that directory: `out_dir`, else cfg.output_dir, else None (no
+    files)."""
     cfg.check_run_settings()
     destination = out_dir if out_dir is not None else (cfg.output_dir or None)
     if destination is not None:
         from simulator.metrics import prepare_output_dir
 
         destination = prepare_output_dir(destination)
-    slo_objectives(cfg.slo)
     return destination
 
 

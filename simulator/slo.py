@@ -1,5 +1,6 @@
-"""Service-level objectives: what they are, how they are read from configuration, and how one run's
-tables are judged against them. A single run (its summary's verdicts), the capacity search (does a trial
+"""Service-level objectives: what they are, how they are read from configuration (the `slo` config
+group, SLOConfig, parsed into SLO objects once, when it is built), and how one run's tables are judged
+against them. A single run (its summary's verdicts), the capacity search (does a trial
 pass) and the goodput search all use this module; it imports nothing above the config and metrics types.
 
 An SLO says the `percentile` of a latency `metric` must be at most `max_s` seconds. "tbt_s" is taken over
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from simulator.config import ConfigError, SLOConfig
+from simulator.config import ConfigError
 
 if TYPE_CHECKING:
     from simulator.metrics.records import RequestTable  # a trial's requests: columns or a DataFrame
@@ -138,7 +139,7 @@ def trial_metrics(measured: RequestTable, tbt_gaps_s: np.ndarray, slos: Sequence
 
 def slos_from_config(entries: Iterable) -> list[SLO]:
     """SLO objects from the `slo` group's list of mappings ({metric, percentile, max_s}); SLOError
-    naming the entry (slo.slos[i]) and what is wrong with it."""
+    naming the entry (slo.slos[i]) and what is wrong with it. SLOs given pass through unchanged."""
     slos = []
     for i, entry in enumerate(entries):
         try:
@@ -146,6 +147,28 @@ def slos_from_config(entries: Iterable) -> list[SLO]:
         except (TypeError, ValueError) as e:  # a missing or unknown key, a value of the wrong type or range
             raise SLOError(f"slo.slos[{i}]: {e}") from None
     return slos
+
+
+def default_slos() -> list[SLO]:
+    """The `relaxed` set (conf/slo/relaxed.yaml): what a run is judged against when no slo group is set."""
+    return [SLO("tbt_s", 99.0, 0.5), SLO("ttft_s", 90.0, 2.0), SLO("queueing_delay_s", 99.0, 5.0)]
+
+
+@dataclass
+class SLOConfig:
+    """The `slo` config group: latency objectives a run is judged against, each saying the `percentile` of
+    `metric` must be at most `max_s` (metrics: SLO_METRICS).
+
+    `slos` holds SLO objects. Entries given as mappings (as conf/slo/*.yaml and Hydra overrides write them)
+    are parsed here, when the group is built, so a resolved configuration carries typed objectives and
+    no run parses them again; SLOError names slo.slos[i] for a wrong entry.
+    """
+
+    name: str = "relaxed"
+    slos: list[SLO] = field(default_factory=default_slos)
+
+    def __post_init__(self) -> None:
+        self.slos = slos_from_config(self.slos)
 
 
 def slo_table(slos: Sequence[SLO]) -> list[dict]:
@@ -158,20 +181,13 @@ def evaluate_slos(slo: SLOConfig, request_table: RequestTable,
     """Each objective's measured percentile and whether it holds, over all non-rejected requests.
 
     `request_table` is metrics.request_latencies' columns or a request_table DataFrame."""
-    objectives = slo_objectives(slo)
-    measured = trial_metrics(request_table, tbt_gaps_s, objectives)
+    measured = trial_metrics(request_table, tbt_gaps_s, slo.slos)
     results = []
-    for objective in objectives:
+    for objective in slo.slos:
         value = measured.get(f"{objective.metric}_p{objective.percentile:g}", float("nan"))
         results.append({"name": objective.name, "measured_s": _json_float(value),
                         "met": bool(value <= objective.max_s)})
     return {"name": slo.name, "all_met": all(r["met"] for r in results), "objectives": results}
-
-
-def slo_objectives(slo: SLOConfig) -> list:
-    """The `slo` group's objectives as SLOs; SLOError (a ConfigError) naming slo.slos[i] for an unknown
-    metric, a percentile outside (0, 100] or a max_s that is not positive."""
-    return slos_from_config(slo.slos)
 
 
 def _json_float(x: float) -> float | None:

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from simulator.config import SLOConfig
 from simulator.experiments.capacity import (
     SearchError,
     native_rate_qps,
@@ -15,6 +14,7 @@ from simulator.experiments.capacity import (
     write_capacity_outputs,
 )
 from simulator.run import SimulationConfig, run_simulation
+from simulator.slo import SLOConfig
 from simulator.workload import load_workload
 
 SLOS = [{"metric": "tbt_s", "percentile": 99, "max_s": 0.05}, {"metric": "ttft_s", "percentile": 90, "max_s": 0.5},

@@ -30,7 +30,13 @@ from simkit import linear, random_workload
 from policies import POLICIES
 from simulator.config import ConfigError, load_model_config
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
-from simulator.disagg.config import PoolConfig, parse_disagg, resolve_link, transfer_bytes_per_token
+from simulator.disagg.config import (
+    LinkConfig,
+    PoolConfig,
+    parse_disagg,
+    resolve_link,
+    transfer_bytes_per_token,
+)
 from simulator.disagg.link import FairShareLink
 from simulator.disagg.metrics import handoff_columns
 from simulator.request import RequestState
@@ -226,11 +232,11 @@ def test_transfer_bytes_follow_the_decode_pool_sharding():
 
 
 def test_link_presets_and_overrides():
-    link = resolve_link(parse_disagg({"prefill": {}, "decode": {}, "link": {"preset": "infiniband"}}).link)
+    link = parse_disagg({"prefill": {}, "decode": {}, "link": {"preset": "infiniband"}}).link
     assert link.bandwidth_bytes_per_s == 45e9 and link.latency_s == 3e-5
-    link = resolve_link(parse_disagg({"prefill": {}, "decode": {},
-                                      "link": {"preset": "ethernet", "latency_s": 0.5}}).link)
+    link = parse_disagg({"prefill": {}, "decode": {}, "link": {"preset": "ethernet", "latency_s": 0.5}}).link
     assert link.bandwidth_bytes_per_s == 10e9 and link.latency_s == 0.5
+    assert resolve_link(LinkConfig(preset=None, bandwidth_gbytes_per_s=2.0, latency_s=0.0)).name == "custom"
 
 
 @pytest.mark.parametrize("section, message", [
@@ -238,10 +244,13 @@ def test_link_presets_and_overrides():
     ({"prefill": {"tpp": 2}, "decode": {}}, "cluster.disagg.prefill: unknown field"),
     ({"prefill": {}, "decode": {}, "link": {"preset": None}}, "cluster.disagg.link.bandwidth_gbytes_per_s"),
     ({"prefill": {}, "decode": {}, "link": {"preset": "carrier_pigeon"}}, "unknown link 'carrier_pigeon'"),
+    ({"prefill": {"policy": {"chunk_size": 512}}, "decode": {}}, r"cluster\.disagg\.prefill\.policy\.name is missing"),
+    ({"prefill": {}, "decode": {"policy": {"name": "vllm", "chunk": 1}}}, r"cluster\.disagg\.decode\.policy: unknown"),
+    ({"prefill": {"hardware": "h999"}, "decode": {}}, r"cluster\.disagg\.prefill\.hardware: unknown hardware 'h999'"),
 ])
 def test_config_errors_name_the_field(section, message):
     with pytest.raises(ConfigError, match=message):
-        resolve_link(parse_disagg(section).link)
+        parse_disagg(section)
 
 
 def test_run_simulation_dispatches_on_cluster_disagg():

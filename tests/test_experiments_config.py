@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from simulator import config
+import simulator.run  # loaded before the counts patch its parses (it loads simulator.disagg.config)
+from simulator import config, slo
 from simulator.experiments import capacity
 from simulator.experiments.capacity import compose_capacity_config, run_capacity_search
 from simulator.experiments.sweep import CapacityPointRunner, check_points, parse_space, run_sweep
@@ -20,24 +21,34 @@ TINY = ["model=llama-2-7b", "hardware=h100", "predictor=linear", "workload=synth
 
 @pytest.fixture
 def parses(monkeypatch):
-    """Calls of simulator.config.from_dict (every typed config built from a mapping) by dataclass name,
-    wherever a module imported the function."""
+    """Parses by (dataclass name, where it is read from): calls of simulator.config.from_dict (every typed
+    config built from a mapping; the source names the file or field, e.g. cluster.disagg.decode.policy),
+    and lists of SLO mappings parsed into SLOs (simulator.slo.slos_from_config given any entry that is not
+    an SLO yet), wherever a module imported either function."""
     counts = collections.Counter()
-    original = config.from_dict
+    original, original_slos = config.from_dict, slo.slos_from_config
 
     def counting(cls, values, source):
-        counts[cls.__name__] += 1
+        counts[cls.__name__, source] += 1
         return original(cls, values, source)
 
+    def counting_slos(entries):
+        entries = list(entries)
+        if any(not isinstance(entry, slo.SLO) for entry in entries):
+            counts["SLO", "slo.slos"] += 1
+        return original_slos(entries)
+
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in ("simulator", "policies") and getattr(module, "from_dict", None) is original:
-            monkeypatch.setattr(module, "from_dict", counting)
+        if name.split(".")[0] in ("simulator", "policies"):
+            for attribute, replacement in (("from_dict", counting), ("slos_from_config", counting_slos)):
+                if getattr(module, attribute, None) is {"from_dict": original}.get(attribute, original_slos):
+                    monkeypatch.setattr(module, attribute, replacement)
     return counts
 
 
-def compose_and_search(parses, max_trials: int) -> tuple[int, collections.Counter]:
+def compose_and_search(parses, max_trials: int, *overrides: str) -> tuple[int, collections.Counter]:
     parses.clear()
-    simulation, search = compose_capacity_config([*TINY, f"search.max_trials={max_trials}"])
+    simulation, search = compose_capacity_config([*TINY, *overrides, f"search.max_trials={max_trials}"])
     record = run_capacity_search(simulation, search, progress=False)
     return len(record["trials"]), collections.Counter(parses)
 
@@ -47,16 +58,52 @@ def test_a_capacity_search_parses_its_configuration_once_whatever_its_trials(par
     two, parsed_for_two = compose_and_search(parses, 2)
     four, parsed_for_four = compose_and_search(parses, 4)
     assert (two, four) == (2, 4)
-    # Composition builds each config group once (cluster, policy, workload, slo, linear predictor, and
-    # model, hardware, engine from their files); the trials add nothing.
+    # Composition builds each config group once (cluster, policy, workload, slo and its objectives, linear
+    # predictor, and model, hardware, engine from their files); the trials add nothing.
     assert parsed_for_two == parsed_for_four
-    assert 0 < sum(parsed_for_two.values()) <= 8
+    assert len(parsed_for_two) == 9
     assert all(count == 1 for count in parsed_for_two.values())
+    assert parsed_for_two["SLO", "slo.slos"] == 1
+
+
+def test_a_disaggregated_capacity_search_parses_its_pools_once_whatever_its_trials(parses):
+    compose_capacity_config(TINY)
+    two, parsed_for_two = compose_and_search(parses, 2, "cluster=disagg_1p1d", "cluster.disagg.decode.hardware=h200")
+    four, parsed_for_four = compose_and_search(parses, 4, "cluster=disagg_1p1d", "cluster.disagg.decode.hardware=h200")
+    assert (two, four) == (2, 4)
+    # The pools, their policies and GPU, the link: read once, when the configuration is resolved.
+    assert parsed_for_two == parsed_for_four
+    assert all(count == 1 for count in parsed_for_two.values())
+    pool_parts = {("PoolConfig", "cluster.disagg.prefill"), ("PoolConfig", "cluster.disagg.decode"),
+                  ("PolicyConfig", "cluster.disagg.prefill.policy"), ("PolicyConfig", "cluster.disagg.decode.policy"),
+                  ("LinkConfig", "cluster.disagg.link"), ("DisaggConfig", "cluster.disagg")}
+    assert pool_parts <= set(parsed_for_two)
+    assert sum(kind == "HardwareConfig" for kind, _ in parsed_for_two) == 2  # h100 (top level) and h200
+
+
+def test_a_disaggregated_search_runs_its_trials_on_the_resolved_pools(monkeypatch):
+    from simulator.disagg.config import DisaggConfig
+
+    simulation, search = compose_capacity_config([*TINY, "cluster=disagg_1p1d", "search.max_trials=3",
+                                                  "cluster.disagg.decode.num_replicas=2"])
+    assert isinstance(simulation.cluster.disagg, DisaggConfig)
+    seen = []
+    original = simulator.run.run_simulation
+
+    def recording(cfg, *args, **kwargs):
+        result = original(cfg, *args, **kwargs)
+        seen.append((cfg, result.summary["setup"]))
+        return result
+
+    monkeypatch.setattr(simulator.run, "run_simulation", recording)
+    record = run_capacity_search(simulation, search, progress=False)
+    assert len(seen) == len(record["trials"]) == 3
+    for cfg, setup in seen:  # each trial replaced the workload only, and ran both pools as resolved
+        assert cfg.cluster.disagg is simulation.cluster.disagg
+        assert setup["policy"] == "disagg(vllm/sarathi)" and setup["disagg"]["decode"]["num_replicas"] == 2
 
 
 def test_the_trials_derive_from_the_resolved_configuration(monkeypatch):
-    import simulator.run
-
     simulation, search = compose_capacity_config([*TINY, "search.max_trials=3"])
     seen = []
     original = simulator.run.run_simulation

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from simulator import metrics, slo
-from simulator.config import SLOConfig
 from simulator.run import SimulationConfig, run_simulation
+from simulator.slo import SLOConfig
 
 WORKLOAD = {"trace": None, "arrival": "poisson", "rate_qps": 40.0, "lengths": "uniform",
             "min_tokens": 64, "max_tokens": 1024, "num_requests": 120}

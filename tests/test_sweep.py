@@ -355,7 +355,7 @@ def test_point_fingerprint_follows_config_trace_own_policy_and_code_only(tmp_pat
     assert fingerprint() == first
 
     # The SLO file's TBT bound tightened 0.1 -> 0.03 s: another configuration, another fingerprint.
-    slos = [dict(entry, max_s=0.03) if entry["metric"] == "tbt_s" else entry for entry in simulation.slo.slos]
+    slos = [dataclasses.replace(s, max_s=0.03) if s.metric == "tbt_s" else s for s in simulation.slo.slos]
     tighter = dataclasses.replace(simulation, slo=dataclasses.replace(simulation.slo, slos=slos))
     assert fingerprint(tighter) != first
     # Another policy's module edited, or a new policy file added: this point is unaffected.

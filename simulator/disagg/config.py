@@ -13,12 +13,16 @@ conf/cluster/disagg_1p1d.yaml, looks like
 
 and the top-level cluster.num_replicas / tp / pp are not used (each pool has its own). `hardware: null`
 takes the top-level `hardware`. Link presets are conf/link/<preset>.yaml; a field set here overrides it.
-The section is a plain mapping in ClusterConfig (so Hydra overrides like
-`cluster.disagg.decode.num_replicas=2` work); `parse_disagg` turns it into the typed dataclasses below and
-every error names the field.
+Hydra takes the section as the plain mapping YAML writes (so overrides like
+`cluster.disagg.decode.num_replicas=2` work); `resolve_disagg` turns it, once, where the SimulationConfig is
+resolved (simulator/run.py), into the typed DisaggConfig below (each pool's GPU and policy config loaded,
+the link's preset applied) and validates it against the model; every error names the field. A run and
+the experiments above it use that object as it is.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from simulator.config import (
@@ -42,9 +46,9 @@ class PoolConfig:
     num_replicas: int = 1
     tp: int = 1
     pp: int = 1
-    hardware: str | None = None  # conf/hardware/<name>.yaml; None = the top-level hardware
+    hardware: HardwareConfig | None = None  # written as a conf/hardware name; None = the top-level hardware
     router: str = "least_outstanding_requests"
-    policy: dict = field(default_factory=lambda: {"name": "vllm"})  # PolicyConfig fields
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(name="vllm"))
 
     @property
     def gpus_per_replica(self) -> int:
@@ -57,7 +61,8 @@ class PoolConfig:
 
 @dataclass
 class LinkConfig:
-    """The KV-transfer link out of each prefill replica: bandwidth per GPU port and a fixed latency.
+    """The KV-transfer link out of each prefill replica, as the section writes it: bandwidth per GPU port
+    and a fixed latency, from a preset or set here (resolve_link turns it into a ResolvedLink).
 
     A replica-to-replica transfer runs over min(prefill GPUs, decode GPUs) ports in parallel (each GPU
     sends its own shard), so the replica's link carries that many times `bandwidth_gbytes_per_s`.
@@ -71,21 +76,6 @@ class LinkConfig:
     layer_streaming: bool = False
 
 
-@dataclass
-class DisaggConfig:
-    prefill: PoolConfig
-    decode: PoolConfig
-    link: LinkConfig
-    # False (DistServe): the first token leaves the prefill replica at the prefill's end, so TTFT ends
-    # there and the transfer shows up in the first inter-token gap (TBT/TPOT). True: the first token
-    # reaches the user only once the KV is on the decode replica (TTFT includes the transfer).
-    ttft_includes_transfer: bool = False
-
-    @property
-    def num_gpus(self) -> int:
-        return self.prefill.num_gpus + self.decode.num_gpus
-
-
 @dataclass(frozen=True)
 class ResolvedLink:
     """A link's numbers after the preset is applied."""
@@ -96,16 +86,70 @@ class ResolvedLink:
     layer_streaming: bool
 
 
-def parse_disagg(values: dict) -> DisaggConfig:
-    """DisaggConfig from the `cluster.disagg` mapping; ConfigError naming the field if anything is off."""
+@dataclass
+class DisaggConfig:
+    """A disaggregated cluster, resolved: its two pools and the link between them (its preset applied)."""
+
+    prefill: PoolConfig
+    decode: PoolConfig
+    link: ResolvedLink
+    # False (DistServe): the first token leaves the prefill replica at the prefill's end, so TTFT ends
+    # there and the transfer shows up in the first inter-token gap (TBT/TPOT). True: the first token
+    # reaches the user only once the KV is on the decode replica (TTFT includes the transfer).
+    ttft_includes_transfer: bool = False
+
+    @property
+    def num_gpus(self) -> int:
+        return self.prefill.num_gpus + self.decode.num_gpus
+
+
+def resolve_disagg(values: Mapping | None, model: ModelConfig, hardware: HardwareConfig) -> DisaggConfig | None:
+    """The `cluster.disagg` section as YAML writes it -> its DisaggConfig, parsed and validated against
+    `model`; None for an empty section (a colocated cluster). `hardware` is the top-level GPU, which a pool
+    without its own runs on."""
+    if not values:
+        return None
+    disagg = parse_disagg(values, hardware)
+    validate_disagg(disagg, model)
+    return disagg
+
+
+def parse_disagg(values: Mapping, hardware: HardwareConfig | None = None) -> DisaggConfig:
+    """DisaggConfig from the `cluster.disagg` mapping; ConfigError naming the field if anything is off.
+    `hardware`: the top-level GPU (a pool naming it shares its config instead of reading the file again)."""
     values = dict(values)
     for required in ("prefill", "decode"):
-        if not isinstance(values.get(required), dict):
+        if not isinstance(values.get(required), Mapping):
             raise ConfigError(f"{SECTION}.{required} is missing: a disaggregated cluster needs both pools")
-    pools = {name: from_dict(PoolConfig, dict(values.pop(name)), f"{SECTION}.{name}")
-             for name in ("prefill", "decode")}
-    link = from_dict(LinkConfig, dict(values.pop("link", None) or {}), f"{SECTION}.link")
+    pools = {name: parse_pool(values.pop(name), f"{SECTION}.{name}", hardware) for name in ("prefill", "decode")}
+    link = resolve_link(from_dict(LinkConfig, dict(values.pop("link", None) or {}), f"{SECTION}.link"))
     return from_dict(DisaggConfig, {**values, **pools, "link": link}, SECTION)
+
+
+def parse_pool(values: Mapping, where: str, hardware: HardwareConfig | None) -> PoolConfig:
+    """One pool's PoolConfig from its mapping (`where` names it in errors): its GPU read from conf/hardware
+    (see _pool_gpu) and its policy built from its PolicyConfig fields."""
+    values = dict(values)
+    policy = values.pop("policy", {"name": "vllm"})
+    gpu = values.pop("hardware", None)
+    pool = from_dict(PoolConfig, values, where)
+    if not isinstance(policy, Mapping) or "name" not in policy:
+        raise ConfigError(f"{where}.policy.name is missing")
+    return dataclasses.replace(pool, hardware=_pool_gpu(gpu, hardware, where),
+                               policy=from_dict(PolicyConfig, dict(policy), f"{where}.policy"))
+
+
+def _pool_gpu(name: str | None, hardware: HardwareConfig | None, where: str) -> HardwareConfig | None:
+    """The GPU a pool names: None when it names none (the top-level one applies, whatever it is), the
+    top-level `hardware` itself when it names that one, else conf/hardware/<name>.yaml."""
+    if name in (None, ""):
+        return None
+    if hardware is not None and name == hardware.name:
+        return hardware
+    try:
+        return load_hardware_config(name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.hardware: {e}") from None
 
 
 def validate_disagg(config: DisaggConfig, model: ModelConfig) -> None:
@@ -124,9 +168,7 @@ def validate_disagg(config: DisaggConfig, model: ModelConfig) -> None:
                               f"num_layers={model.num_layers}")
         if pool.router not in ROUTERS:
             raise ConfigError(f"{where}.router='{pool.router}' is not one of {', '.join(ROUTERS)}")
-        if "name" not in pool.policy:
-            raise ConfigError(f"{where}.policy.name is missing")
-    _check_decode_policy(config.decode.policy["name"])
+    _check_decode_policy(config.decode.policy.name)
 
 
 def _check_decode_policy(name: str) -> None:
@@ -146,13 +188,9 @@ def _check_decode_policy(name: str) -> None:
         f"({name} runs as the prefill pool)")
 
 
-def pool_policy(pool: PoolConfig, where: str) -> PolicyConfig:
-    """The pool's PolicyConfig (fields as in conf/policy/*.yaml)."""
-    return from_dict(PolicyConfig, dict(pool.policy), f"{SECTION}.{where}.policy")
-
-
 def pool_hardware(pool: PoolConfig, default: HardwareConfig) -> HardwareConfig:
-    return default if pool.hardware in (None, "", default.name) else load_hardware_config(pool.hardware)
+    """The GPU the pool runs on: its own, else `default` (the top-level hardware)."""
+    return default if pool.hardware is None else pool.hardware
 
 
 def resolve_link(link: LinkConfig) -> ResolvedLink:

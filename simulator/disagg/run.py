@@ -15,24 +15,20 @@ from simulator.announce import warnings_as_notes
 from simulator.cluster import PolicyFactory
 from simulator.config import ConfigError
 from simulator.disagg.cluster import LinkParts, PoolParts, simulate_disaggregated
-from simulator.disagg.config import (
-    DisaggConfig,
-    parse_disagg,
-    pool_hardware,
-    pool_policy,
-    resolve_link,
-    transfer_bytes_per_token,
-    validate_disagg,
-)
+from simulator.disagg.config import DisaggConfig, pool_hardware, transfer_bytes_per_token
 
 if TYPE_CHECKING:
     from simulator.run import SimulationConfig
 
 
 def disagg_config(cfg) -> DisaggConfig:
-    """The parsed and validated `cluster.disagg` of a SimulationConfig."""
-    disagg = parse_disagg(cfg.cluster.disagg)
-    validate_disagg(disagg, cfg.model)
+    """The `cluster.disagg` of a SimulationConfig: resolved (parsed and validated) with the configuration
+    (simulator/run.py: cluster_from_dict), so it is only read here; ConfigError for a section left as a
+    plain mapping, which nothing resolved."""
+    disagg = cfg.cluster.disagg
+    if not isinstance(disagg, DisaggConfig):
+        raise ConfigError(f"cluster.disagg: expected resolved pools (a DisaggConfig), got {type(disagg).__name__}; "
+                          f"SimulationConfig.from_dict resolves the mapping")
     return disagg
 
 
@@ -40,10 +36,9 @@ def pool_simulation_config(cfg, disagg: DisaggConfig, name: str):
     """A colocated SimulationConfig for one pool (its hardware, tp, pp, policy): what builds its parts."""
     pool = getattr(disagg, name)
     cluster = dataclasses.replace(cfg.cluster, num_replicas=pool.num_replicas, tp=pool.tp, pp=pool.pp,
-                                  router=pool.router, disagg={})
+                                  router=pool.router, disagg=None)
     simulation: SimulationConfig = dataclasses.replace(
-        cfg, hardware=pool_hardware(pool, cfg.hardware), cluster=cluster,
-        policy=pool_policy(pool, name))
+        cfg, hardware=pool_hardware(pool, cfg.hardware), cluster=cluster, policy=pool.policy)
     return simulation
 
 
@@ -83,12 +78,12 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
 
     started = time.perf_counter() if started is None else started
     disagg = disagg_config(cfg)
-    # Whatever the config can get wrong in either pool, the link or the workload is found before the
-    # first pool's predictor is fitted (up to a minute on a cold cache).
+    # Whatever the config can get wrong in either pool's parts or the workload is found before the first
+    # pool's predictor is fitted (up to a minute on a cold cache); the section itself was checked when the
+    # configuration was resolved.
     policies_and_blocks = {name: pool_policy_and_blocks(cfg, disagg, name) for name in ("prefill", "decode")}
-    link_cfg = resolve_link(disagg.link)
-    link = LinkParts(link_cfg.bandwidth_bytes_per_s, link_cfg.latency_s,
-                     cfg.model.num_layers if link_cfg.layer_streaming else 0)
+    link = LinkParts(disagg.link.bandwidth_bytes_per_s, disagg.link.latency_s,
+                     cfg.model.num_layers if disagg.link.layer_streaming else 0)
     workload = load_workload(cfg.workload, cfg.seed)
     notes: list[str] = []  # what building the predictors warned about, for the header
     build_started = time.perf_counter()
@@ -106,19 +101,19 @@ def run_disaggregated(cfg, out_dir: str | Path | None = None, progress: bool = F
     columns = handoff_columns(out.handoff)
     out.records.extra_columns.update(columns)
     wall_s = time.perf_counter() - started
-    setup = _setup(cfg, disagg, link_cfg, workload.name, out, prefill) | {"notes": notes}
+    setup = _setup(cfg, disagg, workload.name, out, prefill) | {"notes": notes}
     return build_result(cfg, out, setup, wall_s, out_dir, {"disaggregation": disaggregation_summary(out, columns),
                                                            "predictor_build_s": round(predictor_build_s, 3)})
 
 
-def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: PoolParts) -> dict:
+def _setup(cfg, disagg: DisaggConfig, workload_name: str, out, prefill: PoolParts) -> dict:
     """The summary's `setup`: the colocated keys (pool pairs written prefill/decode) plus `disagg`."""
     from simulator.parts import predictor_description
     from simulator.workload import describe_source, trace_file_name
 
     pools = {name: getattr(disagg, name) for name in ("prefill", "decode")}
     hardware = {name: pool_hardware(pool, cfg.hardware).name for name, pool in pools.items()}
-    policies = {name: pool_policy(pool, name) for name, pool in pools.items()}
+    policies = {name: pool.policy for name, pool in pools.items()}
 
     def pair(values: dict) -> str:
         return f"{values['prefill']}/{values['decode']}"
@@ -142,8 +137,8 @@ def _setup(cfg, disagg: DisaggConfig, link, workload_name: str, out, prefill: Po
                       "router": p.router, "policy": policies[name].name,
                       "policy_params": policies[name].policy_kwargs(),
                       "kv_blocks_per_engine": out.kv_blocks_per_engine[name]} for name, p in pools.items()},
-            "link": {"name": link.name, "bandwidth_gbytes_per_s": link.bandwidth_bytes_per_s / 1e9,
-                     "latency_s": link.latency_s, "layer_streaming": link.layer_streaming},
+            "link": {"name": disagg.link.name, "bandwidth_gbytes_per_s": disagg.link.bandwidth_bytes_per_s / 1e9,
+                     "latency_s": disagg.link.latency_s, "layer_streaming": disagg.link.layer_streaming},
             "ttft_includes_transfer": disagg.ttft_includes_transfer,
             "kv_transfer_bytes_per_token": transfer_bytes_per_token(cfg.model, disagg.decode),
         },

@@ -63,9 +63,8 @@ def base_config(model: str, hardware: str, trace: str, policy: dict, slo: str = 
 def capacity_qps(cfg, num_requests: int = 2048) -> dict:
     """The simulated SLO capacity of cfg (its `slo` group) with the default search settings."""
     from simulator.experiments.capacity import SearchConfig, run_capacity_search
-    from simulator.slo import slos_from_config
 
-    search = SearchConfig(slos=slos_from_config(cfg.slo.slos), num_requests=num_requests)
+    search = SearchConfig(slos=cfg.slo.slos, num_requests=num_requests)
     record = run_capacity_search(cfg, search, progress=False)
     return {"capacity_qps": record["capacity_qps"], "status": record["status"],
             "search": {"num_requests": num_requests, "tolerance": search.tolerance,

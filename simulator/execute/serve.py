@@ -28,6 +28,8 @@ def config_dict(cfg) -> dict:
 def check_executable(cfg) -> None:
     """Raise ConfigError unless the config is one replica without tensor or pipeline parallelism."""
     c = cfg.cluster
+    if c.disagg is not None:
+        raise ConfigError("real execution runs one colocated replica; cluster.disagg sets prefill and decode pools")
     if (c.num_replicas, c.tp, c.pp) != (1, 1, 1):
         raise ConfigError(f"real execution runs one replica on one GPU; got cluster.num_replicas="
                           f"{c.num_replicas}, cluster.tp={c.tp}, cluster.pp={c.pp}")

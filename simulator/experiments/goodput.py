@@ -60,9 +60,7 @@ def slo_attainment(requests: pd.DataFrame, ttft_max_s: float, tpot_max_s: float)
 def num_gpus(cfg) -> int:
     """GPUs of a SimulationConfig's cluster, colocated or disaggregated."""
     if cfg.cluster.disagg:
-        from simulator.disagg.run import disagg_config
-
-        return disagg_config(cfg).num_gpus
+        return cfg.cluster.disagg.num_gpus
     return cfg.cluster.num_replicas * cfg.cluster.tp * cfg.cluster.pp
 
 

@@ -24,8 +24,8 @@ TARGET_P95_PCT = 10.0
 
 # Files whose code determines a cached fit (the calibration is computed through the predictor); their
 # bytes are part of the cache key.
-_CODE_FILES = ("features.py", "model.py", "fit.py", "fitted.py", "tables.py", "predictor.py",
-               "attention_time.py", "decode_attention.py", "transfer.py")
+_CODE_FILES = ("features.py", "model.py", "fit.py", "fitted.py", "tables.py", "token_tables.py", "pricing.py",
+               "build.py", "attention_time.py", "decode_attention.py", "transfer.py")
 
 
 def code_version() -> str:

@@ -4,7 +4,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from simulator.runtime import predictor as predictor_module
+from simulator.runtime import build as build_module  # where the predictor is built and calibrated
 from simulator.runtime.fitted import FittedRuntime
 
 MEASURED = {  # (model, tp) -> (scale, ms per layer) as if fitted from its own measured iterations
@@ -41,20 +41,20 @@ def measured_gpu(monkeypatch, tmp_path):
         return dataclasses.replace(bare_fit(model.name, tp), calibration_scale=scale, calibration_layer_ms=per_layer,
                                    calibration_source="measured")
 
-    monkeypatch.setattr(predictor_module, "validation_csvs", lambda hardware: sorted(paths))
-    monkeypatch.setattr(predictor_module, "read_iterations", pd.read_csv)
-    monkeypatch.setattr(predictor_module, "fitted_runtime", fitted_runtime)
-    monkeypatch.setattr(predictor_module, "profile_files", lambda model, hardware, profiles_dir: None)
+    monkeypatch.setattr(build_module, "validation_csvs", lambda hardware: sorted(paths))
+    monkeypatch.setattr(build_module, "read_iterations", pd.read_csv)
+    monkeypatch.setattr(build_module, "fitted_runtime", fitted_runtime)
+    monkeypatch.setattr(build_module, "profile_files", lambda model, hardware, profiles_dir: None)
     return asked
 
 
 class Files:
-    profile_dir = predictor_module.PROFILES_DIR / "h100" / "any-model"
+    profile_dir = build_module.PROFILES_DIR / "h100" / "any-model"
 
 
 def borrow(model_name: str, tp: int) -> FittedRuntime:
     fitted = bare_fit(model_name, tp)
-    predictor_module.borrow_calibration(fitted, hardware=None, files=Files())
+    build_module.borrow_calibration(fitted, hardware=None, files=Files())
     return fitted
 
 
@@ -75,7 +75,7 @@ def test_a_measured_model_at_another_tp_borrows_its_own_nearest_tp(measured_gpu)
 
 
 def test_nothing_measured_leaves_the_fit_uncalibrated(monkeypatch):
-    monkeypatch.setattr(predictor_module, "validation_csvs", lambda hardware: [])
+    monkeypatch.setattr(build_module, "validation_csvs", lambda hardware: [])
     fitted = borrow("yi-34b", 2)
     assert (fitted.calibration_scale, fitted.calibration_layer_ms, fitted.calibration_source) == (1.0, 0.0, "")
 

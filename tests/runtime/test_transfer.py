@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from synthetic import TEST_GPU, TINY_MODEL
 
-import simulator.runtime.predictor as predictor_module
+import simulator.runtime.build as build_module  # where the predictor is built (profile_source)
 from simulator.config import ConfigError, load_hardware_config, load_model_config
 from simulator.runtime.predictor import build_predictor, predict_batch
 from simulator.runtime.transfer import (
@@ -124,7 +124,7 @@ def test_a_transferred_predictor_says_where_its_times_come_from(profiles_dir, ca
     target = dataclasses.replace(source, name="slowgpu", profile="slowgpu", comm_profile="slowgpu",
                                  bf16_dense_tflops=source.bf16_dense_tflops / 2,
                                  memory_bandwidth_tbps=source.memory_bandwidth_tbps / 2, transfer_from="testgpu")
-    monkeypatch.setattr(predictor_module, "load_hardware_config", lambda name: {"testgpu": source}[name])
+    monkeypatch.setattr(build_module, "load_hardware_config", lambda name: {"testgpu": source}[name])
     measured = build_predictor(TINY_MODEL, source, 1, 1, 0.0, engine="servesim_execute", profiles_dir=profiles_dir,
                                cache_directory=cache_dir)
     transferred = build_predictor(TINY_MODEL, target, 1, 1, 0.0, engine="servesim_execute",
@@ -144,8 +144,8 @@ def test_a_transferred_predictor_says_where_its_times_come_from(profiles_dir, ca
                            cache_directory=cache_dir).breakdown(np.array([8192]), np.array([0]))
            for gpu in (source, slow_link)]
     assert 1.5 < tp2[1].breakdown_ms["communication"] / tp2[0].breakdown_ms["communication"] <= 2.0
-    assert predictor_module.profile_source(TINY_MODEL, target, profiles_dir) == "testgpu"
-    assert predictor_module.profile_source(TINY_MODEL, source, profiles_dir) == "testgpu"
+    assert build_module.profile_source(TINY_MODEL, target, profiles_dir) == "testgpu"
+    assert build_module.profile_source(TINY_MODEL, source, profiles_dir) == "testgpu"
 
 
 def test_a_run_on_a100_says_its_times_are_transferred_from_h100(capsys):

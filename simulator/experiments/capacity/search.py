@@ -60,7 +60,7 @@ class SearchConfig:
     write_capacity_run: bool = True  # also write the result files of the trial at capacity (for plots)
 
     def __post_init__(self) -> None:
-        self.slos = [s if isinstance(s, SLO) else SLO(**dict(s)) for s in self.slos]
+        self.slos = slos_from_config(self.slos)
         self.validate()
 
     def validate(self) -> None:
@@ -210,4 +210,4 @@ def search_config_from(values: dict | None, slos: Sequence) -> SearchConfig:
     unknown = set(values) - known
     if unknown:
         raise SearchError(f"unknown search field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
-    return SearchConfig(**values, slos=slos_from_config(slos))
+    return SearchConfig(**values, slos=slos)
