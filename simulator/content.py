@@ -125,15 +125,25 @@ class TokenContent:
     def hashes(self, request_id: int, block_size: int, num_tokens: int) -> np.ndarray:
         """block_hashes of request `request_id`'s first `num_tokens` tokens (hash j depends on blocks 0..j
         alone, so they are the leading part of the hashes of all its keys)."""
+        every = self._all_hashes(request_id, block_size)[0]
+        return every[: min(num_tokens, len(self.keys[request_id]) * self.unit_tokens) // block_size]
+
+    def hash_list(self, request_id: int, block_size: int) -> list[int]:
+        """The hashes of every block the request's keys cover, as Python ints (what the caches' dictionaries
+        are keyed by); its first n are `hashes` of n x block_size tokens. Shared: never change it."""
+        return self._all_hashes(request_id, block_size)[1]
+
+    def _all_hashes(self, request_id: int, block_size: int) -> tuple[np.ndarray, list[int]]:
         memo_key = (request_id, block_size)
-        every = self._memo.get(memo_key)
-        if every is None:
+        found = self._memo.get(memo_key)
+        if found is None:
             keys = self.keys[request_id]
             every = block_hashes(keys, self.unit_tokens, block_size, len(keys) * self.unit_tokens)
+            found = (every, every.tolist())
             if len(self._memo) >= MEMO_REQUESTS:
                 del self._memo[next(iter(self._memo))]  # the request asked about first
-            self._memo[memo_key] = every
-        return every[: min(num_tokens, len(self.keys[request_id]) * self.unit_tokens) // block_size]
+            self._memo[memo_key] = found
+        return found
 
     def subset(self, rows: np.ndarray) -> TokenContent:
         """The content of the requests at `rows` (an index array), in that order."""

@@ -23,11 +23,19 @@ handed out), so the policies' admission checks and the replica's runs of decodes
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
+from operator import sub
 
 import numpy as np
 
 from simulator.kv_cache import KVCache
 from simulator.request import RequestState, int_list
+
+
+def _run_in_c(calls) -> None:
+    """Exhaust an iterator of calls (map(list.__setitem__, ...), map(dict.__delitem__, ...)) without a
+    Python-level loop: a zero-length deque consumes it in C, several times faster per element."""
+    deque(calls, maxlen=0)
 
 
 class PrefixCachingKV(KVCache):
@@ -65,37 +73,32 @@ class PrefixCachingKV(KVCache):
     # --- the free list: vLLM's free queue (a subclass may order it otherwise) ------------------------
 
     def _start_free_list(self, num_blocks: int) -> None:
-        # A FIFO from which a hit may take a block out of the middle. Kept as a deque of entries
-        # (stamp x num_blocks + block) and each block's live entry: taking a block out only forgets its
-        # entry, which is dropped when it reaches the head. A block freed again gets a new stamp, so an old
-        # entry of it is never mistaken for the new one. (An OrderedDict does the same at a few times the
-        # cost per block, which is most of what a long-prompt trace costs the simulator.)
-        self._free_queue: deque[int] = deque(range(num_blocks))
-        self._queued = list(range(num_blocks))  # block -> its live entry; -1 when not in the free queue
+        # A FIFO from which a hit may take a block out of the middle. Kept as two lists from a head index,
+        # the queued blocks and the stamp each was queued with, and each block's live stamp: taking a block
+        # out only forgets its stamp, and its entry is skipped when it reaches the head. A block freed
+        # again gets a new stamp, so an old entry of it is never mistaken for the new one.
+        # A long-prompt trace moves millions of blocks through here, so the per-block work runs in C
+        # (slices, map, list comparison) rather than in Python loops: see _run_in_c.
+        self._queue_blocks: list[int] = list(range(num_blocks))
+        self._queue_stamps: list[int] = [0] * num_blocks
+        self._queue_head = 0
+        self._queued = [0] * num_blocks  # block -> stamp of its live entry (-1, or a used-up one: none)
         self._stamp = 1
 
     def _pop_free(self) -> int:
         """The free block to hand out next (the least recently freed)."""
-        popleft, queued, n = self._free_queue.popleft, self._queued, self.num_blocks
-        while True:
-            entry = popleft()
-            block = entry % n
-            if queued[block] == entry:
-                queued[block] = -1
-                return block
+        return self._take_from_queue(1)[0]
 
     def _push_free(self, block: int) -> None:
         self._push_free_all([block])
 
     def _push_free_all(self, blocks: list[int]) -> None:
         """_push_free of each block, in order (each block once)."""
-        base = self._stamp * self.num_blocks
+        stamp = self._stamp
         self._stamp += 1
-        queued = self._queued
-        entries = [base + b for b in blocks]
-        for block, entry in zip(blocks, entries):
-            queued[block] = entry
-        self._free_queue.extend(entries)
+        self._queue_blocks += blocks
+        self._queue_stamps += repeat(stamp, len(blocks))
+        _run_in_c(map(self._queued.__setitem__, blocks, repeat(stamp)))
 
     def _unfree(self, block: int) -> None:
         """A free cached block is taken by a request hitting it."""
@@ -106,47 +109,66 @@ class PrefixCachingKV(KVCache):
 
     def free_queue_order(self) -> list[int]:
         """The free blocks in the order they would be handed out."""
-        n, queued = self.num_blocks, self._queued
-        return [e % n for e in self._free_queue if queued[e % n] == e]
+        head, queued = self._queue_head, self._queued
+        return [b for b, s in zip(self._queue_blocks[head:], self._queue_stamps[head:]) if queued[b] == s]
 
     def _free_set(self) -> set[int]:
         return set(self.free_queue_order())
 
+    def _take_from_queue(self, count: int) -> list[int]:
+        """The first `count` live blocks of the free queue, taken out of it."""
+        blocks, stamps, queued = self._queue_blocks, self._queue_stamps, self._queued
+        taken: list[int] = []
+        while count:
+            head = self._queue_head
+            window = blocks[head:head + count]
+            if not window:
+                raise AssertionError("the free queue ran dry")  # free_blocks and the queue disagree
+            self._queue_head = head + len(window)
+            if list(map(queued.__getitem__, window)) == stamps[head:head + len(window)]:
+                live = window  # the usual case: no hit took any of them out since they were queued
+            else:
+                live = [b for b, s in zip(window, stamps[head:head + len(window)]) if queued[b] == s]
+            taken += live
+            count -= len(live)
+        # A taken block's entry is used up, and it is queued again only with a new stamp: its old stamp can
+        # stay in _queued (no entry still in the queue carries it).
+        if self._queue_head > 65_536 and 2 * self._queue_head > len(blocks):  # drop the used-up front
+            del blocks[:self._queue_head], stamps[:self._queue_head]
+            self._queue_head = 0
+        return taken
+
     def _take_free_blocks(self, count: int) -> list[int]:
         """`count` blocks from the head of the free list, their cached KV evicted (the caller checked
-        there are enough). One loop for the lot: this runs once per block a prompt fills."""
-        popleft, queued, n = self._free_queue.popleft, self._queued, self.num_blocks
-        block_hash, cached = self.block_hash, self.cached
-        taken: list[int] = []
-        evicted = 0
-        while count:
-            entry = popleft()
-            block = entry % n
-            if queued[block] != entry:
-                continue  # taken out by a hit since it was queued
-            queued[block] = -1
-            hash_ = block_hash[block]
-            if hash_ is not None:
-                del cached[hash_]
-                block_hash[block] = None
-                evicted += 1
-            taken.append(block)
-            count -= 1
+        there are enough)."""
+        taken = self._take_from_queue(count)
+        block_hash = self.block_hash
+        evicted = list(map(block_hash.__getitem__, taken))
+        if None in evicted:  # some held no cached KV
+            evicted = [h for h in evicted if h is not None]
         if evicted:
+            _run_in_c(map(self.cached.__delitem__, evicted))
+            _run_in_c(map(block_hash.__setitem__, taken, repeat(None)))
             self._version += 1
-            self.cached_free_blocks -= evicted
-            self.evictions += evicted
+            self.cached_free_blocks -= len(evicted)
+            self.evictions += len(evicted)
         return taken
 
     def _cache_blocks(self, owned: list[int], start: int, stop: int, hashes: list[int]) -> int:
-        """Make owned[j] findable under hashes[j] for j in [start, stop) (unless another block already
-        caches that hash, or owned[j] caches one); return where caching stopped (stop: everywhere)."""
-        cached, block_hash = self.cached, self.block_hash
-        for j in range(start, stop):
-            block, hash_ = owned[j], hashes[j]
-            if block_hash[block] is None and hash_ not in cached:
-                cached[hash_] = block
-                block_hash[block] = hash_
+        """Make owned[j] findable under hashes[j] for j in [start, stop), unless another block already
+        caches that hash (the first copy stays findable); return where caching stopped (stop: everywhere).
+
+        owned[start:stop] cache nothing yet: they were taken from the free list (evicted) after the
+        request's hits, and each of a request's blocks is offered once."""
+        blocks = owned[start:stop]
+        kept = list(map(self.cached.setdefault, hashes[start:stop], blocks))  # a hash cached already keeps its block
+        if kept == blocks:  # the usual case: all of them are new to the cache
+            _run_in_c(map(self.block_hash.__setitem__, blocks, hashes[start:stop]))
+        else:
+            block_hash = self.block_hash
+            for block, hash_, now in zip(blocks, hashes[start:stop], kept):
+                if now == block:
+                    block_hash[block] = hash_
         return stop
 
     def _evict(self, block: int) -> None:
@@ -163,18 +185,24 @@ class PrefixCachingKV(KVCache):
         if hashes is None:
             ints = self.requests.ints
             length = ints.prompt_tokens[request_id] + ints.output_tokens[request_id]
-            hashes = self.requests.content.hashes(request_id, self.block_size, length).tolist()
+            hashes = self.requests.content.hash_list(request_id, self.block_size)[: length // self.block_size]
             self._hashes[request_id] = hashes
         return hashes
 
     def _cached_run(self, hashes: list[int], max_blocks: int) -> list[int]:
         """The cached blocks matching hashes[0], hashes[1], ... up to the first miss (at most max_blocks)."""
-        blocks, cached = [], self.cached
-        for j in range(min(max_blocks, len(hashes))):
-            block = cached.get(hashes[j])
-            if block is None:
-                break
-            blocks.append(block)
+        # Looked up in chunks that double in size (in C), so a short run costs little and a long one
+        # takes few steps.
+        get, limit = self.cached.get, min(max_blocks, len(hashes))
+        blocks: list[int] = []
+        start, size = 0, 4
+        while start < limit:
+            found = list(map(get, hashes[start:min(start + size, limit)]))
+            if None in found:
+                return blocks + found[:found.index(None)]
+            blocks += found
+            start += size
+            size *= 2
         return blocks
 
     def _max_hit_blocks(self, request_id: int) -> int:
@@ -185,8 +213,8 @@ class PrefixCachingKV(KVCache):
     def prefix_hit_blocks(self, request_id: int) -> int:
         """How many of the request's leading full prompt blocks this cache holds now (no LRU change)."""
         num_tokens = self.requests.ints.prompt_tokens[request_id]
-        hashes = self.requests.content.hashes(request_id, self.block_size, num_tokens).tolist()
-        return len(self._cached_run(hashes, len(hashes)))
+        hashes = self.requests.content.hash_list(request_id, self.block_size)
+        return len(self._cached_run(hashes, num_tokens // self.block_size))
 
     def prefix_hit_tokens(self, request_id: int) -> int:
         """Tokens a request holding no blocks and no computed tokens finds cached now (whole blocks)."""
@@ -274,13 +302,13 @@ class PrefixCachingKV(KVCache):
             if not owned:
                 continue
             self._touch(owned)
-            released = []
-            for block in reversed(owned):
-                ref_count[block] -= 1
-                if ref_count[block] == 0:
-                    released.append(block)
+            owned.reverse()  # the last block goes first
+            counts = list(map(ref_count.__getitem__, owned))
+            _run_in_c(map(ref_count.__setitem__, owned, map(sub, counts, repeat(1))))
+            # Released: the blocks nobody else holds (a shared system prompt's are often held by others).
+            released = owned if counts.count(1) == len(counts) else [b for b, c in zip(owned, counts) if c == 1]
             self.free_blocks += len(released)
-            self.cached_free_blocks += sum(1 for b in released if block_hash[b] is not None)
+            self.cached_free_blocks += len(released) - list(map(block_hash.__getitem__, released)).count(None)
             self._push_free_all(released)
 
     def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
@@ -299,9 +327,7 @@ class PrefixCachingKV(KVCache):
             raise AssertionError("KV blocks handed out beyond capacity")  # a caller skipped the free check
         owned = self.blocks_of.setdefault(request_id, [])
         taken = self._take_free_blocks(new_blocks)
-        ref_count = self.ref_count
-        for block in taken:
-            ref_count[block] = 1
+        _run_in_c(map(self.ref_count.__setitem__, taken, repeat(1)))
         owned += taken
         self.free_blocks -= new_blocks
         self._held[request_id] = len(owned)
