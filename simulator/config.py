@@ -179,6 +179,13 @@ class ClusterConfig:
     # resolved once with the rest of the configuration (simulator/disagg/config.py: resolve_disagg).
     disagg: DisaggConfig | None = None
 
+    @property
+    def num_gpus(self) -> int:
+        """GPUs of the whole cluster: every pool's, when disaggregated."""
+        if self.disagg:
+            return self.disagg.num_gpus
+        return self.num_replicas * self.tp * self.pp
+
     def validate(self, model: ModelConfig) -> None:
         """Raise ConfigError naming the field if this cluster cannot run `model`."""
         if self.num_replicas < 1:

@@ -227,3 +227,19 @@ def test_pooled_cpu_overhead_over_runs(tmp_path):
     assert cpu["graph_iterations"] == 6 and cpu["eager_iterations"] == 2
     assert cpu["decode_graph_exposed_ms"]["median"] == pytest.approx(0.4)
     assert cpu["eager_launch_ms"]["median"] == pytest.approx(15.0)
+
+
+def test_golden_prefix_caching_run_reports_equal_hit_rates(tmp_path):
+    """vLLM V1 with its prefix cache on the shipped Mooncake slice: an execution that is the simulator has
+    the simulator's hit rate, and the report shows the prefix-cache table."""
+    import dataclasses
+
+    cfg = linear_config()
+    workload = dataclasses.replace(cfg.workload, trace="data/validation/h100/fidelity_prefix/mooncake_slice.jsonl.gz",
+                                   trace_format="mooncake", num_requests=20, max_prompt_tokens=1500)
+    cfg = dataclasses.replace(cfg, workload=workload, policy=dataclasses.replace(cfg.policy, name="vllm_v1"))
+    run_execution(cfg, PredictorRunner(build_predictor(cfg)), tmp_path / "run")
+    c = compare.compare_run(tmp_path / "run")
+    assert c.measured["prefix_hit_rate"] > 0.1
+    assert c.measured["prefix_hit_rate"] == pytest.approx(c.simulated["prefix_hit_rate"])
+    assert "Prefix cache hits" in compare.markdown_report(compare.summary_table([c]))

@@ -101,6 +101,9 @@ def test_a_disaggregated_search_runs_its_trials_on_the_resolved_pools(monkeypatc
     for cfg, setup in seen:  # each trial replaced the workload only, and ran both pools as resolved
         assert cfg.cluster.disagg is simulation.cluster.disagg
         assert setup["policy"] == "disagg(vllm/sarathi)" and setup["disagg"]["decode"]["num_replicas"] == 2
+    # GPUs, per-GPU capacity and cost count every pool's GPUs: one prefill and two decode replicas
+    assert record["num_gpus"] == simulation.cluster.num_gpus == 3
+    assert record["qps_per_gpu"] == record["capacity_qps"] / 3
 
 
 def test_the_trials_derive_from_the_resolved_configuration(monkeypatch):

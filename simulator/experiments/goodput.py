@@ -57,13 +57,6 @@ def slo_attainment(requests: pd.DataFrame, ttft_max_s: float, tpot_max_s: float)
     return float(meets.mean())
 
 
-def num_gpus(cfg) -> int:
-    """GPUs of a SimulationConfig's cluster, colocated or disaggregated."""
-    if cfg.cluster.disagg:
-        return cfg.cluster.disagg.num_gpus
-    return cfg.cluster.num_replicas * cfg.cluster.tp * cfg.cluster.pp
-
-
 def measure(cfg, rate_qps: float, slo: AttainmentSLO, num_requests: int, trace_rate_qps: float | None,
             warmup_fraction: float = 0.1, cooldown_fraction: float = 0.1) -> dict:
     """Simulate `cfg` (a resolved SimulationConfig) at `rate_qps` and return one row: attainment over the
@@ -161,7 +154,7 @@ def run_experiment(spec: dict, out_dir: str | Path, progress: bool = True,
         for system, overrides in spec["systems"].items():
             cfg, _ = compose_capacity_config([*spec.get("base", []), *overrides, *wspec["overrides"]])
             # One resolved configuration per system and workload; each rate's run replaces its workload's rate.
-            gpus, trace_rate_qps = num_gpus(cfg), native_rate_qps(cfg)
+            gpus, trace_rate_qps = cfg.cluster.num_gpus, native_rate_qps(cfg)
             for rate_per_gpu in wspec["rates_per_gpu"]:
                 bar.update(1)
                 if _done(curve, system=system, workload=workload, rate_per_gpu=float(rate_per_gpu)):

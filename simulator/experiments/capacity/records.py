@@ -102,7 +102,7 @@ def config_summary(cfg) -> dict:
         # The batch cap under whichever name the policy uses (vLLM calls it max_num_seqs).
         "max_batch_size": params.get("max_batch_size", params.get("max_num_seqs")),
         "tp": cluster.tp, "pp": cluster.pp, "num_replicas": cluster.num_replicas,
-        "num_gpus": cluster.num_replicas * cluster.tp * cluster.pp,
+        "num_gpus": cluster.num_gpus,  # every pool's, when disaggregated
         "workload": cfg.workload.name or Path(str(cfg.workload.trace or "synthetic")).stem,
         "slo_name": cfg.slo.name,
     }

@@ -39,6 +39,9 @@ def latency_metrics(requests: pd.DataFrame, token_times: pd.DataFrame) -> dict:
     tokens = float(done["output_tokens"].sum())
     out["output_tokens_per_s"] = tokens / makespan if makespan > 0 else float("nan")
     out["completed"] = len(done)
+    if "cached_tokens" in done:  # prefix caching: the share of prompt tokens served from the cache
+        prompt = float(done["prompt_tokens"].sum())
+        out["prefix_hit_rate"] = float(done["cached_tokens"].sum()) / prompt if prompt else float("nan")
     return out
 
 

@@ -86,6 +86,7 @@ def markdown_report(table: pd.DataFrame) -> str:
             f"{_abs(r.get('iteration_total_decode_median_abs_pct', np.nan))} | "
             f"{_abs(r.get('iteration_total_mixed_median_abs_pct', np.nan))} | "
             f"{_abs(r['iteration_gpu_median_abs_pct'])} | {_pct(r['iteration_gpu_mean_signed_pct'])} |")
+    lines += _prefix_cache_lines(table)
     lines += ["", "## Measured CPU overhead of the real execution", "", CPU_INTRO, "", CPU_HEADER,
               "|---" * 9 + "|"]
     for _, r in table.iterrows():
@@ -96,6 +97,22 @@ def markdown_report(table: pd.DataFrame) -> str:
             f"{_num(r['cpu_fixed_ms'], 3)} | {_num(r['cpu_per_sequence_ms'], 4)} | "
             f"{_num(r['cpu_eager_median_exposed_ms'], 2)} |")
     return "\n".join(lines) + "\n"
+
+
+PREFIX_INTRO = (
+    "Share of the completed requests' prompt tokens served from the prefix cache: the same policy and cache "
+    "decide hits in both, so they differ only where timing changes which requests run together.")
+
+
+def _prefix_cache_lines(table: pd.DataFrame) -> list[str]:
+    """The prefix-cache table, for runs whose policy cached anything (none: no lines)."""
+    if "measured_prefix_hit_rate" not in table or not (table["measured_prefix_hit_rate"].fillna(0) > 0).any():
+        return []
+    lines = ["", "## Prefix cache hits: simulated vs measured", "", PREFIX_INTRO, "",
+             "| run | measured hit rate | simulated hit rate |", "|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['run']} | {r['measured_prefix_hit_rate']:.1%} | {r['simulated_prefix_hit_rate']:.1%} |")
+    return lines
 
 
 RUN_TO_RUN_INTRO = (
