@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import repeat
-from operator import sub
+from operator import add, sub
 
 import numpy as np
 
@@ -100,9 +100,9 @@ class PrefixCachingKV(KVCache):
         self._queue_stamps += repeat(stamp, len(blocks))
         _run_in_c(map(self._queued.__setitem__, blocks, repeat(stamp)))
 
-    def _unfree(self, block: int) -> None:
-        """A free cached block is taken by a request hitting it."""
-        self._queued[block] = -1
+    def _unfree_all(self, blocks: list[int]) -> None:
+        """These free cached blocks are taken by a request hitting them."""
+        _run_in_c(map(self._queued.__setitem__, blocks, repeat(-1)))
 
     def _touch(self, blocks: list[int]) -> None:
         """These blocks were used now (vLLM's order is the free queue's alone)."""
@@ -248,7 +248,8 @@ class PrefixCachingKV(KVCache):
             self._cache_prompt_blocks(request_id, num_tokens)
             return True
         ref_count = self.ref_count
-        free_hits = sum(1 for b in hits if ref_count[b] == 0)  # cached blocks back in use: no longer free
+        hit_counts = list(map(ref_count.__getitem__, hits))
+        free_hits = hit_counts.count(0)  # cached blocks nobody holds: back in use, no longer free
         if self.free_blocks - free_hits - max(needed, 0) < (self.watermark_blocks if admission else 0):
             return False
         if held == 0 and self.requests.ints.preemptions[request_id] == 0:
@@ -256,8 +257,11 @@ class PrefixCachingKV(KVCache):
             self.lookup_blocks += min(prompt_blocks, len(self._hashes_of(request_id)))
             self.hit_blocks += len(hits)
         owned = self.blocks_of.setdefault(request_id, [])
-        for block in hits:
-            self._reference(block)
+        if free_hits:
+            self._unfree_all([b for b, c in zip(hits, hit_counts) if c == 0])
+            self.free_blocks -= free_hits
+            self.cached_free_blocks -= free_hits  # hits are cached blocks
+        _run_in_c(map(ref_count.__setitem__, hits, map(add, hit_counts, repeat(1))))
         owned += hits
         self._touch(hits)
         self._held[request_id] = len(owned)
@@ -331,13 +335,6 @@ class PrefixCachingKV(KVCache):
         owned += taken
         self.free_blocks -= new_blocks
         self._held[request_id] = len(owned)
-
-    def _reference(self, block: int) -> None:
-        if self.ref_count[block] == 0:
-            self._unfree(block)
-            self.free_blocks -= 1
-            self.cached_free_blocks -= 1  # hits are cached blocks
-        self.ref_count[block] += 1
 
     def _cache_prompt_blocks(self, request_id: int, num_tokens: int) -> None:
         """Cache the blocks an allocation for `num_tokens` tokens fills when it is for prefill (a prompt, or

@@ -54,7 +54,7 @@ class RadixCache(PrefixCachingKV):
         for block in blocks:
             self._push_free(block)
 
-    def _unfree(self, block: int) -> None:
+    def _unfree_all(self, blocks: list[int]) -> None:
         pass  # a hit block's entry among the leaves, if any, is skipped when popped
 
     def _touch(self, blocks: list[int]) -> None:
