@@ -76,6 +76,9 @@ class WorkloadConfig:
     # benchmark `--burstiness` is that shape).
     interarrival_cv: float = 1.0
     lengths: str = "trace"  # trace | uniform | zipf | multiturn
+    # lengths=trace with synthetic arrivals: a seeded shuffle of the trace's rows (true), or its first rows in
+    # the trace's order (false), so that a conversation's turns keep theirs and their shared prefixes.
+    shuffle_rows: bool = True
     # Synthetic lengths (as Vidur): total = prompt + output tokens is drawn from
     # [min_tokens, max_tokens], then split so prompt_tokens / output_tokens ~ prefill_decode_ratio.
     # lengths=multiturn: the same, uniform, for each turn's new user message + answer.
@@ -173,7 +176,7 @@ def load_workload(cfg: WorkloadConfig, seed: int) -> Workload:
 
     content = None
     if cfg.lengths == "trace":
-        if cfg.arrival == "trace":
+        if cfg.arrival == "trace" or not cfg.shuffle_rows:
             rows = np.arange(n)
         else:  # lengths without their own arrival times: a seeded shuffle of the trace's rows
             rows = shuffled_rows(len(trace.prompt_tokens), n, length_rng)
@@ -290,9 +293,11 @@ def _num_requests(cfg: WorkloadConfig, trace: Trace | None) -> int:
     rows = len(trace.prompt_tokens)
     if cfg.num_requests is None:
         return rows
-    if cfg.arrival == "trace" and cfg.num_requests > rows:
+    if (cfg.arrival == "trace" or not cfg.shuffle_rows) and cfg.num_requests > rows:
+        field = "arrival=trace" if cfg.arrival == "trace" else "shuffle_rows=false"
         raise ConfigError(
-            f"workload.num_requests={cfg.num_requests} but {trace.path} has only {rows} requests to replay"
+            f"workload.num_requests={cfg.num_requests} but {trace.path} has only {rows} requests to take in "
+            f"order (workload.{field})"
         )
     return cfg.num_requests
 

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from simulator.config import ConfigError
 from simulator.paths import REPO_ROOT
 from simulator.request import RequestState
 from simulator.workload import TraceError, WorkloadConfig, load_workload, load_workload_config, read_trace
@@ -114,6 +115,18 @@ def test_content_follows_shuffled_rows(tmp_path):
         row = prompt // 512 - 1
         assert output == row + 1 and keys.tolist() == rows[row]["hash_ids"]
     assert sorted(w.prompt_tokens[:6].tolist()) == [512 * (i + 1) for i in range(6)]  # one full pass first
+
+
+def test_unshuffled_rows_keep_the_trace_order_with_synthetic_arrivals(tmp_path):
+    rows = [{"timestamp": i, "input_length": 512 * (i + 1), "output_length": i + 1,
+             "hash_ids": list(range(100 * i, 100 * i + i + 1))} for i in range(6)]
+    path = str(write(tmp_path, rows))
+    w = load_workload(WorkloadConfig(trace=path, arrival="poisson", rate_qps=1.0, shuffle_rows=False,
+                                     num_requests=4), seed=3)
+    assert w.prompt_tokens.tolist() == [512, 1024, 1536, 2048]
+    assert [k.tolist() for k in w.content.keys] == [r["hash_ids"] for r in rows[:4]]
+    with pytest.raises(ConfigError, match="only 6 requests to take in order"):
+        load_workload(WorkloadConfig(trace=path, arrival="poisson", shuffle_rows=False, num_requests=7), seed=0)
 
 
 def test_clipped_prompts_keep_the_keys_of_their_first_tokens(tmp_path):

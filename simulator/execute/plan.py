@@ -27,10 +27,11 @@ MOONCAKE_SLICE = "data/validation/h100/fidelity_prefix/mooncake_slice.jsonl.gz" 
 SLICE_CONVERSATIONS = 25
 # Fields changed from the conf/workload file. Mooncake's arrivals come in 3-second steps of up to 17
 # requests, so one GPU meets no TTFT SLO at any replay speed: its cells keep the slice's requests in order
-# (and so their shared prefixes) with Poisson arrivals, and answers clipped to 128 tokens (the slice's mean
+# (shuffle_rows false, and so their shared prefixes) with Poisson arrivals, and answers clipped to 128 tokens (the slice's mean
 # is 398: unclipped, one-at-a-time decoding would take most of the GPU time a session has; the hash ids
 # cover prompts only, so what is shared is unchanged).
-WORKLOAD_OVERRIDES = {"mooncake": {"arrival": "poisson", "trace": MOONCAKE_SLICE, "max_output_tokens": 128}}
+WORKLOAD_OVERRIDES = {"mooncake": {"arrival": "poisson", "shuffle_rows": False, "trace": MOONCAKE_SLICE,
+                                   "max_output_tokens": 128}}
 POLICIES = {  # label -> policy config
     "vllm": {"name": "vllm"},
     "sarathi512": {"name": "sarathi", "chunk_size": 512},
