@@ -52,6 +52,26 @@ def _run_in_c(calls) -> None:
     deque(calls, maxlen=0)
 
 
+def _probable_end(get, hashes: list[int], limit: int) -> int:
+    """The index of the first of hashes[:limit] that `get` misses (limit if none), found with a few single
+    lookups as if the cached hashes were always a prefix: at doubling indices, then halving the gap.
+    If they are not, the index returned still misses, but an earlier one may too.
+
+    The router asks every replica about every request, and most runs end long before the request's end:
+    looking up every hash, or doubling chunks of them, would look up many past the run's end."""
+    hit, miss = -1, 0  # an index found cached (-1: none yet), the next one to probe
+    while miss < limit and get(hashes[miss]) is not None:
+        hit, miss = miss, 2 * miss + 1
+    miss = min(miss, limit)  # from here: `miss` misses, or is the limit
+    while miss - hit > 1:
+        middle = (hit + miss) // 2
+        if get(hashes[middle]) is None:
+            miss = middle
+        else:
+            hit = middle
+    return miss
+
+
 class PrefixCachingKV(KVCache):
     """A KVCache whose full blocks outlive their requests and are reused by requests sharing a prefix.
 
@@ -246,19 +266,12 @@ class PrefixCachingKV(KVCache):
 
     def _cached_run(self, hashes: list[int], max_blocks: int) -> list[int]:
         """The cached blocks matching hashes[0], hashes[1], ... up to the first miss (at most max_blocks)."""
-        # Looked up in chunks that double in size (in C), so a short run costs little and a long one
-        # takes few steps.
         get, limit = self.cached.get, min(max_blocks, len(hashes))
-        blocks: list[int] = []
-        start, size = 0, 4
-        while start < limit:
-            found = list(map(get, hashes[start:min(start + size, limit)]))
-            if None in found:
-                return blocks + found[:found.index(None)]
-            blocks += found
-            start += size
-            size *= 2
-        return blocks
+        end = _probable_end(get, hashes, limit)
+        # Every hash before the probed end is looked up (in C): a run is cut at its first miss even where
+        # blocks after it are still cached.
+        found = list(map(get, hashes[:end]))
+        return found[:found.index(None)] if None in found else found
 
     def _max_hit_blocks(self, request_id: int) -> int:
         # vLLM never hits a request's whole known sequence: its last token is computed again.
