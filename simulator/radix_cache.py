@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import heapq
 
-from simulator.prefix_cache import PrefixCachingKV
+import numpy as np
+
+from simulator.prefix_cache import NO_HASH, PrefixCachingKV
 
 
 class RadixCache(PrefixCachingKV):
     """A PrefixCachingKV whose cached blocks form a tree (a block's parent caches the block before it)
-    and whose evictions take the least recently used unreferenced leaf."""
+    and whose evictions take the least recently used unreferenced leaf.
+
+    Its tree work goes block by block, reading and writing the reference counts and hashes through
+    memoryviews (Python ints) rather than numpy's slower scalar indexing."""
 
     def _start_free_list(self, num_blocks: int) -> None:
         self._uncached_free = list(range(num_blocks - 1, -1, -1))  # a stack, block 0 on top
@@ -42,63 +47,66 @@ class RadixCache(PrefixCachingKV):
                 return block
 
     def _is_evictable_leaf(self, block: int) -> bool:
-        return self.ref_count[block] == 0 and self.block_hash[block] is not None and self._children[block] == 0
+        return self._ref_items[block] == 0 and self._hash_items[block] != NO_HASH and self._children[block] == 0
 
     def _push_free(self, block: int) -> None:
-        if self.block_hash[block] is None:
+        if self._hash_items[block] == NO_HASH:
             self._uncached_free.append(block)
         elif self._children[block] == 0:
             heapq.heappush(self._leaves, (self._last_used[block], block))
 
-    def _push_free_all(self, blocks: list[int]) -> None:
-        for block in blocks:
+    def _push_free_all(self, blocks: np.ndarray) -> None:
+        for block in blocks.tolist():
             self._push_free(block)
 
-    def _unfree_all(self, blocks: list[int]) -> None:
+    def _unfree_all(self, blocks: np.ndarray) -> None:
         pass  # a hit block's entry among the leaves, if any, is skipped when popped
 
-    def _touch(self, blocks: list[int]) -> None:
+    def _touch(self, blocks: np.ndarray) -> None:
         self._clock += 1
-        for block in blocks:
+        for block in blocks.tolist():
             self._last_used[block] = self._clock
 
-    def _free_set(self) -> set[int]:
-        return set(self._uncached_free) | {b for b in range(self.num_blocks)
-                                           if self.ref_count[b] == 0 and self.block_hash[b] is not None}
+    def _cached_unreferenced(self) -> list[int]:
+        """The cached blocks nobody holds, by block number."""
+        return np.flatnonzero((self.ref_count == 0) & (self.block_hash != NO_HASH)).tolist()
 
-    def _take_free_blocks(self, count: int) -> list[int]:
+    def _free_set(self) -> set[int]:
+        return set(self._uncached_free) | set(self._cached_unreferenced())
+
+    def _take_free_blocks(self, count: int) -> np.ndarray:
         # One at a time: evicting a leaf can make its parent the next leaf to go.
         taken = []
         for _ in range(count):
             block = self._pop_free()
-            if self.block_hash[block] is not None:
+            if self._hash_items[block] != NO_HASH:
                 self._evict(block)
             taken.append(block)
-        return taken
+        return np.array(taken, dtype=np.int64)
 
     def free_queue_order(self) -> list[int]:
         """The free blocks: uncached ones in the order they would be handed out, then cached ones by block."""
-        return list(reversed(self._uncached_free)) + sorted(
-            b for b in range(self.num_blocks) if self.ref_count[b] == 0 and self.block_hash[b] is not None)
+        return list(reversed(self._uncached_free)) + self._cached_unreferenced()
 
-    def _cache_blocks(self, owned: list[int], start: int, stop: int, hashes: list[int]) -> int:
-        for j in range(start, stop):
-            if not self._cache_block(owned, j, hashes[j]):
+    def _cache_blocks(self, owned: np.ndarray, start: int, stop: int, hashes: tuple[list[int], np.ndarray]) -> int:
+        blocks = owned[start:stop].tolist()
+        parents = [int(owned[start - 1]) if start else -1] + blocks[:-1]
+        for j, block, parent, hash_ in zip(range(start, stop), blocks, parents, hashes[0][start:stop]):
+            if not self._cache_block(block, parent, hash_):
                 return j
         return stop
 
-    def _cache_block(self, owned: list[int], j: int, hash_: int) -> bool:
-        # A block joins the tree under the request's own previous block; if that one is not in the tree
-        # (another copy is), the rest of this request's sequence stays out of it, as a branch would
-        # have no parent. A node referenced by a request then always has referenced ancestors.
-        block = owned[j]
-        if hash_ in self.cached or self.block_hash[block] is not None:
+    def _cache_block(self, block: int, parent: int, hash_: int) -> bool:
+        # A block joins the tree under the request's own previous block (parent; -1 for its first); if
+        # that one is not in the tree (another copy is), the rest of this request's sequence stays out of
+        # it, as a branch would have no parent. A node referenced by a request then always has referenced
+        # ancestors.
+        if hash_ in self.cached or self._hash_items[block] != NO_HASH:
             return False
-        parent = owned[j - 1] if j else -1
-        if parent >= 0 and self.block_hash[parent] is None:
+        if parent >= 0 and self._hash_items[parent] == NO_HASH:
             return False
         self.cached[hash_] = block
-        self.block_hash[block] = hash_
+        self._hash_items[block] = hash_
         self._parent[block] = parent
         if parent >= 0:
             self._children[parent] += 1
@@ -121,7 +129,7 @@ class RadixCache(PrefixCachingKV):
         children = [0] * self.num_blocks
         for block, parent in enumerate(self._parent):
             if parent >= 0:
-                assert self.block_hash[block] is not None and self.block_hash[parent] is not None, \
+                assert self.block_hash[block] != NO_HASH and self.block_hash[parent] != NO_HASH, \
                     f"block {block} in the tree under an uncached parent"
                 assert self.ref_count[block] == 0 or self.ref_count[parent] > 0, \
                     f"block {block} is referenced but its parent {parent} is not"

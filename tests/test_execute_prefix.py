@@ -41,7 +41,7 @@ def test_store_rows_for_a_hit_computed_by_an_earlier_request():
     requests = two_requests()
     kv = PrefixCachingKV(20, BS, np.zeros(2, np.int64), 0, requests)
     store = PrefixRows(kv, requests, store_start=1000)
-    assert kv.allocate(0, 40) and kv.blocks_of[0] == [0, 1, 2, 3, 4]
+    assert kv.allocate(0, 40) and kv.blocks_of[0].tolist() == [0, 1, 2, 3, 4]
     copies = store.before_step([0], [0], [40], [True], [100])
     assert copies.store_src == copies.layer_src == []
     src, dst = store.after_step([0], [0], [40], [100])
@@ -53,7 +53,7 @@ def test_store_rows_for_a_hit_computed_by_an_earlier_request():
     assert kv.allocate(1, 40)
     requests.start_from_cache(1, 24)
     new_blocks = kv.blocks_of[1][3:]
-    assert kv.blocks_of[1][:3] == [0, 1, 2]
+    assert kv.blocks_of[1][:3].tolist() == [0, 1, 2]
     copies = store.before_step([1], [24], [16], [True], [300])
     assert np.array_equal(store.rows(copies.store_src), rows(1000, 1008, 1016))
     assert np.array_equal(store.rows(copies.store_dst), rows(300, 308, 316))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.prefix_cache import PrefixCachingKV
+from simulator.prefix_cache import NO_HASH, PrefixCachingKV
 from simulator.request import RequestState
 
 NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -89,9 +89,9 @@ class PrefixRows:
             hit_blocks = computed // bs
             self.stored_upto[r] = hit_blocks
             self.blocks_in += hit_blocks
-            for j, block in enumerate(kv.blocks_of[r][:hit_blocks]):
-                h = kv.block_hash[block]
-                if h is not None and self.stored_hash[block] == h:
+            hit = kv.blocks_of[r][:hit_blocks]
+            for j, (block, h) in enumerate(zip(hit.tolist(), kv.block_hash[hit].tolist())):
+                if h != NO_HASH and self.stored_hash[block] == h:
                     copies.store_src.append(self._store_row(block))
                     copies.store_dst.append(start + j * bs)
                     continue
@@ -110,7 +110,7 @@ class PrefixRows:
         kv, bs = self.kv, self.block_size
         out = {}
         for r, computed, new, start in zip(ids, kv_tokens, num_tokens, slot_starts):
-            owned = kv.blocks_of[r]
+            owned = kv.blocks_of[r].tolist()
             for j in range(computed // bs, min(-(-(computed + new) // bs), len(owned))):
                 out.setdefault(owned[j], start + j * bs)
         return out
@@ -125,7 +125,7 @@ class PrefixRows:
             first = self.stored_upto.get(r, 0)
             if full <= first:
                 continue
-            owned, hashes = kv.blocks_of[r], self._hashes(r)
+            owned, hashes = kv.blocks_of[r].tolist(), self._hashes(r)
             last = min(full, len(owned))
             for j in range(first, last):
                 block = owned[j]

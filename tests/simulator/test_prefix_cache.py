@@ -105,12 +105,12 @@ def test_free_blocks_are_evicted_least_recently_freed_first_and_a_request_s_last
     req = state([8, 12], [1, 1], content(4, [1, 2], [7, 8, 9]))
     kv = cache(PrefixCachingKV, 4, 4, req)
     assert kv.allocate(0, 8)
-    assert kv.blocks_of[0] == [0, 1] and kv.prefix_hit_blocks(0) == 2
+    assert kv.blocks_of[0].tolist() == [0, 1] and kv.prefix_hit_blocks(0) == 2
     kv.free([0])
     assert kv.free_queue_order() == [2, 3, 1, 0] and kv.cached_free_blocks == 2
     # Request 1 needs 3 blocks: 2, 3, then 1, evicting request 0's second block and keeping its first.
     assert kv.allocate(1, 12)
-    assert kv.blocks_of[1] == [2, 3, 1] and kv.evictions == 1
+    assert kv.blocks_of[1].tolist() == [2, 3, 1] and kv.evictions == 1
     assert kv.prefix_hit_blocks(0) == 1
     kv.check_invariants()
 
@@ -121,10 +121,10 @@ def test_reference_counts_share_a_block_and_free_it_once():
     assert kv.allocate(0, 9)  # blocks 0, 1 (cached), 2 (partial)
     assert kv.prefix_hit_tokens(1) == 8
     assert kv.allocate(1, 9)  # 0 and 1 shared, one new block
-    assert kv.blocks_of[1] == [0, 1, 3]
-    assert kv.ref_count[:4] == [2, 2, 1, 1] and kv.used_blocks == 4
+    assert kv.blocks_of[1].tolist() == [0, 1, 3]
+    assert kv.ref_count[:4].tolist() == [2, 2, 1, 1] and kv.used_blocks == 4
     kv.free([0])
-    assert kv.ref_count[:4] == [1, 1, 0, 1] and kv.free_blocks == 5 and kv.cached_free_blocks == 0
+    assert kv.ref_count[:4].tolist() == [1, 1, 0, 1] and kv.free_blocks == 5 and kv.cached_free_blocks == 0
     kv.free([1])
     assert kv.free_blocks == 8 and kv.cached_free_blocks == 2
     kv.check_invariants()
@@ -207,7 +207,7 @@ def test_the_radix_cache_evicts_least_recently_used_leaves_and_keeps_shared_pref
     a, b, c = kv.blocks_of.get(0, [0])[0], 1, 2
     for r, lost in ((2, b), (3, c), (4, a)):
         assert kv.allocate(r, 4)
-        assert kv.blocks_of[r] == [lost]
+        assert kv.blocks_of[r].tolist() == [lost]
         kv.check_invariants()
     assert kv.evictions == 3
 
