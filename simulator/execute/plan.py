@@ -115,7 +115,8 @@ def mooncake_slice(num_conversations: int = SLICE_CONVERSATIONS, out: str = MOON
             keep.append(i)
     path = REPO_ROOT / out
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(path, "wb", mtime=0) as file:  # mtime 0: the same bytes every time
+    # No name or time in the gzip header: the same bytes every time, wherever it is written.
+    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as file:
         file.write("".join(lines[i] for i in keep).encode())
     return {"trace": out, "source": source, "conversations": num_conversations, "requests": len(keep),
             "source_rows": [int(i) for i in keep]}
