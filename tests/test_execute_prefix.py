@@ -194,7 +194,8 @@ def test_the_shipped_mooncake_slice_is_what_the_plan_writes(tmp_path):
     made = mooncake_slice(out=str(tmp_path / "slice.jsonl.gz"))
     assert (tmp_path / "slice.jsonl.gz").read_bytes() == (REPO_ROOT / MOONCAKE_SLICE).read_bytes()
     assert made["requests"] == 52 and made["source_rows"] == sorted(made["source_rows"])
-    rows = [json.loads(line) for line in gzip.open(tmp_path / "slice.jsonl.gz", "rt")]
+    with gzip.open(tmp_path / "slice.jsonl.gz", "rt") as file:
+        rows = [json.loads(line) for line in file]
     conversations = {r["hash_ids"][1] if len(r["hash_ids"]) > 1 else ("alone", i) for i, r in enumerate(rows)}
     assert len(conversations) == 25
 
