@@ -26,6 +26,21 @@ def policy_parameters(policy: PolicyConfig, hardware: HardwareConfig | None = No
     return kwargs
 
 
+def effective_policy_params(policy_cfg: PolicyConfig) -> dict:
+    """The policy's parameters as it will run them: its class defaults overridden by the config."""
+    import inspect
+
+    from policies import POLICIES
+
+    defaults = {}
+    cls = POLICIES.get(policy_cfg.name)
+    if cls is not None:
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.default is not inspect.Parameter.empty:
+                defaults[name] = parameter.default
+    return defaults | policy_cfg.policy_kwargs()
+
+
 def policy_factory(policy: PolicyConfig, max_model_len: int | None = None,
                    hardware: HardwareConfig | None = None):
     """A callable (kv, requests) -> policy instance, with `policy_parameters(policy, hardware)`.

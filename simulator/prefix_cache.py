@@ -139,15 +139,8 @@ class PrefixCachingKV(KVCache):
         self._queued = np.zeros(num_blocks, dtype=np.int64)  # block -> stamp of its live entry
         self._stamp = 1
 
-    def _pop_free(self) -> int:
-        """The free block to hand out next (the least recently freed)."""
-        return int(self._take_from_queue(1)[0])
-
-    def _push_free(self, block: int) -> None:
-        self._push_free_all(np.array([block], dtype=np.int64))
-
     def _push_free_all(self, blocks: np.ndarray) -> None:
-        """_push_free of each block, in order (each block once)."""
+        """Queue these freed blocks at the tail, in order (each block once)."""
         count = len(blocks)
         if self._queue_tail + count > len(self._queue_blocks):
             self._compact_queue()

@@ -69,11 +69,6 @@ class PrefixRows:
     def _store_row(self, block: int) -> int:
         return self.store_start + block * self.block_size
 
-    def _hashes(self, request_id: int) -> np.ndarray:
-        ints = self.requests.ints
-        length = ints.prompt_tokens[request_id] + ints.output_tokens[request_id]
-        return self.requests.content.hashes(request_id, self.block_size, length)
-
     def before_step(self, ids: list[int], kv_tokens: list[int], num_tokens: list[int], fresh: list[bool],
                     slot_starts: list[int]) -> StepCopies:
         """What to copy for this step: the cached blocks of the requests whose slot is new (`fresh`) and
@@ -125,13 +120,14 @@ class PrefixRows:
             first = self.stored_upto.get(r, 0)
             if full <= first:
                 continue
-            owned, hashes = kv.blocks_of[r].tolist(), self._hashes(r)
+            # A full block's chain hash, where the content covers it (blocks within the request's tokens).
+            owned, hashes = kv.blocks_of[r].tolist(), self.requests.content.hash_list(r, bs)
             last = min(full, len(owned))
             for j in range(first, last):
                 block = owned[j]
                 src.append(start + j * bs)
                 dst.append(self._store_row(block))
-                self.stored_hash[block] = int(hashes[j]) if j < len(hashes) else None
+                self.stored_hash[block] = hashes[j] if j < len(hashes) else None
             self.blocks_out += max(last - first, 0)
             self.stored_upto[r] = full
         return self.rows(src), self.rows(dst)

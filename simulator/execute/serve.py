@@ -38,14 +38,9 @@ def check_executable(cfg) -> None:
 def caches_prefixes(policy) -> bool:
     """Whether a PolicyConfig's policy keeps a prefix cache: its enable_prefix_caching, else the policy's
     default (on for vllm_v1 and sglang, off for vllm and sarathi, absent elsewhere)."""
-    import inspect
+    from simulator.parts import effective_policy_params
 
-    from policies import POLICIES
-
-    param = inspect.signature(POLICIES[policy.name]).parameters.get("enable_prefix_caching")
-    if param is None:
-        return False
-    return bool(policy.policy_kwargs().get("enable_prefix_caching", param.default))
+    return bool(effective_policy_params(policy).get("enable_prefix_caching", False))
 
 
 def build_runner(cfg, device: str, num_layers: int | None = None, cuda_graphs: bool = True,

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from simulator.experiments.capacity.search import CapacityResult, SearchConfig, Trial
+from simulator.parts import effective_policy_params
 from simulator.slo import slo_table
 
 
@@ -75,21 +76,6 @@ def number_from_json(value):
     if isinstance(value, str) and value in ("inf", "-inf", "nan"):
         return float(value)
     return value
-
-
-def effective_policy_params(policy_cfg) -> dict:
-    """The policy's parameters as it will run them: its class defaults overridden by the config."""
-    import inspect
-
-    from policies import POLICIES
-
-    defaults = {}
-    cls = POLICIES.get(policy_cfg.name)
-    if cls is not None:
-        for name, parameter in inspect.signature(cls.__init__).parameters.items():
-            if parameter.default is not inspect.Parameter.empty:
-                defaults[name] = parameter.default
-    return defaults | policy_cfg.policy_kwargs()
 
 
 def config_summary(cfg) -> dict:
