@@ -168,3 +168,12 @@ def test_a_run_on_a100_says_its_times_are_transferred_from_h100(capsys):
     # servesim-predict says the same
     assert predict_main(["model=llama-2-7b", "hardware=a100", "batch=[[512,0],[1,1024]]"]) == 0
     assert "kernel times transferred from h100 profiles" in capsys.readouterr().out
+
+
+def test_h200_prices_its_own_profiles_and_transfers_only_the_models_it_lacks():
+    """conf/hardware/h200.yaml transfers from h100: llama-3.1-8b (profiled on the H100 only) is priced from
+    the H100's tables; every model measured on the H200 keeps its own."""
+    h200 = load_hardware_config("h200")
+    assert build_module.profile_source(load_model_config("llama-3.1-8b"), h200) == "h100"
+    for name in ("llama-3-8b", "llama-2-7b", "llama-3-70b"):
+        assert build_module.profile_source(load_model_config(name), h200) == "h200", name
