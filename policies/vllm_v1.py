@@ -1,13 +1,16 @@
-"""vLLM's V1 scheduler (vllm/v1/core/sched/scheduler.py, v0.11), with automatic prefix caching.
+"""vLLM's V1 scheduler (vllm/v1/core/sched/scheduler.py), with automatic prefix caching; checked decision by
+decision against vLLM 0.33.0's own scheduler (bench/vllm_v1_decisions.py, docs/policies.md).
 
 Reproduces one step of `Scheduler.schedule`: a single budget of `max_num_batched_tokens` tokens. Running
 requests go first, in admission order: a decoding request takes one token, one still in prefill the next
-chunk of its prompt (capped by `long_prefill_token_threshold` when > 0) as far as the budget goes. KV
-blocks are allocated per step for the tokens scheduled; when they run out, the most recently admitted
-running request is preempted by recompute (back to the front of the waiting queue) until the allocation
-fits or the request itself was the one preempted. Then, if nobody was preempted this step, waiting
-requests are admitted in arrival order while the budget, `max_num_seqs` and the free blocks allow, each
-with its cached prefix (prefix caching is on by default, `enable_prefix_caching`) and a chunk of the rest.
+chunk of its prompt (capped by `long_prefill_token_threshold` when > 0 and more than one request is running
+or waiting) as far as the budget goes. KV blocks are allocated per step for the tokens scheduled; when they
+run out, the most recently admitted running request is preempted by recompute (back to the front of the
+waiting queue) until the allocation fits or the request itself was the one preempted. Then, if nobody was
+preempted this step, waiting requests are admitted in arrival order while the budget, `max_num_seqs` and
+the free blocks allow, each with its cached prefix (prefix caching is on by default,
+`enable_prefix_caching`) and a chunk of the rest; with `scheduler_reserve_full_isl` (vLLM's default) only
+if the free blocks could hold its whole sequence, though only the chunk's blocks are taken.
 
 Defaults are vLLM's for the API server (EngineArgs._set_default_args): 8192 tokens and 1024 sequences on
 GPUs with at least 70 GiB that are not A100s (H100, H200), 2048 and 256 otherwise; the policy takes them
@@ -28,11 +31,15 @@ class VLLMv1(Policy):
         Parameter("long_prefill_token_threshold", "prefill tokens one request takes per step, 0 = no cap",
                   minimum=0),
         Parameter("enable_prefix_caching", "reuse cached prompt blocks", type=bool),
+        Parameter("scheduler_reserve_full_isl", "admit a waiting request only if its whole sequence fits in "
+                  "the free KV blocks, not just its first chunk", type=bool),
     )
 
     def __init__(self, kv, requests, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024,
-                 long_prefill_token_threshold: int = 0, enable_prefix_caching: bool = True):
+                 long_prefill_token_threshold: int = 0, enable_prefix_caching: bool = True,
+                 scheduler_reserve_full_isl: bool = True):
         super().__init__(kv, requests)
+        self.scheduler_reserve_full_isl = scheduler_reserve_full_isl
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.long_prefill_token_threshold = long_prefill_token_threshold
@@ -46,8 +53,7 @@ class VLLMv1(Policy):
             return {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
         return {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
 
-    def _chunk(self, pending: int, budget: int) -> int:
-        threshold = self.long_prefill_token_threshold
+    def _chunk(self, pending: int, budget: int, threshold: int) -> int:
         if 0 < threshold < pending:
             pending = threshold
         return min(pending, budget)
@@ -57,13 +63,15 @@ class VLLMv1(Policy):
         computed = requests.ints.computed_tokens
         budget = self.max_num_batched_tokens
         ids, tokens = [], []
+        # The long-prefill cap keeps one prompt from starving the others: alone, a request is not capped.
+        threshold = self.long_prefill_token_threshold if len(self.running) + len(self.waiting) > 1 else 0
 
         # 1. Running requests, in admission order: a decode token or the next prefill chunk each.
         preempted = False
         index = 0
         while index < len(self.running) and budget > 0:
             r = self.running[index]
-            n = self._chunk(requests.pending_tokens(r), budget)
+            n = self._chunk(requests.pending_tokens(r), budget, threshold)
             while not kv.allocate(r, computed[r] + n):
                 victim = self.running[-1]  # the newest; never one scheduled already (they are in front)
                 self.preempt(victim)
@@ -80,8 +88,11 @@ class VLLMv1(Policy):
         # 2. Waiting requests in arrival order (preempted ones first), unless this step preempted.
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             r = self.waiting[0]
+            pending = requests.pending_tokens(r)
+            if self.scheduler_reserve_full_isl and not kv.could_hold(r, computed[r] + pending):
+                break
             cached = kv.prefix_hit_tokens(r)
-            n = self._chunk(requests.pending_tokens(r) - cached, budget)
+            n = self._chunk(pending - cached, budget, threshold)
             if not self.admit(r, cached + n, watermark=False):
                 break
             ids.append(r), tokens.append(n)

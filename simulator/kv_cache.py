@@ -89,6 +89,11 @@ class KVCache:
         """Tokens a request holding no blocks would find cached when admitted (they skip prefill): none here."""
         return 0
 
+    def could_hold(self, request_id: int, num_tokens: int) -> bool:
+        """Whether `allocate(request_id, num_tokens)` would succeed now (nothing changes): vLLM V1 admits a
+        request only if its whole sequence fits, though it allocates only the first chunk's blocks."""
+        return -(-num_tokens // self.block_size) - self._held[request_id] <= self.free_blocks
+
     def allocate(self, request_id: int, num_tokens: int, admission: bool = False) -> bool:
         """Grow the request's blocks to hold `num_tokens` tokens; False (and no change) if they don't fit.
 

@@ -294,6 +294,17 @@ class PrefixCachingKV(KVCache):
 
     # --- allocation --------------------------------------------------------------------------------
 
+    def could_hold(self, request_id: int, num_tokens: int) -> bool:
+        """Whether `allocate(request_id, num_tokens)` would succeed now (KVCache.could_hold), its cached
+        prefix counted: hits nobody holds leave the free queue, the rest comes from it."""
+        held = self._held[request_id]
+        hits = []
+        if held == 0 and not self.requests.ints.computed_tokens[request_id]:
+            hits = self._prefix_blocks(request_id)[: num_tokens // self.block_size]
+        needed = -(-num_tokens // self.block_size) - held - len(hits)
+        free_hits = int(np.count_nonzero(self.ref_count[hits] == 0)) if hits else 0
+        return self.free_blocks - free_hits - max(needed, 0) >= 0
+
     def allocate(self, request_id: int, num_tokens: int, admission: bool = False) -> bool:
         """Grow the request's blocks to hold `num_tokens` tokens, all or nothing (KVCache.allocate).
 

@@ -1,0 +1,121 @@
+"""Scenarios on which servesim's `vllm_v1` policy is compared with vLLM's own V1 scheduler, decision by
+decision (bench/vllm_v1_decisions.py runs vLLM's; tests/test_vllm_v1_decisions.py checks the policy against
+the decisions vLLM made, saved in data/validation/scheduler/vllm_v1/).
+
+Each scenario is a workload with shared prefixes, arrivals as step numbers and one scheduler setting:
+ample or tight KV cache (evictions, preemptions), the H100's and the A100's token budgets, prefix caching
+on or off. Token ids follow the workload's content (requests sharing their first k blocks have the same
+first k x block_size tokens); every other token, outputs included, is unique to its request and place.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from policies import POLICIES
+from simulator.execute.prefix_rows import ContentTokens
+from simulator.kv_cache import KVCache
+from simulator.request import RequestState
+from simulator.stepping import StepLog, run_steps
+from simulator.workload import load_workload, load_workload_config
+
+SAVED = "data/validation/scheduler/vllm_v1"  # vLLM's decisions (bench/vllm_v1_decisions.py --save)
+MOONCAKE_SLICE = "data/validation/h100/fidelity_prefix/mooncake_slice.jsonl.gz"  # 52 whole conversations
+BLOCK_SIZE = 16
+MAX_MODEL_LEN = 131072  # Llama-3.1-8B
+# Token ids: the content's below 2**31, unique ones above (never equal to a content token).
+CONTENT_VOCAB = 2**31 - 1
+UNIQUE_BASE = 2**40
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    workload: str  # "mooncake_slice" (52 requests) or "multiturn" (synthetic chat sessions)
+    mean_gap_steps: float  # mean steps between arrivals (exponential gaps, seeded)
+    num_blocks: int
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 1024
+    long_prefill_token_threshold: int = 0
+    enable_prefix_caching: bool = True
+    max_output_tokens: int = 128
+    num_requests: int = 52
+    seed: int = 0
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+SCENARIOS = {s.name: s for s in (
+    # The prefix fidelity plan's cache (0.45 of an H100: 9,669 blocks), requests every 40 steps.
+    Scenario("mooncake-ample", "mooncake_slice", 40.0, 9669),
+    # 6,000 blocks (96k tokens, just above the longest prompt) and requests every 8 steps: evictions and
+    # preemptions.
+    Scenario("mooncake-tight", "mooncake_slice", 8.0, 6000),
+    Scenario("mooncake-tight-nocache", "mooncake_slice", 8.0, 6000, enable_prefix_caching=False),
+    # vLLM's A100 defaults (2048 tokens, 256 sequences) with long prefills capped at 512 tokens a step.
+    Scenario("mooncake-a100-threshold", "mooncake_slice", 20.0, 9669, max_num_batched_tokens=2048,
+             max_num_seqs=256, long_prefill_token_threshold=512),
+    # Synthetic chat sessions (shared system prompts, turns resending the conversation, answers included),
+    # a small cache and a small sequence limit.
+    Scenario("multiturn-small", "multiturn", 3.0, 2500, max_num_batched_tokens=1024, max_num_seqs=16,
+             max_output_tokens=256, num_requests=300),
+)}
+
+
+def _workload(s: Scenario):
+    if s.workload == "mooncake_slice":
+        cfg = load_workload_config("mooncake_conversation", trace=MOONCAKE_SLICE, arrival="poisson", rate_qps=1.0,
+                                   shuffle_rows=False, max_output_tokens=s.max_output_tokens,
+                                   num_requests=s.num_requests)
+    elif s.workload == "multiturn":
+        cfg = load_workload_config("multiturn_chat", num_requests=s.num_requests,
+                                   max_output_tokens=s.max_output_tokens)
+    else:
+        raise ValueError(f"unknown scenario workload {s.workload!r}")
+    return load_workload(cfg, s.seed)
+
+
+def build(s: Scenario) -> tuple[RequestState, np.ndarray, dict, int, int]:
+    """The scenario's requests, arrival steps, `vllm_v1` parameters, KV blocks and block size."""
+    workload = _workload(s)
+    requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
+                                   MAX_MODEL_LEN, workload.content)
+    rng = np.random.default_rng(s.seed)
+    arrival_step = np.floor(np.cumsum(rng.exponential(s.mean_gap_steps, len(workload)))).astype(np.int64)
+    arrival_step -= arrival_step[0]
+    params = {"max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs,
+              "long_prefill_token_threshold": s.long_prefill_token_threshold,
+              "enable_prefix_caching": s.enable_prefix_caching}
+    return requests, arrival_step, params, s.num_blocks, BLOCK_SIZE
+
+
+def token_ids(requests: RequestState, request_id: int, length: int) -> np.ndarray:
+    """The request's first `length` token ids: the content's where it is known, unique ones elsewhere."""
+    positions = np.arange(length, dtype=np.int64)
+    ids = ContentTokens(requests, BLOCK_SIZE).token_ids(request_id, positions, CONTENT_VOCAB)
+    unknown = ids < 0
+    ids[unknown] = UNIQUE_BASE + request_id * 2**21 + positions[unknown]
+    return ids
+
+
+def our_log(s: Scenario) -> StepLog:
+    """The `vllm_v1` policy's decisions on the scenario."""
+    requests, arrival_step, params, num_blocks, block_size = build(s)
+    kv = KVCache(num_blocks, block_size, np.zeros(len(requests), np.int64))
+    return run_steps(POLICIES["vllm_v1"](kv, requests, **params), arrival_step)
+
+
+def saved_log(name: str, directory: Path | str = SAVED) -> StepLog:
+    """vLLM's decisions on scenario `name`, as bench/vllm_v1_decisions.py saved them."""
+    directory = Path(directory)
+
+    def rows(kind: str) -> list[tuple]:
+        return list(pd.read_csv(directory / f"{name}.{kind}.csv.gz").itertuples(index=False, name=None))
+
+    steps = json.loads((directory / "comparison.json").read_text())["comparison"][name]["theirs"]["steps"]
+    return StepLog(rows("scheduled"), rows("admitted"), rows("preempted"), steps)
