@@ -86,6 +86,10 @@ class SGLang(Policy):
             prefills += 1
             if n == requests.pending_tokens(r):
                 self.chunked = None
+                # It joins the decoding batch only now, and the waiting requests get their turn next step:
+                # counted as an admission so that the replica does not take this step for the start of a
+                # run of decodes (a recomputing request's last prompt token looks like a decode).
+                self.num_admitted += 1
         if self.chunked is None:
             for r in self.waiting_order():
                 if budget <= 0 or len(self.running) >= self.max_running_requests:

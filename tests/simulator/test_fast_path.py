@@ -63,3 +63,18 @@ def test_step_ends_short_and_long_runs_round_alike(num_steps):
     start = 123_456_789_012
     expected = np.cumsum([second_to_duration_ns(s) for s in seconds]) + start
     assert step_ends_ns(seconds, start) == expected.tolist()
+
+
+def test_sglang_s_last_one_token_chunk_of_a_recompute_does_not_start_a_decode_run():
+    # Found by the property test: with 1-token chunks, a preempted request recomputing its prompt and
+    # outputs ends its chunked prefill on a one-token step that looks like a decode. SGLang admits the
+    # waiting requests on the next step, so the replica must not advance a run of decodes from there.
+    from scenarios import Pool, Scenario, fast_path_matches_stepping, simulate_scenario
+
+    s = Scenario(pools={"colocated": Pool(policy="sglang", params={"chunked_prefill_size": 1}, num_replicas=1,
+                                          pp=1, kv_blocks=32)},
+                 router="round_robin", fast_decode_runs=False, block_size=1, kv_watermark=0.0, max_model_len=32,
+                 workload_seed=0, num_requests=20, rate_qps=20.0, max_prompt=32, max_output=32,
+                 streaming_layers=0, seed=None, content_unit_tokens=0)
+    assert simulate_scenario(s).out.records.preemptions.sum() > 0
+    assert fast_path_matches_stepping(s)
