@@ -27,6 +27,7 @@ import gzip
 import json
 import sys
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +42,12 @@ from simulator.stepping import StepLog, compare_logs
 
 @dataclass
 class VllmSide:
-    """vLLM's scheduler over a scenario's requests."""
+    """vLLM's scheduler over a scenario's requests. With `async_scheduling` (vLLM's default in its engine),
+    the engine schedules step N+1 before it has step N's sampled tokens (a queue of two batches), as
+    EngineCore.step_with_batch_queue does; the policy models the synchronous scheduler."""
 
     scenario: Scenario
+    async_scheduling: bool = False
 
     def run(self) -> tuple[StepLog, str]:
         import torch
@@ -52,6 +56,7 @@ class VllmSide:
         from vllm.sampling_params import SamplingParams
         from vllm.utils.hashing import sha256
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+        from vllm.v1.core.sched.async_scheduler import AsyncScheduler
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
         from vllm.v1.outputs import ModelRunnerOutput
@@ -65,7 +70,8 @@ class VllmSide:
             scheduler_config=SchedulerConfig(
                 max_num_seqs=params["max_num_seqs"], max_num_batched_tokens=params["max_num_batched_tokens"],
                 max_model_len=requests.max_model_len, enable_chunked_prefill=True, is_encoder_decoder=False,
-                long_prefill_token_threshold=params["long_prefill_token_threshold"], async_scheduling=False),
+                long_prefill_token_threshold=params["long_prefill_token_threshold"],
+                async_scheduling=self.async_scheduling),
             model_config=ModelConfig(model=str(model_dir), skip_tokenizer_init=True, dtype="bfloat16",
                                      max_model_len=requests.max_model_len),
             cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=params["enable_prefix_caching"]),
@@ -77,13 +83,16 @@ class VllmSide:
         spec = FullAttentionSpec(block_size=block_size, num_kv_heads=8, head_size=128, dtype=torch.bfloat16)
         kv_config = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
                                   kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
-        scheduler = Scheduler(vllm_config=vc, kv_cache_config=kv_config,
+        scheduler_class = AsyncScheduler if self.async_scheduling else Scheduler
+        scheduler = scheduler_class(vllm_config=vc, kv_cache_config=kv_config,
                               structured_output_manager=StructuredOutputManager(vc), block_size=block_size)
         init_none_hash(sha256)
         hasher = get_request_block_hasher(block_size, sha256)
         ints = requests.ints
         n = len(arrival_step)
         tokens = {}  # request -> every token id it will ever hold (prompt, then the outputs it samples)
+        num_sampled = defaultdict(int)
+        in_flight: deque = deque()  # (scheduler output, request ids, sampled tokens) not yet returned
         log = StepLog()
         next_arrival = finished = 0
         for step in range(1_000_000):
@@ -110,15 +119,25 @@ class VllmSide:
                 if rid in waiting:
                     log.admitted.append((step, r, int(req.num_computed_tokens - num)))
                 ids.append(rid)
-                # A request that computed its last known token samples the next one: the content's token.
-                done_prompt = req.num_computed_tokens >= req.num_tokens
-                sampled.append([int(tokens[r][req.num_tokens])] if done_prompt else [])
-            if not ids:
-                continue
-            before = set(scheduler.requests)
-            scheduler.update_from_output(out, ModelRunnerOutput(
-                req_ids=ids, req_id_to_index={rid: i for i, rid in enumerate(ids)}, sampled_token_ids=sampled))
-            finished += len(before - set(scheduler.requests))
+                # A request that computes its last known token samples the next one: the content's token.
+                if self.async_scheduling:  # known tokens include the placeholders of batches in flight
+                    samples = not req.is_prefill_chunk
+                else:
+                    samples = req.num_computed_tokens >= req.num_tokens
+                sampled.append([int(tokens[r][ints.prompt_tokens[r] + num_sampled[r]])] if samples else [])
+                num_sampled[r] += samples
+            if ids:
+                in_flight.append((out, ids, sampled))
+            # The synchronous engine waits for every batch; the asynchronous one keeps two in flight.
+            while in_flight and (len(in_flight) > (1 if self.async_scheduling else 0) or not ids):
+                done_out, done_ids, done_sampled = in_flight.popleft()
+                before = set(scheduler.requests)
+                scheduler.update_from_output(done_out, ModelRunnerOutput(
+                    req_ids=done_ids, req_id_to_index={rid: i for i, rid in enumerate(done_ids)},
+                    sampled_token_ids=done_sampled))
+                finished += len(before - set(scheduler.requests))
+                if not ids:
+                    break
         raise RuntimeError(f"{s.name}: vLLM left requests unfinished")
 
 
@@ -147,30 +166,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated names")
     parser.add_argument("--save", type=Path, help="write vLLM's step logs and the comparison here")
+    parser.add_argument("--async-scheduling", action="store_true",
+                        help="drive vLLM's AsyncScheduler as its engine does by default (two batches in flight); "
+                             "--save then writes comparison_async.json only (the tests use the synchronous logs)")
     args = parser.parse_args(argv)
     results = {}
     version = None
     for name in args.scenarios.split(","):
         scenario = SCENARIOS[name]
         t = time.perf_counter()
-        theirs, version = VllmSide(scenario).run()
+        theirs, version = VllmSide(scenario, args.async_scheduling).run()
         vllm_s = time.perf_counter() - t
-        ours = our_log(scenario)
-        result = compare_logs(ours, theirs)
+        result = compare_logs(our_log(scenario), theirs)
         results[name] = result
-        print(f"{name:18s} steps {result['steps_identical']:>6,} of {result['steps']:>6,} identical "
+        print(f"{name:24s} steps {result['steps_identical']:>6,} of {result['steps']:>6,} identical "
               f"(first difference: {result['first_difference_step']}); cached tokens ours "
               f"{result['ours']['cached_tokens']:,} vLLM {result['theirs']['cached_tokens']:,}; preemptions "
               f"{result['ours']['preemptions']} / {result['theirs']['preemptions']}; vLLM {vllm_s:.1f} s", flush=True)
-        if args.save:
+        if args.save and not args.async_scheduling:
             args.save.mkdir(parents=True, exist_ok=True)
             for kind, frame in frames(theirs).items():
-                with gzip.open(args.save / f"{name}.{kind}.csv.gz", "wt", compresslevel=9) as f:
-                    frame.to_csv(f, index=False)
+                # mtime=0: the same decisions give the same bytes
+                with gzip.GzipFile(args.save / f"{name}.{kind}.csv.gz", "wb", compresslevel=9, mtime=0) as f:
+                    f.write(frame.to_csv(index=False).encode())
     if args.save:
-        meta = {"vllm": version, "made_by": "python bench/vllm_v1_decisions.py --save " + args.save.as_posix(),
+        args.save.mkdir(parents=True, exist_ok=True)
+        flag = " --async-scheduling" if args.async_scheduling else ""
+        meta = {"vllm": version, "scheduler": "AsyncScheduler" if args.async_scheduling else "Scheduler",
+                "made_by": f"python bench/vllm_v1_decisions.py{flag} --save {args.save.as_posix()}",
                 "scenarios": {n: SCENARIOS[n].describe() for n in results}, "comparison": results}
-        (args.save / "comparison.json").write_text(json.dumps(meta, indent=1) + "\n")
+        name = "comparison_async.json" if args.async_scheduling else "comparison.json"
+        (args.save / name).write_text(json.dumps(meta, indent=1) + "\n")
     return 0
 
 
