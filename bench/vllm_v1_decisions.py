@@ -23,7 +23,6 @@ without vLLM installed.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -31,12 +30,10 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simulator.decision_scenarios import SCENARIOS, Scenario, build, our_log, token_ids
+from simulator.decision_scenarios import BLOCK_SIZE, SCENARIOS, Scenario, build, our_log, save_log, token_ids
 from simulator.stepping import StepLog, compare_logs
 
 
@@ -64,7 +61,8 @@ class VllmSide:
         from vllm.v1.structured_output import StructuredOutputManager
 
         s = self.scenario
-        requests, arrival_step, params, num_blocks, block_size = build(s)
+        requests, arrival_step, params = build(s)
+        block_size = BLOCK_SIZE
         model_dir = _model_dir(requests.max_model_len)
         vc = VllmConfig(
             scheduler_config=SchedulerConfig(
@@ -78,14 +76,14 @@ class VllmSide:
             device_config=DeviceConfig(device="cpu"))
         # vLLM keeps one block aside as its null block (never handed out): one more gives it the same usable
         # blocks as the policy.
-        num_blocks += 1
+        num_blocks = s.num_blocks + 1
         vc.cache_config.num_gpu_blocks = num_blocks
         spec = FullAttentionSpec(block_size=block_size, num_kv_heads=8, head_size=128, dtype=torch.bfloat16)
         kv_config = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
                                   kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
         scheduler_class = AsyncScheduler if self.async_scheduling else Scheduler
         scheduler = scheduler_class(vllm_config=vc, kv_cache_config=kv_config,
-                              structured_output_manager=StructuredOutputManager(vc), block_size=block_size)
+                                    structured_output_manager=StructuredOutputManager(vc), block_size=block_size)
         init_none_hash(sha256)
         hasher = get_request_block_hasher(block_size, sha256)
         ints = requests.ints
@@ -156,12 +154,6 @@ def _model_dir(max_model_len: int) -> Path:
     return out
 
 
-def frames(log: StepLog) -> dict[str, pd.DataFrame]:
-    return {"scheduled": pd.DataFrame(log.scheduled, columns=["step", "request", "tokens"]),
-            "admitted": pd.DataFrame(log.admitted, columns=["step", "request", "cached_tokens"]),
-            "preempted": pd.DataFrame(log.preempted, columns=["step", "request"])}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated names")
@@ -184,11 +176,7 @@ def main(argv=None) -> int:
               f"{result['ours']['cached_tokens']:,} vLLM {result['theirs']['cached_tokens']:,}; preemptions "
               f"{result['ours']['preemptions']} / {result['theirs']['preemptions']}; vLLM {vllm_s:.1f} s", flush=True)
         if args.save and not args.async_scheduling:
-            args.save.mkdir(parents=True, exist_ok=True)
-            for kind, frame in frames(theirs).items():
-                # mtime=0: the same decisions give the same bytes
-                with gzip.GzipFile(args.save / f"{name}.{kind}.csv.gz", "wb", compresslevel=9, mtime=0) as f:
-                    f.write(frame.to_csv(index=False).encode())
+            save_log(theirs, name, args.save)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         flag = " --async-scheduling" if args.async_scheduling else ""

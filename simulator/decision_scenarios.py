@@ -9,6 +9,7 @@ first k x block_size tokens); every other token, outputs included, is unique to 
 """
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,8 +81,8 @@ def _workload(s: Scenario):
     return load_workload(cfg, s.seed)
 
 
-def build(s: Scenario) -> tuple[RequestState, np.ndarray, dict, int, int]:
-    """The scenario's requests, arrival steps, `vllm_v1` parameters, KV blocks and block size."""
+def build(s: Scenario) -> tuple[RequestState, np.ndarray, dict]:
+    """The scenario's requests, arrival steps and `vllm_v1` parameters (KV: s.num_blocks of BLOCK_SIZE)."""
     workload = _workload(s)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    MAX_MODEL_LEN, workload.content)
@@ -91,7 +92,7 @@ def build(s: Scenario) -> tuple[RequestState, np.ndarray, dict, int, int]:
     params = {"max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs,
               "long_prefill_token_threshold": s.long_prefill_token_threshold,
               "enable_prefix_caching": s.enable_prefix_caching}
-    return requests, arrival_step, params, s.num_blocks, BLOCK_SIZE
+    return requests, arrival_step, params
 
 
 def token_ids(requests: RequestState, request_id: int, length: int) -> np.ndarray:
@@ -105,13 +106,28 @@ def token_ids(requests: RequestState, request_id: int, length: int) -> np.ndarra
 
 def our_log(s: Scenario) -> StepLog:
     """The `vllm_v1` policy's decisions on the scenario."""
-    requests, arrival_step, params, num_blocks, block_size = build(s)
-    kv = KVCache(num_blocks, block_size, np.zeros(len(requests), np.int64))
+    requests, arrival_step, params = build(s)
+    kv = KVCache(s.num_blocks, BLOCK_SIZE, np.zeros(len(requests), np.int64))
     return run_steps(POLICIES["vllm_v1"](kv, requests, **params), arrival_step)
 
 
+# The saved logs: one gzipped CSV per kind of row, columns as StepLog describes them.
+LOG_COLUMNS = {"scheduled": ["step", "request", "tokens"], "admitted": ["step", "request", "cached_tokens"],
+               "preempted": ["step", "request"]}
+
+
+def save_log(log: StepLog, name: str, directory: Path | str = SAVED) -> None:
+    """Write a scheduler's decisions on scenario `name` (byte-stable: the same decisions, the same files)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, columns in LOG_COLUMNS.items():
+        csv = pd.DataFrame(getattr(log, kind), columns=columns).to_csv(index=False).encode()
+        with gzip.GzipFile(directory / f"{name}.{kind}.csv.gz", "wb", compresslevel=9, mtime=0) as f:
+            f.write(csv)
+
+
 def saved_log(name: str, directory: Path | str = SAVED) -> StepLog:
-    """vLLM's decisions on scenario `name`, as bench/vllm_v1_decisions.py saved them."""
+    """vLLM's decisions on scenario `name`, as bench/vllm_v1_decisions.py saved them (save_log)."""
     directory = Path(directory)
 
     def rows(kind: str) -> list[tuple]:

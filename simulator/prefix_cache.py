@@ -294,30 +294,31 @@ class PrefixCachingKV(KVCache):
 
     # --- allocation --------------------------------------------------------------------------------
 
-    def could_hold(self, request_id: int, num_tokens: int) -> bool:
-        """Whether `allocate(request_id, num_tokens)` would succeed now (KVCache.could_hold), its cached
-        prefix counted: hits nobody holds leave the free queue, the rest comes from it."""
-        held = self._held[request_id]
-        hits = []
-        if held == 0 and not self.requests.ints.computed_tokens[request_id]:
-            hits = self._prefix_blocks(request_id)[: num_tokens // self.block_size]
-        needed = -(-num_tokens // self.block_size) - held - len(hits)
-        free_hits = int(np.count_nonzero(self.ref_count[hits] == 0)) if hits else 0
-        return self.free_blocks - free_hits - max(needed, 0) >= 0
-
-    def allocate(self, request_id: int, num_tokens: int, admission: bool = False) -> bool:
-        """Grow the request's blocks to hold `num_tokens` tokens, all or nothing (KVCache.allocate).
-
-        A request holding no blocks first takes its cached prefix (within num_tokens, as
-        `prefix_hit_tokens` reports it); then new blocks come from the free queue.
-        """
+    def _hits_and_needed(self, request_id: int, num_tokens: int) -> tuple[np.ndarray, int]:
+        """What holding `num_tokens` tokens takes: the cached prefix blocks a request holding none would
+        take (within num_tokens, as `prefix_hit_tokens` reports it), and how many blocks must come from the
+        free queue beyond those (<= 0: none)."""
         held = self._held[request_id]
         hits = NO_BLOCKS
         if held == 0 and not self.requests.ints.computed_tokens[request_id]:
             hit_list = self._prefix_blocks(request_id)[: num_tokens // self.block_size]
             if hit_list:
                 hits = np.array(hit_list, dtype=np.int64)
-        needed = -(-num_tokens // self.block_size) - held - len(hits)
+        return hits, -(-num_tokens // self.block_size) - held - len(hits)
+
+    def could_hold(self, request_id: int, num_tokens: int) -> bool:
+        """Whether `allocate(request_id, num_tokens)` would succeed now (KVCache.could_hold), its cached
+        prefix counted: hits nobody holds leave the free queue, the rest comes from it."""
+        hits, needed = self._hits_and_needed(request_id, num_tokens)
+        free_hits = int(np.count_nonzero(self.ref_count[hits] == 0))
+        return self.free_blocks - free_hits - max(needed, 0) >= 0
+
+    def allocate(self, request_id: int, num_tokens: int, admission: bool = False) -> bool:
+        """Grow the request's blocks to hold `num_tokens` tokens, all or nothing (KVCache.allocate).
+
+        A request holding no blocks first takes its cached prefix; then new blocks come from the free queue.
+        """
+        hits, needed = self._hits_and_needed(request_id, num_tokens)
         if needed <= 0 and not len(hits):
             self._cache_prompt_blocks(request_id, num_tokens)
             return True
@@ -326,7 +327,7 @@ class PrefixCachingKV(KVCache):
         free_hits = int(np.count_nonzero(unheld))
         if self.free_blocks - free_hits - max(needed, 0) < (self.watermark_blocks if admission else 0):
             return False
-        if held == 0 and self.requests.ints.preemptions[request_id] == 0:
+        if self._held[request_id] == 0 and self.requests.ints.preemptions[request_id] == 0:
             prompt_blocks = self.requests.ints.prompt_tokens[request_id] // self.block_size
             self.lookup_blocks += min(prompt_blocks, len(self._hashes_of(request_id)[0]))
             self.hit_blocks += len(hits)
