@@ -64,7 +64,7 @@ def main() -> None:
                                        cfg.model.max_model_len, content=content)
         policy = PolicyConfig(name=name, params=dict(params))
         started = time.perf_counter()
-        out = simulate(requests, parts.policy_factory(policy, cfg.model.max_model_len, cfg.hardware), predictor,
+        out = simulate(requests, parts.policy_factory(policy, cfg.model.max_model_len, cfg.hardware, cfg.engine), predictor,
                        blocks, block_size=cfg.cluster.block_size)
         sim_s = time.perf_counter() - started
         s = metrics.summarize(out.records, out.iterations, out.simulated_s, sim_s)

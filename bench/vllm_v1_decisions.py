@@ -10,6 +10,8 @@ tokens each request finds cached when it is scheduled from the waiting queue, an
 
     python bench/vllm_v1_decisions.py                      # compare every scenario, print a table
     python bench/vllm_v1_decisions.py --save data/validation/scheduler/vllm_v1   # also write vLLM's logs
+    python bench/vllm_v1_decisions.py --async-scheduling --save data/validation/scheduler/vllm_v1
+                      # vLLM's AsyncScheduler (its engine's default) against the policy's async_scheduling
 
 Needs vLLM, best in its own virtual environment (it pins its own torch); its scheduler runs on a machine
 without a GPU:
@@ -41,7 +43,7 @@ from simulator.stepping import StepLog, compare_logs
 class VllmSide:
     """vLLM's scheduler over a scenario's requests. With `async_scheduling` (vLLM's default in its engine),
     the engine schedules step N+1 before it has step N's sampled tokens (a queue of two batches), as
-    EngineCore.step_with_batch_queue does; the policy models the synchronous scheduler."""
+    EngineCore.step_with_batch_queue does (compared with the policy's `async_scheduling`)."""
 
     scenario: Scenario
     async_scheduling: bool = False
@@ -92,7 +94,18 @@ class VllmSide:
         num_sampled = defaultdict(int)
         in_flight: deque = deque()  # (scheduler output, request ids, sampled tokens) not yet returned
         log = StepLog()
-        next_arrival = finished = 0
+        next_arrival = 0
+        finished = [0]
+
+        def read_oldest() -> None:
+            """Hand the scheduler the oldest batch in flight's sampled tokens."""
+            done_out, done_ids, done_sampled = in_flight.popleft()
+            before = set(scheduler.requests)
+            scheduler.update_from_output(done_out, ModelRunnerOutput(
+                req_ids=done_ids, req_id_to_index={rid: i for i, rid in enumerate(done_ids)},
+                sampled_token_ids=done_sampled))
+            finished[0] += len(before - set(scheduler.requests))
+
         for step in range(1_000_000):
             while next_arrival < n and arrival_step[next_arrival] <= step:
                 r = next_arrival
@@ -103,11 +116,20 @@ class VllmSide:
                     sampling_params=SamplingParams(max_tokens=int(ints.output_tokens[r]), ignore_eos=True),
                     pooling_params=None, block_hasher=hasher))
                 next_arrival += 1
-            if finished == n:
+            if finished[0] == n:
                 log.steps = step
                 return log, vllm.__version__
             waiting = {req.request_id for req in scheduler.waiting}
             out = scheduler.schedule()
+            # Having scheduled nothing, the engine waits for the batch in flight, reads its tokens and
+            # schedules again: no step runs on the GPU in between, so none is counted.
+            while not out.num_scheduled_tokens and in_flight:
+                log.preempted += [(step, int(r)) for r in sorted(out.preempted_req_ids or (), key=int)]
+                read_oldest()
+                if finished[0] == n:  # the last tokens read: this step never runs
+                    log.steps = step
+                    return log, vllm.__version__
+                out = scheduler.schedule()
             log.preempted += [(step, int(r)) for r in sorted(out.preempted_req_ids or (), key=int)]
             ids, sampled = [], []
             for rid, num in out.num_scheduled_tokens.items():
@@ -127,15 +149,8 @@ class VllmSide:
             if ids:
                 in_flight.append((out, ids, sampled))
             # The synchronous engine waits for every batch; the asynchronous one keeps two in flight.
-            while in_flight and (len(in_flight) > (1 if self.async_scheduling else 0) or not ids):
-                done_out, done_ids, done_sampled = in_flight.popleft()
-                before = set(scheduler.requests)
-                scheduler.update_from_output(done_out, ModelRunnerOutput(
-                    req_ids=done_ids, req_id_to_index={rid: i for i, rid in enumerate(done_ids)},
-                    sampled_token_ids=done_sampled))
-                finished += len(before - set(scheduler.requests))
-                if not ids:
-                    break
+            while len(in_flight) > (1 if self.async_scheduling else 0):
+                read_oldest()
         raise RuntimeError(f"{s.name}: vLLM left requests unfinished")
 
 
@@ -154,13 +169,19 @@ def _model_dir(max_model_len: int) -> Path:
     return out
 
 
+def _directory(args) -> Path:
+    """Where --save writes: the synchronous scheduler's logs in the directory given, the asynchronous
+    one's in its `async` folder."""
+    return args.save / "async" if args.async_scheduling else args.save
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated names")
     parser.add_argument("--save", type=Path, help="write vLLM's step logs and the comparison here")
     parser.add_argument("--async-scheduling", action="store_true",
-                        help="drive vLLM's AsyncScheduler as its engine does by default (two batches in flight); "
-                             "--save then writes comparison_async.json only (the tests use the synchronous logs)")
+                        help="drive vLLM's AsyncScheduler as its engine does by default (two batches in flight) "
+                             "against the policy with async_scheduling; --save then writes into <save>/async")
     args = parser.parse_args(argv)
     results = {}
     version = None
@@ -169,22 +190,20 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         theirs, version = VllmSide(scenario, args.async_scheduling).run()
         vllm_s = time.perf_counter() - t
-        result = compare_logs(our_log(scenario), theirs)
+        result = compare_logs(our_log(scenario, args.async_scheduling), theirs)
         results[name] = result
         print(f"{name:24s} steps {result['steps_identical']:>6,} of {result['steps']:>6,} identical "
               f"(first difference: {result['first_difference_step']}); cached tokens ours "
               f"{result['ours']['cached_tokens']:,} vLLM {result['theirs']['cached_tokens']:,}; preemptions "
               f"{result['ours']['preemptions']} / {result['theirs']['preemptions']}; vLLM {vllm_s:.1f} s", flush=True)
-        if args.save and not args.async_scheduling:
-            save_log(theirs, name, args.save)
+        if args.save:
+            save_log(theirs, name, _directory(args))
     if args.save:
-        args.save.mkdir(parents=True, exist_ok=True)
         flag = " --async-scheduling" if args.async_scheduling else ""
         meta = {"vllm": version, "scheduler": "AsyncScheduler" if args.async_scheduling else "Scheduler",
                 "made_by": f"python bench/vllm_v1_decisions.py{flag} --save {args.save.as_posix()}",
                 "scenarios": {n: SCENARIOS[n].describe() for n in results}, "comparison": results}
-        name = "comparison_async.json" if args.async_scheduling else "comparison.json"
-        (args.save / name).write_text(json.dumps(meta, indent=1) + "\n")
+        (_directory(args) / "comparison.json").write_text(json.dumps(meta, indent=1) + "\n")
     return 0
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from simulator.config import ConfigError, HardwareConfig, check_number
+from simulator.engine import EngineProfile
 from simulator.kv_cache import KVCache
 from simulator.prefix_cache import PrefixCachingKV
 from simulator.request import RequestState, int_list
@@ -95,10 +96,11 @@ class Policy:
 
     # True when, as long as nothing arrives, finishes or runs out of KV blocks, a decode-only batch from
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
-    # one step, except after a `schedule` that admitted or preempted: the batch may then be one of a kind
-    # (a preempted request whose cached blocks leave one token to recompute looks like a decode), and a
-    # preempted request may come back next iteration (vLLM V1). Set False in a policy whose choices depend
-    # on the clock.
+    # one step, except after a `schedule` that admitted, preempted or released requests late (`release`):
+    # the batch may then be one of a kind (a preempted request whose cached blocks leave one token to
+    # recompute looks like a decode), a preempted request may come back next iteration (vLLM V1), and
+    # blocks released late may admit a waiting request. Set False in a policy whose choices depend on the
+    # clock.
     fast_forward_decodes = True
 
     @classmethod
@@ -107,13 +109,20 @@ class Policy:
         the config win. None here."""
         return {}
 
+    @classmethod
+    def engine_defaults(cls, engine: EngineProfile) -> dict:
+        """Parameter defaults that follow the engine profile (conf/engine: whether it schedules a step
+        ahead, say); values set in the config win. None here."""
+        return {}
+
     def __init__(self, kv: KVCache, requests: RequestState):
         self.kv = kv
         self.requests = requests
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
-        # Admissions and preemptions so far (the replica reads them: see fast_forward_decodes).
-        self.num_admitted = self.num_preempted = 0
+        # Admissions, preemptions and late releases so far (the replica reads them: see
+        # fast_forward_decodes and `release`).
+        self.num_admitted = self.num_preempted = self.num_late_releases = 0
 
     def add_request(self, request_id: int) -> None:
         """A request routed to this scheduler joins the back of the waiting queue."""
@@ -122,6 +131,14 @@ class Policy:
     def schedule(self, now_s: float) -> Batch | None:
         """The batch to run next, or None if there is nothing to do. Allocates KV for it."""
         raise NotImplementedError
+
+    def release(self, request_ids) -> None:
+        """These running requests emitted their last token: free their KV blocks and take them off the
+        scheduler. The replica calls this when a batch ends. A policy that learns of finished requests
+        later (vLLM V1's async scheduling, policies/vllm_v1.py) keeps them until a later `schedule`, frees
+        them there and counts `num_late_releases`, so that the replica asks it again."""
+        self.kv.free(request_ids)
+        self.finish(request_ids)
 
     def finish(self, request_ids) -> None:
         """These running requests (a list or an int array) emitted their last token; the replica has

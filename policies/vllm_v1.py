@@ -16,12 +16,20 @@ Defaults are vLLM's for the API server (EngineArgs._set_default_args): 8192 toke
 GPUs with at least 70 GiB that are not A100s (H100, H200), 2048 and 256 otherwise; the policy takes them
 from the configured hardware (`hardware_defaults`), and these class defaults are the H100's.
 V1 keeps no free-block watermark at admission (v0's 1 %), so neither does this policy.
+
+With `async_scheduling` (vLLM's engine default: its AsyncScheduler, step n + 1 scheduled while step n
+runs) a request that finished at step n is known to have finished only after step n + 1 is scheduled:
+it keeps its blocks and its place in `running` through that scheduling (nothing is scheduled for it), so
+an admission waiting for its blocks comes a step later. The default follows the engine profile
+(`engine_defaults`).
 """
 from __future__ import annotations
 
 from policies.base import POLICIES, Batch, Parameter, Policy
 from simulator.config import HardwareConfig
+from simulator.engine import EngineProfile
 from simulator.prefix_cache import PrefixCachingKV
+from simulator.request import int_list
 
 
 class VLLMv1(Policy):
@@ -33,12 +41,16 @@ class VLLMv1(Policy):
         Parameter("enable_prefix_caching", "reuse cached prompt blocks", type=bool),
         Parameter("scheduler_reserve_full_isl", "admit a waiting request only if its whole sequence fits in "
                   "the free KV blocks, not just its first chunk", type=bool),
+        Parameter("async_scheduling", "schedule each step before the previous step's tokens are known, as "
+                  "vLLM's engine does by default", type=bool),
     )
 
     def __init__(self, kv, requests, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024,
                  long_prefill_token_threshold: int = 0, enable_prefix_caching: bool = True,
-                 scheduler_reserve_full_isl: bool = True):
+                 scheduler_reserve_full_isl: bool = True, async_scheduling: bool = False):
         super().__init__(kv, requests)
+        self.async_scheduling = async_scheduling
+        self._finishing: list[int] = []  # finished at the last step, not yet known to be (async_scheduling)
         self.scheduler_reserve_full_isl = scheduler_reserve_full_isl
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -52,6 +64,27 @@ class VLLMv1(Policy):
         if hardware.memory_gib >= 70 and "a100" not in hardware.gpu_name.lower():
             return {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
         return {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
+
+    @classmethod
+    def engine_defaults(cls, engine: EngineProfile) -> dict:
+        """Scheduling a step ahead when the engine does (conf/engine: vllm_v1's AsyncScheduler)."""
+        return {"async_scheduling": engine.async_scheduling}
+
+    def release(self, request_ids) -> None:
+        """Policy.release; with async scheduling, one scheduling late: vLLM's engine schedules step n + 1
+        before it reads step n's sampled tokens, so a request that finished at step n still holds its blocks
+        and its place in `running` (skipped: it is known to need no more tokens) while step n + 1 is
+        scheduled, and its blocks are free from step n + 2 on."""
+        if self.async_scheduling:
+            self._finishing += int_list(request_ids)
+        else:
+            super().release(request_ids)
+
+    def _release_late(self, request_ids: list[int]) -> None:
+        """Free requests that finished at an earlier step (async scheduling)."""
+        self._finishing = [r for r in self._finishing if r not in request_ids]
+        super().release(request_ids)
+        self.num_late_releases += 1
 
     def _chunk(self, pending: int, budget: int, threshold: int) -> int:
         if 0 < threshold < pending:
@@ -69,11 +102,19 @@ class VLLMv1(Policy):
         # 1. Running requests, in admission order: a decode token or the next prefill chunk each.
         preempted = False
         index = 0
+        finishing = self._finishing
         while index < len(self.running) and budget > 0:
             r = self.running[index]
+            if finishing and r in finishing:
+                index += 1
+                continue
             n = self._chunk(requests.pending_tokens(r), budget, threshold)
             while not kv.allocate(r, computed[r] + n):
                 victim = self.running[-1]  # the newest; never one scheduled already (they are in front)
+                if finishing and victim in finishing:  # done already: its blocks go back without a recompute
+                    self._release_late([victim])
+                    finishing = self._finishing
+                    continue
                 self.preempt(victim)
                 preempted = True
                 if victim == r:
@@ -97,7 +138,12 @@ class VLLMv1(Policy):
                 break
             ids.append(r), tokens.append(n)
             budget -= n
-        return Batch.of(ids, tokens)
+        batch = Batch.of(ids, tokens)
+        if self._finishing:  # the engine now reads the last step's tokens (async scheduling)
+            self._release_late(self._finishing)
+            if batch is None:  # with nothing to run, it reads them at once and schedules again
+                return self.schedule(now_s)
+        return batch
 
 
 POLICIES["vllm_v1"] = VLLMv1

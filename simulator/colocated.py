@@ -27,7 +27,7 @@ def run_colocated(cfg: SimulationConfig, out_dir: Path | None, progress: bool, s
     # Whatever the config can get wrong (cluster, policy, the model not fitting its GPUs, the workload)
     # is found before fitting the predictor, which takes up to a minute on a cold cache.
     cfg.cluster.validate(cfg.model)
-    make_policy = parts.policy_factory(cfg.policy, cfg.model.max_model_len, cfg.hardware)
+    make_policy = parts.policy_factory(cfg.policy, cfg.model.max_model_len, cfg.hardware, cfg.engine)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
     notes: list[str] = []  # what building the predictor warned about, for the header (not as raw warnings)
@@ -55,7 +55,7 @@ def _setup(cfg: SimulationConfig, workload_name: str, kv_blocks_per_engine: int,
         "tp": cfg.cluster.tp, "pp": cfg.cluster.pp, "router": cfg.cluster.router,
         "gpus_per_replica": gpus_per_replica, "num_gpus": cfg.cluster.num_replicas * gpus_per_replica,
         "policy": cfg.policy.name,
-        "policy_params": policy_parameters(cfg.policy, cfg.hardware), "workload": workload_name,
+        "policy_params": policy_parameters(cfg.policy, cfg.hardware, cfg.engine), "workload": workload_name,
         "workload_source": describe_source(cfg.workload), "trace": trace_file_name(cfg.workload),
         "predictor": type(predictor).__name__, "predictor_calibration": getattr(predictor, "calibration", None),
         "predictor_description": predictor_description(cfg),

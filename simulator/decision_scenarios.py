@@ -25,6 +25,7 @@ from simulator.stepping import StepLog, run_steps
 from simulator.workload import load_workload, load_workload_config
 
 SAVED = "data/validation/scheduler/vllm_v1"  # vLLM's decisions (bench/vllm_v1_decisions.py --save)
+SAVED_ASYNC = f"{SAVED}/async"  # its AsyncScheduler's (--async-scheduling --save)
 MOONCAKE_SLICE = "data/validation/h100/fidelity_prefix/mooncake_slice.jsonl.gz"  # 52 whole conversations
 BLOCK_SIZE = 16
 MAX_MODEL_LEN = 131072  # Llama-3.1-8B
@@ -104,11 +105,13 @@ def token_ids(requests: RequestState, request_id: int, length: int) -> np.ndarra
     return ids
 
 
-def our_log(s: Scenario) -> StepLog:
-    """The `vllm_v1` policy's decisions on the scenario."""
+def our_log(s: Scenario, async_scheduling: bool = False) -> StepLog:
+    """The `vllm_v1` policy's decisions on the scenario (scheduling as vLLM's engine does with
+    `async_scheduling`, a step ahead of the tokens)."""
     requests, arrival_step, params = build(s)
     kv = KVCache(s.num_blocks, BLOCK_SIZE, np.zeros(len(requests), np.int64))
-    return run_steps(POLICIES["vllm_v1"](kv, requests, **params), arrival_step)
+    policy = POLICIES["vllm_v1"](kv, requests, **params, async_scheduling=async_scheduling)
+    return run_steps(policy, arrival_step)
 
 
 # The saved logs: one gzipped CSV per kind of row, columns as StepLog describes them.

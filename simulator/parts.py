@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from simulator.announce import notice_if_slow
 from simulator.config import ConfigError, HardwareConfig, PolicyConfig
+from simulator.engine import EngineProfile
 
 if TYPE_CHECKING:
     from simulator.run import SimulationConfig
@@ -15,14 +16,19 @@ if TYPE_CHECKING:
 PREDICTORS = ("fitted", "linear")
 
 
-def policy_parameters(policy: PolicyConfig, hardware: HardwareConfig | None = None) -> dict:
-    """The policy's keyword arguments: those set in the config, and for the rest, given the `hardware`,
-    the policy's defaults for that GPU (vLLM V1's and SGLang's depend on it)."""
+def policy_parameters(policy: PolicyConfig, hardware: HardwareConfig | None = None,
+                      engine: EngineProfile | None = None) -> dict:
+    """The policy's keyword arguments: those set in the config, and for the rest, given the `hardware`
+    and the `engine` profile, the policy's defaults for that GPU (vLLM V1's and SGLang's depend on it)
+    and that engine (vLLM V1's scheduling a step ahead, as the engine's `async_scheduling` says)."""
     from policies.base import POLICIES
 
     kwargs = policy.policy_kwargs()
-    if hardware is not None and policy.name in POLICIES:
-        kwargs = POLICIES[policy.name].hardware_defaults(hardware) | kwargs
+    cls = POLICIES.get(policy.name)
+    if cls is not None and engine is not None:
+        kwargs = cls.engine_defaults(engine) | kwargs
+    if cls is not None and hardware is not None:
+        kwargs = cls.hardware_defaults(hardware) | kwargs
     return kwargs
 
 
@@ -42,8 +48,8 @@ def effective_policy_params(policy_cfg: PolicyConfig) -> dict:
 
 
 def policy_factory(policy: PolicyConfig, max_model_len: int | None = None,
-                   hardware: HardwareConfig | None = None):
-    """A callable (kv, requests) -> policy instance, with `policy_parameters(policy, hardware)`.
+                   hardware: HardwareConfig | None = None, engine: EngineProfile | None = None):
+    """A callable (kv, requests) -> policy instance, with `policy_parameters(policy, hardware, engine)`.
 
     Raises ConfigError for an unknown name, or a parameter the policy does not declare or holds out of
     range (policies.base.check_parameters); given the model's `max_model_len`, also for one below a bound
@@ -51,7 +57,7 @@ def policy_factory(policy: PolicyConfig, max_model_len: int | None = None,
     """
     from policies.base import check_parameters, new_policy
 
-    kwargs = policy_parameters(policy, hardware)
+    kwargs = policy_parameters(policy, hardware, engine)
     check_parameters(policy.name, kwargs, max_model_len)
     return functools.partial(new_policy, policy.name, kwargs)
 

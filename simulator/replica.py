@@ -150,15 +150,16 @@ class Replica:
         env, engine = self.env, self.engines[0]
         fast = self.fast_decode_runs and engine.fast_forward_decodes
         while True:
-            changes_before = engine.num_admitted + engine.num_preempted
+            changes_before = engine.num_admitted + engine.num_preempted + engine.num_late_releases
             batch = engine.schedule(env.now / 1e9)
             if batch is None:
                 yield from self._idle()
                 continue
             step = self._scheduled(0, batch)
-            # After an admission or a preemption the next choice may differ (Policy.fast_forward_decodes).
+            # After an admission, a preemption or a late release the next choice may differ
+            # (Policy.fast_forward_decodes).
             if (fast and step.num_decode == len(step.request_ids)
-                    and engine.num_admitted + engine.num_preempted == changes_before):
+                    and engine.num_admitted + engine.num_preempted + engine.num_late_releases == changes_before):
                 yield from self._decode_run(engine, step)
                 continue
             self._check_allocated(step)
@@ -315,7 +316,6 @@ class Replica:
         for r in done:
             ints.completed_ns[r] = end_ns
             self.outstanding_tokens -= ints.prompt_tokens[r] + ints.output_tokens[r]
-        engine.kv.free(done)
-        engine.finish(done)
+        engine.release(done)
         self.outstanding_requests -= len(done)
         self.completed += len(done)

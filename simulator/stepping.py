@@ -53,8 +53,8 @@ def run_steps(policy: Policy, arrival_step: np.ndarray, max_steps: int = 1_000_0
         running_before = list(policy.running)
         batch = policy.schedule(float(step))
         if policy.num_preempted != preempted_before:
-            still_running = set(policy.running)
-            log.preempted += [(step, r) for r in running_before if r not in still_running]
+            now_waiting = set(policy.waiting)  # a request released late leaves `running` but not for `waiting`
+            log.preempted += [(step, r) for r in running_before if r in now_waiting]
         if batch is None:
             continue
         done = []
@@ -70,8 +70,7 @@ def run_steps(policy: Policy, arrival_step: np.ndarray, max_steps: int = 1_000_0
                 if ints.generated_tokens[r] == ints.output_tokens[r]:
                     done.append(r)
         if done:
-            policy.kv.free(done)
-            policy.finish(done)
+            policy.release(done)
             finished += len(done)
     raise RuntimeError(f"{type(policy).__name__}: {n - finished} of {n} requests unfinished after {max_steps} steps")
 

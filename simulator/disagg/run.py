@@ -51,7 +51,8 @@ def pool_policy_and_blocks(cfg, disagg: DisaggConfig, name: str) -> tuple[Policy
     pool_cfg = pool_simulation_config(cfg, disagg, name)
     try:
         kv_blocks = kv_cache_blocks_per_gpu(pool_cfg.model, pool_cfg.hardware, pool_cfg.cluster)
-        make_policy = policy_factory(pool_cfg.policy, pool_cfg.model.max_model_len, pool_cfg.hardware)
+        make_policy = policy_factory(pool_cfg.policy, pool_cfg.model.max_model_len, pool_cfg.hardware,
+                                     pool_cfg.engine)
     except ConfigError as e:
         raise ConfigError(f"cluster.disagg.{name}: {e}") from None
     return make_policy, kv_blocks

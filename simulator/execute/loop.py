@@ -244,8 +244,7 @@ class _Loop:
             req.generated_tokens[emitted] = generated[emits] + 1
             done = emitted[req.generated_tokens[emitted] == req.output_tokens[emitted]]
             if len(done):
-                self.engine.kv.free(done)
-                self.engine.finish(done)
+                self.engine.release(done)
                 self.runner.release(done.tolist())
         return emitted, done
 

@@ -130,7 +130,7 @@ def run_execution(cfg, runner, out_dir: str | Path, clock: str = "busy", progres
 
     check_executable(cfg)
     started = time.perf_counter()
-    make_policy = policy_factory(cfg.policy, hardware=cfg.hardware)
+    make_policy = policy_factory(cfg.policy, hardware=cfg.hardware, engine=cfg.engine)
     kv_blocks = kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster)
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,

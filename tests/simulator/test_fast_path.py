@@ -7,7 +7,9 @@ from simulator.replica import SHORT_RUN_STEPS, second_to_duration_ns, step_ends_
 
 POLICIES = ["vllm", ("sarathi", {"chunk_size": 256}), ("orca", {"max_batch_size": 8}),
             ("faster_transformer", {"max_batch_size": 8}), "shortest_prompt_first",
-            ("vllm_v1", {"max_num_batched_tokens": 256}), ("sglang", {"chunked_prefill_size": 256})]
+            ("vllm_v1", {"max_num_batched_tokens": 256}),
+            ("vllm_v1", {"max_num_batched_tokens": 256, "async_scheduling": True}),
+            ("sglang", {"chunked_prefill_size": 256})]
 
 
 def both_paths(policy, kv_blocks, **kwargs):

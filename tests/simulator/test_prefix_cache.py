@@ -277,6 +277,20 @@ def test_vllm_v1_defaults_follow_the_gpu():
     assert POLICIES["sglang"].hardware_defaults(load_hardware_config("h100")) == {"chunked_prefill_size": 8192}
 
 
+def test_vllm_v1_schedules_ahead_when_its_engine_does_unless_the_config_says():
+    from simulator.config import PolicyConfig
+    from simulator.engine import load_engine_profile
+    from simulator.parts import policy_parameters
+
+    policy = PolicyConfig(name="vllm_v1")
+    assert policy_parameters(policy, engine=load_engine_profile("vllm_v1"))["async_scheduling"] is True
+    assert policy_parameters(policy, engine=load_engine_profile("vllm_v0"))["async_scheduling"] is False
+    assert policy_parameters(policy, engine=load_engine_profile("servesim_execute"))["async_scheduling"] is False
+    chosen = PolicyConfig(name="vllm_v1", params={"async_scheduling": False})
+    assert policy_parameters(chosen, engine=load_engine_profile("vllm_v1"))["async_scheduling"] is False
+    assert "async_scheduling" not in policy_parameters(PolicyConfig(name="sarathi"), engine=load_engine_profile("vllm_v1"))
+
+
 def shared_prefix_workload(n, seed):
     """Random arrivals and lengths; each request starts with one of four 256-token texts, cut anywhere, and
     its content covers its output too (so decodes fill cacheable blocks)."""

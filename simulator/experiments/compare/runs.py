@@ -143,7 +143,7 @@ def simulate(cfg, predictor):
     workload = load_workload(cfg.workload, cfg.seed)
     requests = RequestState.create(workload.arrived_s, workload.prompt_tokens, workload.output_tokens,
                                    cfg.model.max_model_len, content=workload.content)
-    out = simulate_cluster(requests, policy_factory(cfg.policy, hardware=cfg.hardware), predictor,
+    out = simulate_cluster(requests, policy_factory(cfg.policy, hardware=cfg.hardware, engine=cfg.engine), predictor,
                            kv_cache_blocks_per_gpu(cfg.model, cfg.hardware, cfg.cluster),
                            block_size=cfg.cluster.block_size, num_replicas=cfg.cluster.num_replicas,
                            router=cfg.cluster.router, kv_watermark=cfg.cluster.kv_watermark, seed=cfg.seed)

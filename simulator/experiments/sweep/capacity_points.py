@@ -72,7 +72,8 @@ def check_points(points: Sequence[SweepPoint], progress: bool = True,
             simulation, search = compose_capacity_config(point.overrides)
             if fingerprints is not None:
                 fingerprints[point.point_id] = point_fingerprint(simulation, search)
-            policy_factory(simulation.policy, simulation.model.max_model_len, simulation.hardware)
+            policy_factory(simulation.policy, simulation.model.max_model_len, simulation.hardware,
+                           simulation.engine)
             cluster = simulation.cluster
 
             def kv_tokens(model, hardware, tp, pp, cluster=cluster):
