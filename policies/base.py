@@ -136,7 +136,8 @@ class Policy:
         """These running requests emitted their last token: free their KV blocks and take them off the
         scheduler. The replica calls this when a batch ends. A policy that learns of finished requests
         later (vLLM V1's async scheduling, policies/vllm_v1.py) keeps them until a later `schedule`, frees
-        them there and counts `num_late_releases`, so that the replica asks it again."""
+        them there and, when a request waits for blocks, counts `num_late_releases`, so that the replica
+        asks it again at the next iteration rather than running on decodes."""
         self.kv.free(request_ids)
         self.finish(request_ids)
 

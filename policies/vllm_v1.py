@@ -84,7 +84,8 @@ class VLLMv1(Policy):
         """Free requests that finished at an earlier step (async scheduling)."""
         self._finishing = [r for r in self._finishing if r not in request_ids]
         super().release(request_ids)
-        self.num_late_releases += 1
+        if self.waiting:  # the blocks may admit one next step: the replica must not skip that scheduling
+            self.num_late_releases += 1
 
     def _chunk(self, pending: int, budget: int, threshold: int) -> int:
         if 0 < threshold < pending:
