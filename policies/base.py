@@ -96,11 +96,10 @@ class Policy:
 
     # True when, as long as nothing arrives, finishes or runs out of KV blocks, a decode-only batch from
     # `schedule` would be chosen again next iteration. The replica then advances such runs of decodes in
-    # one step, except after a `schedule` that admitted, preempted or released requests late (`release`):
-    # the batch may then be one of a kind (a preempted request whose cached blocks leave one token to
-    # recompute looks like a decode), a preempted request may come back next iteration (vLLM V1), and
-    # blocks released late may admit a waiting request. Set False in a policy whose choices depend on the
-    # clock.
+    # one step, except after a `schedule` that admitted or preempted a request or counted another change
+    # (`num_other_changes`): the batch may then be one of a kind (a preempted request whose cached blocks
+    # leave one token to recompute looks like a decode), and a preempted request may come back next
+    # iteration (vLLM V1). Set False in a policy whose choices depend on the clock.
     fast_forward_decodes = True
 
     @classmethod
@@ -120,9 +119,12 @@ class Policy:
         self.requests = requests
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
-        # Admissions, preemptions and late releases so far (the replica reads them: see
-        # fast_forward_decodes and `release`).
-        self.num_admitted = self.num_preempted = self.num_late_releases = 0
+        # Admissions, preemptions and other changes so far; the replica reads their sum (fast_forward_decodes).
+        # A policy counts an "other change" when its next batch may differ from a decode-only one it just
+        # returned though nothing arrives or finishes: blocks released late may admit a request (`release`),
+        # a chunked prefill ended (sglang), the waiting order may change as decodes evict cached blocks
+        # (sglang's longest-prefix-match order).
+        self.num_admitted = self.num_preempted = self.num_other_changes = 0
 
     def add_request(self, request_id: int) -> None:
         """A request routed to this scheduler joins the back of the waiting queue."""
@@ -136,8 +138,8 @@ class Policy:
         """These running requests emitted their last token: free their KV blocks and take them off the
         scheduler. The replica calls this when a batch ends. A policy that learns of finished requests
         later (vLLM V1's async scheduling, policies/vllm_v1.py) keeps them until a later `schedule`, frees
-        them there and, when a request waits for blocks, counts `num_late_releases`, so that the replica
-        asks it again at the next iteration rather than running on decodes."""
+        them there and, when a request waits for blocks, counts it in `num_other_changes`, so that the
+        replica asks it again at the next iteration rather than running on decodes."""
         self.kv.free(request_ids)
         self.finish(request_ids)
 

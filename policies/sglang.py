@@ -50,6 +50,8 @@ class SGLang(Policy):
         if enable_prefix_caching:
             self.use_prefix_cache(RadixCache)
         self.chunked: int | None = None  # the request part-way through its prefill
+        # Ordered by cached prefix, the waiting queue may reorder as decodes evict cached blocks.
+        self._lpm_order_may_change = schedule_policy == "lpm" and isinstance(self.kv, RadixCache)
 
     @classmethod
     def hardware_defaults(cls, hardware: HardwareConfig) -> dict:
@@ -87,9 +89,9 @@ class SGLang(Policy):
             if n == requests.pending_tokens(r):
                 self.chunked = None
                 # It joins the decoding batch only now, and the waiting requests get their turn next step:
-                # counted as an admission so that the replica does not take this step for the start of a
-                # run of decodes (a recomputing request's last prompt token looks like a decode).
-                self.num_admitted += 1
+                # a change, so that the replica does not take this step for the start of a run of decodes
+                # (a recomputing request's last prompt token looks like a decode).
+                self.num_other_changes += 1
         if self.chunked is None:
             for r in self.waiting_order():
                 if budget <= 0 or len(self.running) >= self.max_running_requests:
@@ -109,6 +111,10 @@ class SGLang(Policy):
 
         # No prefill: every running request decodes (preempting as preemption_victim says if blocks run out).
         decodes = self.schedule_decodes(decoding)
+        if self.waiting and self._lpm_order_may_change:
+            # The blocks these decodes take evict cached ones, which may put another waiting request at
+            # the head of the order, one that fits: the next step must be scheduled, not run on.
+            self.num_other_changes += 1
         return Batch.of(decodes, [1] * len(decodes))
 
     def preemption_victim(self) -> int:

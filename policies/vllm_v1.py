@@ -85,7 +85,7 @@ class VLLMv1(Policy):
         self._finishing = [r for r in self._finishing if r not in request_ids]
         super().release(request_ids)
         if self.waiting:  # the blocks may admit one next step: the replica must not skip that scheduling
-            self.num_late_releases += 1
+            self.num_other_changes += 1
 
     def _chunk(self, pending: int, budget: int, threshold: int) -> int:
         if 0 < threshold < pending:

@@ -170,17 +170,31 @@ class KVCache:
         block_size = self.block_size
         return sum(-(-(num_steps - s) // block_size) for s in spare_slots if s < num_steps)
 
-    def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
-        """Give each request the blocks `num_steps` decodes took, as planned by `decode_run_steps` (they fit).
-        A request with s spare slots takes a new block at steps s + 1, s + 1 + block_size, ..."""
-        held, block_size = self._held, self.block_size
+    def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int,
+                               steps_taken: int = 0) -> None:
+        """Give each request the blocks its decodes `steps_taken` + 1 .. `num_steps` of a run took, as
+        planned by `decode_run_steps` (they fit). A request with s spare slots at the run's start takes a
+        new block at steps s + 1, s + 1 + block_size, ..."""
+        held = self._held
+        for r, blocks in self._decode_run_growth(spare_slots, num_steps, steps_taken, request_ids):
+            held[r] += blocks
+            self.free_blocks -= blocks
+        if self.free_blocks < 0:
+            raise AssertionError("KV blocks of a planned decode run did not fit")  # decode_run_steps is wrong
+
+    def _decode_run_growth(self, spare_slots: list[int], num_steps: int, steps_taken: int,
+                           request_ids: list[int]) -> list[tuple[int, int]]:
+        """(request, new blocks) of each request that takes blocks in steps steps_taken + 1 .. num_steps."""
+        block_size = self.block_size
+        growth = []
         for r, s in zip(request_ids, spare_slots):
             if s < num_steps:
                 blocks = -(-(num_steps - s) // block_size)
-                held[r] += blocks
-                self.free_blocks -= blocks
-        if self.free_blocks < 0:
-            raise AssertionError("KV blocks of a planned decode run did not fit")  # decode_run_steps is wrong
+                if s < steps_taken:
+                    blocks -= -(-(steps_taken - s) // block_size)
+                if blocks:
+                    growth.append((r, blocks))
+        return growth
 
 
 def decode_run_blocks_used(used_at_start: np.ndarray, spare_slots: np.ndarray, requests_per_run: np.ndarray,

@@ -391,13 +391,12 @@ class PrefixCachingKV(KVCache):
             self.cached_free_blocks += int(np.count_nonzero(self.block_hash[released]))
             self._push_free_all(released)
 
-    def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int) -> None:
-        """KVCache.take_decode_run_blocks, with real blocks (the blocks decodes fill are cached when the
-        request leaves)."""
-        block_size = self.block_size
-        for r, s in zip(request_ids, spare_slots):
-            if s < num_steps:
-                self._grow(r, -(-(num_steps - s) // block_size))
+    def take_decode_run_blocks(self, request_ids: list[int], spare_slots: list[int], num_steps: int,
+                               steps_taken: int = 0) -> None:
+        """KVCache.take_decode_run_blocks, with real blocks from the free queue (evicting what they cached;
+        the blocks decodes fill are cached when the request leaves)."""
+        for r, blocks in self._decode_run_growth(spare_slots, num_steps, steps_taken, request_ids):
+            self._grow(r, blocks)
 
     # --- blocks ------------------------------------------------------------------------------------
 

@@ -88,6 +88,33 @@ class Scheduled:
         return sum(self.num_tokens) - self.num_decode
 
 
+@dataclass
+class DecodeRun:
+    """A run of decode iterations advanced in one step (pp = 1), while it lasts.
+
+    Stepping takes a KV block when an iteration starts; the run takes its iterations' blocks when it ends,
+    or earlier, up to the iteration in progress, when someone reads the cache mid-run (Replica.catch_up):
+    a router asking a prefix cache what it holds then sees the blocks those iterations evicted."""
+
+    kv: object  # the engine's KVCache
+    request_ids: list[int]
+    spare_slots: list[int]  # each request's free token slots when the run started
+    ends: list[int]  # each iteration's end (ns); cut short when the run is
+    planned_steps: int
+    steps_taken: int = 0  # iterations whose blocks are taken (the first's are the policy's: none new)
+
+    def take_blocks(self, num_steps: int) -> None:
+        """Take the blocks of iterations up to `num_steps` not taken yet."""
+        if num_steps > self.steps_taken:
+            self.kv.take_decode_run_blocks(self.request_ids, self.spare_slots, num_steps, self.steps_taken)
+            self.steps_taken = num_steps
+
+    def blocks_still_to_take(self) -> int:
+        """Blocks the planned iterations will still take."""
+        spare, kv = self.spare_slots, self.kv
+        return kv.decode_run_blocks(spare, self.planned_steps) - kv.decode_run_blocks(spare, self.steps_taken)
+
+
 class Replica:
     """A model replica: `engines` are its policy instances (one, or one per pipeline stage)."""
 
@@ -107,6 +134,7 @@ class Replica:
         self.completed = 0
         self._wake: simpy.Event | None = None  # set while stage 0 waits for work
         self._in_decode_run = False
+        self.decode_run: DecodeRun | None = None  # the run of decodes in progress (pp = 1)
         if self.num_stages == 1:
             self._process = env.process(self._serve())
         else:
@@ -130,6 +158,14 @@ class Replica:
         self.outstanding_tokens += ints.prompt_tokens[request_id] + ints.output_tokens[request_id]
         self._notify()
 
+    def catch_up(self) -> None:
+        """Bring the KV caches to the present for a reader from outside (the router): a run of decodes in
+        progress takes the blocks its iterations have taken by now, the one in progress included, as
+        stepping one iteration at a time would have."""
+        run = self.decode_run
+        if run is not None:
+            run.take_blocks(min(bisect_left(run.ends, self.env.now) + 1, len(run.ends)))
+
     def _notify(self) -> None:
         """Something changed for the schedulers: wake stage 0 if it is idle, or end a decode run early."""
         if self._wake is not None:
@@ -150,7 +186,7 @@ class Replica:
         env, engine = self.env, self.engines[0]
         fast = self.fast_decode_runs and engine.fast_forward_decodes
         while True:
-            changes_before = engine.num_admitted + engine.num_preempted + engine.num_late_releases
+            changes_before = engine.num_admitted + engine.num_preempted + engine.num_other_changes
             batch = engine.schedule(env.now / 1e9)
             if batch is None:
                 yield from self._idle()
@@ -159,7 +195,7 @@ class Replica:
             # After an admission, a preemption or a late release the next choice may differ
             # (Policy.fast_forward_decodes).
             if (fast and step.num_decode == len(step.request_ids)
-                    and engine.num_admitted + engine.num_preempted + engine.num_late_releases == changes_before):
+                    and engine.num_admitted + engine.num_preempted + engine.num_other_changes == changes_before):
                 yield from self._decode_run(engine, step)
                 continue
             self._check_allocated(step)
@@ -184,6 +220,8 @@ class Replica:
             self._check_allocated(step)
         ends = step_ends_ns(self.predictor.decode_run_stage_times_s(step.kv_tokens, steps)[:, 0], start)
         end = ends[-1]
+        used_at_start = kv.used_blocks
+        run = self.decode_run = DecodeRun(kv, ids, spare_slots, ends, steps)
         self._in_decode_run = True
         try:
             yield env.timeout(end - start)
@@ -194,13 +232,14 @@ class Replica:
             del ends[steps:]
             end = ends[-1]
             yield env.timeout(end - env.now)
-        self.recorder.add_decode_run(self.replica_id, start, ends, len(ids), kv.used_blocks, spare_slots,
+        self.recorder.add_decode_run(self.replica_id, start, ends, len(ids), used_at_start, spare_slots,
                                      step.kv_blocks_cached)
         computed, generated = req.ints.computed_tokens, req.ints.generated_tokens
         for r, k, g in zip(ids, step.kv_tokens, step.generated):
             computed[r] = k + steps
             generated[r] = g + steps
-        kv.take_decode_run_blocks(ids, spare_slots, steps)
+        run.take_blocks(steps)
+        self.decode_run = None
         self.recorder.emit_run(ids, ends)
         if steps == max_steps:
             self._finish(engine, [r for r, left in zip(ids, remaining) if left == steps], end)

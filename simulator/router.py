@@ -71,6 +71,7 @@ def hit_tokens(replica, request_id: int) -> int:
 
     A pipeline-parallel replica has one cache per virtual engine; the best one counts.
     """
+    replica.catch_up()  # a run of decodes advanced in one step takes the blocks it has taken by now
     return max(engine.kv.prefix_hit_blocks(request_id) * engine.kv.block_size for engine in replica.engines)
 
 

@@ -15,8 +15,8 @@ A request's life (DistServe / Splitwise):
      computed_tokens = prompt and one token emitted, so its next iteration decodes it.
 Requests with one output token are done at step 1 and never move.
 
-The replica classes extend simulator.replica.Replica by overriding five of its methods (`_scheduled`,
-`_apply`, `_finish`, `_idle`, `_decode_run`), each calling Replica's own; the SimPy processes, the fast
+The replica classes extend simulator.replica.Replica by overriding four of its methods (`_scheduled`,
+`_apply`, `_finish`, `_idle`), each calling Replica's own; the SimPy processes, the fast
 decode path and pipeline stages are Replica's.
 Replica ids: prefill replicas 0..P-1, decode replicas P..P+D-1 (the iteration table tells pools apart).
 """
@@ -130,7 +130,6 @@ class DecodeReplica(Replica):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._waiting_for_kv: deque = deque()  # (request id, tokens, event) in arrival order
-        self._run_reserve: tuple[Policy, int] | None = None  # (engine, blocks) of a decode run in progress
 
     def request_kv(self, request_id: int) -> simpy.Event:
         """Count the request as routed here and queue it for KV room for prompt + 1 tokens; the event's
@@ -156,27 +155,16 @@ class DecodeReplica(Replica):
         while queue:
             request_id, tokens, granted = queue[0]
             engine = max(self.engines, key=lambda e: e.kv.free_blocks)
-            if self._run_reserve is not None:  # a decode run, possibly cut short and ending its iteration
-                run_engine, reserved_blocks = self._run_reserve
-                kv = run_engine.kv
-                if kv.free_blocks - reserved_blocks - kv.blocks_for(tokens) < kv.watermark_blocks:
+            run = self.decode_run
+            if run is not None:  # a decode run, possibly cut short and ending its iteration
+                kv = run.kv
+                if kv.free_blocks - run.blocks_still_to_take() - kv.blocks_for(tokens) < kv.watermark_blocks:
                     self._notify()
                     return
             if not engine.kv.allocate(request_id, tokens, admission=True):
                 return
             queue.popleft()
             granted.succeed(engine)
-
-    def _decode_run(self, engine: Policy, step: Scheduled):
-        # Note the blocks the run's planned steps need (the same plan Replica._decode_run makes).
-        kv = engine.kv
-        max_steps = min(o - g for o, g in zip(step.output, step.generated))
-        steps, spare_slots = kv.decode_run_steps(step.batch.request_ids, step.kv_tokens, max_steps)
-        self._run_reserve = (engine, kv.decode_run_blocks(spare_slots, steps))
-        try:
-            yield from super()._decode_run(engine, step)
-        finally:
-            self._run_reserve = None
 
     def _scheduled(self, engine: int, batch: Batch) -> Scheduled:
         if self._waiting_for_kv:

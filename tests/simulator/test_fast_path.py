@@ -80,3 +80,37 @@ def test_sglang_s_last_one_token_chunk_of_a_recompute_does_not_start_a_decode_ru
                  streaming_layers=0, seed=None, content_unit_tokens=0)
     assert simulate_scenario(s).out.records.preemptions.sum() > 0
     assert fast_path_matches_stepping(s)
+
+
+def test_a_router_reading_prefix_caches_mid_run_sees_the_blocks_the_run_has_taken_so_far():
+    # Found by bench/fuzz.py (seed 31377): a run of decodes advanced in one step took its iterations' KV
+    # blocks when it ended, so a prefix-aware router asking mid-run found cached blocks that stepping had
+    # already evicted for those decodes, and sent request 28 elsewhere. Replica.catch_up takes them first.
+    from scenarios import Pool, Scenario, fast_path_matches_stepping, simulate_scenario
+
+    s = Scenario(pools={"colocated": Pool(policy="vllm_v1", params={"max_num_batched_tokens": 5, "max_num_seqs": 5,
+                                                                    "long_prefill_token_threshold": 1},
+                                          num_replicas=2, pp=1, kv_blocks=48)},
+                 router="prefix_aware", fast_decode_runs=True, block_size=1, kv_watermark=0.0, max_model_len=32,
+                 workload_seed=645499990, num_requests=40, rate_qps=20.0, max_prompt=8, max_output=32,
+                 streaming_layers=0, seed=31377, content_unit_tokens=16)
+    assert simulate_scenario(s).out.records.preemptions.sum() > 0
+    assert fast_path_matches_stepping(s)
+
+
+def test_sglang_s_longest_prefix_order_is_looked_at_again_while_decodes_evict():
+    # Found by bench/fuzz.py (seed 49658): with schedule_policy=lpm, the blocks a run of decodes takes evict
+    # cached prefixes, which can put another waiting request, one that fits, at the head of the order.
+    # Stepping admits it at once; the replica must not advance the decodes as one run while requests wait.
+    from scenarios import Pool, Scenario, fast_path_matches_stepping
+
+    s = Scenario(pools={"colocated": Pool(policy="sglang", params={"chunked_prefill_size": 3,
+                                                                   "max_running_requests": 245,
+                                                                   "schedule_policy": "lpm",
+                                                                   "enable_mixed_chunk": False,
+                                                                   "enable_prefix_caching": True},
+                                          num_replicas=1, pp=1, kv_blocks=48)},
+                 router="random", fast_decode_runs=True, block_size=4, kv_watermark=0.0, max_model_len=128,
+                 workload_seed=365962616, num_requests=40, rate_qps=20.0, max_prompt=32, max_output=64,
+                 streaming_layers=0, seed=49658, content_unit_tokens=16)
+    assert fast_path_matches_stepping(s)

@@ -80,6 +80,9 @@ class FakeReplica:
         self.outstanding_requests = 0
         self.engines = [FakeEngine(FakeKV(hits, block_size)) for hits in engine_hits or ({},)]
 
+    def catch_up(self):  # a Replica brings a decode run's blocks to the present here; nothing runs here
+        pass
+
 
 def prefix_router(replicas, load_weight=1.0):
     return Router("prefix_aware", replicas, load_weight=load_weight)
