@@ -106,15 +106,15 @@ class SGLang(Policy):
                 if n < need:
                     self.chunked = r
                     break
+        if not prefills and self.waiting and self._lpm_order_may_change:
+            # Decodes alone: the blocks they take evict cached ones, which may put another waiting request
+            # at the head of the order, one that fits, so the next step must be scheduled, not run on.
+            self.num_other_changes += 1
         if prefills or self.enable_mixed_chunk:
             return Batch.of(ids, tokens)
 
         # No prefill: every running request decodes (preempting as preemption_victim says if blocks run out).
         decodes = self.schedule_decodes(decoding)
-        if self.waiting and self._lpm_order_may_change:
-            # The blocks these decodes take evict cached ones, which may put another waiting request at
-            # the head of the order, one that fits: the next step must be scheduled, not run on.
-            self.num_other_changes += 1
         return Batch.of(decodes, [1] * len(decodes))
 
     def preemption_victim(self) -> int:

@@ -176,14 +176,14 @@ class KVCache:
         planned by `decode_run_steps` (they fit). A request with s spare slots at the run's start takes a
         new block at steps s + 1, s + 1 + block_size, ..."""
         held = self._held
-        for r, blocks in self._decode_run_growth(spare_slots, num_steps, steps_taken, request_ids):
+        for r, blocks in self._decode_run_growth(request_ids, spare_slots, num_steps, steps_taken):
             held[r] += blocks
             self.free_blocks -= blocks
         if self.free_blocks < 0:
             raise AssertionError("KV blocks of a planned decode run did not fit")  # decode_run_steps is wrong
 
-    def _decode_run_growth(self, spare_slots: list[int], num_steps: int, steps_taken: int,
-                           request_ids: list[int]) -> list[tuple[int, int]]:
+    def _decode_run_growth(self, request_ids: list[int], spare_slots: list[int], num_steps: int,
+                           steps_taken: int) -> list[tuple[int, int]]:
         """(request, new blocks) of each request that takes blocks in steps steps_taken + 1 .. num_steps."""
         block_size = self.block_size
         growth = []

@@ -395,7 +395,7 @@ class PrefixCachingKV(KVCache):
                                steps_taken: int = 0) -> None:
         """KVCache.take_decode_run_blocks, with real blocks from the free queue (evicting what they cached;
         the blocks decodes fill are cached when the request leaves)."""
-        for r, blocks in self._decode_run_growth(spare_slots, num_steps, steps_taken, request_ids):
+        for r, blocks in self._decode_run_growth(request_ids, spare_slots, num_steps, steps_taken):
             self._grow(r, blocks)
 
     # --- blocks ------------------------------------------------------------------------------------

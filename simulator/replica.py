@@ -23,6 +23,7 @@ import numpy as np
 import simpy
 
 from policies.base import Batch, Policy
+from simulator.kv_cache import KVCache
 from simulator.predictor import IterationTimePredictor
 from simulator.recorder import Recorder
 from simulator.request import NOT_YET, RequestState
@@ -96,7 +97,7 @@ class DecodeRun:
     or earlier, up to the iteration in progress, when someone reads the cache mid-run (Replica.catch_up):
     a router asking a prefix cache what it holds then sees the blocks those iterations evicted."""
 
-    kv: object  # the engine's KVCache
+    kv: KVCache  # the engine's
     request_ids: list[int]
     spare_slots: list[int]  # each request's free token slots when the run started
     ends: list[int]  # each iteration's end (ns); cut short when the run is
@@ -192,7 +193,7 @@ class Replica:
                 yield from self._idle()
                 continue
             step = self._scheduled(0, batch)
-            # After an admission, a preemption or a late release the next choice may differ
+            # After an admission, a preemption or another change the next choice may differ
             # (Policy.fast_forward_decodes).
             if (fast and step.num_decode == len(step.request_ids)
                     and engine.num_admitted + engine.num_preempted + engine.num_other_changes == changes_before):

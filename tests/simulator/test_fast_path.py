@@ -98,19 +98,24 @@ def test_a_router_reading_prefix_caches_mid_run_sees_the_blocks_the_run_has_take
     assert fast_path_matches_stepping(s)
 
 
-def test_sglang_s_longest_prefix_order_is_looked_at_again_while_decodes_evict():
-    # Found by bench/fuzz.py (seed 49658): with schedule_policy=lpm, the blocks a run of decodes takes evict
-    # cached prefixes, which can put another waiting request, one that fits, at the head of the order.
-    # Stepping admits it at once; the replica must not advance the decodes as one run while requests wait.
+@pytest.mark.parametrize("params, kv_blocks, block_size, workload", [
+    # Found by bench/fuzz.py: seed 49658 (decodes in their own batch), seed 6611 (enable_mixed_chunk).
+    ({"chunked_prefill_size": 3, "max_running_requests": 245, "enable_mixed_chunk": False}, 48, 4,
+     {"workload_seed": 365962616, "rate_qps": 20.0, "max_prompt": 32, "max_output": 64}),
+    ({"enable_mixed_chunk": True}, 16, 16,
+     {"workload_seed": 1708866333, "rate_qps": 2000.0, "max_prompt": 64, "max_output": 128}),
+], ids=["decode_batch", "mixed_chunk"])
+def test_sglang_s_longest_prefix_order_is_looked_at_again_while_decodes_evict(params, kv_blocks, block_size,
+                                                                              workload):
+    # With schedule_policy=lpm, the blocks a run of decodes takes evict cached prefixes, which can put
+    # another waiting request, one that fits, at the head of the order. Stepping admits it at once; the
+    # replica must not advance the decodes as one run while requests wait.
     from scenarios import Pool, Scenario, fast_path_matches_stepping
 
-    s = Scenario(pools={"colocated": Pool(policy="sglang", params={"chunked_prefill_size": 3,
-                                                                   "max_running_requests": 245,
-                                                                   "schedule_policy": "lpm",
-                                                                   "enable_mixed_chunk": False,
+    s = Scenario(pools={"colocated": Pool(policy="sglang", params={**params, "schedule_policy": "lpm",
                                                                    "enable_prefix_caching": True},
-                                          num_replicas=1, pp=1, kv_blocks=48)},
-                 router="random", fast_decode_runs=True, block_size=4, kv_watermark=0.0, max_model_len=128,
-                 workload_seed=365962616, num_requests=40, rate_qps=20.0, max_prompt=32, max_output=64,
-                 streaming_layers=0, seed=49658, content_unit_tokens=16)
+                                          num_replicas=1, pp=1, kv_blocks=kv_blocks)},
+                 router="round_robin", fast_decode_runs=True, block_size=block_size, kv_watermark=0.0,
+                 max_model_len=128 if block_size == 4 else 256, num_requests=40, streaming_layers=0, seed=None,
+                 content_unit_tokens=16, **workload)
     assert fast_path_matches_stepping(s)
