@@ -1,6 +1,7 @@
 """Scenarios on which servesim's `vllm_v1` policy is compared with vLLM's own V1 scheduler, decision by
-decision (bench/vllm_v1_decisions.py runs vLLM's; tests/test_vllm_v1_decisions.py checks the policy against
-the decisions vLLM made, saved in data/validation/scheduler/vllm_v1/).
+decision (bench/vllm_v1_decisions.py runs vLLM's; tests/policies/test_vllm_v1_decisions.py checks the policy
+against the decisions vLLM made, saved in data/validation/scheduler/vllm_v1/), and servesim's radix cache
+with SGLang's (`radix_hits`, bench/sglang_radix_check.py).
 
 Each scenario is a workload with shared prefixes, arrivals as step numbers and one scheduler setting:
 ample or tight KV cache (evictions, preemptions), the H100's and the A100's token budgets, prefix caching
@@ -138,3 +139,38 @@ def saved_log(name: str, directory: Path | str = SAVED) -> StepLog:
 
     steps = json.loads((directory / "comparison.json").read_text())["comparison"][name]["theirs"]["steps"]
     return StepLog(rows("scheduled"), rows("admitted"), rows("preempted"), steps)
+
+
+# --- SGLang's radix cache, cache against cache --------------------------------------------------------
+# bench/sglang_radix_check.py drives SGLang's own RadixCache (a CPU object) and servesim's RadixCache through
+# the same admissions and finishes, `window` requests at a time in arrival order: each is admitted (its
+# cached prefix matched and taken, its prompt allocated and cached), then each of them finishes (its output
+# allocated, everything it computed cached, its blocks released). The hits per request are compared.
+SAVED_RADIX = "data/validation/scheduler/sglang_radix"
+
+
+def radix_hits(s: Scenario, num_blocks: int, window: int) -> tuple[list[int], int]:
+    """servesim's RadixCache on the protocol above: the tokens each request finds cached, and the blocks
+    evicted. The scenario's scheduler settings are not used (no scheduler runs)."""
+    from simulator.radix_cache import RadixCache
+
+    requests, _, _ = build(s)
+    ints = requests.ints
+    n = len(ints.prompt_tokens)
+    cache = RadixCache(num_blocks, BLOCK_SIZE, np.zeros(n, np.int64), 0, requests)
+    hits = []
+    for start in range(0, n, window):
+        group = range(start, min(n, start + window))
+        for r in group:
+            prompt = int(ints.prompt_tokens[r])
+            hits.append(cache.prefix_hit_tokens(r))
+            if not cache.allocate(r, prompt):
+                raise ValueError(f"{s.name}: request {r}'s prompt does not fit {num_blocks} blocks")
+            ints.computed_tokens[r], ints.generated_tokens[r] = prompt, 1
+        for r in group:
+            computed = int(ints.prompt_tokens[r] + ints.output_tokens[r]) - 1  # the last token is not computed
+            if not cache.allocate(r, computed):
+                raise ValueError(f"{s.name}: request {r}'s output does not fit {num_blocks} blocks")
+            ints.computed_tokens[r], ints.generated_tokens[r] = computed, ints.output_tokens[r]
+            cache.free([r])
+    return hits, int(cache.evictions)

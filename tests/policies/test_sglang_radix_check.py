@@ -1,0 +1,35 @@
+"""servesim's RadixCache against SGLang's own (v0.5.23), request by request.
+
+bench/sglang_radix_check.py ran SGLang's RadixCache on a CPU through the admissions and finishes of
+simulator.decision_scenarios.radix_hits and saved the tokens each request found cached
+(data/validation/scheduler/sglang_radix/). Here servesim's cache goes through the same protocol. With
+room for everything the two find the same prefixes; under KV pressure servesim's keeps more cached, since
+SGLang evicts a least recently used leaf node whole (a run of tokens between branch points) and servesim
+a block at a time (docs/policies.md).
+"""
+import pandas as pd
+import pytest
+
+from simulator.decision_scenarios import SAVED_RADIX, SCENARIOS, radix_hits
+
+SAVED = pd.read_csv(f"{SAVED_RADIX}/hits.csv")
+
+
+def sglang_hits(num_blocks: int) -> list[int]:
+    return SAVED[SAVED.num_blocks == num_blocks].sort_values("request").hit_tokens_sglang.tolist()
+
+
+def test_with_room_for_everything_every_request_finds_what_sglang_finds():
+    ours, evicted = radix_hits(SCENARIOS["mooncake-ample"], 40_000, 1)
+    assert evicted == 0
+    assert ours == sglang_hits(40_000)
+    assert sum(ours) > 0
+
+
+@pytest.mark.parametrize("num_blocks", [9669, 6000])
+def test_under_pressure_servesim_keeps_at_most_a_few_percent_more_cached_than_sglang(num_blocks):
+    ours, evicted = radix_hits(SCENARIOS["mooncake-ample"], num_blocks, 1)
+    theirs = sglang_hits(num_blocks)
+    assert evicted > 0
+    assert sum(theirs) <= sum(ours) <= 1.07 * sum(theirs)
+    assert sum(a == b for a, b in zip(ours, theirs)) >= 50
