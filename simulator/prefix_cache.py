@@ -169,6 +169,9 @@ class PrefixCachingKV(KVCache):
         """These free cached blocks are taken by a request hitting them."""
         self._queued[blocks] = -1
 
+    def _matched(self, block: int) -> None:
+        """A request's cached prefix ended at `block` (SGLang's radix tree splits its node there)."""
+
     def _touch(self, blocks: np.ndarray) -> None:
         """These blocks were used now (vLLM's order is the free queue's alone)."""
 
@@ -339,6 +342,7 @@ class PrefixCachingKV(KVCache):
             self.ref_count[hits] = hit_counts + 1
             self._append_blocks(request_id, hits)
             self._touch(hits)
+            self._matched(int(hits[-1]))
         if needed > 0:
             self._grow(request_id, needed)
         if len(hits):

@@ -1,13 +1,15 @@
 """SGLang's radix cache (python/sglang/srt/mem_cache/radix_cache.py): a tree of cached prefixes, evicted
-leaf first, least recently used first.
+leaf node first, least recently used first.
 
 SGLang keeps every computed sequence in a radix tree of token runs; a new request matches the longest
 cached path from the root, nodes a running request uses are locked, and when memory runs out the least
-recently used unlocked leaves are evicted (a shared prefix outlives every branch hanging from it).
-Memory nobody caches is used before any cached KV is evicted.
+recently used unlocked leaf nodes are evicted, each whole (a shared prefix outlives every branch hanging
+from it). A node is the run one insertion added, split where another insertion branches off or a match
+ends. Memory nobody caches is used before any cached KV is evicted. Checked request by request against
+SGLang's own cache: bench/sglang_radix_check.py.
 
 Approximation: we keep the cluster's KV block as SGLang's page (SGLang's default page is one token), so
-the tree's nodes are whole blocks, linked by the chain hashes of simulator/content.py, and a match ends
+the tree is made of whole blocks, linked by the chain hashes of simulator/content.py, and a match ends
 at a block boundary. Content is only known per unit key (simulator/content.py), so token-level matching
 could not go finer than a unit anyway; with units that are multiples of the block (a Mooncake trace's
 512-token hash ids) the match is the one SGLang finds. Only the last, partial block of a match is lost.
@@ -23,7 +25,7 @@ from simulator.prefix_cache import NO_HASH, PrefixCachingKV
 
 class RadixCache(PrefixCachingKV):
     """A PrefixCachingKV whose cached blocks form a tree (a block's parent caches the block before it)
-    and whose evictions take the least recently used unreferenced leaf.
+    and whose evictions take the least recently used unreferenced leaf node, whole.
 
     Its tree work goes block by block, reading and writing the reference counts and hashes through
     memoryviews (Python ints) rather than numpy's slower scalar indexing."""
@@ -33,6 +35,10 @@ class RadixCache(PrefixCachingKV):
         self._parent = [-1] * num_blocks  # the cached block before this one (-1: the root, or uncached)
         self._children = [0] * num_blocks  # cached blocks whose parent this is
         self._last_used = [0] * num_blocks
+        # SGLang's tree nodes are runs of tokens: the blocks one insertion added, split where another
+        # insertion branches off or a match ends. _next_in_node[b]: the block after b in b's node (-1: b
+        # ends its node). Eviction takes a whole leaf node, as SGLang's does.
+        self._next_in_node = [-1] * num_blocks
         self._clock = 0
         # (last used, block) of unreferenced cached leaves; entries whose block has changed since are
         # skipped when popped (cheaper than removing them from the heap).
@@ -75,14 +81,28 @@ class RadixCache(PrefixCachingKV):
         return set(self._uncached_free) | set(self._cached_unreferenced())
 
     def _take_free_blocks(self, count: int) -> np.ndarray:
-        # One at a time: evicting a leaf can make its parent the next leaf to go.
+        # One at a time: evicting a leaf node can make its parent the next leaf to go.
         taken = []
         for _ in range(count):
             block = self._pop_free()
             if self._hash_items[block] != NO_HASH:
-                self._evict(block)
+                self._evict_node(block)
             taken.append(block)
         return np.array(taken, dtype=np.int64)
+
+    def _evict_node(self, leaf: int) -> None:
+        """Evict the leaf block and the rest of its node, last block first, as SGLang frees a leaf node
+        whole however few tokens it needs; the node's other blocks become free blocks caching nothing."""
+        block = leaf
+        while True:
+            parent = self._parent[block]
+            in_node = parent >= 0 and self._next_in_node[parent] == block
+            self._evict(block)
+            if block != leaf:
+                self._uncached_free.append(block)
+            if not in_node or self._ref_items[parent] or self._children[parent]:
+                return
+            block = parent
 
     def free_queue_order(self) -> list[int]:
         """The free blocks: uncached ones in the order they would be handed out, then cached ones by block."""
@@ -94,7 +114,16 @@ class RadixCache(PrefixCachingKV):
         for j, block, parent, hash_ in zip(range(start, stop), blocks, parents, hashes[0][start:stop]):
             if not self._cache_block(block, parent, hash_):
                 return j
+            if j > start:  # one insertion: one node
+                self._next_in_node[parent] = block
         return stop
+
+    def _matched(self, block: int) -> None:
+        self._split_after(block)
+
+    def _split_after(self, block: int) -> None:
+        """End block's node at block: the block after it, if any, starts a node of its own."""
+        self._next_in_node[block] = -1
 
     def _cache_block(self, block: int, parent: int, hash_: int) -> bool:
         # A block joins the tree under the request's own previous block (parent; -1 for its first); if
@@ -109,6 +138,7 @@ class RadixCache(PrefixCachingKV):
         self._hash_items[block] = hash_
         self._parent[block] = parent
         if parent >= 0:
+            self._split_after(parent)  # a node of its own under parent (the insertion continues it after)
             self._children[parent] += 1
         self._last_used[block] = self._clock
         return True
@@ -117,6 +147,7 @@ class RadixCache(PrefixCachingKV):
         super()._evict(block)
         parent = self._parent[block]
         self._parent[block] = -1
+        self._next_in_node[block] = -1
         if parent >= 0:
             self._children[parent] -= 1
             if self._is_evictable_leaf(parent):
@@ -135,3 +166,7 @@ class RadixCache(PrefixCachingKV):
                     f"block {block} is referenced but its parent {parent} is not"
                 children[parent] += 1
         assert children == self._children, "child counts differ from the tree"
+        for block, after in enumerate(self._next_in_node):
+            if after >= 0:
+                assert self._parent[after] == block and self.block_hash[block] != NO_HASH, \
+                    f"block {after} continues block {block}'s node but is not its cached child"

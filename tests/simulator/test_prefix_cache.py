@@ -212,6 +212,26 @@ def test_the_radix_cache_evicts_least_recently_used_leaves_and_keeps_shared_pref
     assert kv.evictions == 3
 
 
+def test_the_radix_cache_evicts_a_leaf_node_whole_as_sglang_does():
+    # 6 blocks of 4 tokens. Request 0 caches A B C D in one insertion (one node) and leaves. Request 1 shares
+    # A B and adds E: its match ends inside the node, which splits into [A B] and [C D], and E is a node of
+    # its own under B. Request 1 leaves. Request 2 needs 2 blocks: the one never used, then one from the
+    # least recently used leaf node, [C D], which goes whole (C becomes a free block caching nothing), as
+    # SGLang frees a leaf node however few tokens it needs. A block at a time would have kept C cached.
+    req = state([16, 12, 8], [1] * 3, content(4, [1, 2, 3, 4], [1, 2, 5], [7, 8]))
+    kv = cache(RadixCache, 6, 4, req)
+    assert kv.allocate(0, 16)
+    kv.free([0])
+    assert kv.prefix_hit_tokens(1) == 8
+    assert kv.allocate(1, 12)
+    kv.free([1])
+    assert kv.allocate(2, 8)
+    assert kv.evictions == 2
+    assert kv.prefix_hit_blocks(0) == 2 and kv.prefix_hit_blocks(1) == 3  # [A B] and [E] stay
+    assert kv.free_blocks == 4 and kv.cached_free_blocks == 3
+    kv.check_invariants()
+
+
 def test_sglang_lpm_admits_the_longest_cached_prefix_first():
     # Request 0 (3 full blocks of 4) ran and left its blocks cached. Waiting then: 1 shares nothing,
     # 2 shares 2 blocks, 3 shares 1. lpm admits 2, 3, 1; fcfs 1, 2, 3. Each computes what is not cached.
