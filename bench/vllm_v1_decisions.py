@@ -95,16 +95,17 @@ class VllmSide:
         in_flight: deque = deque()  # (scheduler output, request ids, sampled tokens) not yet returned
         log = StepLog()
         next_arrival = 0
-        finished = [0]
+        finished = 0
 
         def read_oldest() -> None:
             """Hand the scheduler the oldest batch in flight's sampled tokens."""
+            nonlocal finished
             done_out, done_ids, done_sampled = in_flight.popleft()
             before = set(scheduler.requests)
             scheduler.update_from_output(done_out, ModelRunnerOutput(
                 req_ids=done_ids, req_id_to_index={rid: i for i, rid in enumerate(done_ids)},
                 sampled_token_ids=done_sampled))
-            finished[0] += len(before - set(scheduler.requests))
+            finished += len(before - set(scheduler.requests))
 
         for step in range(1_000_000):
             while next_arrival < n and arrival_step[next_arrival] <= step:
@@ -116,7 +117,7 @@ class VllmSide:
                     sampling_params=SamplingParams(max_tokens=int(ints.output_tokens[r]), ignore_eos=True),
                     pooling_params=None, block_hasher=hasher))
                 next_arrival += 1
-            if finished[0] == n:
+            if finished == n:
                 log.steps = step
                 return log, vllm.__version__
             waiting = {req.request_id for req in scheduler.waiting}
@@ -126,7 +127,7 @@ class VllmSide:
             while not out.num_scheduled_tokens and in_flight:
                 log.preempted += [(step, int(r)) for r in sorted(out.preempted_req_ids or (), key=int)]
                 read_oldest()
-                if finished[0] == n:  # the last tokens read: this step never runs
+                if finished == n:  # the last tokens read: this step never runs
                     log.steps = step
                     return log, vllm.__version__
                 out = scheduler.schedule()

@@ -144,8 +144,8 @@ class Policy:
         self.finish(request_ids)
 
     def finish(self, request_ids) -> None:
-        """These running requests (a list or an int array) emitted their last token; the replica has
-        freed their KV blocks."""
+        """These running requests (a list or an int array) emitted their last token and their KV blocks are
+        freed (`release`, or the disaggregated prefill pool once their KV has moved): off `running`."""
         done = set(int_list(request_ids))
         self.running = [r for r in self.running if r not in done]
 

@@ -32,8 +32,10 @@ def policy_parameters(policy: PolicyConfig, hardware: HardwareConfig | None = No
     return kwargs
 
 
-def effective_policy_params(policy_cfg: PolicyConfig) -> dict:
-    """The policy's parameters as it will run them: its class defaults overridden by the config."""
+def effective_policy_params(policy_cfg: PolicyConfig, hardware: HardwareConfig | None = None,
+                            engine: EngineProfile | None = None) -> dict:
+    """The policy's parameters as it will run them: its class defaults overridden by
+    `policy_parameters(policy_cfg, hardware, engine)`."""
     import inspect
 
     from policies import POLICIES
@@ -44,7 +46,7 @@ def effective_policy_params(policy_cfg: PolicyConfig) -> dict:
         for name, parameter in inspect.signature(cls.__init__).parameters.items():
             if parameter.default is not inspect.Parameter.empty:
                 defaults[name] = parameter.default
-    return defaults | policy_cfg.policy_kwargs()
+    return defaults | policy_parameters(policy_cfg, hardware, engine)
 
 
 def policy_factory(policy: PolicyConfig, max_model_len: int | None = None,

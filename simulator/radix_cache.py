@@ -114,16 +114,14 @@ class RadixCache(PrefixCachingKV):
         for j, block, parent, hash_ in zip(range(start, stop), blocks, parents, hashes[0][start:stop]):
             if not self._cache_block(block, parent, hash_):
                 return j
-            if j > start:  # one insertion: one node
-                self._next_in_node[parent] = block
+            if parent >= 0:
+                # One insertion is one node; its first block starts a node under parent, which ends there
+                # (SGLang splits a node where a new branch leaves it).
+                self._next_in_node[parent] = block if j > start else -1
         return stop
 
     def _matched(self, block: int) -> None:
-        self._split_after(block)
-
-    def _split_after(self, block: int) -> None:
-        """End block's node at block: the block after it, if any, starts a node of its own."""
-        self._next_in_node[block] = -1
+        self._next_in_node[block] = -1  # SGLang splits the node where a match ends
 
     def _cache_block(self, block: int, parent: int, hash_: int) -> bool:
         # A block joins the tree under the request's own previous block (parent; -1 for its first); if
@@ -138,7 +136,6 @@ class RadixCache(PrefixCachingKV):
         self._hash_items[block] = hash_
         self._parent[block] = parent
         if parent >= 0:
-            self._split_after(parent)  # a node of its own under parent (the insertion continues it after)
             self._children[parent] += 1
         self._last_used[block] = self._clock
         return True
