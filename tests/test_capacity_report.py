@@ -94,3 +94,14 @@ def test_sweep_html_embeds_figures_and_tables():
     assert page.startswith("<!doctype html>")
     assert "<img src='figures/pareto.png'" in page
     assert page.count("<table") == 6  # best, cheapest, two Pareto fronts, all, failures
+
+
+def test_a_capacity_record_names_the_batch_cap_the_run_used_on_that_gpu():
+    # vllm_v1's max_num_seqs defaults to 1024 on an H100 and 256 on an A100 (vLLM's per-GPU defaults).
+    from simulator.experiments.capacity.records import config_summary
+    from simulator.run import SimulationConfig
+
+    caps = {hw: config_summary(SimulationConfig.from_dict({"model": "llama-3-8b", "hardware": hw,
+                                                           "policy": {"name": "vllm_v1"}}))["max_batch_size"]
+            for hw in ("h100", "a100")}
+    assert caps == {"h100": 1024, "a100": 256}

@@ -80,7 +80,7 @@ def number_from_json(value):
 
 def config_summary(cfg) -> dict:
     """The fields that name a configuration in tables and plots (see SUMMARY_FIELDS)."""
-    params = effective_policy_params(cfg.policy)
+    params = effective_policy_params(cfg.policy, cfg.hardware, cfg.engine)  # as the run resolves them
     cluster = cfg.cluster
     return {
         "model": cfg.model.name, "hardware": cfg.hardware.name, "policy": cfg.policy.name,
